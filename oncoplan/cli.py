@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import InputError
 
@@ -34,8 +35,15 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, size=args.size)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (the full usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="oncoplan",
         description="OncoPlan: AI treatment planning on MONAI Bundle and MONAI Deploy. RESEARCH USE ONLY, "
         "not a medical device.",
@@ -78,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"oncoplan: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permissions, ... while writing
+        print(f"oncoplan: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("oncoplan: interrupted", file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from oncoplan.training.actions import Protocol
 from oncoplan.training.tcia_clinical import load_clinical, parse_chemotherapy
 
@@ -62,9 +63,7 @@ def test_original_columns_kept(clinical: pd.DataFrame) -> None:
 
 
 @pytest.mark.parametrize(("pid", "seed_protocol", "os_months", "status"), SEED_TABLE_4)
-def test_seed_table_4(
-    clinical: pd.DataFrame, pid: str, seed_protocol: str, os_months: float, status: int
-) -> None:
+def test_seed_table_4(clinical: pd.DataFrame, pid: str, seed_protocol: str, os_months: float, status: int) -> None:
     row = clinical.loc[pid]
     assert round(float(row["OS_months"]), 1) == pytest.approx(os_months)
     assert bool(row["event"]) is bool(status)

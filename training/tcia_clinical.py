@@ -43,6 +43,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+
 from oncoplan.training.actions import Protocol, canonical
 
 WEEKS_PER_MONTH: float = 4.345

@@ -50,15 +50,33 @@ class SiteProfile:
 SITES = {
     # Training + internal validation columns of Table 6.
     "internal": SiteProfile(
-        "internal", (0.357, 0.299, 0.044, 0.301), 0.036, (0.591, 0.271, 0.142),
-        (0.102, 0.374, 0.378, 0.092, 0.054), 0.436, 12.0, 0.0, (3.0, 5.0),
-        "OncoPlan Synthetic", "Phantom CT A", "STANDARD",
+        "internal",
+        (0.357, 0.299, 0.044, 0.301),
+        0.036,
+        (0.591, 0.271, 0.142),
+        (0.102, 0.374, 0.378, 0.092, 0.054),
+        0.436,
+        12.0,
+        0.0,
+        (3.0, 5.0),
+        "OncoPlan Synthetic",
+        "Phantom CT A",
+        "STANDARD",
     ),
     # External validation column: more N0 and BCS, a noisier scanner with an HU offset.
     "external": SiteProfile(
-        "external", (0.633, 0.276, 0.010, 0.082), 0.0, (0.586, 0.310, 0.103),
-        (0.194, 0.418, 0.327, 0.051, 0.010), 0.255, 22.0, 18.0, (2.0, 2.5),
-        "OncoPlan Synthetic", "Phantom CT B", "B30f",
+        "external",
+        (0.633, 0.276, 0.010, 0.082),
+        0.0,
+        (0.586, 0.310, 0.103),
+        (0.194, 0.418, 0.327, 0.051, 0.010),
+        0.255,
+        22.0,
+        18.0,
+        (2.0, 2.5),
+        "OncoPlan Synthetic",
+        "Phantom CT B",
+        "B30f",
     ),
 }
 
@@ -154,7 +172,14 @@ class Anatomy:
 
 NODAL = ("axilla", "supraclavicular", "internal_mammary")
 LABELS = (
-    "body", "lung_left", "lung_right", "heart", "spine", "sternum", "breast_left", "breast_right",
+    "body",
+    "lung_left",
+    "lung_right",
+    "heart",
+    "spine",
+    "sternum",
+    "breast_left",
+    "breast_right",
     *(f"{n}_{s}" for s in SIDES for n in NODAL),
 )
 
@@ -173,26 +198,39 @@ def sample_anatomy(record: BreastRecord, rng: np.random.Generator) -> Anatomy:
         y_wall = -b * (1 - abs(x / a) ** 2.6) ** (1 / 2.6)
         r = (float(rng.uniform(55, 75)), float(rng.uniform(35, 65)), float(rng.uniform(55, 70)))
         breasts[side] = Shape(
-            (x, y_wall + 8, zc + float(rng.uniform(-10, 10))), r, p_xy=2.0, p_z=2.0,
-            wobble=(0.04, int(rng.integers(1 << 30))), keep=(((0, 1, 0), (0, y_wall + 12, 0)),),
+            (x, y_wall + 8, zc + float(rng.uniform(-10, 10))),
+            r,
+            p_xy=2.0,
+            p_z=2.0,
+            wobble=(0.04, int(rng.integers(1 << 30))),
+            keep=(((0, 1, 0), (0, y_wall + 12, 0)),),
         )
     treated = {s.side: s for s in record.sides}
     present = [s for s in SIDES if not (s in treated and treated[s].surgery == "TM")]
     # Shoulder girdle: the upper chest is wider; the axilla lies between it and the ribs.
-    shoulders = Shape((0, b * 0.05, -5), (a + 45, b * 0.92, 75), p_xy=2.4, p_z=3,
-                      wobble=(0.02, int(rng.integers(1 << 30))))
+    shoulders = Shape(
+        (0, b * 0.05, -5), (a + 45, b * 0.92, 75), p_xy=2.4, p_z=3, wobble=(0.02, int(rng.integers(1 << 30)))
+    )
     body_union = [thorax, shoulders] + [breasts[s] for s in present]
     regions["body"] = Region(body_union)
     fat = float(rng.uniform(8, 14))
     regions["muscle"] = Region([thorax.scaled(-fat), shoulders.scaled(-fat)], [inner])
     regions["ribs"] = Region([rib_outer], [inner])
     for side, sign in (("left", 1.0), ("right", -1.0)):
-        regions[f"lung_{side}"] = Region([Shape(
-            (sign * (a * 0.40), b * 0.08, -105), (a * 0.36, b * 0.72, 125), p_xy=2.2, p_z=2.4,
-            wobble=(0.03, int(rng.integers(1 << 30))),
-        )])
-    regions["heart"] = Region([Shape((a * 0.12, -b * 0.15, -175), (a * 0.33, b * 0.45, 62),
-                                     wobble=(0.03, int(rng.integers(1 << 30))))])
+        regions[f"lung_{side}"] = Region(
+            [
+                Shape(
+                    (sign * (a * 0.40), b * 0.08, -105),
+                    (a * 0.36, b * 0.72, 125),
+                    p_xy=2.2,
+                    p_z=2.4,
+                    wobble=(0.03, int(rng.integers(1 << 30))),
+                )
+            ]
+        )
+    regions["heart"] = Region(
+        [Shape((a * 0.12, -b * 0.15, -175), (a * 0.33, b * 0.45, 62), wobble=(0.03, int(rng.integers(1 << 30))))]
+    )
     regions["spine"] = Region([Shape((0, b * 0.78, -100), (17, 15, 400), p_z=8)])
     regions["sternum"] = Region([Shape((0, -b + 22, -85), (14, 7, 95), p_z=4)])
     for side in SIDES:
@@ -200,11 +238,15 @@ def sample_anatomy(record: BreastRecord, rng: np.random.Generator) -> Anatomy:
     # Nodal regions: invisible in the image, present on both sides, outside the ribcage
     # except the internal mammary chain, which runs just inside it beside the sternum.
     for side, sign in (("left", 1.0), ("right", -1.0)):
-        regions[f"axilla_{side}"] = Region([
-            Shape((sign * (a + 12), b * 0.05, -55), (22, 32, 38)),  # level I, lateral to pectoralis minor
-            Shape((sign * (a - 8), -b * 0.30, -25), (20, 20, 28)),  # level II, behind it
-            Shape((sign * (a - 38), -b * 0.62, 0), (18, 15, 22)),  # level III, infraclavicular
-        ], minus=[inner], within=[shoulders.scaled(-4.0)])
+        regions[f"axilla_{side}"] = Region(
+            [
+                Shape((sign * (a + 12), b * 0.05, -55), (22, 32, 38)),  # level I, lateral to pectoralis minor
+                Shape((sign * (a - 8), -b * 0.30, -25), (20, 20, 28)),  # level II, behind it
+                Shape((sign * (a - 38), -b * 0.62, 0), (18, 15, 22)),  # level III, infraclavicular
+            ],
+            minus=[inner],
+            within=[shoulders.scaled(-4.0)],
+        )
         regions[f"supraclavicular_{side}"] = Region(
             [Shape((sign * 58, -b * 0.45, 40), (28, 22, 22))], minus=[inner], within=[shoulders.scaled(-4.0)]
         )
@@ -273,8 +315,12 @@ def render_ct(masks: dict[str, np.ndarray], grid: Grid, site: SiteProfile, rng: 
     hu[masks["body"]] = -95.0 + 10 * tex[masks["body"]]  # subcutaneous fat
     hu[masks["muscle"]] = 45.0 + 6 * tex[masks["muscle"]]
     paint = [
-        ("ribs", 450.0, 120.0), ("lung_left", -840.0, 40.0), ("lung_right", -840.0, 40.0),
-        ("heart", 40.0, 8.0), ("spine", 380.0, 80.0), ("sternum", 320.0, 60.0),
+        ("ribs", 450.0, 120.0),
+        ("lung_left", -840.0, 40.0),
+        ("lung_right", -840.0, 40.0),
+        ("heart", 40.0, 8.0),
+        ("spine", 380.0, 80.0),
+        ("sternum", 320.0, 60.0),
     ]
     for name, value, spread in paint:
         m = masks[name]

@@ -132,9 +132,7 @@ def _base_dataset(patient: Patient, study: Study, series: Series, grid: Grid) ->
     return ds
 
 
-def ct_datasets(
-    volume_hu: np.ndarray, grid: Grid, patient: Patient, study: Study, series: Series
-) -> list[Dataset]:
+def ct_datasets(volume_hu: np.ndarray, grid: Grid, patient: Patient, study: Study, series: Series) -> list[Dataset]:
     """One CT Image Storage dataset per slice of `volume_hu` (shape = grid.shape), in instance order."""
     if volume_hu.shape != grid.shape:
         raise ValueError(f"volume shape {volume_hu.shape} does not match grid {grid.shape}")

@@ -36,17 +36,39 @@ import numpy as np
 from ..actions import DRUG_CLASS, DRUG_CLASSES, DRUGS, EMBOLICS, Protocol, conflicts
 
 POTENCY = {
-    "Raltitrexed": 0.30, "Epirubicin": 0.38, "Oxaliplatin": 0.36, "Lobaplatin": 0.34, "Mitomycin": 0.32,
-    "Idarubicin": 0.42, "Nedaplatin": 0.30, "Pirarubicin": 0.40, "Cisplatin": 0.38,
-    "Hydroxycamptothecin": 0.28, "Doxorubicin": 0.40,
+    "Raltitrexed": 0.30,
+    "Epirubicin": 0.38,
+    "Oxaliplatin": 0.36,
+    "Lobaplatin": 0.34,
+    "Mitomycin": 0.32,
+    "Idarubicin": 0.42,
+    "Nedaplatin": 0.30,
+    "Pirarubicin": 0.40,
+    "Cisplatin": 0.38,
+    "Hydroxycamptothecin": 0.28,
+    "Doxorubicin": 0.40,
 }
-EMBOLIC_BASE = {"Lipiodol": 0.20, "Gelatin Sponge": 0.15, "PVA": 0.22, "Absolute Alcohol": 0.45, "NBCA": 0.25,
-                "KMG": 0.18, "LC Beads": 0.22}
-EMBOLIC_VASC = {"Lipiodol": 0.35, "Gelatin Sponge": 0.25, "PVA": 0.30, "Absolute Alcohol": 0.0, "NBCA": 0.20,
-                "KMG": 0.25, "LC Beads": 0.30}
+EMBOLIC_BASE = {
+    "Lipiodol": 0.20,
+    "Gelatin Sponge": 0.15,
+    "PVA": 0.22,
+    "Absolute Alcohol": 0.45,
+    "NBCA": 0.25,
+    "KMG": 0.18,
+    "LC Beads": 0.22,
+}
+EMBOLIC_VASC = {
+    "Lipiodol": 0.35,
+    "Gelatin Sponge": 0.25,
+    "PVA": 0.30,
+    "Absolute Alcohol": 0.0,
+    "NBCA": 0.20,
+    "KMG": 0.25,
+    "LC Beads": 0.30,
+}
 LIPIODOL_BOOST = 1.3
 WEIBULL_SHAPE = 1.2
-WEIBULL_SCALE_WEEKS = 1600.0  # calibrated: median OS of generated cohorts ~ 100-110 weeks
+WEIBULL_SCALE_WEEKS = 2130.0  # calibrated: median OS of generated cohorts ~ 100-110 weeks
 BETA = {"viable": 0.55, "burden": 0.25, "cps_b": 0.5, "cps_c": 1.0, "afp": 0.15, "vi": 0.6, "tox": 0.9}
 
 # Physicians' practice ("gold" protocols) by site, with frequencies.
@@ -190,8 +212,9 @@ def outcome(patient: LiverPatient, protocol: Protocol) -> Outcome:
     )
 
 
-def protocol_space(drugs: tuple[str, ...] = DRUGS, embolics: tuple[str, ...] = EMBOLICS,
-                   max_drugs: int = 3, max_embolics: int = 2) -> list[Protocol]:
+def protocol_space(
+    drugs: tuple[str, ...] = DRUGS, embolics: tuple[str, ...] = EMBOLICS, max_drugs: int = 3, max_embolics: int = 2
+) -> list[Protocol]:
     """Every protocol with 1..max_drugs drugs and 1..max_embolics embolics (conflicts included)."""
     out = []
     for nd in range(1, max_drugs + 1):
@@ -214,8 +237,9 @@ def regret_weeks(patient: LiverPatient, chosen: Protocol, space: list[Protocol] 
     return best - outcome(patient, chosen).expected_os_weeks
 
 
-def sample_patient(case_id: str, rng: np.random.Generator, liver_centre: np.ndarray,
-                   liver_radii: np.ndarray) -> LiverPatient:
+def sample_patient(
+    case_id: str, rng: np.random.Generator, liver_centre: np.ndarray, liver_radii: np.ndarray
+) -> LiverPatient:
     """Covariates drawn like the HCC-TACE-Seg table; lesions placed inside the liver ellipsoid."""
     multinodular = rng.random() < 0.5
     n = int(rng.integers(2, 4)) if multinodular else 1
@@ -262,7 +286,7 @@ def sample_survival(out: Outcome, rng: np.random.Generator) -> tuple[float, int]
     """Observed OS (weeks) and event flag (1 death, 0 alive or lost to follow-up)."""
     scale = out.median_os_weeks / math.log(2.0) ** (1.0 / WEIBULL_SHAPE)
     t = scale * (-math.log(1.0 - rng.random())) ** (1.0 / WEIBULL_SHAPE)
-    follow_up = rng.uniform(200.0, 700.0)
+    follow_up = rng.uniform(280.0, 900.0)
     if rng.random() < 0.05:  # lost to follow-up early
         follow_up = rng.uniform(5.0, 150.0)
     return (t, 1) if t <= follow_up else (follow_up, 0)

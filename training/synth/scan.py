@@ -36,7 +36,7 @@ def sample_grid(
         spacing = float(np.clip(spacing, 0.6, 1.0))
     else:
         thickness *= 2.0
-    slices = max(int(round((z_top - z_bottom) / thickness)), 4)
+    slices = max(round((z_top - z_bottom) / thickness), 4)
     position = "FFS" if rng.random() < feet_first else "HFS"
     centre = (centre_xy[0], centre_xy[1], (z_top + z_bottom) / 2)
     spacing = round(spacing, 4)

@@ -49,8 +49,17 @@ def write_case(root: Path, index: int, seed: int, site_name: str, size: str) -> 
     scan_day = date(2020, 1, 1) + timedelta(days=int(rng.integers(0, 1500)))
     patient = Patient(case_id, f"SYNTHETIC^{case_id}", f"{scan_day.year - record.age}0101", "F", record.age)
     study = Study(uid("study"), scan_day.strftime("%Y%m%d"), "093000", f"A{index + 1:06d}", "1", "RT SIMULATION CHEST")
-    series = Series(uid("series"), 2, "RT SIM CHEST 3D", uid("for"), "CHEST", None,
-                    manufacturer=site.manufacturer, model=site.model, kernel=site.kernel)
+    series = Series(
+        uid("series"),
+        2,
+        "RT SIM CHEST 3D",
+        uid("for"),
+        "CHEST",
+        None,
+        manufacturer=site.manufacturer,
+        model=site.model,
+        kernel=site.kernel,
+    )
     ct = ct_datasets(hu, grid, patient, study, series)
     write_datasets(ct, case_dir / "dicom")
 
@@ -58,7 +67,9 @@ def write_case(root: Path, index: int, seed: int, site_name: str, size: str) -> 
     labels.mkdir(parents=True)
     save_nifti(ctv.astype(np.uint8), grid, labels / "ctv.nii.gz")
     save_label_map(masks, B.LABELS, grid, labels / "structures.nii.gz")
-    specs = [SegmentSpec("CTV", codes.SCT.Tissue, CTV_CODE)] + [SegmentSpec(n, ANATOMY, _SEG_TYPES[n]) for n in B.LABELS]
+    specs = [SegmentSpec("CTV", codes.SCT.Tissue, CTV_CODE)] + [
+        SegmentSpec(n, ANATOMY, _SEG_TYPES[n]) for n in B.LABELS
+    ]
     write_seg([ctv] + [masks[n] for n in B.LABELS], specs, ct, labels / "seg.dcm", 300, "Ground truth CTV")
 
     note = B.clinical_note(record)

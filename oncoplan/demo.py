@@ -1,0 +1,32 @@
+"""The main job on an embedded default: one synthetic study of each workflow.
+
+Until the contouring and planning apps land, the demo generates a breast RT study and a
+liver TACE study (DICOM CT + ground truth) and prints where they are.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import InputError
+
+
+def run_demo(out: Path, size: str = "full") -> int:
+    from .training.synth.cohort import generate_cohort
+
+    out = Path(out)
+    for kind in ("breast", "liver"):
+        target = out / kind
+        # Re-running the demo replaces its own previous output, never anything else.
+        if target.exists():
+            meta = target / "cohort.json"
+            if not (meta.is_file() and json.loads(meta.read_text()).get("kind") == kind):
+                raise InputError(f"{target}: exists and is not an earlier demo output; choose another --out")
+            shutil.rmtree(target)
+        generate_cohort(kind, target, cases=1, seed=0, site="internal", size=size)
+        case = next(p for p in sorted(target.iterdir()) if p.is_dir())
+        print(f"{kind}: synthetic study in {case} (DICOM CT under dicom/, ground truth under labels/)")
+    print("RESEARCH USE ONLY - synthetic data, not a medical device.")
+    return 0

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from oncoplan.training.synth.cohort import generate_cohort
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def breast_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("breast") / "cohort"
+    return generate_cohort("breast", out, cases=3, seed=3, size="small", progress=False)
+
+
+@pytest.fixture(scope="session")
+def liver_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("liver") / "cohort"
+    return generate_cohort("liver", out, cases=2, seed=3, size="small", progress=False)

@@ -1,0 +1,153 @@
+"""Synthetic liver TACE cohort: TCIA layout, valid DICOM, misregistration, response and survival truth."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from sksurv.nonparametric import kaplan_meier_estimator
+
+from oncoplan.training.actions import Protocol
+from oncoplan.training.synth import liver as L
+from oncoplan.training.synth.write_liver import CONTRAST_PAIRS, NON_CONTRAST
+
+from .conftest import SHARED
+from .dicom_validate import dciodvfy_available, validate_all
+
+
+def _rows(cohort: Path) -> list[dict[str, str]]:
+    with open(cohort / "cohort.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tcia_columns_and_layout(liver_cohort: Path) -> None:
+    rows = _rows(liver_cohort)
+    assert len(rows) == 2
+    for col in ("TCIA_ID", "OS", "Death_1_StillAliveorLostToFU_0", "chemotherapy", "CPS", "AFP", "Tr_Size"):
+        assert col in rows[0]
+    for row in rows:
+        case = liver_cohort / row["TCIA_ID"]
+        assert {p.name for p in (case / "dicom").iterdir()} == {"pre", "post"}
+        for study in ("pre", "post"):
+            series = [row[f"{study}_{p}_series"] for p in ("NC", "AP", "PVP") if row[f"{study}_{p}_series"]]
+            assert 1 <= len(series) <= 3 and row[f"{study}_PVP_series"]
+            assert (liver_cohort / row[f"{study}_labels"]).is_file()
+            assert (liver_cohort / row[f"{study}_seg"]).is_file()
+        truth = json.loads((case / "truth.json").read_text())
+        assert truth["gold_protocol"] == row["gold_protocol"] == row["chemotherapy"]
+
+
+@pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy (dicom3tools) not installed")
+def test_every_file_passes_dciodvfy(liver_cohort: Path) -> None:
+    files = sorted(liver_cohort.rglob("*.dcm"))
+    assert len(files) > 100
+    assert validate_all(files) == {}
+
+
+def test_series_descriptions_come_from_the_real_collection(liver_cohort: Path) -> None:
+    real = set(NON_CONTRAST) | {d for pair in CONTRAST_PAIRS for d in pair}
+    index = SHARED / "data/hcc_tace_seg/series_index.csv"
+    if index.is_file():
+        with open(index) as fh:
+            seen = {r["SeriesDescription"] for r in csv.DictReader(fh) if r["Modality"] == "CT"}
+        assert real <= seen
+    for f in liver_cohort.rglob("series_*/CT0001.dcm"):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert ds.get("SeriesDescription", "") in real
+        assert ds.Manufacturer == "GE MEDICAL SYSTEMS"
+
+
+def test_phases_enhance_like_hcc() -> None:
+    from oncoplan.training.synth.write_liver import TISSUE_HU
+
+    nc, ap, pvp = 0, 1, 2
+    assert TISSUE_HU["viable"][ap] > TISSUE_HU["liver"][ap]  # arterial hyper-enhancement
+    assert TISSUE_HU["viable"][pvp] < TISSUE_HU["liver"][pvp]  # portal-venous washout
+    assert TISSUE_HU["necrosis"][ap] - TISSUE_HU["necrosis"][nc] < 5  # necrosis does not enhance
+
+
+def _series(folder: Path) -> sitk.Image:
+    r = sitk.ImageSeriesReader()
+    r.SetFileNames(r.GetGDCMSeriesFileNames(str(folder)))
+    return r.Execute()
+
+
+def test_post_scan_is_misregistered_and_shows_treatment(liver_cohort: Path) -> None:
+    for row in _rows(liver_cohort):
+        pre = sitk.ReadImage(str(liver_cohort / row["pre_labels"]))
+        post = sitk.ReadImage(str(liver_cohort / row["post_labels"]))
+        post_on_pre = sitk.GetArrayFromImage(sitk.Resample(post, pre, sitk.Transform(), sitk.sitkNearestNeighbor))
+        a = sitk.GetArrayFromImage(pre)
+        liver_pre, liver_post = (a == 1) | (a >= 7), (post_on_pre == 1) | (post_on_pre >= 7)
+        dice = 2 * (liver_pre & liver_post).sum() / (liver_pre.sum() + liver_post.sum())
+        assert 0.5 < dice < 0.97, dice  # same liver, moved
+        p = sitk.GetArrayFromImage(post)
+        legend = json.loads((liver_cohort / row["post_labels"].replace(".nii.gz", ".json")).read_text())
+        codes = {name: int(k) for k, name in legend.items()}
+        assert (a == codes["viable"]).sum() > (p == codes["viable"]).sum()  # treatment killed tumor
+        assert (p == codes["necrosis"]).sum() + (p == codes["lipiodol"]).sum() > 0
+        pvp = sitk.GetArrayFromImage(_series(liver_cohort / row["post_PVP_series"]))
+        if "Lipiodol" in row["gold_protocol"] and (p == codes["lipiodol"]).sum() > 20:
+            assert 300 < np.median(pvp[p == codes["lipiodol"]]) < 600
+
+
+def _patients(n: int, seed: int = 0) -> list[L.LiverPatient]:
+    rng = np.random.default_rng(seed)
+    return [L.sample_patient(f"p{i}", rng, np.array([-55.0, -5, 20]), np.array([80.0, 75, 85])) for i in range(n)]
+
+
+def test_protocols_give_different_responses_for_one_patient() -> None:
+    p = _patients(1)[0]
+    a = L.outcome(p, Protocol.parse("Cisplatin; Doxorubicin; Mitomycin; Lipiodol"))
+    b = L.outcome(p, Protocol.parse("Raltitrexed; Gelatin Sponge"))
+    assert a.viable_fraction != b.viable_fraction and a.linear_predictor != b.linear_predictor
+    assert L.outcome(p, Protocol.parse("Cisplatin; Lipiodol")) == L.outcome(p, Protocol.parse("cisplatin, lipiodol"))
+
+
+@pytest.mark.parametrize(
+    ("clean", "conflicting"),
+    [
+        ("Cisplatin; Lipiodol", "Cisplatin; Nedaplatin; Lipiodol"),  # two platinum (Nedaplatin!)
+        ("Epirubicin; Lipiodol", "Epirubicin; Pirarubicin; Lipiodol"),  # two anthracyclines (THP!)
+        ("Doxorubicin; PVA", "Doxorubicin; PVA; Gelatin Sponge"),
+        ("Doxorubicin; PVA", "Doxorubicin; PVA; Absolute Alcohol"),
+    ],
+)
+def test_conflicting_protocols_score_worse(clean: str, conflicting: str) -> None:
+    for p in _patients(20):
+        a, b = L.outcome(p, Protocol.parse(clean)), L.outcome(p, Protocol.parse(conflicting))
+        assert b.toxicity > a.toxicity
+        assert b.expected_os_weeks < a.expected_os_weeks + 1e-9 or "PVA" in clean
+
+
+def test_oracle_is_best_and_regret_is_non_negative() -> None:
+    space = L.protocol_space(max_drugs=2)
+    for p in _patients(5):
+        best = L.oracle_protocol(p, space)
+        assert L.regret_weeks(p, best, space) == pytest.approx(0.0)
+        assert L.regret_weeks(p, Protocol.parse("Cisplatin; Doxorubicin; Mitomycin; Lipiodol"), space) >= 0.0
+
+
+def test_survival_matches_the_real_cohort() -> None:
+    rng = np.random.default_rng(1)
+    times, events = [], []
+    for p in _patients(600, seed=2):
+        t, e = L.sample_survival(L.outcome(p, L.gold_protocol(p, "internal", rng)), rng)
+        times.append(t)
+        events.append(bool(e))
+    x, s = kaplan_meier_estimator(np.array(events), np.array(times))
+    median = x[np.argmax(s <= 0.5)]
+    assert 85 < median < 125, median  # real cohort: 104.4 weeks
+    assert 0.10 < 1 - np.mean(events) < 0.22  # real cohort: 12/105 censored
+
+
+def test_gold_protocols_follow_site_practice() -> None:
+    rng = np.random.default_rng(0)
+    tcia = {str(Protocol.parse(k)) for k in L.PRACTICE["internal"]}
+    for p in _patients(50):
+        assert str(L.gold_protocol(p, "internal", rng)) in tcia
