@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -19,15 +18,11 @@ from oncoplan.training.synth.geometry import Grid
 from oncoplan.training.synth.scan import sample_grid
 
 from .dicom_validate import dciodvfy_available, validate_all
-
-
-def _rows(cohort: Path) -> list[dict[str, str]]:
-    with open(cohort / "cohort.csv") as fh:
-        return list(csv.DictReader(fh))
+from .helpers import cohort_rows, read_series
 
 
 def test_documented_tree(breast_cohort: Path) -> None:
-    rows = _rows(breast_cohort)
+    rows = cohort_rows(breast_cohort)
     assert len(rows) == 3
     for row in rows:
         case = breast_cohort / row["case_id"]
@@ -47,7 +42,7 @@ def test_every_file_passes_dciodvfy(breast_cohort: Path) -> None:
 
 
 def test_dicom_uids_and_geometry_are_consistent(breast_cohort: Path) -> None:
-    row = _rows(breast_cohort)[0]
+    row = cohort_rows(breast_cohort)[0]
     files = sorted((breast_cohort / row["image_dir"]).glob("*.dcm"))
     ds = [pydicom.dcmread(f) for f in files]
     for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "PatientID"):
@@ -62,15 +57,9 @@ def test_dicom_uids_and_geometry_are_consistent(breast_cohort: Path) -> None:
     assert refs <= {d.SOPInstanceUID for d in ds}
 
 
-def _read_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
-    return reader.Execute()
-
-
 def test_nifti_labels_sit_exactly_on_the_ct(breast_cohort: Path) -> None:
-    for row in _rows(breast_cohort):
-        ct = _read_series(breast_cohort / row["image_dir"])
+    for row in cohort_rows(breast_cohort):
+        ct = read_series(breast_cohort / row["image_dir"])
         labels = sitk.Resample(
             sitk.ReadImage(str(breast_cohort / row["structures"])), ct, sitk.Transform(), sitk.sitkNearestNeighbor
         )
@@ -92,7 +81,7 @@ def test_nifti_labels_sit_exactly_on_the_ct(breast_cohort: Path) -> None:
 
 def test_same_seed_same_pixels(breast_cohort: Path, tmp_path: Path) -> None:
     again = generate_cohort("breast", tmp_path / "again", cases=1, seed=3, size="small", progress=False)
-    first = _rows(breast_cohort)[0]
+    first = cohort_rows(breast_cohort)[0]
     a = sorted((breast_cohort / first["image_dir"]).glob("*.dcm"))
     b = sorted((again / first["image_dir"]).glob("*.dcm"))
     assert len(a) == len(b)

@@ -18,15 +18,11 @@ from oncoplan.training.synth.write_liver import CONTRAST_PAIRS, NON_CONTRAST
 
 from .conftest import SHARED
 from .dicom_validate import dciodvfy_available, validate_all
-
-
-def _rows(cohort: Path) -> list[dict[str, str]]:
-    with open(cohort / "cohort.csv") as fh:
-        return list(csv.DictReader(fh))
+from .helpers import cohort_rows, read_series
 
 
 def test_tcia_columns_and_layout(liver_cohort: Path) -> None:
-    rows = _rows(liver_cohort)
+    rows = cohort_rows(liver_cohort)
     assert len(rows) == 2
     for col in ("TCIA_ID", "OS", "Death_1_StillAliveorLostToFU_0", "chemotherapy", "CPS", "AFP", "Tr_Size"):
         assert col in rows[0]
@@ -71,14 +67,8 @@ def test_phases_enhance_like_hcc() -> None:
     assert TISSUE_HU["necrosis"][ap] - TISSUE_HU["necrosis"][nc] < 5  # necrosis does not enhance
 
 
-def _series(folder: Path) -> sitk.Image:
-    r = sitk.ImageSeriesReader()
-    r.SetFileNames(r.GetGDCMSeriesFileNames(str(folder)))
-    return r.Execute()
-
-
 def test_post_scan_is_misregistered_and_shows_treatment(liver_cohort: Path) -> None:
-    for row in _rows(liver_cohort):
+    for row in cohort_rows(liver_cohort):
         pre = sitk.ReadImage(str(liver_cohort / row["pre_labels"]))
         post = sitk.ReadImage(str(liver_cohort / row["post_labels"]))
         post_on_pre = sitk.GetArrayFromImage(sitk.Resample(post, pre, sitk.Transform(), sitk.sitkNearestNeighbor))
@@ -91,7 +81,7 @@ def test_post_scan_is_misregistered_and_shows_treatment(liver_cohort: Path) -> N
         codes = {name: int(k) for k, name in legend.items()}
         assert (a == codes["viable"]).sum() > (p == codes["viable"]).sum()  # treatment killed tumor
         assert (p == codes["necrosis"]).sum() + (p == codes["lipiodol"]).sum() > 0
-        pvp = sitk.GetArrayFromImage(_series(liver_cohort / row["post_PVP_series"]))
+        pvp = sitk.GetArrayFromImage(read_series(liver_cohort / row["post_PVP_series"]))
         if "Lipiodol" in row["gold_protocol"] and (p == codes["lipiodol"]).sum() > 20:
             assert 300 < np.median(pvp[p == codes["lipiodol"]]) < 600
 

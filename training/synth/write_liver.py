@@ -186,7 +186,7 @@ def write_case(root: Path, index: int, seed: int, site: str, size: str) -> dict[
         grid = sample_grid(rng, width, 125.0, -125.0, (1.25, 2.5, 2.5, 2.5, 5.0, 5.0), size, feet_first=0.15)
         study_regions = dict(regions)
         if study_name == "pre":
-            study_regions["tumor"] = Region([lesion_shape(les) for les in patient.lesions], within=[])
+            study_regions["tumor"] = Region([lesion_shape(les) for les in patient.lesions])
         else:
             shrink = gold_out.shrink ** (1.0 / 3.0)
             study_regions["tumor"] = Region([lesion_shape(les, shrink) for les in patient.lesions])
@@ -217,10 +217,10 @@ def write_case(root: Path, index: int, seed: int, site: str, size: str) -> dict[
         written = {}
         for number, phase in enumerate(_phases_present(rng), start=2):
             delay = BOLUS_DELAY_S[phase]
-            extra = {
-                "AcquisitionTime": f"1015{delay or 0:02d}"
-                if delay is not None and delay < 60
-                else ("101610" if delay else "101400")
+            # Bolus injected at 10:15:00; the non-contrast scan a minute before it.
+            seconds = 10 * 3600 + 15 * 60 + (delay if delay is not None else -60)
+            extra: dict[str, object] = {
+                "AcquisitionTime": f"{seconds // 3600:02d}{seconds % 3600 // 60:02d}{seconds % 60:02d}"
             }
             if delay is not None:
                 extra["ContrastBolusStartTime"] = "101500"
