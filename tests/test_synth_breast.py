@@ -167,6 +167,8 @@ def test_sites_differ_in_class_mix_like_table6() -> None:
         bcs = sum(v for k, v in mix[site].items() if k.startswith("Breast"))
         n0 = sum(1 for s in sides if s.n_stage in ("N0", "N1mi")) / n
         both = sum(r.laterality == "both" for r in recs) / len(recs)
+        left = sum(r.laterality == "left" for r in recs) / len(recs)
+        assert 0.45 < left < 0.56  # Table 6: left about half, right slightly less
         if site == "internal":
             assert 0.60 < bcs < 0.71 and 0.02 < both < 0.06
         else:

@@ -1,0 +1,33 @@
+"""The README's main job: one synthetic study of each workflow, re-runnable, never clobbering."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _demo(out: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "oncoplan", "demo", "--size", "small", "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def test_demo_writes_both_studies_and_reruns(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    first = _demo(out)
+    assert first.returncode == 0, first.stderr
+    assert "RESEARCH USE ONLY" in first.stdout
+    for kind in ("breast", "liver"):
+        assert (out / kind / "cohort.csv").is_file()
+        assert any((out / kind).rglob("*.dcm"))
+    again = _demo(out)
+    assert again.returncode == 0, again.stderr
+
+
+def test_demo_refuses_to_replace_foreign_folders(tmp_path: Path) -> None:
+    (tmp_path / "breast").mkdir()
+    (tmp_path / "breast" / "precious.txt").write_text("keep")
+    out = _demo(tmp_path)
+    assert out.returncode != 0
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "breast" / "precious.txt").read_text() == "keep"
