@@ -15,7 +15,7 @@ Response model (per patient, hidden):
 - viable fraction = (1 - drug kill) * (1 - embolic kill), at least 2%. Of the killed tumor,
   a Lipiodol share (with Lipiodol in the protocol, scaled by vascularity) stays as dense
   deposits, the rest is necrosis; necrotic tissue shrinks the lesion.
-- Toxicity: 0.05 per drug, 0.8 per clinical conflict (two platinum drugs, two
+- Toxicity: 0.15 per drug, 0.8 per clinical conflict (two platinum drugs, two
   anthracyclines, PVA with absolute alcohol or gelatin sponge), 0.3 for absolute alcohol,
   times 1.5 for Child-Pugh B and 2 for C.
 Survival: Weibull proportional hazards with linear predictor
@@ -68,7 +68,7 @@ EMBOLIC_VASC = {
 }
 LIPIODOL_BOOST = 1.3
 WEIBULL_SHAPE = 1.2
-WEIBULL_SCALE_WEEKS = 2130.0  # calibrated: median OS of generated cohorts ~ 100-110 weeks
+WEIBULL_SCALE_WEEKS = 2600.0  # calibrated: median OS of generated cohorts ~ 100-110 weeks
 BETA = {"viable": 0.55, "burden": 0.25, "cps_b": 0.5, "cps_c": 1.0, "afp": 0.15, "vi": 0.6, "tox": 0.9}
 
 # Physicians' practice ("gold" protocols) by site, with frequencies.
@@ -172,7 +172,7 @@ def _embolic_kill(protocol: Protocol, profile: ResponseProfile) -> float:
 
 
 def toxicity(protocol: Protocol, cps: str) -> float:
-    tox = 0.05 * len(protocol.drugs) + 0.8 * len(conflicts(protocol.items))
+    tox = 0.15 * len(protocol.drugs) + 0.8 * len(conflicts(protocol.items))
     tox += 0.3 if "Absolute Alcohol" in protocol.embolics else 0.0
     return tox * {"A": 1.0, "B": 1.5, "C": 2.0}[cps]
 
