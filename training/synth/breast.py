@@ -167,7 +167,6 @@ class Anatomy:
     half_width: float
     half_depth: float
     breast_shapes: dict[str, Shape]  # the breast before surgery, per side
-    texture_seed: int
 
 
 NODAL = ("axilla", "supraclavicular", "internal_mammary")
@@ -264,7 +263,7 @@ def sample_anatomy(record: BreastRecord, rng: np.random.Generator) -> Anatomy:
                 clips.append(Shape(tuple(c + rng.normal(0, 12, 3)), (1.2, 1.2, 2.5)))
     regions["seroma"] = Region(seroma)
     regions["clips"] = Region(clips)
-    return Anatomy(regions, a, b, breasts, int(rng.integers(1 << 30)))
+    return Anatomy(regions, a, b, breasts)
 
 
 def _chest_wall(anatomy: Anatomy, side: str) -> Region:

@@ -15,7 +15,7 @@ from .labels import ANATOMY, CTV_CODE, SegmentSpec, save_label_map, save_nifti, 
 from .scan import sample_grid
 
 _SEG_TYPES = {
-    "body": codes.DCM.ExternalBodyModel if hasattr(codes.DCM, "ExternalBodyModel") else codes.SCT.Body,
+    "body": codes.DCM.ExternalBodyModel,
     "lung_left": codes.SCT.Lung,
     "lung_right": codes.SCT.Lung,
     "heart": codes.SCT.Heart,
