@@ -57,7 +57,6 @@ DRUG_CLASSES: tuple[str, ...] = ("platinum", "anthracycline", "mitomycin", "anti
 # Spelling variants seen in reports and tables -> canonical action name.
 _ALIASES: dict[str, str] = {
     "thp": "Pirarubicin",
-    "pirarubicin": "Pirarubicin",
     "mitomycin-c": "Mitomycin",
     "mitomycin c": "Mitomycin",
     "mmc": "Mitomycin",

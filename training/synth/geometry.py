@@ -116,10 +116,6 @@ class Grid:
 
     def slabs(self, size: int = 8) -> Iterator[tuple[slice, np.ndarray]]:
         """World coordinates of the grid in slabs of slices: (slice range, array (n, R, C, 3))."""
-        r = np.arange(self.rows, dtype=np.float32)
-        c = np.arange(self.cols, dtype=np.float32)
-        m = self.index_to_world().astype(np.float32)
-        plane = c[None, :, None] * m[:3, 0] + r[:, None, None] * m[:3, 1] + m[:3, 3]
         for start in range(0, self.slices, size):
-            ks = np.arange(start, min(start + size, self.slices), dtype=np.float32)
-            yield slice(start, start + len(ks)), plane[None] + ks[:, None, None, None] * m[:3, 2]
+            ks = slice(start, min(start + size, self.slices))
+            yield ks, self.world_points((ks, slice(0, self.rows), slice(0, self.cols)))

@@ -101,12 +101,6 @@ class Pose:
         return p + self.amp * np.sin(p @ self.k)
 
 
-def _study_masks(regions: dict[str, Region], grid, pose: Pose | None) -> dict[str, np.ndarray]:
-    if pose is None:
-        return rasterise(regions, grid)
-    return rasterise(regions, grid, pose, pose.max_displacement_mm)
-
-
 def _tumor_compartments(
     tumor: np.ndarray, score: np.ndarray, out: L.Outcome
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -190,7 +184,7 @@ def write_case(root: Path, index: int, seed: int, site: str, size: str) -> dict[
         else:
             shrink = gold_out.shrink ** (1.0 / 3.0)
             study_regions["tumor"] = Region([lesion_shape(les, shrink) for les in patient.lesions])
-        masks = _study_masks(study_regions, grid, pose)
+        masks = rasterise(study_regions, grid, pose, pose.max_displacement_mm if pose else 0.0)
         masks["tumor"] &= masks["liver"]
         tex = smooth_field(grid, rng, 5.0, pose)
         empty = np.zeros(grid.shape, dtype=bool)
