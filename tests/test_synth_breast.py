@@ -34,6 +34,24 @@ def test_documented_tree(breast_cohort: Path) -> None:
         assert clinical["note"] == row["note"]
 
 
+def test_counterfactual_truth_follows_the_changed_note(breast_cohort: Path) -> None:
+    for row in cohort_rows(breast_cohort):
+        case = breast_cohort / row["case_id"]
+        cf = json.loads((case / "labels" / "counterfactual.json").read_text())
+        factual = np.asarray(nib.load(breast_cohort / row["ctv"]).dataobj) > 0
+        swapped = np.asarray(nib.load(case / cf["laterality"]["ctv"]).dataobj) > 0
+        assert cf["laterality"]["note"] != row["note"]
+        if row["laterality"] != "both":
+            other = {"left": "right", "right": "left"}[row["laterality"]]
+            assert (
+                f"{other} side" in cf["laterality"]["note"]
+                and f"{row['laterality']} side" not in cf["laterality"]["note"]
+            )
+            assert (factual & swapped).sum() < 0.05 * factual.sum()
+        nodal = np.asarray(nib.load(case / cf["nodal"]["ctv"]).dataobj) > 0
+        assert nodal.sum() != factual.sum()
+
+
 @pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy (dicom3tools) not installed")
 def test_every_file_passes_dciodvfy(breast_cohort: Path) -> None:
     files = sorted(breast_cohort.rglob("*.dcm"))

@@ -119,6 +119,11 @@ class BreastRecord:
         sides = tuple(replace(s, side=swap[s.side]) for s in self.sides)
         return replace(self, sides=tuple(sorted(sides, key=lambda s: SIDES.index(s.side))))
 
+    def with_nodes_toggled(self) -> BreastRecord:
+        """N0/N1mi sides become N1 and node-positive sides N0: the guideline adds or drops RNI."""
+        sides = tuple(replace(s, n_stage="N0" if s.rni else "N1") for s in self.sides)
+        return replace(self, sides=sides)
+
 
 def clinical_note(record: BreastRecord, with_t_stage: bool = False) -> str:
     """The seed's Table 5 note: "N1mi, breast conserving surgery, left side"; sides joined by "; "."""

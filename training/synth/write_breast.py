@@ -73,6 +73,13 @@ def write_case(root: Path, index: int, seed: int, site_name: str, size: str) -> 
     write_seg([ctv] + [masks[n] for n in B.LABELS], specs, ct, labels / "seg.dcm", 300, "Ground truth CTV")
 
     note = B.clinical_note(record)
+    # Counterfactual truth: the same anatomy under the swapped-laterality and toggled-nodal
+    # records, so text guidance can be trained and scored against exact targets.
+    counterfactual = {}
+    for kind, cf in (("laterality", record.with_laterality_swapped()), ("nodal", record.with_nodes_toggled())):
+        save_nifti(B.ctv_mask(anatomy, cf, grid).astype(np.uint8), grid, labels / f"ctv_{kind}.nii.gz")
+        counterfactual[kind] = {"note": B.clinical_note(cf), "ctv": f"labels/ctv_{kind}.nii.gz"}
+    (labels / "counterfactual.json").write_text(json.dumps(counterfactual, indent=1))
     by_side = {s.side: s for s in record.sides}
     clinical = {
         "case_id": case_id,

@@ -1,0 +1,100 @@
+"""LLMSeg network: a CrossBlock at every level, text changes the output, LM out of checkpoints,
+and the text encoder over the embedded MiniLM, a causal LM (tiny Llama) and a CLIP text tower."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from oncoplan.training.ctv.network import ContextUNet, CrossBlock, TextGuidedSegmenter
+from oncoplan.training.ctv.text_encoder import PromptedTextEncoder, default_model_path
+
+NOTES = ["N1, breast conserving surgery, left side", "N0, total mastectomy surgery, right side"]
+TINY = (4, 8, 8, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def minilm() -> PromptedTextEncoder:
+    return PromptedTextEncoder(n_prompts=2, prompt_length=8)
+
+
+def _tiny_lm(tmp_path: Path, kind: str) -> str:
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(default_model_path())  # any offline tokenizer will do
+    small = {
+        "vocab_size": tok.vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    }
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**small, num_key_value_heads=2))
+    else:
+        model = CLIPTextModel(CLIPTextConfig(**small, max_position_embeddings=128, bos_token_id=101, eos_token_id=102))
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def test_minilm_default_context_shape_and_gradients(minilm: PromptedTextEncoder) -> None:
+    context = minilm(NOTES)
+    assert context.shape == (2, 2, 384)
+    assert not torch.allclose(context[0], context[1])  # the note matters
+    context.sum().backward()
+    assert minilm.prompts.grad.abs().sum() > 0 and minilm.seg.grad.abs().sum() > 0  # [SEG] trains (see card)
+    assert all(p.grad is None for p in minilm.lm.parameters())  # the LM stays frozen
+    minilm.zero_grad()
+
+
+@pytest.mark.parametrize("kind", ["llama", "clip"])
+def test_other_language_models_load_from_a_local_folder(tmp_path: Path, kind: str) -> None:
+    encoder = PromptedTextEncoder(_tiny_lm(tmp_path, kind), n_prompts=3, prompt_length=4)
+    context = encoder(NOTES)
+    assert context.shape == (2, 3, 32)
+    context.sum().backward()
+    assert encoder.prompts.grad.abs().sum() > 0
+
+
+def test_causal_lm_seg_token_sees_the_whole_note(tmp_path: Path) -> None:
+    """With a causal LM, [SEG] must come after the note: change only the last word, context changes."""
+    encoder = PromptedTextEncoder(_tiny_lm(tmp_path, "llama"))
+    a, b = encoder(["N1, breast conserving surgery, left side", "N1, breast conserving surgery, right side"])
+    assert not torch.allclose(a, b)
+
+
+def test_cross_block_at_every_level_and_text_changes_output(minilm: PromptedTextEncoder) -> None:
+    torch.manual_seed(0)
+    net = TextGuidedSegmenter(ContextUNet(channels=TINY, text_dim=minilm.width), minilm).eval()
+    assert sum(isinstance(m, CrossBlock) for m in net.modules()) == 5
+    image = torch.rand(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        left, right = net(image, NOTES[:1]), net(image, NOTES[1:])
+    assert left.shape == (1, 2, 32, 32, 16)
+    assert (left - right).abs().max() > 1e-4
+
+
+def test_vision_only_baseline_has_no_text_path() -> None:
+    net = TextGuidedSegmenter(ContextUNet(channels=TINY, text_dim=None))
+    assert not any(isinstance(m, CrossBlock) for m in net.modules())
+    assert net(torch.rand(2, 1, 32, 32, 16)).shape == (2, 2, 32, 32, 16)
+    with pytest.raises(ValueError):
+        TextGuidedSegmenter(ContextUNet(channels=TINY, text_dim=None), text_encoder=torch.nn.Identity())
+
+
+def test_checkpoint_holds_trainables_not_the_language_model(minilm: PromptedTextEncoder, tmp_path: Path) -> None:
+    net = TextGuidedSegmenter(ContextUNet(channels=TINY, text_dim=minilm.width), minilm)
+    state = net.state_dict()
+    assert "text.prompts" in state and "text.seg" in state
+    assert not any(k.startswith("text.lm.") for k in state)
+    wrapped = torch.nn.Sequential(net).state_dict()  # as inside DDP: prefixes are respected
+    assert not any(".text.lm." in k for k in wrapped)
+    torch.save(state, tmp_path / "m.pt")
+    fresh = TextGuidedSegmenter(ContextUNet(channels=TINY, text_dim=minilm.width), minilm)
+    fresh.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    assert torch.equal(fresh.unet.head.conv.conv.weight, net.unet.head.conv.conv.weight)
+    with pytest.raises(RuntimeError, match="mismatch"):
+        fresh.load_state_dict({k: v for k, v in state.items() if k != "text.seg"})

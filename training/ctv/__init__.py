@@ -1,0 +1,1 @@
+"""Text-guided CTV contouring (LLMSeg): text encoder, network, data, notes and evaluation."""

@@ -1,0 +1,63 @@
+"""Run the CTV bundle's inference config on one image + note and get the mask on the image grid.
+
+The bundle's `inference.json` is the single source of its network, preprocessing and inferer;
+this class only parses it (with overrides) and applies the pieces to one case at a time, so
+that evaluation can ask for any note (counterfactuals) without writing a datalist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class CTVPredictor:
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        text_guided: bool = True,
+        model_name: str | None = None,
+        overrides: dict | None = None,
+    ) -> None:
+        from monai.bundle import ConfigParser
+
+        self.bundle = Path(bundle_dir)
+        parser = ConfigParser()
+        parser.read_config(self.bundle / "configs" / "inference.json")
+        parser.update({"bundle_root": str(self.bundle), "text_guided": text_guided, **(overrides or {})})
+        if model_name:
+            parser["model_name"] = model_name
+        self.text_guided = text_guided
+        self.device = parser.get_parsed_content("device")
+        self.network = parser.get_parsed_content("network")
+        ckpt = parser.get_parsed_content("ckpt_path")
+        state = torch.load(ckpt, map_location=self.device, weights_only=True)
+        self.network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        self.network.eval()
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.inferer = parser.get_parsed_content("inferer")
+
+    @torch.no_grad()
+    def probabilities(self, image_path: str, notes: list[str]) -> list[np.ndarray]:
+        """CTV probability on the input image's own grid, one array per note (image read once)."""
+        from monai.transforms import Invertd
+
+        data = self.preprocessing({"image": image_path, "note": notes[0]})
+        image = data["image"].unsqueeze(0).to(self.device)
+        invert = Invertd(keys="pred", transform=self.preprocessing, orig_keys="image", nearest_interp=False)
+        out = []
+        for note in notes:
+            context = self.network.context([note]) if self.text_guided else None
+            logits = self.inferer(image, lambda x, c=context: self.network.unet(x, c))
+            probs = torch.softmax(logits, dim=1)[0]
+            pred = probs[1:2].clone()
+            pred.applied_operations = data["image"].applied_operations  # what Invertd undoes
+            pred.meta = data["image"].meta
+            restored = invert({"pred": pred, "image": data["image"]})["pred"]
+            out.append(np.asarray(restored[0].cpu()))
+        return out
+
+    def predict(self, image_path: str, notes: list[str]) -> list[np.ndarray]:
+        return [p > 0.5 for p in self.probabilities(image_path, notes)]
