@@ -43,6 +43,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _contour(args: argparse.Namespace) -> int:
+    from .apps.ctv_contouring.app import CTVContouringApp
+    from .apps.runner import run_app
+
+    for path in run_app(CTVContouringApp, args.input, args.output, args.model, note=args.note):
+        print(path)
+    print("RESEARCH USE ONLY - not for clinical use.")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -101,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--efficiency", action="store_true", help="also evaluate models/efficiency/*.pt")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=_evaluate)
+
+    contour = sub.add_parser(
+        "contour",
+        help="CTV of a CT study from its clinical note: RTSTRUCT + DICOM-SEG (LLMSeg app)",
+        description="Runs the CTV contouring app (MONAI Deploy graph) on one DICOM study. The note comes from "
+        "--note, else clinical.json in or beside the input folder, else a text SR in the study.",
+    )
+    contour.add_argument("-i", "--input", type=Path, required=True, help="folder with the study's DICOM files")
+    contour.add_argument("-o", "--output", type=Path, required=True, help="folder for the DICOM written")
+    contour.add_argument("--note", help='clinical note, e.g. "N1, breast conserving surgery, left side"')
+    contour.add_argument("-m", "--model", type=Path, help="CTV bundle folder (default: the shipped one)")
+    contour.set_defaults(func=_contour)
 
     demo = sub.add_parser(
         "demo",

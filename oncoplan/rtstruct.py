@@ -29,6 +29,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from skimage.draw import polygon as fill_polygon
 from skimage.measure import approximate_polygon, find_contours
 
+from . import __version__
 from .errors import InputError
 from .fsio import atomic_path
 
@@ -214,7 +215,7 @@ def rtstruct_dataset(
     ds.PositionReferenceIndicator = ref.get("PositionReferenceIndicator", "")
     ds.Manufacturer = manufacturer
     ds.ManufacturerModelName = "oncoplan"
-    ds.SoftwareVersions = _version()
+    ds.SoftwareVersions = __version__
     ds.InstanceNumber = 1
     ds.StructureSetLabel = label[:16]
     ds.StructureSetName = label[:64]
@@ -271,15 +272,6 @@ def rtstruct_dataset(
     ds.ROIContourSequence = DicomSequence(contour_seq)
     ds.RTROIObservationsSequence = DicomSequence(observations)
     return ds
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("oncoplan")
-    except PackageNotFoundError:
-        return "dev"
 
 
 def write_rtstruct(ds: Dataset, path: str | Path) -> Path:

@@ -39,18 +39,30 @@ class CTVPredictor:
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
 
+    def _pipeline(self, image):
+        """The config's preprocessing; an in-memory MetaTensor skips its loader (the first transform)."""
+        if isinstance(image, (str, Path)):
+            return self.preprocessing
+        from monai.transforms import Compose
+
+        return Compose(self.preprocessing.transforms[1:])
+
     @torch.no_grad()
-    def probabilities(self, image_path: str, notes: list[str]) -> list[np.ndarray]:
-        """CTV probability on the input image's own grid, one array per note (image read once)."""
+    def probabilities(self, image, notes: list[str]) -> list[np.ndarray]:
+        """CTV probability on the input image's own grid, one array per note (image read once).
+
+        `image` is a file path, or a channel-less MetaTensor with its affine (a DICOM volume).
+        """
         from monai.transforms import Invertd
 
-        data = self.preprocessing({"image": image_path, "note": notes[0]})
-        image = data["image"].unsqueeze(0).to(self.device)
-        invert = Invertd(keys="pred", transform=self.preprocessing, orig_keys="image", nearest_interp=False)
+        pipeline = self._pipeline(image)
+        data = pipeline({"image": image if isinstance(image, (str, Path)) else image.clone(), "note": notes[0]})
+        batch = data["image"].unsqueeze(0).to(self.device)
+        invert = Invertd(keys="pred", transform=pipeline, orig_keys="image", nearest_interp=False)
         out = []
         for note in notes:
             context = self.network.context([note]) if self.text_guided else None
-            logits = self.inferer(image, lambda x, c=context: self.network.unet(x, c))
+            logits = self.inferer(batch, lambda x, c=context: self.network.unet(x, c))
             probs = torch.softmax(logits, dim=1)[0]
             pred = probs[1:2].clone()
             pred.applied_operations = data["image"].applied_operations  # what Invertd undoes
@@ -59,5 +71,5 @@ class CTVPredictor:
             out.append(np.asarray(restored[0].cpu()))
         return out
 
-    def predict(self, image_path: str, notes: list[str]) -> list[np.ndarray]:
-        return [p > 0.5 for p in self.probabilities(image_path, notes)]
+    def predict(self, image, notes: list[str]) -> list[np.ndarray]:
+        return [p > 0.5 for p in self.probabilities(image, notes)]

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import highdicom as hd
 import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+
+from oncoplan.seg import SegmentSpec, seg_dataset
+from oncoplan.seg import write_seg as write_seg_file
 
 from .dicom_ct import RESEARCH_ONLY, stable_uid
 from .geometry import Grid
@@ -39,15 +40,6 @@ def save_label_map(masks: dict[str, np.ndarray], order: Sequence[str], grid: Gri
     return legend
 
 
-@dataclass(frozen=True)
-class SegmentSpec:
-    """What a segment is, in DICOM terms."""
-
-    label: str
-    category: Code
-    type: Code
-
-
 ANATOMY = codes.SCT.AnatomicalStructure
 MORPH = Code("49755003", "SCT", "Morphologically Altered Structure")
 PHYSICAL = codes.SCT.PhysicalObject
@@ -63,39 +55,16 @@ def write_seg(
     description: str,
 ) -> Path | None:
     """A binary DICOM-SEG of the non-empty masks, referencing the CT slices in `ct` (instance order)."""
-    keep = [(m, s) for m, s in zip(masks, specs, strict=True) if m.any()]
-    if not keep:
-        return None
-    pixels = np.stack([m for m, _ in keep], axis=-1).astype(bool)
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=i,
-            segment_label=spec.label,
-            segmented_property_category=spec.category,
-            segmented_property_type=spec.type,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-            tracking_uid=stable_uid(ct[0].SeriesInstanceUID, "segment", spec.label),
-            tracking_id=spec.label,
-        )
-        for i, (_, spec) in enumerate(keep, start=1)
-    ]
-    series_uid = stable_uid(ct[0].SeriesInstanceUID, "seg", description)
-    seg = hd.seg.Segmentation(
-        source_images=list(ct),
-        pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=stable_uid(series_uid, "instance"),
-        instance_number=1,
-        manufacturer="OncoPlan",
-        manufacturer_model_name="oncoplan-synth",
-        software_versions="0.1.0",
-        device_serial_number="synthetic",
-        series_description=f"{description} ({RESEARCH_ONLY})"[:64],
-        content_description="Synthetic ground truth"[:64],
+    seg = seg_dataset(
+        masks,
+        specs,
+        ct,
+        f"{description} ({RESEARCH_ONLY})",
+        series_number,
         content_label="GROUNDTRUTH",
+        content_description="Synthetic ground truth",
+        uid=stable_uid(ct[0].SeriesInstanceUID, "seg", description),
+        manufacturer_model_name="oncoplan-synth",
+        device_serial_number="synthetic",
     )
-    seg.save_as(path)
-    return path
+    return None if seg is None else write_seg_file(seg, path)

@@ -1,0 +1,1 @@
+"""The CTV contouring app (LLMSeg) as a MONAI Deploy application."""

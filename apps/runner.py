@@ -1,0 +1,85 @@
+"""Runs an OncoPlan app the SDK's way (`python -m <app> -i IN -o OUT -m MODELS` or HOLOSCAN_* variables).
+
+Around the Holoscan graph it adds what a hospital needs: the input folder is checked first
+(one clear line and exit 2 on bad input), and results are written to a scratch folder and
+moved into OUT only when the whole graph succeeded, so a failed run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from oncoplan.errors import InputError
+from oncoplan.operators.input_check import check_input_folder
+
+
+def _pop(argv: list[str], flag: str) -> str | None:
+    if flag in argv:
+        i = argv.index(flag)
+        if i + 1 >= len(argv):
+            raise InputError(f"{flag} needs a value")
+        value = argv[i + 1]
+        del argv[i : i + 2]
+        return value
+    return None
+
+
+def _run_graph(app_cls, argv: list[str], app_kwargs: dict) -> None:
+    # Holoscan logs while it tears a graph down; destroying the app here keeps those lines
+    # before our own error line, which must be the last thing on stderr.
+    app = app_cls(argv, **app_kwargs)
+    try:
+        app.run()
+    finally:
+        del app
+        gc.collect()
+
+
+def run_app(app_cls, input_path: Path, output_path: Path, model_path: Path | None, **app_kwargs) -> list[Path]:
+    """Run the app's graph on one study; returns the files it wrote into `output_path`."""
+    check_input_folder(input_path)
+    output_path = Path(output_path).absolute()
+    try:
+        output_path.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=output_path))
+    except OSError as exc:
+        raise InputError(f"{output_path}: cannot write the output folder ({exc.strerror or exc})") from None
+    try:
+        # Holoscan drops argv[0] (the interpreter), as for [sys.executable, script, *args].
+        argv = [sys.executable, app_cls.__module__, "-i", str(input_path), "-o", str(scratch)]
+        if model_path:
+            argv += ["-m", str(model_path)]
+        _run_graph(app_cls, argv, app_kwargs)
+        written = sorted(p for p in scratch.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not written:
+            raise RuntimeError(f"{app_cls.__name__} wrote no output")
+        out = []
+        for p in written:
+            os.replace(p, output_path / p.name)
+            out.append(output_path / p.name)
+        return out
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main(app_cls, argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m oncoplan.apps.<name>`."""
+    from monai.deploy.core import init_app_context
+
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        note = _pop(argv, "--note")
+        ctx = init_app_context(argv)
+        kwargs = {"note": note} if note else {}
+        for p in run_app(app_cls, Path(ctx.input_path), Path(ctx.output_path), ctx.model_path or None, **kwargs):
+            print(p)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,104 @@
+"""The selected CT series as one volume with exact geometry, checked before any model sees it.
+
+The SDK's series-to-volume operator stacks slices (slice, row, column) in its own sorted
+order; here the affine is rebuilt from the same datasets' ImagePositionPatient,
+ImageOrientationPatient and PixelSpacing, so any orientation and patient position is exact,
+and series that no model should see (one slice, uneven spacing, missing geometry) are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from oncoplan.errors import InputError
+
+GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+SPACING_TOLERANCE = 0.01  # relative spread of slice gaps accepted as "even"
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class CTVolume:
+    """HU voxels (slice, row, column) and the datasets of those slices, in the same order."""
+
+    hu: np.ndarray
+    datasets: tuple[Dataset, ...]
+    where: str = "CT series"
+
+    def __post_init__(self) -> None:
+        check_geometry(self.datasets, self.where)
+        if self.hu.shape != (len(self.datasets), int(self.datasets[0].Rows), int(self.datasets[0].Columns)):
+            raise InputError(f"{self.where}: pixel data shape {self.hu.shape} does not match its slices")
+
+    def affine_lps(self) -> np.ndarray:
+        """4x4 from index (column, row, slice) to patient LPS mm."""
+        first = self.datasets[0]
+        iop = np.asarray(first.ImageOrientationPatient, dtype=float)
+        row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+        p0 = np.asarray(first.ImagePositionPatient, dtype=float)
+        pn = np.asarray(self.datasets[-1].ImagePositionPatient, dtype=float)
+        out = np.eye(4)
+        out[:3, 0] = iop[:3] * col_spacing
+        out[:3, 1] = iop[3:] * row_spacing
+        out[:3, 2] = (pn - p0) / (len(self.datasets) - 1)
+        out[:3, 3] = p0
+        return out
+
+    def affine_ras(self) -> np.ndarray:
+        return LPS_TO_RAS @ self.affine_lps()
+
+    def metatensor(self):
+        """(column, row, slice) float32 MetaTensor with the RAS affine, as MONAI's loaders give."""
+        from monai.data import MetaTensor
+
+        array = np.ascontiguousarray(self.hu.transpose(2, 1, 0), dtype=np.float32)
+        return MetaTensor(array, affine=self.affine_ras(), meta={"space": "RAS", "original_channel_dim": "no_channel"})
+
+    def from_index_order(self, array: np.ndarray) -> np.ndarray:
+        """A (column, row, slice) array on this grid back to (slice, row, column)."""
+        return np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0))
+
+
+def check_geometry(datasets: tuple[Dataset, ...] | list[Dataset], where: str) -> None:
+    """One slab of parallel, evenly spaced slices with complete geometry (any order)."""
+    if len(datasets) < 2:
+        raise InputError(f"{where}: a single slice; a 3-D CT series is needed")
+    for ds in datasets:
+        missing = [t for t in GEOMETRY_TAGS if t not in ds or ds.data_element(t).value in (None, "")]
+        if missing:
+            raise InputError(f"{where}: slice {ds.get('SOPInstanceUID', '?')} lacks {', '.join(missing)}")
+    iops = np.array([np.asarray(ds.ImageOrientationPatient, dtype=float) for ds in datasets])
+    if np.abs(iops - iops[0]).max() > 1e-4:
+        raise InputError(f"{where}: slices have different orientations")
+    if len({(int(ds.Rows), int(ds.Columns)) for ds in datasets}) > 1:
+        raise InputError(f"{where}: slices have different matrix sizes")
+    normal = np.cross(iops[0][:3], iops[0][3:])
+    z = np.sort([np.asarray(ds.ImagePositionPatient, dtype=float) @ normal for ds in datasets])
+    gaps = np.diff(z)
+    if np.any(np.abs(gaps) < 1e-3):
+        raise InputError(f"{where}: two slices at the same position")
+    if np.ptp(gaps) > SPACING_TOLERANCE * gaps.mean():
+        raise InputError(f"{where}: inconsistent slice spacing ({gaps.min():.2f}-{gaps.max():.2f} mm)")
+
+
+def from_selected_series(study_selected_series_list, image=None) -> CTVolume:
+    """A CTVolume from the SDK selector's output (and, when given, its series-to-volume Image)."""
+    if not study_selected_series_list:
+        raise InputError("input: no CT series matched the selection rules")
+    selected = study_selected_series_list[0].selected_series
+    if not selected:
+        raise InputError("input: no CT series matched the selection rules")
+    series = selected[0].series
+    datasets = tuple(s.get_native_sop_instance() for s in series.get_sop_instances())
+    where = f"CT series {series.SeriesInstanceUID}"
+    if image is not None:
+        hu = np.asarray(image.asnumpy())
+    else:
+        from oncoplan.rtstruct import sort_slices
+
+        datasets = tuple(sort_slices(list(datasets)))
+        hu = np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in datasets])
+    return CTVolume(hu, datasets, where)

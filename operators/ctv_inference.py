@@ -1,0 +1,44 @@
+"""Text-guided CTV segmentation of a CT volume with the CTV bundle (LLMSeg)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from .ct_volume import from_selected_series
+
+log = logging.getLogger(__name__)
+
+
+class CTVInferenceOperator(Operator):
+    """CT image + note -> CTV mask (slice, row, column) on the CT grid, with its volume."""
+
+    def __init__(self, fragment: Fragment, *args, bundle_path: Path, **kwargs) -> None:
+        self.bundle_path = Path(bundle_path)
+        self._predictor = None  # built on first use: loading the language model takes seconds
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("image")
+        spec.input("study_selected_series_list")
+        spec.input("note")
+        spec.output("mask")
+
+    def predictor(self):
+        if self._predictor is None:
+            from oncoplan.training.ctv.predict import CTVPredictor
+
+            self._predictor = CTVPredictor(self.bundle_path)
+            log.info("CTV bundle %s on %s (eager PyTorch)", self.bundle_path, self._predictor.device)
+        return self._predictor
+
+    def compute(self, op_input, op_output, context) -> None:
+        image = op_input.receive("image")
+        volume = from_selected_series(op_input.receive("study_selected_series_list"), image)
+        note = op_input.receive("note")
+        (mask,) = self.predictor().predict(volume.metatensor(), [note])
+        mask = volume.from_index_order(mask).astype(bool)
+        log.info("CTV: %d voxels for note %r", int(mask.sum()), note)
+        op_output.emit({"mask": mask, "volume": volume, "note": note}, "mask")

@@ -1,0 +1,216 @@
+"""CTV contouring app: the SDK graph end to end on generated studies, note sources, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from oncoplan.apps.ctv_contouring.app import CTVContouringApp
+from oncoplan.apps.runner import run_app
+from oncoplan.errors import InputError
+from oncoplan.operators.clinical_note import find_note
+from oncoplan.operators.input_check import check_input_folder
+from oncoplan.rtstruct import read_rtstruct, sort_slices
+from oncoplan.training.synth.cohort import generate_cohort
+
+from .dicom_validate import dciodvfy_available, problems
+from .helpers import cohort_rows
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ctv_llmseg"
+NOTE = "N1, breast conserving surgery, left side"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small generated breast study (DICOM CT only) with clinical.json beside it."""
+    cohort = generate_cohort(
+        "breast", tmp_path_factory.mktemp("ctvapp") / "c", 1, seed=41, size="small", progress=False
+    )
+    row = cohort_rows(cohort)[0]
+    return cohort / row["image_dir"]
+
+
+@pytest.fixture(scope="module")
+def contoured(study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ctvapp_out") / "out"
+    run_app(CTVContouringApp, study, out, BUNDLE)
+    return out
+
+
+def _ct(study: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p) for p in sorted(study.glob("*.dcm"))]
+
+
+def test_app_writes_rtstruct_and_seg_that_agree(study: Path, contoured: Path) -> None:
+    assert sorted(p.name for p in contoured.iterdir()) == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    ct = _ct(study)
+    rs = pydicom.dcmread(contoured / "ctv_rtstruct.dcm")
+    assert rs.StudyInstanceUID == ct[0].StudyInstanceUID
+    assert "research use only" in rs.SeriesDescription.lower()
+    series_ref = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert series_ref.SeriesInstanceUID == ct[0].SeriesInstanceUID
+    contour_mask = read_rtstruct(contoured / "ctv_rtstruct.dcm", ct)["CTV"]
+
+    seg = hd.seg.segread(contoured / "ctv_seg.dcm")
+    assert "research use only" in seg.SeriesDescription.lower()
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    uids = [ds.SOPInstanceUID for ds in sort_slices(ct)]
+    seg_mask = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids,
+        segment_numbers=[1],
+        ignore_spatial_locations=True,
+        assert_missing_frames_are_empty=True,
+    )[..., 0].astype(bool)
+    assert contour_mask.sum() > 0
+    dice = 2 * (contour_mask & seg_mask).sum() / (contour_mask.sum() + seg_mask.sum())
+    assert dice >= 0.98
+
+
+def test_the_contour_sits_on_the_noted_side(study: Path, contoured: Path) -> None:
+    note = json.loads((study.parent / "clinical.json").read_text())["note"]
+    side = "left" if "left side" in note else "right"
+    ct = _ct(study)
+    mask = read_rtstruct(contoured / "ctv_rtstruct.dcm", ct)["CTV"]
+    slices = sort_slices(ct)
+    xs = []
+    for k, ds in enumerate(slices):
+        rows, cols = np.nonzero(mask[k])
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        x0 = float(ds.ImagePositionPatient[0])
+        xs.extend(x0 + cols * float(ds.PixelSpacing[1]) * iop[0] + rows * float(ds.PixelSpacing[0]) * iop[3])
+    # LPS: the patient's left is +x; the body is centred near x = 0 in the synthetic cohort.
+    assert (np.median(xs) > 0) == (side == "left")
+
+
+@pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy (dicom3tools) not installed")
+def test_outputs_pass_dciodvfy(contoured: Path) -> None:
+    for p in contoured.iterdir():
+        assert problems(p) == [], p.name
+
+
+def test_note_sources_in_documented_order(study: Path, tmp_path: Path) -> None:
+    assert find_note(study, NOTE) == (NOTE, "the --note argument")
+    note, where = find_note(study)
+    assert where.endswith("clinical.json") and note == json.loads((study.parent / "clinical.json").read_text())["note"]
+    bare = tmp_path / "bare"
+    shutil.copytree(study, bare)
+    with pytest.raises(InputError, match="no clinical note"):
+        find_note(bare)
+    with pytest.raises(InputError, match="cannot read clinical note"):
+        find_note(bare, "please contour the left breast")
+    sr = _text_sr(_ct(study)[0], "N2, total mastectomy surgery, right side")
+    sr.save_as(bare / "note_sr.dcm")
+    assert find_note(bare) == ("N2, total mastectomy surgery, right side", str(bare / "note_sr.dcm"))
+
+
+def _text_sr(ct: pydicom.Dataset, text: str) -> pydicom.Dataset:
+    item = hd.sr.TextContentItem(
+        name=hd.sr.CodedConcept("121060", "DCM", "History"),
+        value=text,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("11506-3", "LN", "Progress note"))
+    root.ContentSequence = [item]
+    return hd.sr.EnhancedSR(
+        evidence=[ct],
+        content=root,
+        series_instance_uid=hd.UID(),
+        series_number=7,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+    )
+
+
+def _broken_copies(study: Path, root: Path) -> dict[str, tuple[Path, str]]:
+    """Each bad input the app must refuse, with the words its error line must contain."""
+    cases: dict[str, tuple[Path, str]] = {}
+
+    def copy(name: str) -> Path:
+        dst = root / name
+        shutil.copytree(study, dst)
+        return dst
+
+    files = sorted(study.glob("*.dcm"))
+    empty = root / "empty"
+    empty.mkdir(parents=True)
+    cases["empty"] = (empty, "empty")
+    d = copy("non_dicom")
+    (d / "notes.txt").write_text("hello")
+    cases["non_dicom"] = (d, "not a DICOM file")
+    d = copy("truncated")
+    data = (d / files[3].name).read_bytes()
+    (d / files[3].name).write_bytes(data[: len(data) // 2])
+    cases["truncated"] = (d, files[3].name)
+    d = root / "no_ct"
+    d.mkdir()
+    ds = pydicom.dcmread(files[0])
+    ds.Modality = "MR"
+    ds.save_as(d / "mr.dcm")
+    cases["no_ct"] = (d, "no CT series")
+    d = copy("two_series")
+    for f in files[:4]:
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = "1.2.3.4.5"
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(d / f"other_{f.name}")
+    cases["two_series"] = (d, "2 candidate CT series")
+    d = root / "single"
+    d.mkdir()
+    shutil.copy(files[0], d / files[0].name)
+    cases["single"] = (d, "single slice")
+    d = copy("gap")
+    (d / files[len(files) // 2].name).unlink()
+    cases["gap"] = (d, "inconsistent slice spacing")
+    d = copy("no_geometry")
+    ds = pydicom.dcmread(d / files[2].name)
+    del ds.ImagePositionPatient
+    ds.save_as(d / files[2].name)
+    cases["no_geometry"] = (d, "lacks ImagePositionPatient")
+    return cases
+
+
+def test_bad_inputs_fail_before_the_graph_with_one_line(study: Path, tmp_path: Path) -> None:
+    for name, (folder, words) in _broken_copies(study, tmp_path / "bad").items():
+        with pytest.raises(InputError) as err:
+            check_input_folder(folder)
+        assert words in str(err.value), name
+        assert "\n" not in str(err.value), name
+
+
+def test_cli_bad_input_and_bad_note_leave_nothing(study: Path, tmp_path: Path) -> None:
+    truncated, _ = _broken_copies(study, tmp_path / "bad")["truncated"]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "oncoplan", "contour", "-i", str(truncated), "-o", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("oncoplan: error:")
+    assert not out.exists() or list(out.iterdir()) == []
+    # The note is checked inside the graph: the error still comes out as one line, nothing written.
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oncoplan.apps.ctv_contouring",
+            "-i",
+            str(study),
+            "-o",
+            str(out),
+            "--note",
+            "left please",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "cannot read clinical note" in r.stderr.strip().splitlines()[-1]
+    assert list(out.iterdir()) == []
