@@ -17,6 +17,7 @@ from pathlib import Path
 
 from oncoplan.errors import InputError
 from oncoplan.operators.input_check import check_input_folder
+from oncoplan.operators.series_rules import BUNDLES
 
 
 def _pop(argv: list[str], flag: str) -> str | None:
@@ -53,8 +54,8 @@ def run_app(app_cls, input_path: Path, output_path: Path, model_path: Path | Non
     try:
         # Holoscan drops argv[0] (the interpreter), as for [sys.executable, script, *args].
         argv = [sys.executable, app_cls.__module__, "-i", str(input_path), "-o", str(scratch)]
-        if model_path:
-            argv += ["-m", str(model_path)]
+        # No -m: the shipped bundles (each app finds its own under MODELS/<bundle name>).
+        argv += ["-m", str(model_path or BUNDLES)]
         _run_graph(app_cls, argv, app_kwargs)
         written = sorted(p for p in scratch.iterdir() if p.is_file() and not p.name.startswith("."))
         if not written:
@@ -75,6 +76,8 @@ def main(app_cls, argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     try:
         note = _pop(argv, "--note")
+        if not {"-m", "--model"} & set(argv) and not os.environ.get("HOLOSCAN_MODEL_PATH"):
+            argv += ["-m", str(BUNDLES)]  # the SDK's default ./models rarely exists: use the shipped bundles
         ctx = init_app_context(argv)
         kwargs = {"note": note} if note else {}
         for p in run_app(app_cls, Path(ctx.input_path), Path(ctx.output_path), ctx.model_path or None, **kwargs):

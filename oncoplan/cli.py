@@ -53,6 +53,21 @@ def _contour(args: argparse.Namespace) -> int:
     return 0
 
 
+def _package(args: argparse.Namespace) -> int:
+    from .deploy.map_package import build_image, write_context
+
+    context = write_context(args.app, args.out)
+    print(f"MAP build context: {context}")
+    tag = args.tag or f"oncoplan-{args.app}:latest"
+    if args.no_build:
+        print(f"build it with: docker build -t {tag} {context}")
+    elif build_image(context, tag):
+        print(f"built image {tag}")
+    else:
+        print(f"no container engine answered; build it with: docker build -t {tag} {context}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -123,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     contour.add_argument("--note", help='clinical note, e.g. "N1, breast conserving surgery, left side"')
     contour.add_argument("-m", "--model", type=Path, help="CTV bundle folder (default: the shipped one)")
     contour.set_defaults(func=_contour)
+
+    package = sub.add_parser(
+        "package",
+        help="a MONAI Application Package (MAP) build context for an app, built when docker answers",
+        description="Writes Dockerfile, app.json and pkg.json (MAP specification), the app, its bundles and "
+        "the pinned requirements into --out, then builds the image if a container engine is running.",
+    )
+    package.add_argument("app", help="ctv")
+    package.add_argument("--out", type=Path, required=True, help="folder for the build context (new or empty)")
+    package.add_argument("--tag", help="image tag (default oncoplan-<app>:latest)")
+    package.add_argument("--no-build", action="store_true", help="only write the context")
+    package.set_defaults(func=_package)
 
     demo = sub.add_parser(
         "demo",

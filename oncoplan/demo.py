@@ -1,7 +1,8 @@
 """The main job on an embedded default: one synthetic study of each workflow.
 
-Until the contouring and planning apps land, the demo generates a breast RT study and a
-liver TACE study (DICOM CT + ground truth) and prints where they are.
+The demo generates a breast RT study and a liver TACE study (DICOM CT + ground truth), runs
+the CTV contouring app on the breast study (note from its clinical.json) and lists the DICOM
+written. The TACE planning app joins when it lands.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ import shutil
 from pathlib import Path
 
 from .errors import InputError
+
+
+def _contour(study: Path, out: Path) -> None:
+    from .apps.ctv_contouring.app import CTVContouringApp
+    from .apps.runner import run_app
+
+    print(f"contouring the CTV of {study} (note from {study.parent / 'clinical.json'}) ...", flush=True)
+    for path in run_app(CTVContouringApp, study, out, None):
+        print(f"  wrote {path}")
 
 
 def run_demo(out: Path, size: str = "full") -> int:
@@ -28,5 +38,7 @@ def run_demo(out: Path, size: str = "full") -> int:
         generate_cohort(kind, target, cases=1, seed=0, site="internal", size=size)
         case = next(p for p in sorted(target.iterdir()) if p.is_dir())
         print(f"{kind}: synthetic study in {case} (DICOM CT under dicom/, ground truth under labels/)")
+        if kind == "breast":
+            _contour(case / "dicom", target / "ctv_output")
     print("RESEARCH USE ONLY - synthetic data, not a medical device.")
     return 0

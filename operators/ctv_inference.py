@@ -30,8 +30,8 @@ class CTVInferenceOperator(Operator):
         if self._predictor is None:
             from oncoplan.training.ctv.predict import CTVPredictor
 
-            self._predictor = CTVPredictor(self.bundle_path)
-            log.info("CTV bundle %s on %s (eager PyTorch)", self.bundle_path, self._predictor.device)
+            self._predictor = CTVPredictor(self.bundle_path, backends=("tensorrt", "onnxruntime", "torch"))
+            log.info("CTV bundle %s: U-Net on %s", self.bundle_path, self._predictor.backend)
         return self._predictor
 
     def compute(self, op_input, op_output, context) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -214,3 +215,20 @@ def test_cli_bad_input_and_bad_note_leave_nothing(study: Path, tmp_path: Path) -
     assert r.returncode == 2, r.stderr[-2000:]
     assert "cannot read clinical note" in r.stderr.strip().splitlines()[-1]
     assert list(out.iterdir()) == []
+
+
+def test_monai_deploy_exec_with_holoscan_variables(study: Path, tmp_path: Path) -> None:
+    """The card's command, paths from the HOLOSCAN_* variables as a MAP runner passes them."""
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "HOLOSCAN_INPUT_PATH": str(study),
+        "HOLOSCAN_OUTPUT_PATH": str(out),
+        "HOLOSCAN_MODEL_PATH": str(BUNDLE),
+    }
+    exe = Path(sys.executable).with_name("monai-deploy")
+    r = subprocess.run([str(exe), "exec", "ctv_contouring"], capture_output=True, text=True, env=env, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    bad = subprocess.run([str(exe), "exec", "no_such_app"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "unknown app" in bad.stderr

@@ -20,6 +20,9 @@ def test_demo_writes_both_studies_and_reruns(tmp_path: Path) -> None:
     for kind in ("breast", "liver"):
         assert (out / kind / "cohort.csv").is_file()
         assert any((out / kind).rglob("*.dcm"))
+    written = sorted(p.name for p in (out / "breast" / "ctv_output").iterdir())
+    assert written == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    assert "ctv_rtstruct.dcm" in first.stdout
     again = _demo(out)
     assert again.returncode == 0, again.stderr
 

@@ -20,7 +20,10 @@ class CTVPredictor:
         text_guided: bool = True,
         model_name: str | None = None,
         overrides: dict | None = None,
+        backends: tuple[str, ...] = ("torch",),
     ) -> None:
+        """`backends`: preference order for the U-Net (see oncoplan.operators.inference_backend);
+        the app asks for ("tensorrt", "onnxruntime", "torch"), evaluation runs eager PyTorch."""
         from monai.bundle import ConfigParser
 
         self.bundle = Path(bundle_dir)
@@ -38,6 +41,11 @@ class CTVPredictor:
         self.network.eval()
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
+        from oncoplan.operators.inference_backend import cache_dir, select_backend
+
+        self.unet, self.backend = select_backend(
+            self.network.unet, parser.get_parsed_content("roi_size"), cache_dir(), prefer=backends
+        )
 
     def _pipeline(self, image):
         """The config's preprocessing; an in-memory MetaTensor skips its loader (the first transform)."""
@@ -62,7 +70,7 @@ class CTVPredictor:
         out = []
         for note in notes:
             context = self.network.context([note]) if self.text_guided else None
-            logits = self.inferer(batch, lambda x, c=context: self.network.unet(x, c))
+            logits = self.inferer(batch, lambda x, c=context: self.unet(x, c))
             probs = torch.softmax(logits, dim=1)[0]
             pred = probs[1:2].clone()
             pred.applied_operations = data["image"].applied_operations  # what Invertd undoes

@@ -1,0 +1,43 @@
+"""`monai-deploy exec APP -i IN -o OUT -m MODELS`: the card's command, run the SDK's way.
+
+The SDK dropped `monai-deploy exec` in 0.6 (apps run as `python -m <app>`); this entry point
+keeps the card's command working for OncoPlan's apps and adds nothing else. APP is an app
+name (ctv_contouring), its module (oncoplan.apps.ctv_contouring) or its folder (apps/ctv_contouring).
+HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH / HOLOSCAN_MODEL_PATH stand in for -i/-o/-m.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+APPS = {"ctv_contouring": ("oncoplan.apps.ctv_contouring.app", "CTVContouringApp")}
+USAGE = "usage: monai-deploy exec APP [-i IN] [-o OUT] [-m MODELS] [--note TEXT]   (APP: " + ", ".join(APPS) + ")"
+
+
+def _app_class(name: str):
+    key = Path(name.rstrip("/")).name.removeprefix("oncoplan.apps.")
+    if key not in APPS:
+        return None
+    module, cls = APPS[key]
+    return getattr(importlib.import_module(module), cls)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 2 or args[0] != "exec":
+        print(USAGE, file=sys.stderr)
+        return 2
+    app_cls = _app_class(args[1])
+    if app_cls is None:
+        print(f"monai-deploy: error: unknown app {args[1]!r}; {USAGE}", file=sys.stderr)
+        return 2
+    from oncoplan.apps.runner import main as run
+
+    return run(app_cls, [f"monai-deploy exec {args[1]}", *args[2:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

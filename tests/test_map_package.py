@@ -1,0 +1,71 @@
+"""MAP build context: manifests per the MAP specification, the app and bundle inside, runnable on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oncoplan.deploy.map_package import write_context
+from oncoplan.errors import InputError
+from oncoplan.training.synth.cohort import generate_cohort
+
+from .helpers import cohort_rows
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_context("ctv", tmp_path_factory.mktemp("map") / "ctx")
+
+
+def test_context_holds_manifests_app_models_and_requirements(context: Path) -> None:
+    app = json.loads((context / "app.json").read_text())
+    pkg = json.loads((context / "pkg.json").read_text())
+    assert json.loads(app["command"])[-1] == "oncoplan.apps.ctv_contouring"
+    env = app["environment"]
+    assert env["HOLOSCAN_MODEL_PATH"] == pkg["modelRoot"] == "/opt/holoscan/models"
+    assert pkg["models"] == {"ctv_llmseg": "/opt/holoscan/models/ctv_llmseg"}
+    assert app["sdk"] == "monai-deploy" and app["sdkVersion"]
+    for f in ("Dockerfile", "requirements.txt", "app/app.py", "app/app.yaml", "src/pyproject.toml"):
+        assert (context / f).is_file(), f
+    assert (context / "models/ctv_llmseg/configs/inference.json").is_file()
+    assert (context / "models/ctv_llmseg/models/model.pt").is_file()
+    assert not (context / "models/ctv_llmseg/data").exists()  # no training data in an image
+    docker = (context / "Dockerfile").read_text()
+    assert "COPY app.json pkg.json /etc/holoscan/" in docker and "HOLOSCAN_INPUT_PATH" in docker
+
+
+def test_refuses_unknown_app_and_non_empty_folder(tmp_path: Path, context: Path) -> None:
+    with pytest.raises(InputError, match="unknown app"):
+        write_context("nope", tmp_path / "x")
+    with pytest.raises(InputError, match="not empty"):
+        write_context("ctv", context)
+
+
+def test_app_runs_from_the_context_on_cpu(context: Path, tmp_path: Path) -> None:
+    """As the container would: HOLOSCAN_* variables, models from the context, cwd the workdir."""
+    cohort = generate_cohort("breast", tmp_path / "c", 1, seed=5, size="small", progress=False)
+    study = cohort / cohort_rows(cohort)[0]["image_dir"]
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {
+        **os.environ,
+        "HOLOSCAN_INPUT_PATH": str(study),
+        "HOLOSCAN_OUTPUT_PATH": str(work / "output"),
+        "HOLOSCAN_MODEL_PATH": str(context / "models"),
+    }
+    r = subprocess.run(
+        [sys.executable, "-u", "-m", "oncoplan.apps.ctv_contouring"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (work / "output").iterdir()) == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    assert str(context / "models" / "ctv_llmseg") in r.stderr + r.stdout  # the context's bundle ran
