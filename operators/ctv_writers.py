@@ -18,8 +18,8 @@ CTV_COLOR = (255, 128, 0)
 DESCRIPTION = "OncoPlan CTV (research use only)"
 
 
-class CTVRTStructWriterOperator(Operator):
-    """Writes `ctv_rtstruct.dcm`: one CTV ROI, closed planar contours on the CT slices."""
+class _CTVWriter(Operator):
+    """Receives the CTV result on port `mask` and writes one file into the output folder."""
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs) -> None:
         self.output_folder = Path(output_folder)
@@ -30,34 +30,34 @@ class CTVRTStructWriterOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         result = op_input.receive("mask")
-        volume, mask = result["volume"], result["mask"]
+        path = self.write(result["volume"], result["mask"])
+        if path:
+            log.info("wrote %s", path)
+
+    def write(self, volume, mask) -> Path | None:
+        raise NotImplementedError
+
+
+class CTVRTStructWriterOperator(_CTVWriter):
+    """Writes `ctv_rtstruct.dcm`: one CTV ROI, closed planar contours on the CT slices."""
+
+    def write(self, volume, mask) -> Path:
         index = {ds.SOPInstanceUID: k for k, ds in enumerate(volume.datasets)}
         order = [index[ds.SOPInstanceUID] for ds in sort_slices(list(volume.datasets))]
         roi = ROI("CTV", mask[order], CTV_COLOR, "CTV")
-        path = write_rtstruct(
-            rtstruct_dataset(volume.datasets, [roi], DESCRIPTION), self.output_folder / "ctv_rtstruct.dcm"
-        )
-        log.info("wrote %s", path)
+        rtstruct = rtstruct_dataset(volume.datasets, [roi], DESCRIPTION)
+        return write_rtstruct(rtstruct, self.output_folder / "ctv_rtstruct.dcm")
 
 
-class CTVSegWriterOperator(Operator):
+class CTVSegWriterOperator(_CTVWriter):
     """Writes `ctv_seg.dcm`: a binary DICOM-SEG with the CTV as an AUTOMATIC segment."""
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, model_name: str = "OncoPlan LLMSeg", **kwargs):
-        self.output_folder = Path(output_folder)
-        self.model_name = model_name
-        super().__init__(fragment, *args, **kwargs)
+    model_name = "OncoPlan LLMSeg"
 
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input("mask")
-
-    def compute(self, op_input, op_output, context) -> None:
-        result = op_input.receive("mask")
-        volume, mask = result["volume"], result["mask"]
-        seg = seg_dataset(
-            [mask], [CTV_SEGMENT], volume.datasets, DESCRIPTION, algorithm=Algorithm(self.model_name, __version__)
-        )
+    def write(self, volume, mask) -> Path | None:
+        algorithm = Algorithm(self.model_name, __version__)
+        seg = seg_dataset([mask], [CTV_SEGMENT], volume.datasets, DESCRIPTION, algorithm=algorithm)
         if seg is None:
             log.warning("empty CTV: no DICOM-SEG written (a SEG cannot have an empty segment)")
-            return
-        log.info("wrote %s", write_seg(seg, self.output_folder / "ctv_seg.dcm"))
+            return None
+        return write_seg(seg, self.output_folder / "ctv_seg.dcm")

@@ -68,7 +68,7 @@ def export_onnx(unet: torch.nn.Module, roi_size: Sequence[int], text_dim: int | 
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
+    tmp = path.with_suffix(f".{os.getpid()}.partial")  # concurrent exporters never share a file
     names = ["image"] + ([] if text_dim is None else ["context"])
     axes = {n: {0: "batch"} for n in [*names, "logits"]}
     if text_dim is not None:
