@@ -198,3 +198,48 @@ def test_metadata_verifies_offline() -> None:
         check=False,
     )
     assert out.returncode == 0 and "verified with no error" in out.stdout + out.stderr
+
+
+def test_oncoplan_evaluation_reports_cis_sites_and_counterfactuals(trained: dict[str, Path], tmp_path: Path) -> None:
+    """`oncoplan evaluate ctv`'s pipeline on the tiny model: every metric, its CI, the flips."""
+    from oncoplan.training.ctv.evaluate import evaluate_cohorts, write_report
+
+    overrides = {
+        "channels": [4, 8, 8, 16, 16],
+        "roi_size": [32, 32, 16],
+        "pixdim": [8.0, 8.0, 16.0],
+        "n_prompts": 1,
+        "prompt_length": 2,
+        "ckpt_path": str(trained["models"] / "model.pt"),
+    }
+    result = evaluate_cohorts(
+        BUNDLE,
+        {"internal": str(trained["cohort"])},
+        {"text-guided": {"overrides": overrides}},
+        cache_dir=str(trained["cache"]),
+        progress=False,
+    )
+    rows = result["models"]["text-guided"]["cases"]
+    assert len(rows) == 3 and all(0.0 <= r["dice"] <= 1.0 and r["hd95_cm"] >= 0 for r in rows)
+    summary = result["models"]["text-guided"]["summary"]["internal"]
+    for metric in ("dice", "iou", "hd95_cm"):
+        lo, hi = summary[metric]["ci95"]
+        assert lo <= summary[metric]["mean"] <= hi
+    unilateral = [r for r in rows if "laterality_moved" in r]
+    assert all(0.0 <= r["laterality_moved"] <= 1.0 for r in unilateral)
+    assert all(r["nodal_direction"] in ("add", "remove") for r in rows)
+    js, md = write_report(result, tmp_path)
+    assert "| text-guided | internal | 3 |" in md.read_text()
+    assert (js.stat().st_size > 0) and "laterality flip" in md.read_text()
+
+
+def test_efficiency_models_are_found_by_fraction(tmp_path: Path) -> None:
+    from oncoplan.training.ctv.evaluate import efficiency_models
+
+    folder = tmp_path / "models" / "efficiency"
+    folder.mkdir(parents=True)
+    for name in ("model_f60.pt", "model_f40.pt", "vision_only_f40.pt"):
+        (folder / name).write_bytes(b"")
+    found = efficiency_models(tmp_path)
+    assert list(found) == ["text-guided 40%", "text-guided 60%", "vision-only 40%"]
+    assert found["vision-only 40%"] == {"model_name": "efficiency/vision_only_f40.pt", "text_guided": False}

@@ -197,10 +197,10 @@ def run_evaluation(
 ) -> tuple[Path, Path]:
     models = {"text-guided": {}, "vision-only": {"text_guided": False}}
     result = evaluate_cohorts(bundle_dir, cohorts, models, progress=progress)
-    if efficiency and "internal" in cohorts:
+    if efficiency:
         extra = evaluate_cohorts(
             bundle_dir,
-            {"internal": cohorts["internal"]},
+            cohorts,
             efficiency_models(bundle_dir),
             counterfactual=False,
             progress=progress,
