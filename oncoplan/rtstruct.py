@@ -35,6 +35,10 @@ from .fsio import atomic_path
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 INTERPRETED_TYPES = frozenset({"EXTERNAL", "PTV", "CTV", "GTV", "ORGAN", "AVOIDANCE", "CONTROL", "TREATED_VOLUME"})
+_TYPE2_KEYS = frozenset(
+    {"PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID"}
+    | {"AccessionNumber", "ReferringPhysicianName"}
+)
 # The study-reference SOP class every TPS expects in RTReferencedStudySequence (retired but universal).
 _STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
 _PATIENT_STUDY_KEYS = (
@@ -150,14 +154,11 @@ def rasterise_contours(contours: Sequence[np.ndarray], shape: tuple[int, int]) -
 
 
 def _copy_patient_and_study(ds: Dataset, ref: Dataset) -> None:
+    """Patient and study attributes from the CT; the Type 2 ones are present (empty) even when it lacks them."""
     for key in _PATIENT_STUDY_KEYS:
         if key in ref:
             setattr(ds, key, ref.data_element(key).value)
-    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime"):
-        if key not in ds:
-            setattr(ds, key, "")
-    for key in ("StudyID", "AccessionNumber", "ReferringPhysicianName"):
-        if key not in ds:
+        elif key in _TYPE2_KEYS:
             setattr(ds, key, "")
 
 
