@@ -129,6 +129,12 @@ def sort_slices(ct: Sequence[Dataset]) -> list[Dataset]:
     return sorted(ct, key=lambda ds: float(np.asarray(ds.ImagePositionPatient, dtype=float) @ first.normal))
 
 
+def sorted_order(ct: Sequence[Dataset]) -> list[int]:
+    """Indices into `ct` in `sort_slices` order: `mask_in_ct_order[sorted_order(ct)]` is what ROI wants."""
+    position = {ds.SOPInstanceUID: k for k, ds in enumerate(ct)}
+    return [position[ds.SOPInstanceUID] for ds in sort_slices(ct)]
+
+
 def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     """Closed contours (row, column) of one 2-D mask, outer boundaries and holes alike."""
     padded = np.pad(mask.astype(np.uint8), 1)

@@ -84,21 +84,10 @@ def check_geometry(datasets: tuple[Dataset, ...] | list[Dataset], where: str) ->
         raise InputError(f"{where}: inconsistent slice spacing ({gaps.min():.2f}-{gaps.max():.2f} mm)")
 
 
-def from_selected_series(study_selected_series_list, image=None) -> CTVolume:
-    """A CTVolume from the SDK selector's output (and, when given, its series-to-volume Image)."""
-    if not study_selected_series_list:
+def from_selected_series(study_selected_series_list, image) -> CTVolume:
+    """A CTVolume from the SDK selector's output and its series-to-volume Image (same slice order)."""
+    if not study_selected_series_list or not study_selected_series_list[0].selected_series:
         raise InputError("input: no CT series matched the selection rules")
-    selected = study_selected_series_list[0].selected_series
-    if not selected:
-        raise InputError("input: no CT series matched the selection rules")
-    series = selected[0].series
+    series = study_selected_series_list[0].selected_series[0].series
     datasets = tuple(s.get_native_sop_instance() for s in series.get_sop_instances())
-    where = f"CT series {series.SeriesInstanceUID}"
-    if image is not None:
-        hu = np.asarray(image.asnumpy())
-    else:
-        from oncoplan.rtstruct import sort_slices
-
-        datasets = tuple(sort_slices(list(datasets)))
-        hu = np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in datasets])
-    return CTVolume(hu, datasets, where)
+    return CTVolume(np.asarray(image.asnumpy()), datasets, f"CT series {series.SeriesInstanceUID}")

@@ -9,7 +9,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.sr.codedict import codes
 
 from oncoplan import __version__
-from oncoplan.rtstruct import ROI, rtstruct_dataset, sort_slices, write_rtstruct
+from oncoplan.rtstruct import ROI, rtstruct_dataset, sorted_order, write_rtstruct
 from oncoplan.seg import Algorithm, SegmentSpec, seg_dataset, write_seg
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,7 @@ class CTVRTStructWriterOperator(_CTVWriter):
     """Writes `ctv_rtstruct.dcm`: one CTV ROI, closed planar contours on the CT slices."""
 
     def write(self, volume, mask) -> Path:
-        index = {ds.SOPInstanceUID: k for k, ds in enumerate(volume.datasets)}
-        order = [index[ds.SOPInstanceUID] for ds in sort_slices(list(volume.datasets))]
-        roi = ROI("CTV", mask[order], CTV_COLOR, "CTV")
+        roi = ROI("CTV", mask[sorted_order(volume.datasets)], CTV_COLOR, "CTV")
         rtstruct = rtstruct_dataset(volume.datasets, [roi], DESCRIPTION)
         return write_rtstruct(rtstruct, self.output_folder / "ctv_rtstruct.dcm")
 

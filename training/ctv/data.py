@@ -126,7 +126,7 @@ def dicom_export_datalist(root: Path, clinical: Path, roi: str, cache_dir: Path)
     import pydicom
     import SimpleITK as sitk
 
-    from oncoplan.rtstruct import read_rtstruct, sort_slices
+    from oncoplan.rtstruct import read_rtstruct, sorted_order
 
     table = pd.read_csv(clinical, dtype=str, keep_default_na=False)
     key = next((k for k in ("case_id", "PatientID", "patient_id") if k in table.columns), None)
@@ -156,9 +156,7 @@ def dicom_export_datalist(root: Path, clinical: Path, roi: str, cache_dir: Path)
             _atomic_write_image(image, img_path)
         if not lab_path.exists():
             # read_rtstruct's masks are in ascending slice-normal order; put them in the reader's.
-            position = {ds.SOPInstanceUID: k for k, ds in enumerate(sort_slices(ct))}
-            order = [position[ds.SOPInstanceUID] for ds in ct]
-            label = sitk.GetImageFromArray(masks[names[0]][order].astype(np.uint8))
+            label = sitk.GetImageFromArray(masks[names[0]][np.argsort(sorted_order(ct))].astype(np.uint8))
             label.CopyInformation(image)
             _atomic_write_image(label, lab_path)
         out.append(
