@@ -21,6 +21,7 @@ import pandas as pd
 from oncoplan.errors import InputError
 from oncoplan.fsio import atomic_path
 
+from ..dicom_series import read_ct_series
 from .notes import note_from_row
 
 
@@ -29,21 +30,6 @@ def _atomic_write_image(image, path: Path) -> None:
 
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), True)
-
-
-def read_ct_series(dicom_dir: Path):
-    """The one CT series in a folder as a SimpleITK image (errors name the folder)."""
-    import SimpleITK as sitk
-
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(dicom_dir)) or []
-    if not ids:
-        raise InputError(f"{dicom_dir}: no DICOM image series found")
-    if len(ids) > 1:
-        raise InputError(f"{dicom_dir}: {len(ids)} image series found; expected one CT series")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(dicom_dir), ids[0])
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return reader.Execute(), list(files)
 
 
 def dicom_to_nifti(dicom_dir: Path, out: Path) -> Path:

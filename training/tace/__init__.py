@@ -1,0 +1,1 @@
+"""TACE world-model training: preprocessing, survival baselines and the models' data pipelines."""
