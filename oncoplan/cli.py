@@ -24,7 +24,9 @@ def _positive_int(text: str) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from .training.synth.cohort import generate_cohort
 
-    out = generate_cohort(args.kind, args.out, args.cases, args.seed, args.site, args.size, progress=not args.quiet)
+    out = generate_cohort(
+        args.kind, args.out, args.cases, args.seed, args.site, args.size, not args.quiet, args.protocols
+    )
     print(out)
     return 0
 
@@ -102,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--site", default="internal", help="internal | external: two hospitals (class mix, scanner)")
     synth.add_argument(
         "--size", default="full", help="full (clinical grids, 0.6-1.0 mm) | small (coarse grid for tests)"
+    )
+    synth.add_argument(
+        "--protocols",
+        default="practice",
+        help="liver: practice (physicians' regimens, the 'gold') | random (uniform over the conflict-free "
+        "action space, for training the world models)",
     )
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)

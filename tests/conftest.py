@@ -19,3 +19,13 @@ def breast_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def liver_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("liver") / "cohort"
     return generate_cohort("liver", out, cases=2, seed=3, size="small", progress=False)
+
+
+@pytest.fixture(scope="session")
+def prepared_liver(liver_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The liver cohort registered and resampled (3 mm) by the TACE preprocessing."""
+    from oncoplan.training.tace.prepare import prepare_cohort
+
+    out = tmp_path_factory.mktemp("prepared") / "out"
+    prepare_cohort(liver_cohort, out, spacing=(3.0, 3.0, 3.0), quiet=True)
+    return out

@@ -1,8 +1,11 @@
-"""Small readers the cohort tests share."""
+"""Small readers and runners the tests share."""
 
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -17,3 +20,30 @@ def read_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
     return reader.Execute()
+
+
+def run_bundle(bundle: Path, args: list[str], launcher: list[str] | None = None, timeout: int = 300) -> str:
+    """`python -m monai.bundle run` in `bundle` (or under `launcher`, e.g. torchrun); returns its log."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        *(launcher or [sys.executable]),
+        "-m",
+        "monai.bundle",
+        "run",
+        "--bundle_root",
+        str(bundle),
+        "--logging_file",
+        str(bundle / "configs" / "logging.conf"),
+        *args,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=bundle, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def verify_metadata(bundle: Path, schema: Path) -> None:
+    """`monai.bundle verify_metadata` against the offline copy of the schema."""
+    meta = bundle / "configs" / "metadata.json"
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(schema)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and "verified with no error" in out.stdout + out.stderr, out.stdout + out.stderr

@@ -3,8 +3,6 @@ gloo run included, and metadata.json verifies against the offline schema."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 import torch
 
 from .conftest import SHARED
+from .helpers import run_bundle, verify_metadata
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ctv_llmseg"
 TINY = [
@@ -29,21 +28,7 @@ TINY = [
 
 
 def _bundle(args: list[str], tmp: Path, launcher: list[str] | None = None, timeout: int = 300) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        *(launcher or [sys.executable]),
-        "-m",
-        "monai.bundle",
-        "run",
-        "--bundle_root",
-        str(BUNDLE),
-        "--logging_file",
-        str(BUNDLE / "configs" / "logging.conf"),
-        *args,
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=BUNDLE, check=False)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout + out.stderr
+    return run_bundle(BUNDLE, args, launcher, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -182,22 +167,7 @@ def test_multi_gpu_config_runs_two_ranks_with_gloo(trained: dict[str, Path]) -> 
 
 
 def test_metadata_verifies_offline() -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "verify_metadata",
-            "--meta_file",
-            str(BUNDLE / "configs" / "metadata.json"),
-            "--filepath",
-            str(SHARED / "monai" / "meta_schema_20240725.json"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert out.returncode == 0 and "verified with no error" in out.stdout + out.stderr
+    verify_metadata(BUNDLE, SHARED / "monai" / "meta_schema_20240725.json")
 
 
 def test_oncoplan_evaluation_reports_cis_sites_and_counterfactuals(trained: dict[str, Path], tmp_path: Path) -> None:

@@ -11,14 +11,12 @@ import pytest
 import SimpleITK as sitk
 
 from oncoplan.training.tace import preprocess as P
-from oncoplan.training.tace.prepare import _labels, main, prepare_cohort
+from oncoplan.training.tace.prepare import _labels, main
 
 
 @pytest.fixture(scope="module")
-def prepared(liver_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("prepared") / "out"
-    prepare_cohort(liver_cohort, out, spacing=(3.0, 3.0, 3.0), quiet=True)
-    return out
+def prepared(prepared_liver: Path) -> Path:
+    return prepared_liver
 
 
 def test_registration_improves_liver_overlap(prepared: Path) -> None:

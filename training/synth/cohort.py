@@ -16,6 +16,7 @@ from .scan import SIZES
 
 KINDS = ("breast", "liver")
 SITES = ("internal", "external")
+PROTOCOLS = ("practice", "random")
 
 
 def _writer(kind: str) -> Callable[..., dict[str, object]]:
@@ -27,7 +28,14 @@ def _writer(kind: str) -> Callable[..., dict[str, object]]:
 
 
 def generate_cohort(
-    kind: str, out: Path, cases: int, seed: int = 0, site: str = "internal", size: str = "full", progress: bool = True
+    kind: str,
+    out: Path,
+    cases: int,
+    seed: int = 0,
+    site: str = "internal",
+    size: str = "full",
+    progress: bool = True,
+    protocols: str = "practice",
 ) -> Path:
     """Write `cases` synthetic cases of `kind` and DIR/cohort.csv; returns the cohort folder."""
     if kind not in KINDS:
@@ -38,16 +46,19 @@ def generate_cohort(
         raise InputError(f"unknown site {site!r}; choose internal or external")
     if size not in SIZES:
         raise InputError(f"unknown size {size!r}; choose {' or '.join(SIZES)}")
+    if protocols not in PROTOCOLS or (kind == "breast" and protocols != "practice"):
+        raise InputError(f"--protocols {protocols!r}: choose practice or random (random for liver only)")
     write_case = _writer(kind)
+    options = {"protocols": protocols} if kind == "liver" else {}
     with atomic_output_dir(out) as scratch:
         rows = [
-            write_case(scratch, i, seed, site, size)
+            write_case(scratch, i, seed, site, size, **options)
             for i in tqdm(range(cases), desc=f"synth {kind}", unit="case", disable=not progress)
         ]
         with open(scratch / "cohort.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        meta = {"kind": kind, "cases": cases, "seed": seed, "site": site, "size": size, "synthetic": True}
+        meta = {"kind": kind, "cases": cases, "seed": seed, "site": site, "size": size, "synthetic": True, **options}
         (scratch / "cohort.json").write_text(json.dumps(meta, indent=1))
     return Path(out)

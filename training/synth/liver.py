@@ -282,6 +282,16 @@ def gold_protocol(patient: LiverPatient, site: str, rng: np.random.Generator) ->
     return first
 
 
+def random_protocol(rng: np.random.Generator, max_drugs: int = 2, max_embolics: int = 2) -> Protocol:
+    """A conflict-free protocol drawn uniformly from the action base (a randomised-trial arm).
+
+    Training cohorts for the world models use these: practice protocols cover a handful of
+    regimens, so a model trained on them alone cannot learn how the rest of the action base acts.
+    """
+    space = [p for p in protocol_space(max_drugs=max_drugs, max_embolics=max_embolics) if not conflicts(p.items)]
+    return space[int(rng.integers(len(space)))]
+
+
 def sample_survival(out: Outcome, rng: np.random.Generator) -> tuple[float, int]:
     """Observed OS (weeks) and event flag (1 death, 0 alive or lost to follow-up)."""
     scale = out.median_os_weeks / math.log(2.0) ** (1.0 / WEIBULL_SHAPE)

@@ -151,13 +151,19 @@ def _phases_present(rng: np.random.Generator) -> tuple[str, ...]:
     return ("PVP",)
 
 
-def write_case(root: Path, index: int, seed: int, site: str, size: str) -> dict[str, object]:
-    """Generate case `index` into root/<case_id>/ and return its cohort.csv row (TCIA column names)."""
+def write_case(
+    root: Path, index: int, seed: int, site: str, size: str, protocols: str = "practice"
+) -> dict[str, object]:
+    """Generate case `index` into root/<case_id>/ and return its cohort.csv row (TCIA column names).
+
+    `protocols`: "practice" draws the treating protocol from the site's practice (the physician's
+    "gold"); "random" draws it uniformly from the conflict-free action space (world-model training).
+    """
     rng = np.random.default_rng([seed, index, 2])
     case_id = f"HCC_S{'I' if site == 'internal' else 'E'}{index + 1:03d}"
     regions, width, liver_c, liver_r = abdomen(rng)
     patient = L.sample_patient(case_id, rng, liver_c, liver_r)
-    gold = L.gold_protocol(patient, site, rng)
+    gold = L.gold_protocol(patient, site, rng) if protocols == "practice" else L.random_protocol(rng)
     oracle = L.oracle_protocol(patient)
     gold_out, oracle_out = L.outcome(patient, gold), L.outcome(patient, oracle)
     os_weeks, event = L.sample_survival(gold_out, rng)

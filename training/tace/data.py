@@ -1,0 +1,60 @@
+"""Datalists for the TACE bundles, read from a folder written by `oncoplan.training.tace.prepare`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from oncoplan.errors import InputError
+
+STUDIES = ("pre", "post")
+
+
+def load_prepared(prepared: str | Path) -> list[dict[str, object]]:
+    """The entries of `prepared/datalist.json`, with file paths made absolute."""
+    prepared = Path(prepared)
+    path = prepared / "datalist.json"
+    if not path.exists():
+        raise InputError(
+            f"{path}: not found; prepare the cohort first (python -m oncoplan.training.tace.prepare --cohort C --out D)"
+        )
+    try:
+        entries = json.loads(path.read_text())["data"]
+    except (ValueError, KeyError) as exc:
+        raise InputError(f"{path}: not a prepared-cohort datalist ({exc})") from None
+    out = []
+    for entry in entries:
+        item = dict(entry)
+        for key in ("pre_image", "post_image", "pre_label", "post_label"):
+            if item.get(key):
+                item[key] = str(prepared / str(item[key]))
+        out.append(item)
+    return out
+
+
+def subset(items: list[dict[str, object]], fraction: float = 1.0, seed: int = 0) -> list[dict[str, object]]:
+    """A seeded random `fraction` of the cases (at least one)."""
+    if not 0 < fraction <= 1:
+        raise InputError(f"train_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return items
+    keep = max(1, round(len(items) * fraction))
+    order = np.random.default_rng(seed).permutation(len(items))[:keep]
+    return [items[i] for i in sorted(order)]
+
+
+def segmentation_items(
+    prepared: str | Path, studies: tuple[str, ...] = ("post",), fraction: float = 1.0, seed: int = 0
+) -> list[dict[str, object]]:
+    """{"image", "label", "case_id", "study"} items of `studies` (post: fine-tuning; pre: pre-training)."""
+    for study in studies:
+        if study not in STUDIES:
+            raise InputError(f"unknown study {study!r}; choose pre or post")
+    cases = subset(load_prepared(prepared), fraction, seed)
+    return [
+        {"image": c[f"{s}_image"], "label": c[f"{s}_label"], "case_id": c["case_id"], "study": s}
+        for c in cases
+        for s in studies
+    ]
