@@ -24,21 +24,15 @@ class CTVPredictor:
     ) -> None:
         """`backends`: preference order for the U-Net (see oncoplan.operators.inference_backend);
         the app asks for ("tensorrt", "onnxruntime", "torch"), evaluation runs eager PyTorch."""
-        from monai.bundle import ConfigParser
+        from ..bundle_loading import bundle_parser, load_network
 
         self.bundle = Path(bundle_dir)
-        parser = ConfigParser()
-        parser.read_config(self.bundle / "configs" / "inference.json")
-        parser.update({"bundle_root": str(self.bundle), "text_guided": text_guided, **(overrides or {})})
+        parser = bundle_parser(self.bundle, overrides={"text_guided": text_guided, **(overrides or {})})
         if model_name:
             parser["model_name"] = model_name
         self.text_guided = text_guided
         self.device = parser.get_parsed_content("device")
-        self.network = parser.get_parsed_content("network")
-        ckpt = parser.get_parsed_content("ckpt_path")
-        state = torch.load(ckpt, map_location=self.device, weights_only=True)
-        self.network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        self.network.eval()
+        self.network = load_network(parser)
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
         from oncoplan.operators.inference_backend import cache_dir, select_backend

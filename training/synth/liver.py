@@ -237,6 +237,29 @@ def regret_weeks(patient: LiverPatient, chosen: Protocol, space: list[Protocol] 
     return best - outcome(patient, chosen).expected_os_weeks
 
 
+def patient_from_record(truth: dict, row: dict) -> LiverPatient:
+    """The ground-truth patient of a written case, from its truth.json and its cohort.csv row.
+
+    Evaluation uses it to score any protocol with `outcome` (the hidden profile is in truth.json).
+    """
+    profile = ResponseProfile(dict(truth["profile"]["sensitivity"]), float(truth["profile"]["vascularity"]))
+    lesions = tuple(
+        Lesion(tuple(les["centre"]), tuple(les["radii"]), int(les["wobble_seed"])) for les in truth["lesions"]
+    )
+    size = str(row.get("Tr_Size", "") or "")
+    return LiverPatient(
+        case_id=str(truth["case_id"]),
+        age=int(row["age"]),
+        sex=int(row["Sex"]),
+        cps=str(row["CPS"]),
+        afp=float(row["AFP"]),
+        vascular_invasion=int(row["Vascular invasion"]),
+        lesions=lesions,
+        profile=profile,
+        tr_size_cm=float(size) if size and size.lower() != "nan" else None,
+    )
+
+
 def sample_patient(
     case_id: str, rng: np.random.Generator, liver_centre: np.ndarray, liver_radii: np.ndarray
 ) -> LiverPatient:

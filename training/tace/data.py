@@ -58,3 +58,22 @@ def segmentation_items(
         for c in cases
         for s in studies
     ]
+
+
+def dynamics_items(prepared: str | Path, fraction: float = 1.0, seed: int = 0) -> list[dict[str, object]]:
+    """{"image": post CT, "pre": pre CT, "label": pre label map, "protocol": multi-hot} per case with a protocol.
+
+    "image" is the post-treatment scan because it is what the diffusion model generates.
+    """
+    cases = subset(load_prepared(prepared), fraction, seed)
+    return [
+        {
+            "image": c["post_image"],
+            "pre": c["pre_image"],
+            "label": c["pre_label"],
+            "protocol": c["protocol_multi_hot"],
+            "case_id": c["case_id"],
+        }
+        for c in cases
+        if c.get("protocol_multi_hot")
+    ]

@@ -1,0 +1,145 @@
+"""The TACE dynamics bundle: every config runs with `python -m monai.bundle run` (tiny sizes), the
+2-rank gloo run included; metadata verifies offline; the protocol reaches the network; simulation
+batches protocols and samples; and the shipped weights pass the protocol-sensitivity check."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from oncoplan.training.actions import ACTION_BASE
+from oncoplan.training.tace.dynamics import ProtocolConditionedUNet, condition, multi_hot
+
+from .conftest import SHARED
+from .helpers import run_bundle, verify_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "tace_dynamics"
+ASSISTANT = ROOT / "bundles" / "tace_assistant"
+TINY = ["--channels", "[8,16,16]", "--roi_size", "[16,16,16]", "--pixdim", "[6.0,6.0,6.0]"]
+TINY_ASSISTANT = {"filters": [4, 8, 16], "roi_size": [32, 32, 32], "pixdim": [6.0, 6.0, 6.0]}
+
+
+def _train_args(prepared: Path, models: Path, out: Path) -> list[str]:
+    return [
+        "--train_source",
+        str(prepared),
+        "--val_source",
+        str(prepared),
+        "--ckpt_dir",
+        str(models),
+        "--output_dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--val_interval",
+        "1",
+        *TINY,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_liver: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("tace_dynamics")
+    paths = {"tmp": tmp, "models": tmp / "models", "prepared": prepared_liver}
+    run_bundle(
+        BUNDLE, ["--config_file", "configs/train.json", *_train_args(prepared_liver, paths["models"], tmp / "eval")]
+    )
+    return paths
+
+
+def _infer_args(t: dict[str, Path], out: str, *configs: str) -> list[str]:
+    files = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in configs) + "]"
+    return [
+        "--config_file",
+        files,
+        "--data_source",
+        str(t["prepared"]),
+        "--ckpt_path",
+        str(t["models"] / "model.pt"),
+        "--output_dir",
+        str(t["tmp"] / out),
+        "--samples",
+        "2",
+        "--num_inference_steps",
+        "4",
+        *TINY,
+    ]
+
+
+def test_train_writes_checkpoint_and_curve(trained: dict[str, Path]) -> None:
+    assert (trained["models"] / "model.pt").stat().st_size > 0
+    assert (trained["tmp"] / "eval" / "training_curve.png").exists()
+
+
+def test_inference_simulates_every_case_with_its_protocol(trained: dict[str, Path]) -> None:
+    run_bundle(BUNDLE, _infer_args(trained, "sim", "inference.json"))
+    cases = sorted(p for p in (trained["tmp"] / "sim").iterdir() if p.is_dir())
+    assert len(cases) == 2
+    for case in cases:
+        samples = [nib.load(case / f"simulated_post_{i}.nii.gz") for i in range(2)]
+        assert samples[0].shape == (16, 16, 16)
+        data = np.asarray(samples[0].dataobj)
+        assert data.min() >= -175.0 and data.max() <= 600.0  # HU within the model's window
+        assert (case / "protocol.txt").read_text().strip()
+
+
+def test_evaluate_reports_protocol_sensitivity(trained: dict[str, Path], tmp_path: Path) -> None:
+    """The evaluation pipeline end to end on tiny untrained-quality models (the number is not checked here)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(ASSISTANT / "configs" / "inference.json")
+    parser.update({"bundle_root": str(ASSISTANT), **TINY_ASSISTANT})
+    assistant_ckpt = tmp_path / "assistant.pt"
+    torch.save(parser.get_parsed_content("network").state_dict(), assistant_ckpt)
+    overrides = json.dumps({**TINY_ASSISTANT, "ckpt_path": str(assistant_ckpt)}).replace("true", "True")
+    args = _infer_args(trained, "sensitivity", "inference.json", "evaluate.json")
+    run_bundle(BUNDLE, [*args, "--assistant_overrides", overrides, "--protocols_per_case", "4"])
+    report = json.loads((trained["tmp"] / "sensitivity" / "protocol_sensitivity.json").read_text())
+    assert report["summary"]["n_cases"] == 2
+    case = report["cases"][0]
+    assert len(case["protocols"]) == 4 and case["true_viable_fraction"] == sorted(case["true_viable_fraction"])
+
+
+def test_tensorrt_config_falls_back_cleanly_without_a_gpu(trained: dict[str, Path]) -> None:
+    log = run_bundle(BUNDLE, _infer_args(trained, "trt", "inference.json", "inference_trt.json"))
+    if not torch.cuda.is_available():
+        assert "TensorRT" in log or "trt" in log.lower()
+
+
+def test_multi_gpu_config_runs_two_ranks_with_gloo(trained: dict[str, Path]) -> None:
+    files = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29523"]
+    ddp = trained["tmp"] / "ddp"
+    args = ["--config_file", files, *_train_args(trained["prepared"], ddp, trained["tmp"] / "ddp_eval")]
+    log = run_bundle(BUNDLE, args, launcher=torchrun)
+    assert (ddp / "model.pt").exists(), log[-2000:]
+
+
+def test_metadata_verifies_offline() -> None:
+    verify_metadata(BUNDLE, SHARED / "monai" / "meta_schema_20240725.json")
+
+
+def test_the_protocol_changes_the_prediction() -> None:
+    """Unlike MeWM's released inference, the protocol is an input the network cannot ignore."""
+    torch.manual_seed(0)
+    net = ProtocolConditionedUNet(channels=(8, 16, 16), norm_num_groups=8).eval()
+    with torch.no_grad():  # zero-initialised output projections would hide the protocol: perturb them
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(1, 1, 16, 16, 16)
+    pre, mask = torch.randn(1, 1, 16, 16, 16), torch.ones(1, 1, 16, 16, 16)
+    t = torch.tensor([50])
+    a = net(torch.cat([x, condition(pre, mask, torch.tensor([multi_hot("Cisplatin; Lipiodol")]))[:, :]], 1), t)
+    b = net(torch.cat([x, condition(pre, mask, torch.tensor([multi_hot("Idarubicin; PVA")]))], 1), t)
+    same = net(torch.cat([x, condition(pre, mask, torch.tensor([multi_hot("Lipiodol; Cisplatin")]))], 1), t)
+    assert (a - b).abs().mean() > 1e-4
+    assert torch.allclose(a, same)
+    assert len(multi_hot("Cisplatin; Lipiodol")) == len(ACTION_BASE)

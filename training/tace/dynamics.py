@@ -1,0 +1,155 @@
+"""The dynamics model (MeWM seed B.2): post-treatment CT patch from the pre-treatment patch, the tumor
+mask and the TACE protocol, as a conditional DDPM trained with MONAI's diffusion components.
+
+The network is MONAI's `DiffusionModelUNet`. Image conditions (pre-treatment patch, tumor mask)
+are concatenated to the noisy input, as the released MeWM model concatenates its latent and mask.
+The protocol is a multi-hot vector over the action base; each action becomes a token (a learned
+"given" or "not given" embedding), and the UNet attends to the 18 tokens by cross-attention. So a
+protocol change reaches every attention block, and the model cannot ignore it the way MeWM's
+released inference did (it replaced the protocol embedding with noise).
+
+The protocol travels inside the concatenated condition as constant channels, so MONAI's stock
+`DiffusionPrepareBatch`, `DiffusionInferer` (mode "concat") and `SupervisedTrainer` drive training
+and sampling unchanged; `ProtocolConditionedUNet` splits it off again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.engines.utils import DiffusionPrepareBatch
+from monai.networks.nets import DiffusionModelUNet
+from monai.transforms import MapTransform
+from torch import nn
+
+from ..actions import ACTION_BASE, Protocol
+
+IMAGE_CONDITIONS = 2  # pre-treatment patch, tumor mask
+
+
+def multi_hot(protocol: Protocol | str) -> list[float]:
+    """The protocol as a multi-hot vector over `ACTION_BASE` (the order of every model's input)."""
+    p = Protocol.parse(protocol) if isinstance(protocol, str) else protocol
+    return [float(a in p.items) for a in ACTION_BASE]
+
+
+class ProtocolTokens(nn.Module):
+    """Multi-hot protocol -> one token per action of the action base: a 'given' or a 'not given' embedding."""
+
+    def __init__(self, n_actions: int = len(ACTION_BASE), dim: int = 64) -> None:
+        super().__init__()
+        self.given = nn.Parameter(torch.randn(n_actions, dim) * 0.02)
+        self.absent = nn.Parameter(torch.randn(n_actions, dim) * 0.02)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, protocol: torch.Tensor) -> torch.Tensor:
+        p = protocol.float().unsqueeze(-1)  # (B, A, 1)
+        return self.norm(p * self.given + (1.0 - p) * self.absent)
+
+
+class ProtocolConditionedUNet(nn.Module):
+    """`DiffusionModelUNet` whose input carries [noisy post, pre, mask, protocol channels...].
+
+    The protocol channels are constant over space; their value at the first voxel is the multi-hot
+    vector, turned into cross-attention tokens. Everything else is MONAI's UNet.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int] = (32, 64, 64),
+        attention_levels: Sequence[bool] = (False, False, True),
+        num_res_blocks: int = 1,
+        num_head_channels: int = 16,
+        token_dim: int = 64,
+        norm_num_groups: int = 16,
+        n_actions: int = len(ACTION_BASE),
+    ) -> None:
+        super().__init__()
+        self.n_actions = n_actions
+        self.tokens = ProtocolTokens(n_actions, token_dim)
+        self.unet = DiffusionModelUNet(
+            spatial_dims=3,
+            in_channels=1 + IMAGE_CONDITIONS,
+            out_channels=1,
+            channels=tuple(channels),
+            attention_levels=tuple(attention_levels),
+            num_res_blocks=num_res_blocks,
+            num_head_channels=num_head_channels,
+            norm_num_groups=norm_num_groups,
+            with_conditioning=True,
+            cross_attention_dim=token_dim,
+        )
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, **_: object):
+        images, protocol = x[:, : 1 + IMAGE_CONDITIONS], x[:, 1 + IMAGE_CONDITIONS :]
+        if protocol.shape[1] != self.n_actions:
+            raise ValueError(f"expected {self.n_actions} protocol channels, got {protocol.shape[1]}")
+        tokens = self.tokens(protocol.flatten(2)[..., 0])
+        return self.unet(images, timesteps, context=tokens)
+
+
+class ProtocolChannelsd(MapTransform):
+    """Broadcast the multi-hot `key` over the spatial grid of `like` (channel-first) into `name`."""
+
+    def __init__(self, keys: str, like: str, name: str = "protocol_channels") -> None:
+        super().__init__(keys)
+        self.like, self.name = like, name
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        vector = torch.as_tensor(np.asarray(d[self.keys[0]], dtype=np.float32))
+        ref = d[self.like]
+        shape = tuple(ref.shape[1:])
+        channels = vector.view(-1, *([1] * len(shape))).expand(-1, *shape).clone()
+        # Same container as the image, so ConcatItemsd can join them (MetaTensor keeps the affine).
+        d[self.name] = MetaTensor(channels, affine=ref.affine) if isinstance(ref, MetaTensor) else channels
+        return d
+
+
+class ConcatDiffusionPrepareBatch(DiffusionPrepareBatch):
+    """MONAI's `DiffusionPrepareBatch` for a condition that is concatenated to the noisy input."""
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        images, target, args, infer_kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
+        return images, target, args, {**infer_kwargs, "mode": "concat"}
+
+
+def condition(pre: torch.Tensor, mask: torch.Tensor, protocols: torch.Tensor) -> torch.Tensor:
+    """The concatenated condition for a batch: pre (B,1,...), mask (B,1,...), protocols (B, A)."""
+    shape = pre.shape[2:]
+    channels = protocols.float().view(*protocols.shape, *([1] * len(shape))).expand(-1, -1, *shape)
+    return torch.cat([pre, mask.float(), channels.to(pre.device)], dim=1)
+
+
+@torch.no_grad()
+def simulate(
+    network: nn.Module,
+    pre: torch.Tensor,
+    mask: torch.Tensor,
+    protocols: torch.Tensor,
+    sampler,
+    samples: int = 5,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Post-treatment patches for every (protocol, sample): returns (P, samples, 1, *spatial).
+
+    `pre`/`mask` are one patch (1, 1, *spatial); `sampler` a MONAI scheduler with its timesteps set
+    (DDIM in the bundle). All protocols and samples run as one batch: the planner scores
+    candidates together, not one at a time. The same seed gives the same noise for every protocol,
+    so differences between protocols come from the protocol, not from the draw.
+    """
+    from monai.inferers import DiffusionInferer
+
+    n_protocols = protocols.shape[0]
+    batch_protocols = protocols.repeat_interleave(samples, dim=0)
+    batch = len(batch_protocols)
+    cond = condition(pre.expand(batch, *pre.shape[1:]), mask.expand(batch, *mask.shape[1:]), batch_protocols)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn((samples, 1, *pre.shape[2:]), generator=generator).repeat(n_protocols, 1, 1, 1, 1)
+    out = DiffusionInferer(sampler).sample(
+        noise.to(pre.device), network, sampler, conditioning=cond, mode="concat", verbose=False
+    )
+    return out.view(n_protocols, samples, 1, *pre.shape[2:])

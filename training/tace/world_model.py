@@ -1,0 +1,126 @@
+"""The MeWM world model on one case: simulate the post-treatment tumor under candidate protocols
+(dynamics bundle) and measure each simulation (assistant bundle).
+
+Everything runs in model space (RAS, the bundles' spacing, HU scaled to [-1, 1]). A window of the
+assistant's ROI size is cut around the tumor; the dynamics model regenerates its central patch
+for every (protocol, sample) in one batch; the assistant segments every window in one batch; the
+viable-tumor fraction is measured inside the regenerated patch. The planner's heuristic scores
+the same windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..bundle_loading import bundle_parser, load_network
+from .dynamics import simulate
+from .preprocess import LABELS, TUMOR_LABELS
+
+
+@dataclass
+class Simulation:
+    """Simulated outcomes: windows (P, T, *window), label maps (P, T, *window), viable fraction (P, T)."""
+
+    windows: np.ndarray
+    labels: np.ndarray
+    viable_fraction: np.ndarray
+    patch_slices: tuple[slice, ...]
+
+
+def window_around(volume: np.ndarray, mask: np.ndarray, size: tuple[int, ...], fill: float = -1.0):
+    """Cut `size` around the centroid of `mask` from `volume` (both spatial arrays), padding with `fill`.
+
+    Returns the window, the mask window and the window's start index in the volume (may be negative).
+    """
+    centre = np.round(ndimage.center_of_mass(mask)).astype(int) if mask.any() else np.array(volume.shape) // 2
+    start = centre - np.asarray(size) // 2
+    pad = [(int(s), int(s)) for s in size]
+    padded = np.pad(volume, pad, constant_values=fill)
+    padded_mask = np.pad(mask, pad, constant_values=0)
+    index = tuple(slice(int(a + p[0]), int(a + p[0] + s)) for a, p, s in zip(start, pad, size, strict=True))
+    return padded[index], padded_mask[index], start
+
+
+def viable_fraction(labels: np.ndarray) -> float:
+    tumor = np.isin(labels, TUMOR_LABELS).sum()
+    return float((labels == LABELS["viable"]).sum() / tumor) if tumor else 0.0
+
+
+class WorldModel:
+    """Dynamics network + its DDIM sampler, and the assistant network; see the module doc."""
+
+    def __init__(
+        self,
+        dynamics: torch.nn.Module,
+        sampler,
+        patch: tuple[int, ...],
+        assistant: torch.nn.Module,
+        window: tuple[int, ...],
+        samples: int = 5,
+        steps: int = 25,
+    ) -> None:
+        if any(p > w for p, w in zip(patch, window, strict=True)):
+            raise ValueError(f"dynamics patch {patch} is larger than the assistant window {window}")
+        self.dynamics, self.sampler, self.patch = dynamics.eval(), sampler, tuple(int(v) for v in patch)
+        self.assistant, self.window = assistant.eval(), tuple(int(v) for v in window)
+        self.samples, self.steps = samples, steps
+
+    @classmethod
+    def from_bundles(
+        cls,
+        dynamics_bundle: str | Path,
+        assistant_bundle: str | Path,
+        samples: int = 5,
+        steps: int = 25,
+        dynamics_overrides: dict | None = None,
+        assistant_overrides: dict | None = None,
+    ) -> WorldModel:
+        """Both networks from their bundles' inference configs and shipped (or overridden) weights."""
+        dyn = bundle_parser(dynamics_bundle, overrides=dynamics_overrides)
+        ast = bundle_parser(assistant_bundle, overrides=assistant_overrides)
+        return cls(
+            load_network(dyn),
+            dyn.get_parsed_content("sampler"),
+            tuple(dyn.get_parsed_content("roi_size")),
+            load_network(ast),
+            tuple(ast.get_parsed_content("roi_size")),
+            samples,
+            steps,
+        )
+
+    @torch.no_grad()
+    def simulate(self, pre_window: np.ndarray, mask_window: np.ndarray, protocols: np.ndarray, seed: int = 0):
+        """Simulate every protocol (rows of a multi-hot matrix) `samples` times and segment the results."""
+        lo = [(w - p) // 2 for w, p in zip(self.window, self.patch, strict=True)]
+        patch = tuple(slice(a, a + p) for a, p in zip(lo, self.patch, strict=True))
+        pre = torch.as_tensor(pre_window[patch], dtype=torch.float32)[None, None]
+        mask = torch.as_tensor(mask_window[patch] > 0, dtype=torch.float32)[None, None]
+        self.sampler.set_timesteps(self.steps)
+        posts = simulate(
+            self.dynamics, pre, mask, torch.as_tensor(protocols, dtype=torch.float32), self.sampler, self.samples, seed
+        )
+        n_protocols, samples = posts.shape[:2]
+        windows = np.repeat(pre_window[None], n_protocols * samples, axis=0).astype(np.float32)
+        windows[(slice(None), *patch)] = posts.reshape(n_protocols * samples, *self.patch).clamp(-1, 1).numpy()
+        logits = torch.cat(
+            [self.assistant(torch.as_tensor(w[:, None])) for w in np.array_split(windows, max(1, len(windows) // 8))]
+        )
+        labels = logits.argmax(1).numpy().astype(np.uint8)
+        labels = np.stack([_keep_liver(lab) for lab in labels])
+        fractions = np.array([viable_fraction(lab[patch]) for lab in labels]).reshape(n_protocols, samples)
+        shape = (n_protocols, samples)
+        return Simulation(windows.reshape(*shape, *self.window), labels.reshape(*shape, *self.window), fractions, patch)
+
+
+def _keep_liver(labels: np.ndarray) -> np.ndarray:
+    organ, count = ndimage.label(labels > 0)
+    if count <= 1:
+        return labels
+    sizes = np.bincount(organ.ravel())
+    sizes[0] = 0
+    return np.where(organ == int(sizes.argmax()), labels, 0).astype(np.uint8)
