@@ -11,13 +11,14 @@ DICOM-SEG referencing the PVP (else AP, else non-contrast) series.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 from pydicom.sr.codedict import codes
 
+from ..actions import Protocol
 from . import liver as L
 from .dicom_ct import Patient, Series, Study, ct_datasets, stable_uid, write_datasets
 from .labels import ANATOMY, MORPH, SegmentSpec, save_label_map, write_seg
@@ -151,6 +152,36 @@ def _phases_present(rng: np.random.Generator) -> tuple[str, ...]:
     return ("PVP",)
 
 
+@dataclass
+class ClinicalDraw:
+    """Everything of a case drawn before any image: the tabular truth. `rng` continues into the images."""
+
+    rng: np.random.Generator
+    case_id: str
+    regions: dict[str, Region]
+    width: float
+    patient: L.LiverPatient
+    gold: Protocol
+    gold_outcome: L.Outcome
+    os_weeks: float
+    event: int
+
+
+def draw_clinical(index: int, seed: int, site: str, protocols: str = "practice") -> ClinicalDraw:
+    """The patient, treating protocol and observed survival of case `index`, as `write_case` draws them.
+
+    Tabular studies (the survival baselines) use it to get a cohort's rows without rendering CT.
+    """
+    rng = np.random.default_rng([seed, index, 2])
+    case_id = f"HCC_S{'I' if site == 'internal' else 'E'}{index + 1:03d}"
+    regions, width, liver_c, liver_r = abdomen(rng)
+    patient = L.sample_patient(case_id, rng, liver_c, liver_r)
+    gold = L.gold_protocol(patient, site, rng) if protocols == "practice" else L.random_protocol(rng)
+    gold_out = L.outcome(patient, gold)
+    os_weeks, event = L.sample_survival(gold_out, rng)
+    return ClinicalDraw(rng, case_id, regions, width, patient, gold, gold_out, os_weeks, event)
+
+
 def write_case(
     root: Path, index: int, seed: int, site: str, size: str, protocols: str = "practice"
 ) -> dict[str, object]:
@@ -159,14 +190,12 @@ def write_case(
     `protocols`: "practice" draws the treating protocol from the site's practice (the physician's
     "gold"); "random" draws it uniformly from the conflict-free action space (world-model training).
     """
-    rng = np.random.default_rng([seed, index, 2])
-    case_id = f"HCC_S{'I' if site == 'internal' else 'E'}{index + 1:03d}"
-    regions, width, liver_c, liver_r = abdomen(rng)
-    patient = L.sample_patient(case_id, rng, liver_c, liver_r)
-    gold = L.gold_protocol(patient, site, rng) if protocols == "practice" else L.random_protocol(rng)
+    clinical = draw_clinical(index, seed, site, protocols)
+    rng, case_id, regions, width = clinical.rng, clinical.case_id, clinical.regions, clinical.width
+    patient, gold, gold_out = clinical.patient, clinical.gold, clinical.gold_outcome
+    os_weeks, event = clinical.os_weeks, clinical.event
     oracle = L.oracle_protocol(patient)
-    gold_out, oracle_out = L.outcome(patient, gold), L.outcome(patient, oracle)
-    os_weeks, event = L.sample_survival(gold_out, rng)
+    oracle_out = L.outcome(patient, oracle)
     noise = 14.0 if site == "internal" else 22.0
 
     uid = lambda *p: stable_uid(seed, site, index, "liver", *p)  # noqa: E731

@@ -3,10 +3,13 @@ mask and the TACE protocol, as a conditional DDPM trained with MONAI's diffusion
 
 The network is MONAI's `DiffusionModelUNet`. Image conditions (pre-treatment patch, tumor mask)
 are concatenated to the noisy input, as the released MeWM model concatenates its latent and mask.
-The protocol is a multi-hot vector over the action base; each action becomes a token (a learned
-"given" or "not given" embedding), and the UNet attends to the 18 tokens by cross-attention. So a
-protocol change reaches every attention block, and the model cannot ignore it the way MeWM's
-released inference did (it replaced the protocol embedding with noise).
+The protocol is a multi-hot vector over the action base and enters twice: each action becomes a
+token (a learned "given" or "not given" embedding) that the UNet attends to by cross-attention, and
+the sum of per-action embeddings is added to the timestep embedding, which every residual block of
+the UNet receives (MONAI's class-conditioning path, with the set of actions as the "class"). The
+second path reaches the whole network from the first step of training; cross-attention alone sits
+at the coarsest level and learned the protocol too slowly on a CPU budget. So the model cannot
+ignore the protocol the way MeWM's released inference did (it replaced the protocol with noise).
 
 The protocol travels inside the concatenated condition as constant channels, so MONAI's stock
 `DiffusionPrepareBatch`, `DiffusionInferer` (mode "concat") and `SupervisedTrainer` drive training
@@ -81,14 +84,18 @@ class ProtocolConditionedUNet(nn.Module):
             norm_num_groups=norm_num_groups,
             with_conditioning=True,
             cross_attention_dim=token_dim,
+            num_class_embeds=n_actions,
         )
+        # A set of actions embeds as the sum of its actions' embeddings: a bias-free linear map of
+        # the multi-hot vector, in place of the UNet's one-label nn.Embedding.
+        self.unet.class_embedding = nn.Linear(n_actions, channels[0] * 4, bias=False)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, **_: object):
         images, protocol = x[:, : 1 + IMAGE_CONDITIONS], x[:, 1 + IMAGE_CONDITIONS :]
         if protocol.shape[1] != self.n_actions:
             raise ValueError(f"expected {self.n_actions} protocol channels, got {protocol.shape[1]}")
-        tokens = self.tokens(protocol.flatten(2)[..., 0])
-        return self.unet(images, timesteps, context=tokens)
+        vector = protocol.flatten(2)[..., 0]
+        return self.unet(images, timesteps, context=self.tokens(vector), class_labels=vector)
 
 
 class ProtocolChannelsd(MapTransform):

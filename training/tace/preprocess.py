@@ -68,7 +68,7 @@ def read_seg_labels(seg_path: str | Path, reference: sitk.Image) -> sitk.Image:
         raise InputError(f"{seg_path}: SEG frames are {rows}x{cols}, the referenced CT is {ct}")
     for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
         number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        value = _segment_label(seg.get_segment_description(number))
+        value = segment_label(seg.get_segment_description(number))
         if value == 0:
             continue
         position = frame.PlanePositionSequence[0].ImagePositionPatient
@@ -80,7 +80,8 @@ def read_seg_labels(seg_path: str | Path, reference: sitk.Image) -> sitk.Image:
     return _like(out, reference)
 
 
-def _segment_label(description: object) -> int:
+def segment_label(description: object) -> int:
+    """Our label value for a DICOM-SEG segment from the words of its SegmentLabel/SegmentDescription (0: none)."""
     text = " ".join(str(getattr(description, a, "")) for a in ("SegmentLabel", "SegmentDescription")).lower()
     if "necros" in text:
         return LABELS["necrosis"]
@@ -216,3 +217,9 @@ def _like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(array)
     image.CopyInformation(reference)
     return image
+
+
+def viable_fraction(labels: np.ndarray, empty: float = float("nan")) -> float:
+    """Viable share of the whole lesion (viable / (viable + necrosis + Lipiodol)); `empty` without a lesion."""
+    tumor = np.isin(labels, TUMOR_LABELS).sum()
+    return float((labels == LABELS["viable"]).sum() / tumor) if tumor else empty

@@ -9,15 +9,9 @@ import numpy as np
 import torch
 
 from ..metrics import bootstrap_ci, dice
-from .preprocess import LABELS, TUMOR_LABELS
+from .preprocess import LABELS, TUMOR_LABELS, viable_fraction
 
 METRICS = ("liver_dice", "tumor_dice", "viable_dice", "viable_fraction_error")
-
-
-def viable_fraction(labels: np.ndarray) -> float:
-    """Viable share of the whole lesion (viable / (viable + necrosis + Lipiodol)); NaN without a lesion."""
-    tumor = np.isin(labels, TUMOR_LABELS).sum()
-    return float((labels == LABELS["viable"]).sum() / tumor) if tumor else float("nan")
 
 
 def case_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:

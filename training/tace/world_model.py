@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from ..bundle_loading import bundle_parser, load_network
 from .dynamics import simulate
-from .preprocess import LABELS, TUMOR_LABELS
+from .preprocess import viable_fraction
 
 
 @dataclass
@@ -44,11 +44,6 @@ def window_around(volume: np.ndarray, mask: np.ndarray, size: tuple[int, ...], f
     padded_mask = np.pad(mask, pad, constant_values=0)
     index = tuple(slice(int(a + p[0]), int(a + p[0] + s)) for a, p, s in zip(start, pad, size, strict=True))
     return padded[index], padded_mask[index], start
-
-
-def viable_fraction(labels: np.ndarray) -> float:
-    tumor = np.isin(labels, TUMOR_LABELS).sum()
-    return float((labels == LABELS["viable"]).sum() / tumor) if tumor else 0.0
 
 
 class WorldModel:
@@ -112,7 +107,7 @@ class WorldModel:
         )
         labels = logits.argmax(1).numpy().astype(np.uint8)
         labels = np.stack([_keep_liver(lab) for lab in labels])
-        fractions = np.array([viable_fraction(lab[patch]) for lab in labels]).reshape(n_protocols, samples)
+        fractions = np.array([viable_fraction(lab[patch], empty=0.0) for lab in labels]).reshape(n_protocols, samples)
         shape = (n_protocols, samples)
         return Simulation(windows.reshape(*shape, *self.window), labels.reshape(*shape, *self.window), fractions, patch)
 
