@@ -91,3 +91,15 @@ def test_bad_cohort_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "cohort.csv" in err and "TCIA_ID" in err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_island_rule_is_a_volume_not_a_voxel_count() -> None:
+    """300 voxels of the A.1 grid (0.8 x 0.8 x 3.0 mm = 576 mm3) on any grid; a 3 mm grid keeps 22-voxel lesions."""
+    assert P.min_voxels_at((0.8, 0.8, 3.0)) == 300
+    assert P.min_voxels_at((3.0, 3.0, 3.0)) == 22
+    assert P.min_voxels_at((1.0, 1.0, 1.0)) == 576
+    labels = np.zeros((20, 20, 20), dtype=np.uint8)
+    labels[2:18, 2:18, 2:18] = P.LABELS["liver"]
+    labels[5:8, 5:8, 5:8] = P.LABELS["viable"]  # 27 voxels: 0.73 cm3 at 3 mm, a real small lesion
+    out = P.filter_label_map(labels, P.min_voxels_at((3.0, 3.0, 3.0)))
+    assert (out == P.LABELS["viable"]).sum() == 27

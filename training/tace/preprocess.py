@@ -11,6 +11,7 @@ carried onto another by physical position, never by voxel index.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,8 +26,11 @@ from ..dicom_series import read_ct_series
 # Model label values (one definition for every TACE bundle).
 LABELS: dict[str, int] = {"liver": 1, "viable": 2, "necrosis": 3, "lipiodol": 4}
 TUMOR_LABELS: tuple[int, ...] = (LABELS["viable"], LABELS["necrosis"], LABELS["lipiodol"])
-MIN_COMPONENT_VOXELS = 300  # seed A.1: smaller islands are noise
 A1_SPACING_MM = (0.8, 0.8, 3.0)  # dataset standardisation (seed A.1)
+MIN_COMPONENT_VOXELS = 300  # seed A.1: smaller islands are noise, counted on the A.1 grid
+# The rule is a volume: 300 voxels of 0.8 x 0.8 x 3.0 mm = 576 mm3. Counted on a coarser grid as
+# voxels it would erase real lesions (300 voxels of 3 mm are 8.1 cm3, a 2.5 cm tumor).
+MIN_COMPONENT_MM3 = MIN_COMPONENT_VOXELS * float(np.prod(A1_SPACING_MM))
 MODEL_SPACING_MM = (1.0, 1.0, 1.0)  # model input (seed B.2/B.3)
 
 
@@ -184,6 +188,11 @@ def _similarity(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, transfo
     probe.SetInterpolator(sitk.sitkLinear)
     probe.SetInitialTransform(transform)
     return float(probe.MetricEvaluate(fixed, moving))
+
+
+def min_voxels_at(spacing: Sequence[float]) -> int:
+    """The seed's 300-voxel island rule as a voxel count on a grid of `spacing` mm (same volume)."""
+    return max(1, math.ceil(MIN_COMPONENT_MM3 / float(np.prod(spacing)) - 1e-9))
 
 
 def keep_components(mask: np.ndarray, min_voxels: int = MIN_COMPONENT_VOXELS) -> np.ndarray:

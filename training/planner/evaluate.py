@@ -1,0 +1,534 @@
+"""Planning evaluation on held-out synthetic cases: the MeWM planning table, plus regret.
+
+For every case of a prepared cohort (``python -m oncoplan.training.tace.prepare``) whose raw cohort
+holds the ground truth (``truth.json``: the hidden response profile), each method chooses one
+protocol, which is scored two ways:
+
+* against the physician's protocol ("gold", the ``chemotherapy`` column of ``cohort.csv``, drawn
+  from imperfect site practice) by the item sets: F1, Jaccard, precision and recall, as the paper;
+* against the ground truth: REGRET, the expected overall survival (weeks, and months) lost against
+  the oracle (:func:`oncoplan.training.synth.liver.regret_weeks`), the oracle being searched over
+  the same valid space the planner searches (conflict-free protocols of the case's action set with
+  at most ``drug_horizon`` drugs and ``embolic_horizon`` embolics). A protocol outside that space
+  (e.g. a three-drug practice regimen) can beat the oracle: its regret is then negative.
+
+Methods: ``world_model`` (the planner: offline policy + world model + heuristic, beam search or
+best-of-N), ``policy_top1`` (the same policy's first candidate, no search), ``most_common`` (the most
+used protocol of the case's site: from a training cohort's ``chemotherapy`` column, else from
+the synthetic practice table), ``random`` (a seeded uniform draw from the valid space), ``gold``
+and ``oracle``. Each gets per-case values and means with 1,000-sample percentile-bootstrap 95% CIs;
+the planner minus each baseline gets paired bootstrap CIs (resampling cases). Everything is written
+to ``planning_evaluation.json`` and ``planning_evaluation.md`` (labelled SYNTHETIC), atomically.
+
+    python -m oncoplan.training.planner.evaluate --prepared DIR --cohort DIR --out DIR \\
+        [--dynamics BUNDLE --assistant BUNDLE --survival BUNDLE] [--limit N] [--settings cpu|paper]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oncoplan.errors import InputError
+
+from ..actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS, Protocol
+from ..metrics import bootstrap_ci
+from .search import SETTINGS, SearchSettings, WorldModelPlanner
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLES = ROOT / "bundles"
+WEEKS_PER_MONTH = 4.345  # as oncoplan.training.tace.survival
+METHODS = ("world_model", "policy_top1", "most_common", "random", "gold", "oracle")
+LABELS = {
+    "world_model": "World-model planner (policy + dynamics + assistant + heuristic search)",
+    "policy_top1": "Offline policy, top-1, no search",
+    "most_common": "Most common protocol of the site",
+    "random": "Random valid protocol (seeded)",
+    "gold": "Physician (gold)",
+    "oracle": "Oracle (ground truth, same space)",
+}
+SET_METRICS = ("f1", "jaccard", "precision", "recall")
+METRICS = (*SET_METRICS, "regret_weeks", "regret_months")
+DIFF_METRICS = ("f1", "jaccard", "regret_weeks")
+# The paper's planning table (MeWM, main text, F1 in %, real in-house HCC-TACE data): reference only.
+PAPER_F1 = {"MeWM": 64.08, "GPT-4o": 44.29}
+ACTION_SETS = ("site", "tcia", "full")
+TCIA_SET = TCIA_DRUGS + TCIA_EMBOLICS
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def set_metrics(chosen: Protocol | Iterable[str], gold: Protocol | Iterable[str]) -> dict[str, float]:
+    """Precision, recall, F1 and Jaccard of the chosen item set against the gold one.
+
+    Two empty sets agree perfectly (1.0); one empty set scores 0 (precision of an empty choice is 0).
+    """
+    a = set(chosen.items if isinstance(chosen, Protocol) else chosen)
+    b = set(gold.items if isinstance(gold, Protocol) else gold)
+    if not a and not b:
+        return {"precision": 1.0, "recall": 1.0, "f1": 1.0, "jaccard": 1.0}
+    hit = len(a & b)
+    return {
+        "precision": hit / len(a) if a else 0.0,
+        "recall": hit / len(b) if b else 0.0,
+        "f1": 2 * hit / (len(a) + len(b)),
+        "jaccard": hit / len(a | b),
+    }
+
+
+def most_common(protocols: Iterable[Protocol | str]) -> Protocol:
+    """The most frequent protocol; ties go to the one first in action-base order."""
+    counts = Counter(p if isinstance(p, Protocol) else Protocol.parse(p) for p in protocols)
+    if not counts:
+        raise InputError("no protocol to take the most common one from")
+    return min(counts, key=lambda p: (-counts[p], tuple(ACTION_BASE.index(a) for a in p.items)))
+
+
+def action_set_for(site: str, mode: str = "site") -> tuple[str, ...]:
+    """The case's action set: ``site`` gives the HCC-TACE-Seg set for the internal (MD Anderson-like)
+    site and the whole action base elsewhere; ``tcia`` and ``full`` force one."""
+    if mode not in ACTION_SETS:
+        raise InputError(f"unknown action set {mode!r}; choose {', '.join(ACTION_SETS)}")
+    if mode == "tcia" or (mode == "site" and site == "internal"):
+        return TCIA_SET
+    return ACTION_BASE
+
+
+# ---------------------------------------------------------------- cases
+
+
+def _cohort_rows(cohort: Path) -> dict[str, dict[str, Any]]:
+    import pandas as pd
+
+    table = cohort / "cohort.csv"
+    if not table.exists():
+        raise InputError(f"{table}: cohort table not found")
+    frame = pd.read_csv(table, dtype={"TCIA_ID": str}, keep_default_na=False)
+    for column in ("TCIA_ID", "chemotherapy"):
+        if column not in frame.columns:
+            raise InputError(f"{table}: no column {column!r}")
+    return {str(r["TCIA_ID"]): r for r in frame.to_dict("records")}
+
+
+def ground_truth_patient(cohort: Path, case_id: str, row: Mapping[str, Any]):
+    """The ground-truth patient of a synthetic case (its truth.json and its cohort.csv row)."""
+    from ..synth import liver as L
+
+    truth = cohort / case_id / "truth.json"
+    if not truth.exists():
+        raise InputError(f"{truth}: no ground truth (planning regret needs a synthetic cohort)")
+    return L.patient_from_record(json.loads(truth.read_text()), dict(row))
+
+
+def site_practice(
+    train_cohort: Path | None,
+) -> tuple[Callable[[str], Protocol], Callable[[str], Any]]:
+    """(most common protocol of a site, practice prior of a site): from a training cohort's
+    ``chemotherapy`` column (rows of the same site where it has a ``site`` column), else the
+    synthetic practice table."""
+    from ..synth.liver import PRACTICE
+    from .prior import Prior
+
+    if train_cohort is None:
+
+        def common(site: str) -> Protocol:
+            table = PRACTICE.get(site) or {k: v / len(PRACTICE) for t in PRACTICE.values() for k, v in t.items()}
+            return Protocol.parse(max(table, key=lambda k: table[k]))
+
+        def prior(site: str) -> Prior:
+            return Prior.from_practice(site if site in PRACTICE else None)
+
+        return common, prior
+    rows = list(_cohort_rows(train_cohort).values())
+
+    def protocols(site: str) -> list[Protocol]:
+        same = [r for r in rows if str(r.get("site", "")) == site]
+        return [Protocol.parse(str(r["chemotherapy"])) for r in (same or rows) if str(r["chemotherapy"]).strip()]
+
+    return (
+        lambda site: most_common(protocols(site)),
+        lambda site: Prior.from_protocols(protocols(site), f"cohort:{train_cohort.name}:{site}"),
+    )
+
+
+# ---------------------------------------------------------------- the evaluation
+
+
+def evaluate_planning(
+    world_model: Any,
+    scorer: Any,
+    preprocessing: Callable,
+    prepared: str | Path,
+    cohort: str | Path | None = None,
+    settings: SearchSettings = SETTINGS["cpu"],
+    search: str = "beam",
+    action_sets: str = "site",
+    train_cohort: str | Path | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every method on every case (module doc); returns the report written by :func:`write_report`."""
+    from tqdm import tqdm
+
+    from ..synth import liver as L
+    from ..tace.data import load_prepared
+    from ..tace.dynamics_eval import model_space_case
+    from ..tace.world_model import window_around
+    from .policy import OfflinePolicy
+
+    if search not in ("beam", "best_of_n"):
+        raise InputError(f"unknown search {search!r}; choose beam or best_of_n")
+    prepared = Path(prepared)
+    entries = load_prepared(prepared)
+    entries = entries[:limit] if limit else entries
+    if not entries:
+        raise InputError(f"{prepared}: no case to evaluate")
+    if cohort is None:
+        cohort = json.loads((prepared / "datalist.json").read_text()).get("cohort")
+        if not cohort:
+            raise InputError(f"{prepared}: the datalist names no cohort; give --cohort")
+    cohort = Path(cohort)
+    rows = _cohort_rows(cohort)
+    common, prior = site_practice(Path(train_cohort) if train_cohort else None)
+    planners: dict[tuple[tuple[str, ...], str], WorldModelPlanner] = {}
+
+    def planner_for(action_set: tuple[str, ...], site: str) -> WorldModelPlanner:
+        key = (action_set, site)
+        if key not in planners:
+            policy = OfflinePolicy(action_set, prior(site), settings.drug_horizon, settings.embolic_horizon)
+            planners[key] = WorldModelPlanner(world_model, scorer, policy, settings)
+        return planners[key]
+
+    cases = []
+    for index, entry in enumerate(tqdm(entries, desc="planning", unit="case", disable=not progress)):
+        case_id = str(entry["case_id"])
+        if case_id not in rows:
+            raise InputError(f"{cohort / 'cohort.csv'}: no row for case {case_id}")
+        row = rows[case_id]
+        patient = ground_truth_patient(cohort, case_id, row)
+        site = str(row.get("site", "") or "internal")
+        gold = Protocol.parse(str(row["chemotherapy"]))
+        action_set = action_set_for(site, action_sets)
+        planner = planner_for(action_set, site)
+        space = planner.space()
+        oracle = L.oracle_protocol(patient, space)
+        pre, mask, _ = model_space_case(preprocessing, entry)
+        pre_window, mask_window, _ = window_around(pre, mask, tuple(world_model.window))
+        plan = (
+            planner.beam_search(pre_window, mask_window)
+            if search == "beam"
+            else planner.best_of_n(pre_window, mask_window)
+        )
+        rng = np.random.default_rng([seed, index])
+        chosen = {
+            "world_model": plan.best.protocol,
+            "policy_top1": planner.initial_candidates()[0][0],
+            "most_common": common(site),
+            "random": space[int(rng.integers(len(space)))],
+            "gold": gold,
+            "oracle": oracle,
+        }
+        in_space = set(space)
+        results = {}
+        for method, protocol in chosen.items():
+            regret = L.regret_weeks(patient, protocol, space)
+            results[method] = {
+                "protocol": str(protocol),
+                **set_metrics(protocol, gold),
+                "regret_weeks": regret,
+                "regret_months": regret / WEEKS_PER_MONTH,
+                "expected_os_weeks": L.outcome(patient, protocol).expected_os_weeks,
+                "in_space": protocol in in_space,
+            }
+        cases.append(
+            {
+                "case_id": case_id,
+                "site": site,
+                "action_set": list(action_set),
+                "space_size": len(space),
+                "gold": str(gold),
+                "oracle": str(oracle),
+                "methods": results,
+                "plan": {
+                    "best": plan.best.to_dict(),
+                    "top": [r.to_dict() for r in plan.ranked[:5]],
+                    "evaluations": plan.evaluations,
+                    "timing_s": plan.timing_s,
+                    "steps": plan.steps,
+                    "skipped_candidates": plan.skipped_candidates,
+                },
+            }
+        )
+    return summarise(cases, settings, search, action_sets, prepared, cohort, train_cohort, n_bootstrap, seed)
+
+
+def summarise(
+    cases: Sequence[Mapping[str, Any]],
+    settings: SearchSettings,
+    search: str,
+    action_sets: str,
+    prepared: Path,
+    cohort: Path,
+    train_cohort: str | Path | None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Means with bootstrap CIs per method, paired differences planner - baseline, cost per model."""
+
+    def values(method: str, metric: str) -> list[float]:
+        return [float(c["methods"][method][metric]) for c in cases]
+
+    methods = {}
+    for method in METHODS:
+        methods[method] = {
+            "label": LABELS[method],
+            **{m: list(bootstrap_ci(values(method, m), n_bootstrap, seed=seed)) for m in METRICS},
+            "exact_gold": sum(c["methods"][method]["protocol"] == c["gold"] for c in cases),
+            "exact_oracle": sum(c["methods"][method]["protocol"] == c["oracle"] for c in cases),
+            "in_space": sum(bool(c["methods"][method]["in_space"]) for c in cases),
+        }
+    paired = {}
+    for method in METHODS[1:]:
+        paired[method] = {
+            m: list(
+                bootstrap_ci(list(np.subtract(values("world_model", m), values(method, m))), n_bootstrap, seed=seed)
+            )
+            for m in DIFF_METRICS
+        }
+    timing_keys = sorted({k for c in cases for k in c["plan"]["timing_s"]})
+    eval_keys = sorted({k for c in cases for k in c["plan"]["evaluations"]})
+    cost = {
+        "timing_s_total": {k: round(sum(c["plan"]["timing_s"].get(k, 0.0) for c in cases), 3) for k in timing_keys},
+        "timing_s_per_case": {
+            k: round(float(np.mean([c["plan"]["timing_s"].get(k, 0.0) for c in cases])), 3) for k in timing_keys
+        },
+        "evaluations_per_case": {
+            k: round(float(np.mean([c["plan"]["evaluations"].get(k, 0) for c in cases])), 2) for k in eval_keys
+        },
+    }
+    return {
+        "synthetic": True,
+        "research_use_only": True,
+        "n_cases": len(cases),
+        "prepared": str(prepared),
+        "cohort": str(cohort),
+        "train_cohort": str(train_cohort) if train_cohort else None,
+        "search": search,
+        "action_sets": action_sets,
+        "settings": asdict(settings),
+        "n_bootstrap": n_bootstrap,
+        "metrics_note": "set metrics are fractions (the .md shows percent); regret is oracle minus chosen "
+        "expected OS under the ground truth, the oracle searched over the planner's valid space",
+        "paper_reference_f1": PAPER_F1,
+        "methods": methods,
+        "paired_world_model_minus": paired,
+        "cost": cost,
+        "cases": list(cases),
+    }
+
+
+def _ci(v: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    if not all(math.isfinite(x) for x in v):
+        return "n/a"
+    return f"{v[0] * scale:.{digits}f} [{v[1] * scale:.{digits}f}, {v[2] * scale:.{digits}f}]"
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    s = report["settings"]
+    n = report["n_cases"]
+    search = (
+        f"beam search (B={s['beam']}, T={s['samples']}, drug/embolic horizon {s['drug_horizon']}/"
+        f"{s['embolic_horizon']}, {s['steps']} DDIM steps)"
+        if report["search"] == "beam"
+        else f"best-of-N over every valid protocol (T={s['samples']}, {s['steps']} DDIM steps)"
+    )
+    lines = [
+        "# TACE planning evaluation - SYNTHETIC cohort",
+        "",
+        "**SYNTHETIC DATA. Research use only; not a medical device.** Gold = the synthetic physician's "
+        "protocol (imperfect practice); regret = expected OS lost against the ground-truth oracle.",
+        "",
+        f"{n} held-out cases from `{report['prepared']}` (cohort `{report['cohort']}`); planner: offline "
+        f"policy + world model, {search}; action sets: {report['action_sets']}. Mean over cases "
+        f"[percentile bootstrap 95% CI, {report['n_bootstrap']} resamples]; set metrics in %.",
+        "",
+        "| Method | F1 (%) | Jaccard (%) | Precision (%) | Recall (%) | Regret (weeks) | Regret (months) "
+        "| = gold | = oracle | in space |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in report["methods"].values():
+        lines.append(
+            f"| {m['label']} | {_ci(m['f1'], 100)} | {_ci(m['jaccard'], 100)} | {_ci(m['precision'], 100)} | "
+            f"{_ci(m['recall'], 100)} | {_ci(m['regret_weeks'])} | {_ci(m['regret_months'])} | "
+            f"{m['exact_gold']}/{n} | {m['exact_oracle']}/{n} | {m['in_space']}/{n} |"
+        )
+    lines += [
+        "",
+        "Paired differences, world-model planner minus each method (bootstrap over cases; "
+        "F1/Jaccard up is better, regret down is better):",
+        "",
+        "| Baseline | dF1 (points) | dJaccard (points) | dRegret (weeks) |",
+        "|---|---|---|---|",
+    ]
+    for method, d in report["paired_world_model_minus"].items():
+        lines.append(
+            f"| {report['methods'][method]['label']} | {_ci(d['f1'], 100)} | {_ci(d['jaccard'], 100)} | "
+            f"{_ci(d['regret_weeks'])} |"
+        )
+    cost = report["cost"]
+    per_case = ", ".join(f"{k} {v:.2f} s" for k, v in cost["timing_s_per_case"].items())
+    evals = ", ".join(f"{k} {v:g}" for k, v in cost["evaluations_per_case"].items())
+    ref = ", ".join(f"{k} {v:.2f}" for k, v in report["paper_reference_f1"].items())
+    lines += [
+        "",
+        f"Cost per case (mean): {per_case}. Model evaluations per case (mean): {evals}.",
+        "",
+        f"For reference only, the MeWM paper's planning table (real in-house HCC-TACE data, F1 %): {ref}. "
+        "Not comparable: these numbers are on synthetic cases.",
+        "",
+        "Regret is measured against the oracle of the planner's own space (conflict-free, at most "
+        f"{s['drug_horizon']} drugs and {s['embolic_horizon']} embolics of the case's action set); a "
+        "protocol outside it (e.g. a three-drug practice regimen) can do better than that oracle, so its "
+        "regret can be negative ('in space' counts the cases inside).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(report: Mapping[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """planning_evaluation.json and .md in `out`, each written whole or not at all."""
+    from oncoplan.fsio import atomic_path
+
+    out = Path(out)
+    js, md = out / "planning_evaluation.json", out / "planning_evaluation.md"
+    text = json.dumps(report, indent=1, allow_nan=True)
+    page = markdown(report)
+    with atomic_path(js) as tmp_js, atomic_path(md) as tmp_md:
+        tmp_js.write_text(text)
+        tmp_md.write_text(page)
+    return js, md
+
+
+# ---------------------------------------------------------------- models from bundles
+
+
+def _overrides(text: str | None, what: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"--{what}-overrides is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"--{what}-overrides must be a JSON object")
+    return value
+
+
+def load_models(
+    dynamics: Path,
+    assistant: Path,
+    survival: Path,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    settings: SearchSettings = SETTINGS["cpu"],
+):
+    """(world model, risk scorer, dynamics preprocessing) from the three bundles, on the CPU.
+
+    Checks that each checkpoint exists and that the three bundles share one voxel spacing.
+    """
+    from ..bundle_loading import bundle_parser
+    from ..tace.world_model import WorldModel
+    from .heuristic import RiskScorer
+
+    cpu = {"device": "$torch.device('cpu')"}  # the world model runs its tensors on the CPU
+    over = {k: {**cpu, **dict((overrides or {}).get(k, {}))} for k in ("dynamics", "assistant", "survival")}
+    parsers = {}
+    for name, bundle in (("dynamics", dynamics), ("assistant", assistant), ("survival", survival)):
+        if not (Path(bundle) / "configs" / "inference.json").exists():
+            raise InputError(f"{bundle}: not a bundle (no configs/inference.json)")
+        parsers[name] = bundle_parser(bundle, overrides=over[name])
+        ckpt = Path(parsers[name].get_parsed_content("ckpt_path"))
+        if not ckpt.exists():
+            raise InputError(f"{ckpt}: no {name} weights; train the bundle or give --{name} / ckpt_path")
+    spacing = {n: tuple(float(v) for v in p.get_parsed_content("pixdim")) for n, p in parsers.items()}
+    if len(set(spacing.values())) != 1:
+        raise InputError(f"the bundles disagree on voxel spacing: {spacing}")
+    world = WorldModel.from_bundles(
+        dynamics, assistant, settings.samples, settings.steps, over["dynamics"], over["assistant"]
+    )
+    scorer = RiskScorer.from_bundle(survival, over["survival"])
+    return world, scorer, parsers["dynamics"].get_parsed_content("preprocessing")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m oncoplan.training.planner.evaluate", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--prepared", type=Path, required=True, help="prepared held-out cohort (datalist.json)")
+    parser.add_argument(
+        "--cohort", type=Path, help="raw synthetic cohort (cohort.csv, truth.json); default: datalist's"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder for planning_evaluation.json/.md")
+    parser.add_argument("--dynamics", type=Path, default=BUNDLES / "tace_dynamics", help="dynamics bundle")
+    parser.add_argument("--assistant", type=Path, default=BUNDLES / "tace_assistant", help="assistant bundle")
+    parser.add_argument("--survival", type=Path, default=BUNDLES / "tace_survival", help="survival bundle")
+    for name in ("dynamics", "assistant", "survival"):
+        parser.add_argument(f"--{name}-overrides", help=f"JSON object of {name} inference-config overrides")
+    parser.add_argument("--settings", choices=sorted(SETTINGS), default="cpu", help="search size (cpu or paper)")
+    parser.add_argument("--search", choices=("beam", "best_of_n"), default="beam")
+    parser.add_argument("--action-set", choices=ACTION_SETS, default="site", help="site: HCC-TACE-Seg set for internal")
+    parser.add_argument("--train-cohort", type=Path, help="training cohort for the most-common protocol and prior")
+    parser.add_argument("--samples", type=int, help="override T (simulated outcomes per protocol)")
+    parser.add_argument("--steps", type=int, help="override the DDIM steps")
+    parser.add_argument("--beam", type=int, help="override B")
+    parser.add_argument("--limit", type=int, help="first N cases only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-bootstrap", type=int, default=1000)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        settings = SETTINGS[args.settings]
+        changes = {k: getattr(args, k) for k in ("samples", "steps", "beam") if getattr(args, k) is not None}
+        settings = replace(settings, seed=args.seed, **changes)
+        overrides = {
+            name: _overrides(getattr(args, f"{name}_overrides"), name) for name in ("dynamics", "assistant", "survival")
+        }
+        world, scorer, preprocessing = load_models(args.dynamics, args.assistant, args.survival, overrides, settings)
+        report = evaluate_planning(
+            world,
+            scorer,
+            preprocessing,
+            args.prepared,
+            args.cohort,
+            settings,
+            args.search,
+            args.action_set,
+            args.train_cohort,
+            args.limit,
+            args.seed,
+            args.n_bootstrap,
+            not args.quiet,
+        )
+        js, md = write_report(report, args.out)
+    except (InputError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(md.read_text())
+    print(f"wrote {js} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,345 @@
+"""The planner's search: candidate protocols from the policy, outcomes from the world model, risks
+from the heuristic, the protocol with the lowest predicted risk (MeWM's protocol exploration).
+
+Two searches share one evaluation path (:meth:`WorldModelPlanner.evaluate`): every protocol not yet
+scored for this case is simulated ``samples`` times by the world model in ONE call (one diffusion
+batch over all protocols and samples; the assistant segments them all), the heuristic scores every
+(protocol, sample), and the mean, spread and sample risks are cached per protocol.
+
+* :meth:`WorldModelPlanner.beam_search` (MeWM): the beam starts as the policy's first ``beam``
+  candidates that lie in the search space; each expansion step extends every plan of the beam by
+  one item: a drug while it has fewer than ``drug_horizon`` drugs, or an embolic while it has fewer
+  than ``embolic_horizon`` embolics, from the allowed action set, skipping clinical conflicts
+  (:func:`oncoplan.training.actions.conflicts`). All children of the step are evaluated in one
+  batch. A child joins only if its mean risk is below its parent's (an item is added only if the
+  risk drops); the next beam is the ``beam`` best distinct plans among the beam and those children.
+  The search stops when no step changes the beam, at most ``drug_horizon + embolic_horizon`` steps.
+  (The released MeWM code runs the drug horizon, then forces Lipiodol, then the embolic horizon,
+  and replaces the worst plan by a copy of the best after each step; copies of one plan add
+  nothing to a deterministic beam, so distinct plans are kept instead. ``always_lipiodol`` adds
+  Lipiodol to the starting plans as its rule 3 does.)
+* :meth:`WorldModelPlanner.best_of_n`: every valid protocol of the action set (e.g. the 18 of the
+  HCC-TACE-Seg set at 2 drugs / 2 embolics), evaluated in chunks of ``chunk`` protocols.
+
+Both return a :class:`Plan`: every evaluated protocol ranked by mean risk (with its spread over the
+samples and the sample risks), how many model evaluations the search cost, and the wall time spent
+in each model (dynamics network, assistant network, heuristic) and in the rest of the simulation.
+
+Risks are comparable within one case only: the same seed gives every protocol the same diffusion
+noise, so differences between candidates come from the protocol (common random numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..actions import ACTION_BASE, Protocol, conflicts
+from .deid import Observation
+from .heuristic import Scorer
+from .policy import Policy
+from .prompts import split_action_set
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Search size. The defaults fit one CPU; :data:`PAPER_SETTINGS` is MeWM's (B=5, T=5, horizons 2/2)."""
+
+    beam: int = 3  # B: plans kept
+    samples: int = 2  # T: simulated outcomes per protocol
+    steps: int = 10  # DDIM steps of the dynamics model
+    drug_horizon: int = 2  # at most this many drugs in a plan
+    embolic_horizon: int = 2  # at most this many embolics in a plan
+    chunk: int = 8  # protocols per world-model call in best_of_n
+    seed: int = 0  # diffusion noise (shared by every protocol of a case)
+    always_lipiodol: bool = False  # MeWM rule 3 (conventional TACE): Lipiodol in every starting plan
+
+    def __post_init__(self) -> None:
+        for name in ("beam", "samples", "steps", "drug_horizon", "embolic_horizon", "chunk"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+
+
+CPU_SETTINGS = SearchSettings()
+PAPER_SETTINGS = SearchSettings(beam=5, samples=5, steps=25, drug_horizon=2, embolic_horizon=2)
+SETTINGS = {"cpu": CPU_SETTINGS, "paper": PAPER_SETTINGS}
+
+
+def _order(protocol: Protocol) -> tuple[int, ...]:
+    return tuple(ACTION_BASE.index(a) for a in protocol.items)
+
+
+def valid_protocols(action_set: Iterable[str], max_drugs: int = 2, max_embolics: int = 2) -> list[Protocol]:
+    """Every conflict-free protocol over `action_set` with 1..max_drugs drugs and 1..max_embolics embolics."""
+    from ..synth.liver import protocol_space
+
+    drugs, embolics = split_action_set(action_set)
+    return [p for p in protocol_space(drugs, embolics, max_drugs, max_embolics) if not conflicts(p.items)]
+
+
+@dataclass(frozen=True)
+class RankedProtocol:
+    """One evaluated protocol: mean and standard deviation of its risk over the samples, and the samples."""
+
+    protocol: Protocol
+    mean_risk: float
+    std_risk: float
+    sample_risks: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": str(self.protocol),
+            "items": list(self.protocol.items),
+            "mean_risk": self.mean_risk,
+            "std_risk": self.std_risk,
+            "sample_risks": list(self.sample_risks),
+        }
+
+
+@dataclass
+class Plan:
+    """A search result: ranked protocols (lowest mean risk first), cost and time per model."""
+
+    method: str
+    ranked: list[RankedProtocol]
+    evaluations: dict[str, int]
+    timing_s: dict[str, float]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    skipped_candidates: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> RankedProtocol:
+        return self.ranked[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "best": self.best.to_dict(),
+            "ranked": [r.to_dict() for r in self.ranked],
+            "evaluations": dict(self.evaluations),
+            "timing_s": dict(self.timing_s),
+            "steps": list(self.steps),
+            "settings": dict(self.settings),
+            "skipped_candidates": list(self.skipped_candidates),
+        }
+
+
+class _ForwardTimer:
+    """Wall time and call count of a module's forward passes (hooks; removed on close)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.seconds, self.calls, self._t0 = 0.0, 0, 0.0
+        self._cuda = any(p.is_cuda for p in module.parameters())
+        self._handles = [module.register_forward_pre_hook(self._start), module.register_forward_hook(self._stop)]
+
+    def _sync(self) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+
+    def _start(self, *_: Any) -> None:
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def _stop(self, *_: Any) -> None:
+        self._sync()
+        self.seconds += time.perf_counter() - self._t0
+        self.calls += 1
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+class _Session:
+    """One case's search: the cache of scored protocols, the counters and the model timers."""
+
+    def __init__(self, planner: WorldModelPlanner, pre_window: np.ndarray, mask_window: np.ndarray) -> None:
+        self.planner, self.pre, self.mask = planner, pre_window, mask_window
+        self.cache: dict[Protocol, RankedProtocol] = {}
+        self.calls, self.simulations = 0, 0
+        self.simulate_s, self.heuristic_s = 0.0, 0.0
+        self.steps: list[dict[str, Any]] = []
+        self.timers = {
+            name: _ForwardTimer(module)
+            for name in ("dynamics", "assistant")
+            if isinstance(module := getattr(planner.world_model, name, None), torch.nn.Module)
+        }
+        self._heuristic_forwards = getattr(planner.scorer, "forwards", None)
+        self._t0 = time.perf_counter()
+
+    def close(self) -> None:
+        for t in self.timers.values():
+            t.close()
+
+    def evaluate(self, protocols: Sequence[Protocol], step: str) -> None:
+        """Score every protocol not yet in the cache with one world-model call and one heuristic pass."""
+        new = list(dict.fromkeys(p for p in protocols if p not in self.cache))
+        if not new:
+            return
+        planner = self.planner
+        matrix = np.asarray([p.multi_hot() for p in new], dtype=np.float32)
+        t0 = time.perf_counter()
+        sim = planner.world_model.simulate(self.pre, self.mask, matrix, planner.settings.seed)
+        t1 = time.perf_counter()
+        risks = np.asarray(planner.scorer(self.pre, self.mask, sim, new), dtype=np.float64)
+        t2 = time.perf_counter()
+        if risks.shape != (len(new), sim.windows.shape[1]):
+            raise ValueError(f"the scorer returned shape {risks.shape}, expected {(len(new), sim.windows.shape[1])}")
+        self.calls += 1
+        self.simulations += risks.size
+        self.simulate_s += t1 - t0
+        self.heuristic_s += t2 - t1
+        for p, r in zip(new, risks, strict=True):
+            self.cache[p] = RankedProtocol(p, float(r.mean()), float(r.std()), tuple(float(v) for v in r))
+        self.steps.append({"step": step, "evaluated": len(new), "simulations": int(risks.size)})
+
+    def mean(self, protocol: Protocol) -> float:
+        return self.cache[protocol].mean_risk
+
+    def plan(self, method: str, skipped: list[str], beam: list[Protocol] | None) -> Plan:
+        dyn, ast = self.timers.get("dynamics"), self.timers.get("assistant")
+        dyn_s, ast_s = (dyn.seconds if dyn else 0.0), (ast.seconds if ast else 0.0)
+        evaluations = {
+            "protocols": len(self.cache),
+            "simulations": self.simulations,
+            "world_model_calls": self.calls,
+            "dynamics_forwards": dyn.calls if dyn else 0,
+            "assistant_forwards": ast.calls if ast else 0,
+        }
+        if self._heuristic_forwards is not None:
+            evaluations["heuristic_forwards"] = int(self.planner.scorer.forwards - self._heuristic_forwards)  # type: ignore[attr-defined]
+        settings = {**asdict(self.planner.settings), "action_set": list(self.planner.action_set)}
+        if beam is not None:
+            settings["final_beam"] = [str(p) for p in beam]
+        return Plan(
+            method=method,
+            ranked=sorted(self.cache.values(), key=lambda r: (r.mean_risk, _order(r.protocol))),
+            evaluations=evaluations,
+            timing_s={
+                "dynamics": round(dyn_s, 4),
+                "assistant": round(ast_s, 4),
+                "heuristic": round(self.heuristic_s, 4),
+                "simulation_other": round(max(self.simulate_s - dyn_s - ast_s, 0.0), 4),
+                "total": round(time.perf_counter() - self._t0, 4),
+            },
+            steps=self.steps,
+            settings=settings,
+            skipped_candidates=skipped,
+        )
+
+
+class WorldModelPlanner:
+    """Policy + world model + heuristic, searched as in MeWM; see the module doc.
+
+    The planner sets the world model's ``samples`` and ``steps`` from its settings.
+    """
+
+    def __init__(
+        self,
+        world_model: Any,
+        scorer: Scorer,
+        policy: Policy,
+        settings: SearchSettings = CPU_SETTINGS,
+        action_set: Iterable[str] | None = None,
+    ) -> None:
+        self.world_model, self.scorer, self.policy, self.settings = world_model, scorer, policy, settings
+        chosen = action_set if action_set is not None else getattr(policy, "action_set", ACTION_BASE)
+        self.drugs, self.embolics = split_action_set(chosen)
+        self.action_set = self.drugs + self.embolics
+        world_model.samples, world_model.steps = settings.samples, settings.steps
+
+    # ---------------------------------------------------------------- the search space
+
+    def valid(self, protocol: Protocol) -> bool:
+        """In the action set, 1..drug_horizon drugs, 1..embolic_horizon embolics, no clinical conflict."""
+        s = self.settings
+        return (
+            all(a in self.action_set for a in protocol.items)
+            and 1 <= len(protocol.drugs) <= s.drug_horizon
+            and 1 <= len(protocol.embolics) <= s.embolic_horizon
+            and not conflicts(protocol.items)
+        )
+
+    def space(self) -> list[Protocol]:
+        """Every valid protocol (what best_of_n evaluates and an oracle should be searched over)."""
+        return valid_protocols(self.action_set, self.settings.drug_horizon, self.settings.embolic_horizon)
+
+    def children(self, protocol: Protocol) -> list[Protocol]:
+        """`protocol` plus one allowed drug or embolic, conflict-free and within the horizons."""
+        out = []
+        for item in self.drugs + self.embolics:
+            if item in protocol.items:
+                continue
+            child = Protocol.of((*protocol.items, item))
+            if self.valid(child):
+                out.append(child)
+        return out
+
+    def initial_candidates(self, observation: Observation | None = None) -> tuple[list[Protocol], list[str]]:
+        """The policy's first `beam` candidates inside the search space (and those it skipped, why)."""
+        b = self.settings.beam
+        kept: list[Protocol] = []
+        skipped: list[str] = []
+        for cand in self.policy.propose(observation, 4 * b):
+            proto = cand.protocol
+            if self.settings.always_lipiodol and "Lipiodol" in self.embolics and "Lipiodol" not in proto.items:
+                with_lipiodol = Protocol.of((*proto.items, "Lipiodol"))
+                proto = with_lipiodol if self.valid(with_lipiodol) else proto
+            if not self.valid(proto):
+                skipped.append(f"{proto}: outside the search space")
+            elif proto not in kept:
+                kept.append(proto)
+            if len(kept) == b:
+                break
+        if not kept:
+            raise ValueError(
+                f"the policy proposed no protocol within the action set {', '.join(self.action_set)} "
+                f"and <= {self.settings.drug_horizon} drugs / {self.settings.embolic_horizon} embolics"
+            )
+        return kept, skipped
+
+    # ---------------------------------------------------------------- searches
+
+    def beam_search(
+        self, pre_window: np.ndarray, mask_window: np.ndarray, observation: Observation | None = None
+    ) -> Plan:
+        """MeWM's search from the policy's candidates (module doc)."""
+        start, skipped = self.initial_candidates(observation)
+        with self._session(pre_window, mask_window) as session:
+            session.evaluate(start, "policy candidates")
+            beam = sorted(start, key=lambda p: (session.mean(p), _order(p)))[: self.settings.beam]
+            for step in range(1, self.settings.drug_horizon + self.settings.embolic_horizon + 1):
+                kids = {p: self.children(p) for p in beam}
+                session.evaluate([c for cs in kids.values() for c in cs], f"expansion {step}")
+                improving = [c for p, cs in kids.items() for c in cs if session.mean(c) < session.mean(p)]
+                pool = list(dict.fromkeys([*beam, *improving]))
+                new_beam = sorted(pool, key=lambda p: (session.mean(p), _order(p)))[: self.settings.beam]
+                if new_beam == beam:
+                    break
+                beam = new_beam
+            return session.plan("beam_search", skipped, beam)
+
+    def best_of_n(self, pre_window: np.ndarray, mask_window: np.ndarray) -> Plan:
+        """Every valid protocol of the action set, `chunk` protocols per world-model call."""
+        space = self.space()
+        with self._session(pre_window, mask_window) as session:
+            for lo in range(0, len(space), self.settings.chunk):
+                session.evaluate(space[lo : lo + self.settings.chunk], f"chunk {lo // self.settings.chunk + 1}")
+            return session.plan("best_of_n", [], None)
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    @contextlib.contextmanager
+    def _session(self, pre_window: np.ndarray, mask_window: np.ndarray) -> Iterator[_Session]:
+        session = _Session(self, pre_window, mask_window)
+        try:
+            yield session
+        finally:
+            session.close()
