@@ -1,0 +1,280 @@
+"""TACE planner search and evaluation: beam search and best-of-N over the world model, the survival
+heuristic on simulated outcomes, and the planning evaluation (F1/Jaccard against gold, regret against
+the ground-truth oracle).
+
+The three networks are built, randomly initialised, from the bundles' own inference configs at tiny
+sizes (the settings of the bundle tests), so the plumbing is real; only where a test needs a known
+answer does a stub stand in for the scoring interface (the ground-truth linear predictor).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from oncoplan.training.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS, Protocol, conflicts
+from oncoplan.training.bundle_loading import bundle_parser
+from oncoplan.training.planner import OfflinePolicy
+from oncoplan.training.planner.evaluate import (
+    METHODS,
+    action_set_for,
+    ground_truth_patient,
+    load_models,
+    main,
+    most_common,
+    set_metrics,
+)
+from oncoplan.training.planner.search import (
+    PAPER_SETTINGS,
+    SearchSettings,
+    WorldModelPlanner,
+    valid_protocols,
+)
+from oncoplan.training.synth import liver as L
+from oncoplan.training.tace.data import load_prepared
+from oncoplan.training.tace.dynamics_eval import model_space_case
+from oncoplan.training.tace.world_model import Simulation, window_around
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = {name: ROOT / "bundles" / f"tace_{name}" for name in ("dynamics", "assistant", "survival")}
+# The bundle tests' tiny sizes (test_tace_dynamics_bundle.TINY / TINY_ASSISTANT, test_tace_survival_bundle.TINY).
+TINY = {
+    "dynamics": {"channels": [8, 16, 16], "roi_size": [16, 16, 16], "pixdim": [6.0, 6.0, 6.0]},
+    "assistant": {"filters": [4, 8, 16], "roi_size": [32, 32, 32], "pixdim": [6.0, 6.0, 6.0]},
+    "survival": {
+        "channels": [8, 16, 16],
+        "roi_size": [16, 16, 16],
+        "pixdim": [6.0, 6.0, 6.0],
+        "eval_patches": 2,
+        "num_heads": 2,
+    },
+}
+TCIA_SET = TCIA_DRUGS + TCIA_EMBOLICS
+FAST = SearchSettings(beam=2, samples=2, steps=2, chunk=8)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Overrides that load each bundle's network, randomly initialised, from a checkpoint in tmp."""
+    tmp = tmp_path_factory.mktemp("planner_bundles")
+    out = {}
+    for i, (name, bundle) in enumerate(BUNDLES.items()):
+        torch.manual_seed(i)
+        network = bundle_parser(bundle, overrides={**TINY[name], "device": "$torch.device('cpu')"})
+        net = network.get_parsed_content("network")
+        if name == "dynamics":  # MONAI zero-initialises the output conv: perturb so outputs vary
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.add_(torch.randn_like(p) * 0.05)
+        torch.save(net.state_dict(), tmp / f"{name}.pt")
+        out[name] = {**TINY[name], "ckpt_path": str(tmp / f"{name}.pt")}
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tiny: dict[str, dict]):
+    return load_models(BUNDLES["dynamics"], BUNDLES["assistant"], BUNDLES["survival"], tiny, FAST)
+
+
+@pytest.fixture(scope="module")
+def case(models, prepared_liver: Path, liver_cohort: Path):
+    """The first prepared case: windows in model space and its ground-truth patient."""
+    import pandas as pd
+
+    world, _, preprocessing = models
+    entry = load_prepared(prepared_liver)[0]
+    pre, mask, _ = model_space_case(preprocessing, entry)
+    pre_window, mask_window, _ = window_around(pre, mask, world.window)
+    row = pd.read_csv(liver_cohort / "cohort.csv", dtype={"TCIA_ID": str}).set_index("TCIA_ID").loc[entry["case_id"]]
+    patient = ground_truth_patient(liver_cohort, str(entry["case_id"]), row.to_dict())
+    return {"pre": pre_window, "mask": mask_window, "patient": patient, "row": row}
+
+
+class GroundTruthScorer:
+    """A test double of the scoring interface: risk = the ground-truth linear predictor of the protocol."""
+
+    def __init__(self, patient: L.LiverPatient) -> None:
+        self.patient = patient
+
+    def __call__(self, pre_window, mask_window, simulation: Simulation, protocols) -> np.ndarray:
+        samples = simulation.windows.shape[1]
+        return np.array([[L.outcome(self.patient, p).linear_predictor] * samples for p in protocols])
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, world) -> list[int]:
+    """Wrap world.simulate; returns the list of protocol counts of each call."""
+    calls: list[int] = []
+    original = world.simulate
+
+    def simulate(pre_window, mask_window, protocols, seed=0):
+        calls.append(len(protocols))
+        return original(pre_window, mask_window, protocols, seed)
+
+    monkeypatch.setattr(world, "simulate", simulate)
+    return calls
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_set_metrics_against_hand_examples() -> None:
+    chosen, gold = Protocol.parse("Cisplatin; Doxorubicin; Lipiodol"), Protocol.parse("Doxorubicin; LC Beads; Lipiodol")
+    m = set_metrics(chosen, gold)  # 2 shared of 3 and 3; union 4
+    assert m == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "jaccard": 0.5})
+    m = set_metrics(["Cisplatin"], ["Cisplatin", "Doxorubicin", "Mitomycin", "Lipiodol"])
+    assert m == pytest.approx({"precision": 1.0, "recall": 0.25, "f1": 0.4, "jaccard": 0.25})
+    assert set_metrics(gold, gold) == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "jaccard": 1.0}
+    assert set_metrics(["PVA"], ["Lipiodol"]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "jaccard": 0.0}
+    assert set_metrics([], ["Lipiodol"])["f1"] == 0.0 and set_metrics([], [])["f1"] == 1.0
+    # Item order and spelling do not matter; the set does.
+    assert set_metrics(Protocol.parse("Lipiodol; THP"), Protocol.parse("Pirarubicin; Lipiodol"))["f1"] == 1.0
+
+
+def test_most_common_and_action_sets() -> None:
+    a, b = "Cisplatin; Lipiodol", "Doxorubicin; LC Beads; Lipiodol"
+    assert most_common([a, b, b]) == Protocol.parse(b)
+    assert most_common([b, a]) == Protocol.parse(a)  # tie: first in action-base order (Cisplatin)
+    assert action_set_for("internal") == TCIA_SET and action_set_for("external") == ACTION_BASE
+    assert action_set_for("external", "tcia") == TCIA_SET and action_set_for("internal", "full") == ACTION_BASE
+    assert len(valid_protocols(TCIA_SET)) == 18  # (3 + 3 drug sets) x (2 + 1 embolic sets), no conflict
+    assert (PAPER_SETTINGS.beam, PAPER_SETTINGS.samples) == (5, 5)
+    assert (PAPER_SETTINGS.drug_horizon, PAPER_SETTINGS.embolic_horizon) == (2, 2)
+
+
+# ---------------------------------------------------------------- the heuristic on simulations
+
+
+def test_risk_scorer_shares_patches_across_candidates(models, case) -> None:
+    world, scorer, _ = models
+    pre, mask = case["pre"], case["mask"]
+    sim = world.simulate(pre, mask, np.asarray([Protocol.parse("Cisplatin; Lipiodol").multi_hot()] * 2), 0)
+    starts = scorer.positions(mask, sim.patch_slices)
+    assert len(starts) == 2 and starts == scorer.positions(mask, sim.patch_slices)  # fixed, seeded
+    for s in starts:  # every patch lies in the window and holds tumor
+        box = tuple(slice(a, a + r) for a, r in zip(s, scorer.roi, strict=True))
+        assert all(a >= 0 and a + r <= w for a, r, w in zip(s, scorer.roi, mask.shape, strict=True))
+        assert mask[box].any()
+    before = scorer.forwards
+    risks = scorer(pre, mask, sim)
+    assert risks.shape == (2, 2) and np.isfinite(risks).all() and scorer.forwards > before
+    np.testing.assert_allclose(risks[0], risks[1], rtol=1e-5)  # the same protocol twice: the same risks
+    # A different post-treatment image changes the risk: the score reads the simulated outcome.
+    altered = Simulation(sim.windows.copy(), sim.labels.copy(), sim.viable_fraction, sim.patch_slices)
+    altered.windows[1] = -1.0
+    altered.labels[1] = 0
+    changed = scorer(pre, mask, altered)
+    np.testing.assert_allclose(changed[0], risks[0], rtol=1e-5)
+    assert np.abs(changed[1] - risks[1]).max() > 1e-6
+
+
+# ---------------------------------------------------------------- searches
+
+
+def test_beam_search_valid_protocols_one_batch_per_step(models, case, monkeypatch: pytest.MonkeyPatch) -> None:
+    world, scorer, _ = models
+    calls = _counting(monkeypatch, world)
+    policy = OfflinePolicy(ACTION_BASE)  # up to 3 drugs: the planner must skip what exceeds its horizon
+    planner = WorldModelPlanner(world, scorer, policy, FAST)
+    plan = planner.beam_search(case["pre"], case["mask"])
+    assert len(calls) == len(plan.steps) == plan.evaluations["world_model_calls"] >= 2
+    assert calls == [s["evaluated"] for s in plan.steps] and all(n > 0 for n in calls)
+    assert sum(calls) == len(plan.ranked) == plan.evaluations["protocols"]  # every protocol simulated once
+    assert plan.evaluations["simulations"] == FAST.samples * len(plan.ranked)
+    assert plan.evaluations["dynamics_forwards"] == FAST.steps * len(calls)  # one batch per DDIM step
+    for r in plan.ranked:
+        p = r.protocol
+        assert not conflicts(p.items) and set(p.items) <= set(ACTION_BASE)
+        assert 1 <= len(p.drugs) <= 2 and 1 <= len(p.embolics) <= 2
+        assert len(r.sample_risks) == FAST.samples and r.std_risk == pytest.approx(np.std(r.sample_risks))
+    means = [r.mean_risk for r in plan.ranked]
+    assert means == sorted(means) and plan.best.protocol == plan.ranked[0].protocol
+    assert str(plan.best.protocol) == plan.settings["final_beam"][0]
+    assert any("outside the search space" in s for s in plan.skipped_candidates)
+    timing = plan.timing_s
+    assert timing["dynamics"] > 0 and timing["assistant"] > 0 and timing["heuristic"] > 0
+    assert plan.evaluations["heuristic_forwards"] > 0
+    json.dumps(plan.to_dict())
+
+
+def test_beam_children_add_one_item_within_horizons(models) -> None:
+    world, scorer, _ = models
+    planner = WorldModelPlanner(world, scorer, OfflinePolicy(ACTION_BASE, max_drugs=2), FAST)
+    parent = Protocol.parse("Cisplatin; PVA")
+    kids = planner.children(parent)
+    assert kids and all(len(k.items) == 3 and set(parent.items) < set(k.items) for k in kids)
+    assert not any(conflicts(k.items) for k in kids)
+    added = {next(a for a in k.items if a not in parent.items) for k in kids}
+    assert not added & {"Oxaliplatin", "Lobaplatin", "Nedaplatin", "Absolute Alcohol", "Gelatin Sponge"}
+    assert planner.children(Protocol.parse("Cisplatin; Mitomycin; Lipiodol; PVA")) == []  # both horizons full
+
+
+def test_best_of_n_finds_the_oracle_with_a_ground_truth_scorer(models, case, monkeypatch) -> None:
+    world, _, _ = models
+    calls = _counting(monkeypatch, world)
+    patient = case["patient"]
+    stub = GroundTruthScorer(patient)
+    planner = WorldModelPlanner(world, stub, OfflinePolicy(TCIA_SET, max_drugs=2), FAST)
+    space = planner.space()
+    plan = planner.best_of_n(case["pre"], case["mask"])
+    assert {r.protocol for r in plan.ranked} == set(space) == set(valid_protocols(TCIA_SET))
+    assert calls == [8, 8, 2]  # 18 protocols in chunks of 8
+    assert plan.best.protocol == L.oracle_protocol(patient, space)
+    assert L.regret_weeks(patient, plan.best.protocol, space) == 0.0
+    # The beam search under the same scorer never ends worse than its best starting candidate.
+    beam = planner.beam_search(case["pre"], case["mask"])
+    start, _ = planner.initial_candidates()
+    assert L.regret_weeks(patient, beam.best.protocol, space) >= 0.0
+    assert beam.best.mean_risk <= min(L.outcome(patient, p).linear_predictor for p in start) + 1e-12
+    # It stops at a local optimum: no allowed one-item addition to its choice lowers the risk.
+    lp = L.outcome(patient, beam.best.protocol).linear_predictor
+    assert all(L.outcome(patient, c).linear_predictor >= lp for c in planner.children(beam.best.protocol))
+
+
+# ---------------------------------------------------------------- the evaluation CLI
+
+
+def test_evaluation_cli_writes_every_method(tiny, prepared_liver: Path, liver_cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "planning"
+    over = [f"--{name}-overrides={json.dumps(value)}" for name, value in tiny.items()]
+    argv = [
+        *("--prepared", str(prepared_liver), "--cohort", str(liver_cohort), "--out", str(out)),
+        *over,
+        *("--settings", "cpu", "--samples", "1", "--steps", "2", "--beam", "2", "--n-bootstrap", "200", "--quiet"),
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "planning_evaluation.json").read_text())
+    assert report["synthetic"] is True and report["n_cases"] == 2
+    assert set(report["methods"]) == set(METHODS)
+    assert report["methods"]["oracle"]["regret_weeks"] == [0.0, 0.0, 0.0]
+    assert report["methods"]["gold"]["f1"][0] == 1.0
+    assert set(report["paired_world_model_minus"]) == set(METHODS) - {"world_model"}
+    for c in report["cases"]:
+        assert set(c["methods"]) == set(METHODS)
+        assert c["action_set"] == list(TCIA_SET) and c["space_size"] == 18  # internal site: HCC-TACE-Seg set
+        chosen = Protocol.parse(c["methods"]["world_model"]["protocol"])
+        assert c["methods"]["world_model"]["in_space"] and not conflicts(chosen.items)
+        for m in c["methods"].values():
+            assert 0.0 <= m["f1"] <= 1.0 and np.isfinite(m["regret_weeks"])
+            assert m["regret_months"] == pytest.approx(m["regret_weeks"] / 4.345)
+    md = (out / "planning_evaluation.md").read_text()
+    assert "SYNTHETIC" in md and "64.08" in md and "44.29" in md
+    for label in ("World-model planner", "Offline policy", "Most common", "Random", "Physician", "Oracle"):
+        assert label in md
+
+
+def test_evaluation_cli_bad_input_writes_nothing(tiny, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "planning"
+    over = [f"--{name}-overrides={json.dumps(value)}" for name, value in tiny.items()]
+    assert main(["--prepared", str(tmp_path / "missing"), "--out", str(out), *over, "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # not warnings
+    assert len(err) == 1 and "datalist.json" in err[0]
+    assert main(["--prepared", str(tmp_path), "--out", str(out), *over[:2], "--survival", str(tmp_path)]) == 2
+    assert "not a bundle" in capsys.readouterr().err
+    missing = json.dumps({**tiny["survival"], "ckpt_path": str(tmp_path / "none.pt")})
+    assert main(["--prepared", str(tmp_path), "--out", str(out), *over[:2], f"--survival-overrides={missing}"]) == 2
+    assert "no survival weights" in capsys.readouterr().err
+    assert not out.exists()
