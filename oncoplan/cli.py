@@ -33,7 +33,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     if args.kind != "ctv":
-        raise InputError(f"unknown evaluation {args.kind!r}; choose ctv")
+        raise InputError(f"unknown evaluation {args.kind!r}; choose ctv or tace")
     from .training.ctv.evaluate import run_evaluation
 
     cohorts = {k: str(v) for k, v in (("internal", args.internal), ("external", args.external)) if v}
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the vision-only baseline, counterfactual notes (laterality, N stage) and, with --efficiency, the models "
         "trained on 40/60/80%% of the data.",
     )
-    evaluate.add_argument("kind", help="ctv")
+    evaluate.add_argument("kind", help="ctv, or tace (its own options: oncoplan evaluate tace --help)")
     evaluate.add_argument(
         "--bundle",
         type=Path,
@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["evaluate", "tace"]:  # the planner evaluation owns its options
+        from .training.planner.evaluate import main as evaluate_tace
+
+        return evaluate_tace(argv[2:], prog="oncoplan evaluate tace")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

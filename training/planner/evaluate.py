@@ -471,10 +471,8 @@ def load_models(
     return world, scorer, parsers["dynamics"].get_parsed_content("preprocessing")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m oncoplan.training.planner.evaluate", description=__doc__.splitlines()[0]
-    )
+def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.training.planner.evaluate") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--prepared", type=Path, required=True, help="prepared held-out cohort (datalist.json)")
     parser.add_argument(
         "--cohort", type=Path, help="raw synthetic cohort (cohort.csv, truth.json); default: datalist's"
