@@ -44,7 +44,11 @@ def _run_graph(app_cls, argv: list[str], app_kwargs: dict) -> None:
 
 def run_app(app_cls, input_path: Path, output_path: Path, model_path: Path | None, **app_kwargs) -> list[Path]:
     """Run the app's graph on one study; returns the files it wrote into `output_path`."""
-    check_input_folder(input_path)
+    check_input_folder(input_path, single_series=getattr(app_cls, "single_series", True))
+    # No -m: the shipped bundles (each app finds its own under MODELS/<bundle name>).
+    models = Path(model_path or BUNDLES)
+    if hasattr(app_cls, "check_models"):  # missing weights are one line before the graph starts
+        app_cls.check_models(models)
     output_path = Path(output_path).absolute()
     try:
         output_path.mkdir(parents=True, exist_ok=True)
@@ -54,8 +58,7 @@ def run_app(app_cls, input_path: Path, output_path: Path, model_path: Path | Non
     try:
         # Holoscan drops argv[0] (the interpreter), as for [sys.executable, script, *args].
         argv = [sys.executable, app_cls.__module__, "-i", str(input_path), "-o", str(scratch)]
-        # No -m: the shipped bundles (each app finds its own under MODELS/<bundle name>).
-        argv += ["-m", str(model_path or BUNDLES)]
+        argv += ["-m", str(models)]
         _run_graph(app_cls, argv, app_kwargs)
         written = sorted(p for p in scratch.iterdir() if p.is_file() and not p.name.startswith("."))
         if not written:
@@ -75,11 +78,12 @@ def main(app_cls, argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv if argv is None else argv)
     try:
-        note = _pop(argv, "--note")
+        # The app's own options (`cli_options`: flag -> keyword of its constructor), e.g. --note.
+        options = getattr(app_cls, "cli_options", {})
+        kwargs = {key: value for flag, key in options.items() if (value := _pop(argv, flag))}
         if not {"-m", "--model"} & set(argv) and not os.environ.get("HOLOSCAN_MODEL_PATH"):
             argv += ["-m", str(BUNDLES)]  # the SDK's default ./models rarely exists: use the shipped bundles
         ctx = init_app_context(argv)
-        kwargs = {"note": note} if note else {}
         for p in run_app(app_cls, Path(ctx.input_path), Path(ctx.output_path), ctx.model_path or None, **kwargs):
             print(p)
     except InputError as exc:

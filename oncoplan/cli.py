@@ -55,6 +55,18 @@ def _contour(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from .apps.runner import run_app
+    from .apps.tace_planner.app import TacePlannerApp
+    from .operators.tace_planning import parse_settings
+
+    parse_settings(args.settings)  # a bad value is one line before any DICOM is read
+    for path in run_app(TacePlannerApp, args.input, args.output, args.model, settings=args.settings):
+        print(path)
+    print("RESEARCH USE ONLY - not for clinical use.")
+    return 0
+
+
 def _package(args: argparse.Namespace) -> int:
     from .deploy.map_package import build_image, write_context
 
@@ -146,6 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
     contour.add_argument("--note", help='clinical note, e.g. "N1, breast conserving surgery, left side"')
     contour.add_argument("-m", "--model", type=Path, help="CTV bundle folder (default: the shipped one)")
     contour.set_defaults(func=_contour)
+
+    plan = sub.add_parser(
+        "plan",
+        help="TACE plan of a pre-treatment liver CT study: DICOM SR + SEG + PDF (MeWM world-model app)",
+        description="Runs the TACE planning app (MONAI Deploy graph) on one pre-treatment liver CT study: picks the "
+        "portal-venous (else arterial) series, segments the tumor, searches protocols with the world model and "
+        "writes plan.json, a Comprehensive SR with the ranked protocols, a DICOM-SEG of the chosen protocol's "
+        "simulated post-treatment tumor, and the PDF report (report.pdf and Encapsulated PDF).",
+    )
+    plan.add_argument("-i", "--input", type=Path, required=True, help="folder with the study's DICOM files")
+    plan.add_argument("-o", "--output", type=Path, required=True, help="folder for the files written")
+    plan.add_argument(
+        "-m", "--model", type=Path, help="folder with tace_assistant, tace_dynamics, tace_survival (default: shipped)"
+    )
+    plan.add_argument(
+        "--settings",
+        help="search size: cpu (default) | paper (MeWM: B=5, T=5, 25 DDIM steps) | a JSON object of search "
+        'fields over cpu, e.g. \'{"beam": 2, "samples": 1, "steps": 2, "action_set": "tcia"}\'',
+    )
+    plan.set_defaults(func=_plan)
 
     package = sub.add_parser(
         "package",

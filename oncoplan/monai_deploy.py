@@ -2,7 +2,7 @@
 
 The SDK dropped `monai-deploy exec` in 0.6 (apps run as `python -m <app>`); this entry point
 keeps the card's command working for OncoPlan's apps and adds nothing else. APP is an app
-name (ctv_contouring), its module (oncoplan.apps.ctv_contouring) or its folder (apps/ctv_contouring).
+name (ctv_contouring, tace_planner), its module (oncoplan.apps.ctv_contouring) or its folder (apps/ctv_contouring).
 HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH / HOLOSCAN_MODEL_PATH stand in for -i/-o/-m.
 """
 
@@ -13,8 +13,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-APPS = {"ctv_contouring": ("oncoplan.apps.ctv_contouring.app", "CTVContouringApp")}
-USAGE = "usage: monai-deploy exec APP [-i IN] [-o OUT] [-m MODELS] [--note TEXT]   (APP: " + ", ".join(APPS) + ")"
+APPS = {
+    "ctv_contouring": ("oncoplan.apps.ctv_contouring.app", "CTVContouringApp"),
+    "tace_planner": ("oncoplan.apps.tace_planner.app", "TacePlannerApp"),
+}
+USAGE = (
+    "usage: monai-deploy exec APP [-i IN] [-o OUT] [-m MODELS] [--note TEXT (ctv_contouring)] "
+    "[--settings cpu|paper (tace_planner)]   (APP: " + ", ".join(APPS) + ")"
+)
 
 
 def _app_class(name: str):

@@ -85,8 +85,9 @@ def seg_dataset(
         )
         for i, (_, spec) in enumerate(keep, start=1)
     ]
-    if RESEARCH_USE not in series_description.lower():
-        series_description = f"{series_description} ({RESEARCH_USE})"
+    if RESEARCH_USE not in series_description.lower():  # kept when the 64-character limit cuts
+        suffix = f" ({RESEARCH_USE})"
+        series_description = f"{series_description[: 64 - len(suffix)]}{suffix}"
     return hd.seg.Segmentation(
         source_images=list(ct),
         pixel_array=np.stack([m for m, _ in keep], axis=-1).astype(bool),

@@ -35,8 +35,12 @@ def check_dicom_file(path: Path) -> pydicom.Dataset:
     return ds
 
 
-def check_input_folder(folder: str | Path, modality: str = "CT") -> list[pydicom.Dataset]:
-    """Every file under `folder` must be DICOM and complete, and at least one must be `modality`."""
+def check_input_folder(folder: str | Path, modality: str = "CT", single_series: bool = True) -> list[pydicom.Dataset]:
+    """Every file under `folder` must be DICOM and complete, and at least one must be `modality`.
+
+    With `single_series` there must be exactly one `modality` series, with sound geometry; without it
+    (a multi-phase study) the app's selector picks the series and the volume check judges its geometry.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: input folder does not exist")
@@ -51,6 +55,8 @@ def check_input_folder(folder: str | Path, modality: str = "CT") -> list[pydicom
     if not series:
         found = sorted({str(ds.get("Modality", "?")) for ds in datasets})
         raise InputError(f"{folder}: no {modality} series (found modalities {', '.join(found)})")
+    if not single_series:
+        return datasets
     if len(series) > 1:
         sizes = ", ".join(f"{uid} ({len(v)} slices)" for uid, v in series.items())
         raise InputError(f"{folder}: {len(series)} candidate {modality} series ({sizes}); give one series per run")

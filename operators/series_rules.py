@@ -18,6 +18,25 @@ CT_RULES = json.dumps(
         ]
     }
 )
+# The pre-treatment contrast CT of a liver study, portal-venous preferred, else arterial. The phase
+# is not a DICOM attribute: ContrastPhaseSelectorOperator (phase_selector.py) derives it with the
+# HCC-TACE-Seg rules of oncoplan.training.tace.tcia_index; selections are tried in this order.
+TACE_RULES = json.dumps(
+    {
+        "selections": [
+            {
+                "name": phase,
+                "conditions": {
+                    "Modality": "(?i)^CT$",
+                    "ImageType": ["ORIGINAL", "AXIAL"],
+                    "ContrastPhase": f"^{phase}$",
+                },
+            }
+            for phase in ("PVP", "AP")
+        ]
+    }
+)
+TACE_BUNDLES = ("tace_assistant", "tace_dynamics", "tace_survival")
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 
 

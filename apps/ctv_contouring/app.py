@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar
 
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application
@@ -19,6 +20,9 @@ from oncoplan.operators.series_rules import CT_RULES, bundle_path
 
 class CTVContouringApp(Application):
     """DICOM in -> series selection -> volume -> LLMSeg (image + note) -> RTSTRUCT + SEG."""
+
+    # `python -m` / `monai-deploy exec` options -> constructor keywords (apps/runner.py)
+    cli_options: ClassVar[dict[str, str]] = {"--note": "note"}
 
     def __init__(self, *args, note: str | None = None, **kwargs) -> None:
         self.note = note or os.environ.get("ONCOPLAN_NOTE")

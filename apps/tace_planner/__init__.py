@@ -1,0 +1,1 @@
+"""The TACE planning app (MeWM world-model search) as a MONAI Deploy application."""

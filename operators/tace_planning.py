@@ -1,0 +1,279 @@
+"""TACE planning on the pre-treatment CT: the MeWM world-model search, and its result on the CT grid.
+
+Every piece comes from the bundles and `oncoplan.training`; this module only strings them together:
+
+1. the CT goes into model space with the assistant bundle's own preprocessing (its
+   ``inference.json``: RAS, the bundles' voxel spacing, HU clip/scale; the loader is skipped);
+2. the assistant segments liver and tumor (its inferer and its ``label_map`` without the inversion);
+3. a window of the assistant's ROI is cut around the tumor (:func:`window_around`) and the planner
+   searches (:class:`WorldModelPlanner`: offline policy, dynamics + assistant world model, survival
+   heuristic; ``cpu`` settings by default, ``paper`` for MeWM's B=5, T=5);
+4. the top candidates are simulated again with the search's seed (the same noise, so the same
+   outcomes) for the report, and the top protocol's simulated tumor (viable / necrosis / Lipiodol,
+   the per-voxel majority over the T samples, inside the region the dynamics model regenerates) is
+   resampled onto the input CT grid by physical position (nearest neighbour).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from oncoplan.errors import InputError
+
+from .ct_volume import CTVolume, from_selected_series
+
+log = logging.getLogger(__name__)
+SETTINGS_ENV = "ONCOPLAN_TACE_SETTINGS"
+TOP_K = 3  # candidates shown in the report with their simulated outcome
+NAMES = {"assistant": "tace_assistant", "dynamics": "tace_dynamics", "survival": "tace_survival"}
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """The search size and the action set the policy may choose from."""
+
+    search: object  # oncoplan.training.planner.search.SearchSettings
+    action_set: tuple[str, ...]
+    label: str
+
+
+def parse_settings(text: str | None = None) -> PlanSettings:
+    """``cpu`` (default), ``paper`` (MeWM: B=5, T=5, 25 DDIM steps), or a JSON object of search fields
+    over a base: ``{"base": "cpu", "beam": 2, "samples": 1, "steps": 2, "action_set": "tcia"}``.
+    ``action_set`` is ``full`` (the whole action base, default) or ``tcia`` (the HCC-TACE-Seg set)."""
+    from oncoplan.training.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS
+    from oncoplan.training.planner.search import SETTINGS, SearchSettings
+
+    text = (text or os.environ.get(SETTINGS_ENV) or "cpu").strip()
+    if text in SETTINGS:
+        return PlanSettings(SETTINGS[text], ACTION_BASE, text)
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        raise InputError(f"settings {text!r}: give cpu, paper or a JSON object of search fields") from None
+    if not isinstance(fields, dict):
+        raise InputError(f"settings {text!r}: give cpu, paper or a JSON object of search fields")
+    base = str(fields.pop("base", "cpu"))
+    sets = {"full": ACTION_BASE, "tcia": TCIA_DRUGS + TCIA_EMBOLICS}
+    action_set = str(fields.pop("action_set", "full"))
+    if base not in SETTINGS or action_set not in sets:
+        raise InputError(f"settings {text!r}: base is cpu or paper, action_set is full or tcia")
+    unknown = sorted(set(fields) - set(SearchSettings.__dataclass_fields__))
+    if unknown:
+        raise InputError(f"settings {text!r}: unknown search fields {', '.join(unknown)}")
+    try:
+        search = replace(SETTINGS[base], **fields)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"settings {text!r}: {exc}") from None
+    return PlanSettings(search, sets[action_set], f"{base}+{json.dumps(fields, sort_keys=True)}")
+
+
+@dataclass
+class Candidate:
+    """One of the top protocols with its simulated outcome in model space (mean CT, majority labels)."""
+
+    ranked: object  # oncoplan.training.planner.search.RankedProtocol
+    post_window: np.ndarray
+    post_labels: np.ndarray
+
+
+@dataclass
+class TacePlan:
+    """What the writers need: the search result, the CT, model-space windows and the tumor on the CT grid."""
+
+    plan: object  # oncoplan.training.planner.search.Plan
+    volume: CTVolume
+    phase: str  # the selection that chose the series: PVP or AP
+    settings: PlanSettings
+    pre_window: np.ndarray  # scaled CT [-1, 1], RAS, model spacing
+    mask_window: np.ndarray  # pre-treatment tumor (assistant)
+    patch: tuple[slice, ...]  # the region of the window the dynamics model regenerates
+    candidates: list[Candidate]
+    post_labels: np.ndarray  # (slice, row, column) on the CT: 0, 2 viable, 3 necrosis, 4 Lipiodol
+    spacing_mm: tuple[float, ...]
+    bundles: dict[str, str]  # bundle name -> version
+    timing_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def best(self):
+        return self.plan.best
+
+
+def check_bundles(bundles: dict[str, Path]) -> None:
+    """Each of the three bundles has its inference config and its weights (one line otherwise)."""
+    from oncoplan.training.bundle_loading import bundle_parser
+
+    for role, path in bundles.items():
+        ckpt = Path(bundle_parser(path).get_parsed_content("ckpt_path"))
+        if not ckpt.is_file():
+            raise InputError(f"{ckpt}: no weights for the {NAMES[role]} bundle; give -m MODELS with trained bundles")
+
+
+def _majority(labels: np.ndarray) -> np.ndarray:
+    """Per-voxel most frequent label over the first axis (ties to the lower label)."""
+    counts = np.stack([(labels == k).sum(0) for k in range(int(labels.max()) + 1)])
+    return counts.argmax(0).astype(np.uint8)
+
+
+def onto_ct_grid(labels: np.ndarray, affine: np.ndarray, volume: CTVolume) -> np.ndarray:
+    """A label map in model space (index -> RAS `affine`) on the CT's grid (slice, row, column), nearest neighbour."""
+    shape = volume.hu.shape[::-1]  # (column, row, slice), the index order of volume.affine_ras()
+    out = np.zeros(shape, dtype=np.uint8)
+    found = np.argwhere(labels)
+    if not len(found):
+        return volume.from_index_order(out)
+    to_ct = np.linalg.inv(volume.affine_ras()) @ np.asarray(affine, dtype=float)
+    corners = np.array(list(itertools.product(*zip(found.min(0) - 0.5, found.max(0) + 0.5, strict=True))))
+    mapped = corners @ to_ct[:3, :3].T + to_ct[:3, 3]
+    lo = np.clip(np.floor(mapped.min(0)).astype(int), 0, shape)
+    hi = np.clip(np.ceil(mapped.max(0)).astype(int) + 1, 0, shape)
+    if np.any(hi <= lo):
+        return volume.from_index_order(out)
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1)
+    back = np.linalg.inv(to_ct)
+    index = np.rint(grid @ back[:3, :3].T + back[:3, 3]).astype(int)
+    inside = np.all((index >= 0) & (index < labels.shape), axis=-1)
+    box = np.zeros(grid.shape[:3], dtype=np.uint8)
+    box[inside] = labels[tuple(index[inside].T)]
+    out[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = box
+    return volume.from_index_order(out)
+
+
+def _paste(window: np.ndarray, start: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`window` placed at `start` (may be negative) in a zero volume of `shape`, clipped to it."""
+    out = np.zeros(shape, dtype=window.dtype)
+    lo = np.maximum(start, 0)
+    hi = np.minimum(start + np.asarray(window.shape), shape)
+    if np.any(hi <= lo):
+        return out
+    out[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = window[
+        tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))
+    ]
+    return out
+
+
+class TacePlanner:
+    """The three bundles loaded once (on the CPU, as the world model runs); :meth:`plan` runs one CT."""
+
+    def __init__(self, bundles: dict[str, Path], settings: PlanSettings) -> None:
+        from oncoplan.training.bundle_loading import bundle_parser
+        from oncoplan.training.planner.evaluate import load_models
+
+        self.bundles, self.settings = {k: Path(v) for k, v in bundles.items()}, settings
+        self.world, self.scorer, _ = load_models(
+            self.bundles["dynamics"], self.bundles["assistant"], self.bundles["survival"], None, settings.search
+        )
+        parser = bundle_parser(self.bundles["assistant"], overrides={"device": "$torch.device('cpu')"})
+        self.preprocessing = parser.get_parsed_content("preprocessing").transforms[1:]  # no loader: in memory
+        self.inferer = parser.get_parsed_content("inferer")
+        from monai.transforms import Invertd
+
+        # The label map without the inversion: planning stays in model space.
+        self.label_map = [t for t in parser.get_parsed_content("label_map") if not isinstance(t, Invertd)]
+        self.spacing = tuple(float(v) for v in parser.get_parsed_content("pixdim"))
+        self.versions = {NAMES[r]: _version(p) for r, p in self.bundles.items()}
+
+    @torch.no_grad()
+    def segment(self, volume: CTVolume):
+        """(scaled CT (X, Y, Z), labels (X, Y, Z), index -> RAS affine) in model space."""
+        data = {"image": volume.metatensor()}
+        for t in self.preprocessing:
+            data = t(data)
+        image = data["image"]
+        pred = {"pred": self.inferer(image[None].float(), self.world.assistant)[0]}
+        for t in self.label_map:
+            pred = t(pred)
+        labels = np.asarray(pred["pred"][0].cpu()).astype(np.uint8)
+        return np.asarray(image[0].cpu(), dtype=np.float32), labels, np.asarray(image.affine, dtype=float)
+
+    def plan(self, volume: CTVolume, phase: str) -> TacePlan:
+        from oncoplan.training.planner.policy import OfflinePolicy
+        from oncoplan.training.planner.search import WorldModelPlanner
+        from oncoplan.training.tace.preprocess import TUMOR_LABELS
+        from oncoplan.training.tace.world_model import window_around
+
+        s = self.settings.search
+        t0 = time.perf_counter()
+        pre, labels, affine = self.segment(volume)
+        mask = np.isin(labels, TUMOR_LABELS)
+        if not mask.any():
+            raise InputError(f"{volume.where}: the assistant model finds no liver tumor; there is nothing to plan")
+        t1 = time.perf_counter()
+        pre_window, mask_window, start = window_around(pre, mask, tuple(self.world.window))
+        policy = OfflinePolicy(self.settings.action_set, None, s.drug_horizon, s.embolic_horizon)
+        plan = WorldModelPlanner(self.world, self.scorer, policy, s).beam_search(pre_window, mask_window)
+        t2 = time.perf_counter()
+        top = plan.ranked[:TOP_K]
+        protocols = np.asarray([r.protocol.multi_hot() for r in top], dtype=np.float32)
+        sim = self.world.simulate(pre_window, mask_window, protocols, s.seed)  # the search's noise again
+        candidates = [Candidate(r, sim.windows[i].mean(0), _majority(sim.labels[i])) for i, r in enumerate(top)]
+        region = np.zeros(pre_window.shape, dtype=bool)
+        region[sim.patch_slices] = True
+        top_labels = candidates[0].post_labels
+        simulated = np.where(region & np.isin(top_labels, TUMOR_LABELS), top_labels, 0).astype(np.uint8)
+        on_ct = onto_ct_grid(_paste(simulated, np.asarray(start), pre.shape), affine, volume)
+        t3 = time.perf_counter()
+        best = plan.best
+        log.info("TACE plan: %s (mean risk %.4f) of %d protocols", best.protocol, best.mean_risk, len(plan.ranked))
+        return TacePlan(
+            plan=plan,
+            volume=volume,
+            phase=phase,
+            settings=self.settings,
+            pre_window=pre_window,
+            mask_window=mask_window,
+            patch=sim.patch_slices,
+            candidates=candidates,
+            post_labels=on_ct,
+            spacing_mm=self.spacing,
+            bundles=self.versions,
+            timing_s={"segmentation": t1 - t0, "search": t2 - t1, "outcomes": t3 - t2},
+        )
+
+
+def _version(bundle: Path) -> str:
+    try:
+        return str(json.loads((bundle / "configs" / "metadata.json").read_text()).get("version", "?"))
+    except (OSError, ValueError):
+        return "?"
+
+
+class TacePlanningOperator(Operator):
+    """Pre-treatment CT volume (and its selected series) -> :class:`TacePlan` on port ``plan``."""
+
+    def __init__(
+        self, fragment: Fragment, *args, bundles: dict[str, Path], settings: str | None = None, **kwargs
+    ) -> None:
+        self.bundles = {k: Path(v) for k, v in bundles.items()}
+        self.settings = parse_settings(settings)
+        check_bundles(self.bundles)  # before any DICOM is read: a missing checkpoint is one line
+        self._planner: TacePlanner | None = None  # built on first use (seconds of loading)
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("image")
+        spec.input("study_selected_series_list")
+        spec.output("plan")
+
+    def planner(self) -> TacePlanner:
+        if self._planner is None:
+            self._planner = TacePlanner(self.bundles, self.settings)
+            log.info("TACE bundles %s, settings %s", self._planner.versions, self.settings.label)
+        return self._planner
+
+    def compute(self, op_input, op_output, context) -> None:
+        image = op_input.receive("image")
+        selected = op_input.receive("study_selected_series_list")
+        volume = from_selected_series(selected, image)
+        phase = selected[0].selected_series[0].selection_name
+        op_output.emit(self.planner().plan(volume, phase), "plan")

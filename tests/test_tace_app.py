@@ -1,0 +1,344 @@
+"""TACE planning app: the SDK graph end to end on a generated liver study with tiny random-weight bundles
+(SR, SEG, Encapsulated PDF, plan.json), series selection in a multi-phase study, geometry, bad input.
+
+The MODELS folder is built in tmp: each bundle's configs, its inference.json with the bundle tests'
+tiny sizes, and a randomly initialised network saved as models/model.pt. So the plumbing is the
+shipped one; the plan itself means nothing (random weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from oncoplan.errors import InputError
+from oncoplan.training.bundle_loading import bundle_parser
+from oncoplan.training.planner.search import PAPER_SETTINGS
+from oncoplan.training.synth.cohort import generate_cohort
+
+from .dicom_validate import dciodvfy_available, problems
+from .helpers import cohort_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+# The bundle tests' tiny sizes (as tests/test_planner_search.py); one voxel spacing for all three.
+TINY = {
+    "tace_dynamics": {"channels": [8, 16, 16], "roi_size": [16, 16, 16], "pixdim": [6.0, 6.0, 6.0]},
+    "tace_assistant": {"filters": [4, 8, 16], "roi_size": [32, 32, 32], "pixdim": [6.0, 6.0, 6.0]},
+    "tace_survival": {
+        "channels": [8, 16, 16],
+        "roi_size": [16, 16, 16],
+        "pixdim": [6.0, 6.0, 6.0],
+        "eval_patches": 2,
+        "num_heads": 2,
+    },
+}
+SETTINGS = json.dumps({"beam": 2, "samples": 1, "steps": 2})
+OUTPUTS = ["plan.json", "report.pdf", "tace_plan_sr.dcm", "tace_post_seg.dcm", "tace_report_pdf.dcm"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "oncoplan", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env or ENV, timeout=240, check=False)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MODELS/<bundle>/configs (inference.json at tiny sizes) and models/model.pt (random weights)."""
+    out = tmp_path_factory.mktemp("tace_models")
+    for i, (name, tiny) in enumerate(TINY.items()):
+        bundle = out / name
+        shutil.copytree(ROOT / "bundles" / name / "configs", bundle / "configs")
+        config = json.loads((bundle / "configs" / "inference.json").read_text())
+        (bundle / "configs" / "inference.json").write_text(json.dumps({**config, **tiny}, indent=1))
+        torch.manual_seed(i)
+        net = bundle_parser(bundle, overrides={"device": "$torch.device('cpu')"}).get_parsed_content("network")
+        if name == "tace_dynamics":  # MONAI zero-initialises the output conv: perturb so outputs vary
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.add_(torch.randn_like(p) * 0.05)
+        (bundle / "models").mkdir()
+        torch.save(net.state_dict(), bundle / "models" / "model.pt")
+    return out
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One small liver case: pre and post studies, each with its phases as separate series."""
+    cohort = generate_cohort("liver", tmp_path_factory.mktemp("taceapp") / "c", 1, seed=5, size="small", progress=False)
+    row = cohort_rows(cohort)[0]
+    series = {k: cohort / v for k, v in row.items() if k.endswith("_series") and v}
+    assert {"pre_AP_series", "pre_PVP_series"} <= set(series), row
+    return {"dir": cohort / row["TCIA_ID"] / "dicom", "series": series}
+
+
+def _uid(folder: Path) -> str:
+    return str(pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
+
+
+def _ct(folder: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
+
+
+@pytest.fixture(scope="module")
+def planned(case: dict, models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`oncoplan plan` on the pre-treatment study (NC, AP and PVP series) with tiny settings."""
+    out = tmp_path_factory.mktemp("taceapp_out") / "out"
+    r = _cli("plan", "-i", str(case["dir"] / "pre"), "-o", str(out), "-m", str(models), "--settings", SETTINGS)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "RESEARCH USE ONLY" in r.stdout
+    return out
+
+
+def test_plan_writes_sr_seg_pdf_and_json(planned: Path) -> None:
+    assert sorted(p.name for p in planned.iterdir()) == OUTPUTS
+    plan = json.loads((planned / "plan.json").read_text())
+    assert plan["research_use_only"] and plan["phase"] == "PVP"
+    risks = [r["mean_risk"] for r in plan["ranked"]]
+    assert len(risks) >= 2 and risks == sorted(risks)
+    assert plan["best"] == plan["ranked"][0]
+    assert plan["settings"]["beam"] == 2 and plan["settings"]["samples"] == 1 and plan["settings"]["steps"] == 2
+
+
+@pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy (dicom3tools) not installed")
+def test_dicom_outputs_pass_dciodvfy(planned: Path) -> None:
+    for p in sorted(planned.glob("*.dcm")):
+        assert problems(p) == [], p.name
+
+
+def _concept(item) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeValue)
+
+
+def _children(item, code: str) -> list:
+    return [c for c in item.ContentSequence if _concept(c) == code]
+
+
+def _num(item, code: str) -> float:
+    (c,) = _children(item, code)
+    return float(c.MeasuredValueSequence[0].NumericValue)
+
+
+def test_sr_holds_the_ranked_protocols_and_references_the_pvp_series(planned: Path, case: dict) -> None:
+    sr = pydicom.dcmread(planned / "tace_plan_sr.dcm")
+    pvp = case["series"]["pre_PVP_series"]
+    ct = pydicom.dcmread(next(pvp.glob("*.dcm")), stop_before_pixels=True)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    assert "research use only" in sr.SeriesDescription.lower()
+    assert sr.StudyInstanceUID == ct.StudyInstanceUID and sr.PatientID == ct.PatientID
+    (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+    assert [s.SeriesInstanceUID for s in evidence.ReferencedSeriesSequence] == [ct.SeriesInstanceUID]
+    assert len(evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence) == len(list(pvp.glob("*.dcm")))
+    (comment,) = _children(sr, "121106")
+    assert "RESEARCH USE ONLY" in comment.TextValue
+    plan = json.loads((planned / "plan.json").read_text())
+    (chosen,) = _children(sr, "TACE-CHOSEN")
+    candidates = _children(sr, "TACE-CANDIDATE")
+    assert len(candidates) == len(plan["ranked"])
+    pairs = zip([chosen, *candidates], [plan["best"], *plan["ranked"]], strict=True)
+    for rank, (item, expected) in enumerate(pairs):
+        assert _num(item, "TACE-RANK") == max(rank, 1)
+        (protocol,) = _children(item, "TACE-PROTOCOL")
+        assert protocol.TextValue == expected["protocol"]
+        codes = [c.ConceptCodeSequence[0].CodeMeaning for c in _children(item, "TACE-ITEM")]
+        assert codes == expected["items"]
+        assert _num(item, "TACE-RISK-MEAN") == pytest.approx(expected["mean_risk"], rel=1e-5, abs=1e-9)
+        assert _num(item, "TACE-RISK-SD") == pytest.approx(expected["std_risk"], rel=1e-5, abs=1e-9)
+        assert _num(item, "TACE-OUTCOMES") == 1
+    assert [s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence] == ["99ONCOPLAN"]
+
+
+def test_seg_frames_lie_on_the_input_ct_grid(planned: Path, case: dict) -> None:
+    pvp = case["series"]["pre_PVP_series"]
+    ct = _ct(pvp)
+    seg = hd.seg.segread(planned / "tace_post_seg.dcm")
+    assert "research use only" in seg.SeriesDescription.lower()
+    assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [ct[0].SeriesInstanceUID]
+    assert seg.StudyInstanceUID == ct[0].StudyInstanceUID and seg.FrameOfReferenceUID == ct[0].FrameOfReferenceUID
+    assert (seg.Rows, seg.Columns) == (ct[0].Rows, ct[0].Columns)
+    iop = np.asarray(ct[0].ImageOrientationPatient, dtype=float)
+    positions = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for ds in ct])
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert np.allclose(shared.PlaneOrientationSequence[0].ImageOrientationPatient, iop)
+    assert np.allclose(shared.PixelMeasuresSequence[0].PixelSpacing, ct[0].PixelSpacing)
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        ipp = np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        assert np.abs(positions - ipp).sum(1).min() < 1e-3
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert labels and set(labels) <= {
+        "Viable tumor (simulated)",
+        "Necrosis (simulated)",
+        "Lipiodol deposit (simulated)",
+    }
+    assert all(s.SegmentAlgorithmType == "AUTOMATIC" for s in seg.SegmentSequence)
+    counts = json.loads((planned / "plan.json").read_text())["simulated_post_treatment_voxels"]
+    uids = [ds.SOPInstanceUID for ds in ct]
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, ignore_spatial_locations=True, assert_missing_frames_are_empty=True
+    )
+    for number, label in enumerate(labels, start=1):
+        assert int(pixels[..., number - 1].sum()) == counts[label]
+
+
+def test_pdf_report_and_its_encapsulated_copy(planned: Path, case: dict) -> None:
+    pdf = (planned / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-64:]
+    ds = pydicom.dcmread(planned / "tace_report_pdf.dcm")
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1" and ds.Modality == "DOC"
+    assert ds.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    assert bytes(ds.EncapsulatedDocument)[: ds.EncapsulatedDocumentLength] == pdf
+    assert "research use only" in ds.SeriesDescription.lower()
+    ct = _ct(case["series"]["pre_PVP_series"])
+    assert ds.StudyInstanceUID == ct[0].StudyInstanceUID
+    assert {s.ReferencedSOPInstanceUID for s in ds.SourceInstanceSequence} == {c.SOPInstanceUID for c in ct}
+
+
+def _studies(folder: Path):
+    from monai.deploy.core import Fragment
+    from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+
+    from oncoplan.operators.phase_selector import ContrastPhaseSelectorOperator
+    from oncoplan.operators.series_rules import TACE_RULES
+
+    fragment = Fragment()
+    loader = DICOMDataLoaderOperator(fragment, name="loader")
+    selector = ContrastPhaseSelectorOperator(fragment, rules=TACE_RULES, name="selector")
+    return selector, json.loads(TACE_RULES), loader.load_data_to_studies(folder.absolute())
+
+
+def _selected(folder: Path) -> tuple[str, str]:
+    selector, rules, studies = _studies(folder)
+    (study,) = selector.filter(rules, studies)
+    (one,) = study.selected_series
+    return str(one.series.SeriesInstanceUID), one.selection_name
+
+
+def test_selector_takes_the_pre_treatment_pvp_series(case: dict, tmp_path: Path) -> None:
+    series = case["series"]
+    # Both studies (five series): the earlier study's portal-venous series.
+    assert _selected(case["dir"]) == (_uid(series["pre_PVP_series"]), "PVP")
+    # Descriptions that decide nothing: the bolus timing still tells AP from PVP.
+    blank = tmp_path / "blank"
+    shutil.copytree(case["dir"] / "pre", blank)
+    for f in blank.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.SeriesDescription = ""
+        ds.save_as(f)
+    assert _selected(blank) == (_uid(series["pre_PVP_series"]), "PVP")
+    # Without the PVP series: the arterial one.
+    no_pvp = tmp_path / "no_pvp"
+    shutil.copytree(case["dir"] / "pre", no_pvp, ignore=shutil.ignore_patterns(series["pre_PVP_series"].name))
+    assert _selected(no_pvp) == (_uid(series["pre_AP_series"]), "AP")
+    # Non-contrast only: nothing to plan on, one line naming what was found.
+    nc_only = tmp_path / "nc_only"
+    keep = {series[k].name for k in ("pre_AP_series", "pre_PVP_series")}
+    shutil.copytree(case["dir"] / "pre", nc_only, ignore=shutil.ignore_patterns(*keep))
+    selector, rules, studies = _studies(nc_only)
+    with pytest.raises(InputError, match="no pre-treatment contrast CT") as err:
+        selector.filter(rules, studies)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_input_and_missing_weights_exit_2_and_leave_nothing(
+    case: dict, models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    r = _cli("plan", "-i", str(empty), "-o", str(out), "-m", str(models), "--settings", SETTINGS)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("oncoplan: error:") and "empty" in last
+    assert not out.exists() or list(out.iterdir()) == []
+    # Refused before the graph starts (in-process: no interpreter start-up).
+    from oncoplan.cli import main
+
+    capsys.readouterr()
+    assert main(["plan", "-i", str(case["dir"] / "pre"), "-o", str(out), "--settings", "fast"]) == 2
+    assert "settings 'fast'" in capsys.readouterr().err.strip().splitlines()[-1]
+    unweighted = tmp_path / "unweighted"
+    for name in TINY:
+        shutil.copytree(models / name / "configs", unweighted / name / "configs")
+    assert main(["plan", "-i", str(case["dir"] / "pre"), "-o", str(out), "-m", str(unweighted)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no weights for the tace_assistant bundle" in err[0]
+    assert not out.exists() or list(out.iterdir()) == []
+    # The settings of a MAP run come from the environment: a bad value is refused as one line too.
+    from oncoplan.apps.runner import main as run
+    from oncoplan.apps.tace_planner.app import TacePlannerApp
+
+    monkeypatch.setenv("ONCOPLAN_TACE_SETTINGS", "bogus")
+    assert run(TacePlannerApp, ["tace", "-i", str(case["dir"] / "pre"), "-o", str(out), "-m", str(models)]) == 2
+    assert "settings 'bogus'" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_monai_deploy_exec_with_holoscan_variables(case: dict, models: Path, tmp_path: Path) -> None:
+    """The card's command, paths from the HOLOSCAN_* variables and the settings from the environment."""
+    out = tmp_path / "out"
+    env = {
+        **ENV,
+        "HOLOSCAN_INPUT_PATH": str(case["dir"] / "pre"),
+        "HOLOSCAN_OUTPUT_PATH": str(out),
+        "HOLOSCAN_MODEL_PATH": str(models),
+        "ONCOPLAN_TACE_SETTINGS": json.dumps({"beam": 1, "samples": 1, "steps": 1, "drug_horizon": 1}),
+    }
+    exe = Path(sys.executable).with_name("monai-deploy")
+    r = subprocess.run([str(exe), "exec", "tace_planner"], capture_output=True, text=True, env=env, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == OUTPUTS
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["settings"]["beam"] == 1 and plan["settings"]["drug_horizon"] == 1
+
+
+def test_python_m_with_flags(case: dict, models: Path, tmp_path: Path) -> None:
+    """`python -m oncoplan.apps.tace_planner -i -o -m --settings` (the SDK's way of running an app)."""
+    out = tmp_path / "out"
+    settings = json.dumps({"beam": 1, "samples": 1, "steps": 1, "embolic_horizon": 1})
+    cmd = [sys.executable, "-m", "oncoplan.apps.tace_planner", "-i", str(case["dir"] / "pre"), "-o", str(out)]
+    r = subprocess.run([*cmd, "-m", str(models), "--settings", settings], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == OUTPUTS
+    assert json.loads((out / "plan.json").read_text())["settings"]["embolic_horizon"] == 1
+
+
+def test_settings() -> None:
+    from oncoplan.operators.tace_planning import parse_settings
+
+    assert parse_settings("paper").search == PAPER_SETTINGS
+    tiny = parse_settings('{"base": "paper", "samples": 1, "action_set": "tcia"}')
+    assert tiny.search.beam == 5 and tiny.search.samples == 1 and len(tiny.action_set) == 5
+    for bad in ("fast", "[1]", '{"beam": 0}', '{"bogus": 1}', '{"action_set": "all"}'):
+        with pytest.raises(InputError, match="settings"):
+            parse_settings(bad)
+
+
+def test_a_model_space_label_map_lands_at_its_physical_position(case: dict) -> None:
+    """onto_ct_grid: a 6 mm RAS ball around a point maps onto the CT grid around the same point."""
+    from oncoplan.operators.ct_volume import CTVolume
+    from oncoplan.operators.tace_planning import onto_ct_grid
+
+    ct = _ct(case["series"]["pre_PVP_series"])
+    normal = np.cross(*np.reshape(np.asarray(ct[0].ImageOrientationPatient, dtype=float), (2, 3)))
+    ct.sort(key=lambda ds: float(np.asarray(ds.ImagePositionPatient, dtype=float) @ normal))
+    volume = CTVolume(np.zeros((len(ct), ct[0].Rows, ct[0].Columns), np.float32), tuple(ct))
+    centre_ras = volume.affine_ras() @ np.array([ct[0].Columns / 2, ct[0].Rows / 2, len(ct) / 2, 1.0])
+    affine = np.diag([6.0, 6.0, 6.0, 1.0])
+    affine[:3, 3] = centre_ras[:3] - 6.0 * 20
+    grid = np.stack(np.meshgrid(*[np.arange(40)] * 3, indexing="ij"), -1)
+    labels = (np.linalg.norm(grid - 20, axis=-1) <= 5).astype(np.uint8) * 3  # radius 30 mm
+    mask = onto_ct_grid(labels, affine, volume) == 3
+    index = np.argwhere(mask)[:, ::-1].mean(0)  # (column, row, slice)
+    assert np.linalg.norm((volume.affine_ras() @ np.append(index, 1.0))[:3] - centre_ras[:3]) < 3.0
+    voxel_mm3 = abs(np.linalg.det(volume.affine_ras()[:3, :3]))
+    assert mask.sum() * voxel_mm3 == pytest.approx(labels.astype(bool).sum() * 216.0, rel=0.15)
