@@ -10,6 +10,19 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+# Tiny TACE bundle sizes for tests that run all three bundles together (one voxel spacing for all).
+TINY_TACE: dict[str, dict[str, object]] = {
+    "tace_dynamics": {"channels": [8, 16, 16], "roi_size": [16, 16, 16], "pixdim": [6.0, 6.0, 6.0]},
+    "tace_assistant": {"filters": [4, 8, 16], "roi_size": [32, 32, 32], "pixdim": [6.0, 6.0, 6.0]},
+    "tace_survival": {
+        "channels": [8, 16, 16],
+        "roi_size": [16, 16, 16],
+        "pixdim": [6.0, 6.0, 6.0],
+        "eval_patches": 2,
+        "num_heads": 2,
+    },
+}
+
 
 def cohort_rows(cohort: Path) -> list[dict[str, str]]:
     with open(cohort / "cohort.csv") as fh:

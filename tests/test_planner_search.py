@@ -39,20 +39,11 @@ from oncoplan.training.tace.data import load_prepared
 from oncoplan.training.tace.dynamics_eval import model_space_case
 from oncoplan.training.tace.world_model import Simulation, window_around
 
+from .helpers import TINY_TACE
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = {name: ROOT / "bundles" / f"tace_{name}" for name in ("dynamics", "assistant", "survival")}
-# The bundle tests' tiny sizes (test_tace_dynamics_bundle.TINY / TINY_ASSISTANT, test_tace_survival_bundle.TINY).
-TINY = {
-    "dynamics": {"channels": [8, 16, 16], "roi_size": [16, 16, 16], "pixdim": [6.0, 6.0, 6.0]},
-    "assistant": {"filters": [4, 8, 16], "roi_size": [32, 32, 32], "pixdim": [6.0, 6.0, 6.0]},
-    "survival": {
-        "channels": [8, 16, 16],
-        "roi_size": [16, 16, 16],
-        "pixdim": [6.0, 6.0, 6.0],
-        "eval_patches": 2,
-        "num_heads": 2,
-    },
-}
+TINY = {name: TINY_TACE[f"tace_{name}"] for name in BUNDLES}
 TCIA_SET = TCIA_DRUGS + TCIA_EMBOLICS
 FAST = SearchSettings(beam=2, samples=2, steps=2, chunk=8)
 

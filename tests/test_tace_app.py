@@ -27,21 +27,10 @@ from oncoplan.training.planner.search import PAPER_SETTINGS
 from oncoplan.training.synth.cohort import generate_cohort
 
 from .dicom_validate import dciodvfy_available, problems
-from .helpers import cohort_rows
+from .helpers import TINY_TACE, cohort_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-# The bundle tests' tiny sizes (as tests/test_planner_search.py); one voxel spacing for all three.
-TINY = {
-    "tace_dynamics": {"channels": [8, 16, 16], "roi_size": [16, 16, 16], "pixdim": [6.0, 6.0, 6.0]},
-    "tace_assistant": {"filters": [4, 8, 16], "roi_size": [32, 32, 32], "pixdim": [6.0, 6.0, 6.0]},
-    "tace_survival": {
-        "channels": [8, 16, 16],
-        "roi_size": [16, 16, 16],
-        "pixdim": [6.0, 6.0, 6.0],
-        "eval_patches": 2,
-        "num_heads": 2,
-    },
-}
+TINY = TINY_TACE
 SETTINGS = json.dumps({"beam": 2, "samples": 1, "steps": 2})
 OUTPUTS = ["plan.json", "report.pdf", "tace_plan_sr.dcm", "tace_post_seg.dcm", "tace_report_pdf.dcm"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
