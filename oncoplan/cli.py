@@ -82,6 +82,17 @@ def _package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listen(args: argparse.Namespace) -> int:
+    from .deploy.listener import logs
+    from .deploy.listener.config import load_config
+    from .deploy.listener.service import Listener
+
+    config = load_config(args.config)  # a bad file is one line before any port is opened
+    logs.setup()
+    Listener(config).serve()
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -190,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     package.add_argument("--tag", help="image tag (default oncoplan-<app>:latest)")
     package.add_argument("--no-build", action="store_true", help="only write the context")
     package.set_defaults(func=_package)
+
+    listen = sub.add_parser(
+        "listen",
+        help="the PACS-facing DICOM listener: receive studies, run the apps, send the results back",
+        description="Storage SCP (C-ECHO, C-STORE; calling-AE allow-list; optional TLS) with a durable spool. A study "
+        "is complete after a quiet period; routing rules pick the app(s); jobs live in a persistent SQLite queue "
+        "with retries and resume after a restart; results go to the destination by C-STORE until acknowledged. "
+        "See deploy/README.md for the configuration file.",
+    )
+    listen.add_argument("--config", type=Path, required=True, help="listener configuration (YAML or JSON)")
+    listen.set_defaults(func=_listen)
 
     demo = sub.add_parser(
         "demo",

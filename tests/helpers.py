@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import highdicom as hd
+import pydicom
 import SimpleITK as sitk
 
 # Tiny TACE bundle sizes for tests that run all three bundles together (one voxel spacing for all).
@@ -60,3 +62,23 @@ def verify_metadata(bundle: Path, schema: Path) -> None:
     cmd = [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(schema)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert out.returncode == 0 and "verified with no error" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def text_sr(ct: pydicom.Dataset, text: str) -> pydicom.Dataset:
+    """A text SR holding a clinical note, as a site would store one with the CT."""
+    item = hd.sr.TextContentItem(
+        name=hd.sr.CodedConcept("121060", "DCM", "History"),
+        value=text,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("11506-3", "LN", "Progress note"))
+    root.ContentSequence = [item]
+    return hd.sr.EnhancedSR(
+        evidence=[ct],
+        content=root,
+        series_instance_uid=hd.UID(),
+        series_number=7,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+    )

@@ -23,7 +23,7 @@ from oncoplan.rtstruct import read_rtstruct, sort_slices
 from oncoplan.training.synth.cohort import generate_cohort
 
 from .dicom_validate import dciodvfy_available, problems
-from .helpers import cohort_rows
+from .helpers import cohort_rows, text_sr
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ctv_llmseg"
 NOTE = "N1, breast conserving surgery, left side"
@@ -107,28 +107,9 @@ def test_note_sources_in_documented_order(study: Path, tmp_path: Path) -> None:
         find_note(bare)
     with pytest.raises(InputError, match="cannot read clinical note"):
         find_note(bare, "please contour the left breast")
-    sr = _text_sr(_ct(study)[0], "N2, total mastectomy surgery, right side")
+    sr = text_sr(_ct(study)[0], "N2, total mastectomy surgery, right side")
     sr.save_as(bare / "note_sr.dcm")
     assert find_note(bare) == ("N2, total mastectomy surgery, right side", str(bare / "note_sr.dcm"))
-
-
-def _text_sr(ct: pydicom.Dataset, text: str) -> pydicom.Dataset:
-    item = hd.sr.TextContentItem(
-        name=hd.sr.CodedConcept("121060", "DCM", "History"),
-        value=text,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-    )
-    root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("11506-3", "LN", "Progress note"))
-    root.ContentSequence = [item]
-    return hd.sr.EnhancedSR(
-        evidence=[ct],
-        content=root,
-        series_instance_uid=hd.UID(),
-        series_number=7,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="test",
-    )
 
 
 def _broken_copies(study: Path, root: Path) -> dict[str, tuple[Path, str]]:

@@ -1,0 +1,132 @@
+"""The listener: SCP, study-completion scheduler, job workers, result sender and health endpoint,
+each a thread around the persistent queue. `Listener(config).serve()` is `oncoplan listen`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections import defaultdict
+
+from . import health, logs, scp, sender
+from .config import ListenerConfig
+from .queue import Job, JobQueue
+from .spool import Spool, key
+from .worker import JobError, run_job
+
+
+class Listener:
+    def __init__(self, config: ListenerConfig) -> None:
+        self.config = config
+        self.spool = Spool(config.spool, config.min_free_mb)
+        self.queue = JobQueue(config.database)
+        self.routes = {r.name: r for r in config.routes}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._scp = None
+        self._health = None
+
+    # --- one loop per concern --------------------------------------------------------------
+    def _complete_studies(self) -> None:
+        """A study with no new instance for the quiet period is complete: route it once."""
+        while not self._stop.wait(self.config.poll_s):
+            for study in self.queue.quiet_studies(self.config.quiet_period_s):
+                series = self.queue.study_series(study).values()
+                names = [r.name for r in self.config.routes if any(r.matches(s) for s in series)]
+                jobs = self.queue.route_study(study, names)
+                logs.event("study_complete", study=key(study), routes=names, jobs=jobs)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            job = self.queue.claim_job()
+            if job is None:
+                self._stop.wait(self.config.poll_s)
+                continue
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        route = self.routes.get(job.route)
+        logs.event("job_started", job=job.id, route=job.route, study=key(job.study_uid), attempt=job.attempts)
+        try:
+            if route is None:
+                raise JobError(f"route {job.route!r} is no longer configured")
+            results = run_job(self.spool.job_dir(job.id), route, self.queue, job.study_uid)
+        except Exception as exc:  # one job's failure must never stop the worker
+            state = self.queue.fail_job(
+                job, str(exc), self.config.max_attempts, self.config.retry_backoff_s, self.config.max_backoff_s
+            )
+            logs.event("job_failed", logging.ERROR, job=job.id, route=job.route, error=str(exc), now=state)
+            return
+        self.queue.finish_job(job, results, route.destination)
+        logs.event("job_done", job=job.id, route=job.route, results=len(results))
+
+    def _deliver(self) -> None:
+        while not self._stop.wait(self.config.poll_s):
+            due = self.queue.due_deliveries()
+            by_destination = defaultdict(list)
+            for d in due:
+                by_destination[d.destination].append(d)
+            for name, batch in by_destination.items():
+                peer = self.config.destinations[name]
+                try:
+                    outcome = sender.send(peer, self.config.ae_title, [d.path for d in batch])
+                except Exception as exc:  # unreadable result, network error: retry later
+                    outcome = {d.path: f"{type(exc).__name__}: {exc}" for d in batch}
+                for d in batch:
+                    error = outcome.get(d.path, "not sent")
+                    if error is None:
+                        self.queue.delivered(d)
+                        logs.event("result_sent", job=d.job_id, destination=name)
+                    else:
+                        self.queue.delivery_failed(d, error, self.config.retry_backoff_s, self.config.max_backoff_s)
+                        logs.event("result_not_sent", logging.WARNING, job=d.job_id, destination=name, error=error)
+
+    # --- life cycle ------------------------------------------------------------------------
+    def status(self) -> dict:
+        return {
+            "counts": self.queue.counts(),
+            "latency": self.queue.latencies(),
+            "spool_free_bytes": self.spool.free_bytes(),
+        }
+
+    def start(self) -> None:
+        resumed = self.queue.recover()
+        loops = [("complete", self._complete_studies), ("deliver", self._deliver)]
+        loops += [(f"worker-{i}", self._work) for i in range(self.config.workers)]
+        for name, target in loops:
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._scp = scp.start_scp(self.config, self.spool, self.queue)
+        if self.config.health_port is not None:
+            self._health = health.serve(self.config.health_host, self.config.health_port, self.status)
+        logs.event(
+            "listening",
+            ae_title=self.config.ae_title,
+            port=self.config.port,
+            resumed_jobs=resumed,
+            tls=self.config.tls is not None,
+        )
+
+    def stop(self) -> None:
+        if self._scp is not None:
+            self._scp.shutdown()
+        if self._health is not None:
+            self._health.shutdown()
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        if not any(t.is_alive() for t in self._threads):  # a job still running keeps its connection
+            self.queue.close()
+
+    def serve(self) -> None:
+        """Run until SIGINT/SIGTERM."""
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        try:
+            done.wait()
+        finally:
+            self.stop()
+            logs.event("stopped")

@@ -1,0 +1,82 @@
+"""Runs one job: the study's files linked into a fresh input folder, the route's app in a child
+process (it dies with the listener, so a restart never finds a stray run), its DICOM results."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from .config import Route
+from .queue import JobQueue
+from .spool import key
+
+
+class JobError(RuntimeError):
+    """The app failed; the message is the reason recorded with the job."""
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    os.setsid()
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # no copy of the pixels; the spool keeps the original
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def is_dicom(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def stage_input(queue: JobQueue, route: Route, study: str, folder: Path) -> int:
+    """Link the study's instances (or only the series the route matched) into `folder`."""
+    n = 0
+    for series, attrs in queue.study_series(study).items():
+        if route.input == "series" and not route.matches(attrs):
+            continue
+        for src in queue.series_files(series):
+            _link(src, folder / key(series) / src.name)
+            n += 1
+    return n
+
+
+def run_job(job_dir: Path, route: Route, queue: JobQueue, study: str) -> list[Path]:
+    """The DICOM files the route's app wrote for `study` (raises JobError on any failure)."""
+    shutil.rmtree(job_dir, ignore_errors=True)  # a run cut short by a crash starts clean
+    input_dir, output_dir = job_dir / "input", job_dir / "output"
+    input_dir.mkdir(parents=True)
+    if stage_input(queue, route, study, input_dir) == 0:
+        raise JobError("no instances to process")
+    command = [a.replace("{input}", str(input_dir)).replace("{output}", str(output_dir)) for a in route.command]
+    with open(job_dir / "app.log", "wb") as log:
+        try:
+            proc = subprocess.run(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=route.timeout_s,
+                preexec_fn=_die_with_parent,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise JobError(f"app timed out after {route.timeout_s:.0f} s") from None
+        except OSError as exc:
+            raise JobError(f"cannot start the app ({exc})") from None
+    if proc.returncode != 0:
+        tail = (job_dir / "app.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        raise JobError(f"app exited with status {proc.returncode}: {tail[0][:500]}")
+    results = sorted(p for p in output_dir.rglob("*") if p.is_file() and is_dicom(p)) if output_dir.exists() else []
+    if not results:
+        raise JobError("app wrote no DICOM")
+    return results

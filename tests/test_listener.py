@@ -1,0 +1,352 @@
+"""`oncoplan listen` against real parts: pynetdicom and dcmtk senders, a real Orthanc as the
+PACS that receives the results, kill -9 of the listener, a destination that is down, a full disk."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+from pynetdicom import AE
+
+from oncoplan.deploy.listener import logs
+from oncoplan.deploy.listener.config import load_config
+from oncoplan.deploy.listener.service import Listener
+from oncoplan.errors import InputError
+
+from .pacs import ListenerProcess, Orthanc, free_port, listener_config, make_study, send, wait_for
+
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):
+    pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    yield pacs
+    pacs.stop()
+
+
+@contextmanager
+def running(config_path: Path):
+    listener = Listener(load_config(config_path))
+    listener.start()
+    try:
+        yield listener
+    finally:
+        listener.stop()
+
+
+def db_rows(spool: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(spool / "queue.sqlite") as db:
+        return db.execute(sql).fetchall()
+
+
+def job_states(spool: Path) -> dict[str, int]:
+    return dict(db_rows(spool, "SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+
+
+# --- configuration -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ae_title": "THIS-AE-TITLE-IS-TOO-LONG"}, "ae_title"),
+        ({"allowed_callers": []}, "allowed_callers"),
+        ({"routes": [{"name": "x", "app": "nope", "destination": "pacs"}]}, "unknown app"),
+        ({"routes": [{"name": "x", "app": "ctv", "destination": "elsewhere"}]}, "destination"),
+        ({"routes": [{"name": "x", "command": ["true"], "destination": "pacs"}]}, "{input}"),
+    ],
+)
+def test_bad_configuration_is_one_line_naming_the_file(tmp_path: Path, change: dict, message: str) -> None:
+    good = {
+        "spool": "spool",
+        "allowed_callers": ["A"],
+        "destinations": {"pacs": {"ae_title": "P", "host": "h", "port": 1}},
+        "routes": [{"name": "ctv", "app": "ctv", "destination": "pacs"}],
+    }
+    path = tmp_path / "listener.yaml"
+    path.write_text(yaml.safe_dump(good | change))
+    with pytest.raises(InputError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    proc = subprocess.run(
+        [sys.executable, "-m", "oncoplan", "listen", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# --- association and bad input -------------------------------------------------------------
+def test_unknown_caller_is_refused_and_bad_instances_are_quarantined(tmp_path: Path, orthanc: Orthanc) -> None:
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc)
+    spool = tmp_path / "spool"
+    study = make_study(tmp_path / "s", seed=11)
+    with running(config):
+        assert send(port, study[:1], calling="INTRUDER") == [None]  # association rejected
+        # A truncated file, sent as it is on disk, and a dataset whose pixel data is short.
+        truncated = tmp_path / "truncated.dcm"
+        truncated.write_bytes(study[1].read_bytes()[:-200])
+        short = pydicom.dcmread(study[2])
+        short.PixelData = short.PixelData[:100]
+        short.save_as(tmp_path / "short.dcm")
+        assert send(port, [truncated, tmp_path / "short.dcm"]) == [CANNOT_UNDERSTAND, CANNOT_UNDERSTAND]
+        reasons = sorted(p.read_text() for p in (spool / "quarantine").glob("*.txt"))
+        assert len(reasons) == 2 and all("from SENDER" in r and "truncated" in r for r in reasons), reasons
+        assert db_rows(spool, "SELECT COUNT(*) FROM instances") == [(0,)]
+
+        # A non-image instance (Basic Text SR) alone: stored, but no route wants its study.
+        sr = pydicom.dcmread(study[0])
+        sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+        sr.Modality, sr.StudyInstanceUID = "SR", "1.2.3.4.5.6.7.8.9"
+        for tag in (
+            "PixelData",
+            "Rows",
+            "Columns",
+            "BitsAllocated",
+            "BitsStored",
+            "HighBit",
+            "PixelRepresentation",
+            "SamplesPerPixel",
+            "PhotometricInterpretation",
+            "RescaleIntercept",
+            "RescaleSlope",
+        ):
+            delattr(sr, tag)
+        sr.save_as(tmp_path / "sr.dcm")
+        assert send(port, [tmp_path / "sr.dcm"]) == [SUCCESS]
+        wait_for(lambda: db_rows(spool, "SELECT state FROM studies") == [("unrouted",)], 20, "the SR study to close")
+        assert job_states(spool) == {}
+
+
+# --- the normal path, the real Orthanc, the health endpoint --------------------------------
+def test_storescu_studies_reach_orthanc_once_with_metrics_and_clean_logs(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+) -> None:
+    port, health = free_port(), free_port()
+    config = listener_config(tmp_path, port, orthanc, health={"port": health})
+    studies = [make_study(tmp_path / f"s{i}", seed=100 + i) for i in range(2)]
+    before = len(orthanc.results())
+    logs.setup()
+    with running(config):
+        # Both studies in ONE association, sent by dcmtk's storescu.
+        files = [str(p) for s in studies for p in s]
+        subprocess.run(
+            ["storescu", "-aet", "STORESCU", "-aec", "ONCOPLAN", "127.0.0.1", str(port), *files],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_for(lambda: len(orthanc.results()) == before + 2, 60, "two results in Orthanc")
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/status", timeout=10) as r:
+            status = json.loads(r.read())
+    assert 'oncoplan_jobs{state="done"} 2' in metrics and "oncoplan_instances_received 6" in metrics
+    assert status["counts"]["deliveries"] == {"sent": 2} and "job_run_s_median" in status["latency"]
+    err = capfd.readouterr().err
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert events.count("job_done") == 2 and events.count("result_sent") == 2
+    uids = {str(pydicom.dcmread(s[0]).StudyInstanceUID) for s in studies}
+    assert "Doe^Jane" not in err and not any(u in err for u in uids), "a patient identifier reached the log"
+
+
+def test_a_failing_app_is_retried_then_succeeds(tmp_path: Path, orthanc: Orthanc) -> None:
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc, app_args=["--fail-once", str(tmp_path / "failed-once")])
+    study = make_study(tmp_path / "s", seed=300)
+    before = len(orthanc.results())
+    with running(config):
+        assert send(port, study) == [SUCCESS] * 3
+        wait_for(lambda: len(orthanc.results()) == before + 1, 60, "the result after one retry")
+    assert db_rows(tmp_path / "spool", "SELECT state, attempts FROM jobs") == [("done", 2)]
+
+
+# --- load ------------------------------------------------------------------------------------
+def test_eight_concurrent_senders_of_ten_studies_each(tmp_path: Path, orthanc: Orthanc) -> None:
+    port = free_port()
+    ledger = tmp_path / "ledger.txt"
+    config = listener_config(tmp_path, port, orthanc, app_args=["--ledger", str(ledger)])
+    studies = [make_study(tmp_path / f"s{i}", seed=1000 + i, slices=2) for i in range(80)]
+    before = len(orthanc.results())
+    with running(config):
+
+        def sender(k: int) -> list:
+            return [send(port, studies[k * 10 + j]) for j in range(10)]
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = [s for batch in pool.map(sender, range(8)) for s in batch]
+        assert all(s == [SUCCESS, SUCCESS] for s in statuses)
+        wait_for(lambda: len(orthanc.results()) == before + 80, 240, "80 results in Orthanc", interval=1)
+    spool = tmp_path / "spool"
+    assert db_rows(spool, "SELECT COUNT(*) FROM instances") == [(160,)]
+    assert job_states(spool) == {"done": 80}
+    done = ledger.read_text().split()
+    assert len(done) == 80 == len(set(done)), "a study was processed twice"
+
+
+# --- faults ----------------------------------------------------------------------------------
+def test_kill_9_while_receiving_and_while_running_loses_nothing_and_repeats_nothing(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    port = free_port()
+    ledger = tmp_path / "ledger.txt"
+    config = listener_config(tmp_path, port, orthanc, app_args=["--sleep", "3", "--ledger", str(ledger)], workers=1)
+    spool = tmp_path / "spool"
+    first, big = make_study(tmp_path / "a", seed=500), make_study(tmp_path / "b", seed=501, slices=60, size=64)
+    before = len(orthanc.results())
+    listener = ListenerProcess(config, port).start()
+    try:
+        assert send(port, first) == [SUCCESS] * 3
+        wait_for(lambda: job_states(spool).get("running"), 30, "the job to run")
+        listener.kill9()  # while the job runs (its app dies with the listener)
+
+        listener.start()
+        result: list = []
+        t = threading.Thread(target=lambda: result.append(send(port, big)))
+        t.start()
+        wait_for(lambda: db_rows(spool, "SELECT COUNT(*) FROM instances")[0][0] >= 4 + 3, 30, "some of the big study")
+        listener.kill9()  # while the big study is arriving
+        t.join(timeout=60)
+        assert None in result[0] or result[0].count(SUCCESS) < 60  # the sender saw the failure
+
+        listener.start()
+        assert send(port, big) == [SUCCESS] * 60  # what a sender does after a failed association
+        wait_for(lambda: len(orthanc.results()) == before + 2, 120, "both results in Orthanc", interval=0.5)
+    finally:
+        listener.stop()
+    assert sorted(ledger.read_text().split()) == sorted(
+        {str(pydicom.dcmread(s[0]).StudyInstanceUID) for s in (first, big)}
+    ), "processed twice or never"
+    assert db_rows(spool, "SELECT COUNT(*) FROM instances") == [(63,)]
+    assert not list(spool.rglob("*.partial")), "a torn file was left in the spool"
+    for (path,) in db_rows(spool, "SELECT path FROM instances"):
+        pydicom.dcmread(path).pixel_array  # every acknowledged instance reads whole  # noqa: B018
+
+
+def test_results_wait_for_a_destination_that_is_down(tmp_path: Path) -> None:
+    pacs = Orthanc(tmp_path / "orthanc-late")  # configured, not yet running
+    port = free_port()
+    config = listener_config(tmp_path, port, pacs)
+    spool = tmp_path / "spool"
+    with running(config):
+        assert send(port, make_study(tmp_path / "s", seed=600)) == [SUCCESS] * 3
+        wait_for(
+            lambda: (db_rows(spool, "SELECT MAX(attempts) FROM deliveries")[0][0] or 0) >= 3,
+            60,
+            "three failed delivery attempts",
+        )
+        assert db_rows(spool, "SELECT state FROM deliveries") == [("pending",)]
+        pacs.start()
+        try:
+            wait_for(lambda: len(pacs.results()) == 1, 60, "the result once the destination is up")
+        finally:
+            pacs.stop()
+    assert db_rows(spool, "SELECT state FROM deliveries") == [("sent",)]
+
+
+def test_a_full_spool_refuses_with_out_of_resources_and_keeps_no_torn_file(tmp_path: Path, orthanc: Orthanc) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(spool)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    port = free_port()
+    try:
+        config = listener_config(tmp_path, port, orthanc)
+        study = make_study(tmp_path / "s", seed=700, slices=12, size=256)  # 12 x 128 KB > 1 MB
+        with running(config):
+            statuses = send(port, study)
+            assert statuses[0] == SUCCESS and OUT_OF_RESOURCES in statuses, statuses
+            assert None not in statuses  # refused instance by instance, the association stayed up
+            stored = db_rows(spool, "SELECT path FROM instances")
+            assert len(stored) == statuses.count(SUCCESS)
+            for (path,) in stored:
+                pydicom.dcmread(path).pixel_array  # noqa: B018
+            assert not list(spool.rglob("*.partial"))
+    finally:
+        subprocess.run(["umount", str(spool)], check=False)
+
+
+def test_reserve_of_free_space_refuses_before_the_disk_is_full(tmp_path: Path, orthanc: Orthanc) -> None:
+    port = free_port()
+    free_mb = shutil.disk_usage(tmp_path).free / 2**20
+    config = listener_config(tmp_path, port, orthanc, min_free_mb=free_mb * 2)
+    with running(config):
+        assert send(port, make_study(tmp_path / "s", seed=800)) == [OUT_OF_RESOURCES] * 3
+
+
+def test_tls_association(tmp_path: Path, orthanc: Orthanc) -> None:
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc, tls={"cert": str(cert), "key": str(key)})
+    with running(config):
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", port, ae_title="ONCOPLAN", tls_args=(ctx, "localhost"))
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+        plain = ae.associate("127.0.0.1", port, ae_title="ONCOPLAN")
+        assert not plain.is_established
+
+
+# --- a real app behind the listener ----------------------------------------------------------
+def test_ctv_route_runs_the_contouring_app_and_orthanc_holds_rtstruct_and_seg(tmp_path: Path, orthanc: Orthanc) -> None:
+    """A breast CT study and its note (a text SR) arrive over DICOM; the CTV app's RTSTRUCT and
+    SEG land in Orthanc, in the same study."""
+    from oncoplan.training.synth.cohort import generate_cohort
+
+    from .helpers import cohort_rows, text_sr
+
+    cohort = generate_cohort("breast", tmp_path / "c", 1, seed=61, size="small", progress=False)
+    ct = sorted((cohort / cohort_rows(cohort)[0]["image_dir"]).glob("*.dcm"))
+    text_sr(pydicom.dcmread(ct[0]), "N1, breast conserving surgery, left side").save_as(tmp_path / "note.dcm")
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc)
+    raw = yaml.safe_load(config.read_text())
+    raw["routes"] = [{"name": "ctv", "app": "ctv", "match": {"Modality": "^CT$"}, "destination": "pacs"}]
+    config.write_text(yaml.safe_dump(raw))
+    study_uid = str(pydicom.dcmread(ct[0]).StudyInstanceUID)
+    with running(config):
+        assert set(send(port, [*ct, tmp_path / "note.dcm"])) == {SUCCESS}
+
+        def written() -> set[str]:
+            return {
+                s["MainDicomTags"].get("Modality")
+                for s in orthanc.series()
+                if orthanc.get(f"/studies/{s['ParentStudy']}")["MainDicomTags"]["StudyInstanceUID"] == study_uid
+            }
+
+        wait_for(lambda: {"RTSTRUCT", "SEG"} <= written(), 300, "RTSTRUCT and SEG in Orthanc", interval=1)
+    assert job_states(tmp_path / "spool") == {"done": 1}
