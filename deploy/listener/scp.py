@@ -102,6 +102,7 @@ def start_scp(config: ListenerConfig, spool: Spool, queue: JobQueue) -> Threaded
     ae.add_supported_context(Verification)
     ae.require_calling_aet = list(config.allowed_callers)
     ae.maximum_associations = 64
+    ae.maximum_pdu_size = 0  # no limit: a dataset arrives in a few large PDUs, not hundreds of 16 KB ones
     ae.network_timeout = 120
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),

@@ -16,6 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
+FREE_SPACE_INTERVAL_S = 1.0
+
 
 class SpoolFull(OSError):
     """Less free space than the configured reserve: refuse rather than risk a torn file."""
@@ -54,6 +56,7 @@ class Spool:
     def __init__(self, root: Path, min_free_mb: float) -> None:
         self.root = Path(root)
         self.min_free = int(min_free_mb * 1024 * 1024)
+        self._free, self._free_at = 0, -1.0  # statvfs once per interval, not per instance
         self._counter = itertools.count()
         for sub in ("incoming", "quarantine", "jobs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -73,7 +76,11 @@ class Spool:
         return shutil.disk_usage(self.root).free
 
     def has_room(self, size: int = 0) -> bool:
-        return self.free_bytes() - size >= self.min_free
+        now = time.monotonic()
+        if now - self._free_at > FREE_SPACE_INTERVAL_S or self._free - size < self.min_free + 2**26:
+            self._free, self._free_at = self.free_bytes(), now  # re-read when stale or near the reserve
+        self._free -= size
+        return self._free >= self.min_free
 
     def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
         """Durably store one encoded instance (a resend of the same SOP instance replaces it)."""

@@ -1,0 +1,163 @@
+"""Listener ingest: instances per second into the durable spool vs dcmtk's storescp, same
+machine, same sender (dcmtk's storescu), same data, side by side in one run.
+
+    python -m tests.bench.ingest [--studies 8] [--slices 25] [--repeats 3]
+
+Receivers: storescp as installed (Nagle on), storescp with TCP_NODELAY=1 (dcmtk's switch), and
+`oncoplan listen` (fsync + rename + SQLite commit before each success). Senders: storescu as
+installed, and storescu with TCP_NODELAY=1. Patterns: one association with every instance, and
+one association per study, all at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from ..pacs import free_port, make_study, wait_for
+from .report import machine, tool_version, versions, write_section
+
+
+def _env(nodelay: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    return env | ({"TCP_NODELAY": "1"} if nodelay else {})
+
+
+def _echo_ok(port: int, called: str) -> bool:
+    out = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", called, "127.0.0.1", str(port)], capture_output=True)
+    return out.returncode == 0
+
+
+class Receiver:
+    def __init__(self, kind: str, root: Path) -> None:
+        self.kind, self.root, self.port = kind, root, free_port()
+        self.called = "ONCOPLAN" if kind == "listener" else "STORESCP"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        store = self.root / f"{self.kind}-{time.monotonic_ns()}"
+        store.mkdir(parents=True)
+        if self.kind == "listener":
+            config = store / "listener.yaml"
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "ae_title": "ONCOPLAN",
+                        "host": "127.0.0.1",
+                        "port": self.port,
+                        "spool": str(store / "spool"),
+                        "allowed_callers": ["STORESCU"],
+                        "quiet_period_s": 3600,
+                        "min_free_mb": 0,
+                        "destinations": {"none": {"ae_title": "NONE", "host": "127.0.0.1", "port": 1}},
+                        "routes": [{"name": "none", "command": ["true", "{input}", "{output}"], "destination": "none"}],
+                    }
+                )
+            )
+            cmd, env = [sys.executable, "-m", "oncoplan", "listen", "--config", str(config)], _env(False)
+        else:
+            cmd = ["storescp", "-aet", "STORESCP", "-od", str(store), str(self.port)]
+            env = _env(self.kind == "storescp-nodelay")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _echo_ok(self.port, self.called), 60, f"{self.kind} to answer")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        for d in self.root.glob(f"{self.kind}-*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _send(receiver: Receiver, groups: list[list[Path]], nodelay: bool) -> float:
+    """Seconds to send every group, one storescu association per group, all groups at once."""
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aet", "STORESCU", "-aec", receiver.called, "127.0.0.1", str(receiver.port), *map(str, g)],
+            env=_env(nodelay),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for g in groups
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode()[-300:]}")
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--studies", type=int, default=8)
+    ap.add_argument("--slices", type=int, default=25)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="oncoplan-ingest-"))
+    try:
+        studies = [
+            make_study(root / "data" / f"s{i}", seed=9000 + i, slices=args.slices, size=args.size)
+            for i in range(args.studies)
+        ]
+        n = sum(map(len, studies))
+        patterns = {"1 association": [[p for s in studies for p in s]], f"{args.studies} associations": studies}
+        receivers = ["storescp", "storescp-nodelay", "listener"]
+        rates: dict[tuple[str, str, bool], float] = {}
+        runs = [(r, pat, nd) for r in receivers for nd in (False, True) for pat in patterns]
+        for rec_kind, pattern, nodelay in tqdm(runs, desc="ingest"):
+            receiver = Receiver(rec_kind, root)
+            times = []
+            for _ in range(args.repeats):
+                receiver.start()  # a fresh, empty store every repetition
+                try:
+                    times.append(_send(receiver, patterns[pattern], nodelay))
+                finally:
+                    receiver.stop()
+            rates[(rec_kind, pattern, nodelay)] = n / statistics.median(times)
+        mb = sum(p.stat().st_size for s in studies for p in s) / 2**20
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    lines = [
+        f"Command: `python -m tests.bench.ingest --studies {args.studies} --slices {args.slices} --size {args.size} "
+        f"--repeats {args.repeats}`  ",
+        f"Data: {n} CT instances of {args.size}x{args.size} (16-bit, {mb:.0f} MB in all), {args.studies} studies; "
+        f"median of {args.repeats} repetitions, each into a fresh store.  ",
+        f"Machine: {machine()}.  ",
+        f"Versions: {versions('pynetdicom', 'pydicom')}, {tool_version(['storescu', '--version'])}.",
+        "",
+        "| sender (storescu) | pattern | storescp | storescp TCP_NODELAY=1 | oncoplan listen | listen / storescp |",
+        "|---|---|---|---|---|---|",
+    ]
+    for nodelay in (False, True):
+        for pattern in patterns:
+            s, s_nd, ours = (rates[(k, pattern, nodelay)] for k in receivers)
+            sender = "TCP_NODELAY=1" if nodelay else "as installed"
+            lines.append(f"| {sender} | {pattern} | {s:.0f}/s | {s_nd:.0f}/s | {ours:.0f}/s | {ours / s:.2f}x |")
+    single, multi = (rates[("listener", p, False)] for p in patterns)
+    lines += [
+        "",
+        f"oncoplan listen, {args.studies} concurrent associations vs one (sender as installed): {multi / single:.2f}x.",
+    ]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        print(f"wrote {write_section('Listener ingest', body)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

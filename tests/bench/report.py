@@ -1,0 +1,47 @@
+"""Writes one benchmark's section into BENCHMARKS.md, replacing that section's previous run."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
+HEADER = "# Benchmarks\n\nSpeed and memory, measured by the commands named in each section. Synthetic inputs.\n"
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = int(next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")))
+    return f"{os.cpu_count()} cores ({cpu}), {mem / 2**20:.0f} GiB RAM, {platform.platform()}"
+
+
+def versions(*packages: str) -> str:
+    return ", ".join(f"{p} {version(p)}" for p in packages)
+
+
+def tool_version(command: list[str]) -> str:
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+
+
+def write_section(name: str, body: str) -> Path:
+    """Replace (or add) the section `## name` of BENCHMARKS.md."""
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    section = f"## {name}\n\n_Run {stamp}._\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    BENCHMARKS.write_text(text)
+    return BENCHMARKS
