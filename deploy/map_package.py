@@ -1,4 +1,4 @@
-"""`oncoplan package ctv --out DIR`: a MONAI Application Package (MAP) build context.
+"""`oncoplan package ctv|tace --out DIR`: a MONAI Application Package (MAP) build context.
 
 The layout and manifests follow the MAP specification as the SDK's packager (holoscan-cli)
 writes them: the app under /opt/holoscan/app, models under /opt/holoscan/models/<name>,
@@ -32,6 +32,7 @@ class AppSpec:
     app_dir: str  # folder under apps/
     bundles: tuple[str, ...]  # folders under bundles/
     title: str
+    memory: str = "4Gi"  # what pkg.json asks of the platform
 
 
 APPS = {
@@ -41,7 +42,15 @@ APPS = {
         "ctv_contouring",
         ("ctv_llmseg",),
         "OncoPlan CTV contouring (research use only)",
-    )
+    ),
+    "tace": AppSpec(
+        "tace",
+        "oncoplan.apps.tace_planner",
+        "tace_planner",
+        ("tace_assistant", "tace_dynamics", "tace_survival"),
+        "OncoPlan TACE world-model planning (research use only)",
+        memory="8Gi",
+    ),
 }
 
 
@@ -79,7 +88,7 @@ def package_manifest(spec: AppSpec) -> dict:
         "applicationRoot": APP_ROOT,
         "modelRoot": MODEL_ROOT,
         "models": {b: f"{MODEL_ROOT}/{b}" for b in spec.bundles},
-        "resources": {"cpu": 2, "gpu": 0, "memory": "4Gi", "gpuMemory": "0Gi"},
+        "resources": {"cpu": 2, "gpu": 0, "memory": spec.memory, "gpuMemory": "0Gi"},
         "platformConfig": "x64-workstation",
         "version": __version__,
     }

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Writes Dockerfile, app.json and pkg.json (MAP specification), the app, its bundles and "
         "the pinned requirements into --out, then builds the image if a container engine is running.",
     )
-    package.add_argument("app", help="ctv")
+    package.add_argument("app", help="ctv | tace")
     package.add_argument("--out", type=Path, required=True, help="folder for the build context (new or empty)")
     package.add_argument("--tag", help="image tag (default oncoplan-<app>:latest)")
     package.add_argument("--no-build", action="store_true", help="only write the context")

@@ -173,7 +173,8 @@ class TacePlanner:
         self.world, self.scorer, _ = load_models(
             self.bundles["dynamics"], self.bundles["assistant"], self.bundles["survival"], None, settings.search
         )
-        parser = bundle_parser(self.bundles["assistant"], overrides={"device": "$torch.device('cpu')"})
+        overrides = {"device": "$torch.device('cpu')", "overlap": settings.search.seg_overlap}
+        parser = bundle_parser(self.bundles["assistant"], overrides=overrides)
         self.preprocessing = parser.get_parsed_content("preprocessing").transforms[1:]  # no loader: in memory
         self.inferer = parser.get_parsed_content("inferer")
         from monai.transforms import Invertd

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -29,6 +28,7 @@ from oncoplan.encapsulated_pdf import encapsulated_pdf, write_encapsulated_pdf
 from oncoplan.fsio import atomic_path
 from oncoplan.seg import RESEARCH_USE, Algorithm, SegmentSpec, seg_dataset, write_seg
 
+from .file_writer import FileWriterOperator
 from .tace_planning import TacePlan
 
 log = logging.getLogger(__name__)
@@ -151,22 +151,10 @@ def plan_json(plan: TacePlan) -> dict:
     }
 
 
-class _PlanWriter(Operator):
-    """Receives the plan on port `plan` and writes into the output folder."""
+class _PlanWriter(FileWriterOperator):
+    """Receives the plan on port ``plan``."""
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs) -> None:
-        self.output_folder = Path(output_folder)
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input("plan")
-
-    def compute(self, op_input, op_output, context) -> None:
-        for path in self.write(op_input.receive("plan")):
-            log.info("wrote %s", path)
-
-    def write(self, plan: TacePlan) -> list[Path]:
-        raise NotImplementedError
+    port = "plan"
 
 
 class TacePlanSRWriterOperator(_PlanWriter):

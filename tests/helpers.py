@@ -82,3 +82,30 @@ def text_sr(ct: pydicom.Dataset, text: str) -> pydicom.Dataset:
         instance_number=1,
         manufacturer="test",
     )
+
+
+def tiny_tace_models(out: Path) -> Path:
+    """MODELS/<bundle>/configs (inference.json at the TINY_TACE sizes) and models/model.pt (random
+    weights): the shipped plumbing of the TACE app at test speed; the plan itself means nothing."""
+    import json
+    import shutil
+
+    import torch
+
+    from oncoplan.training.bundle_loading import bundle_parser
+
+    root = Path(__file__).resolve().parents[1]
+    for i, (name, tiny) in enumerate(TINY_TACE.items()):
+        bundle = out / name
+        shutil.copytree(root / "bundles" / name / "configs", bundle / "configs")
+        config = json.loads((bundle / "configs" / "inference.json").read_text())
+        (bundle / "configs" / "inference.json").write_text(json.dumps({**config, **tiny}, indent=1))
+        torch.manual_seed(i)
+        net = bundle_parser(bundle, overrides={"device": "$torch.device('cpu')"}).get_parsed_content("network")
+        if name == "tace_dynamics":  # MONAI zero-initialises the output conv: perturb so outputs vary
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.add_(torch.randn_like(p) * 0.05)
+        (bundle / "models").mkdir()
+        torch.save(net.state_dict(), bundle / "models" / "model.pt")
+    return out

@@ -350,3 +350,42 @@ def test_ctv_route_runs_the_contouring_app_and_orthanc_holds_rtstruct_and_seg(tm
 
         wait_for(lambda: {"RTSTRUCT", "SEG"} <= written(), 300, "RTSTRUCT and SEG in Orthanc", interval=1)
     assert job_states(tmp_path / "spool") == {"done": 1}
+
+
+def test_tace_route_delivers_sr_seg_and_encapsulated_pdf(tmp_path: Path, orthanc: Orthanc) -> None:
+    """A pre-treatment liver study (arterial and portal-venous series) arrives; the planning app
+    (tiny random-weight bundles: the plumbing, not the plan) answers with SR, SEG and PDF in Orthanc."""
+    from oncoplan.training.synth.cohort import generate_cohort
+
+    from .helpers import cohort_rows, tiny_tace_models
+
+    models = tiny_tace_models(tmp_path / "models")
+    cohort = generate_cohort("liver", tmp_path / "c", 1, seed=62, size="small", progress=False)
+    pre = sorted((cohort / cohort_rows(cohort)[0]["TCIA_ID"] / "dicom" / "pre").rglob("*.dcm"))
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc)
+    raw = yaml.safe_load(config.read_text())
+    settings = json.dumps({"beam": 1, "samples": 1, "steps": 2, "drug_horizon": 1, "embolic_horizon": 1})
+    raw["routes"] = [
+        {
+            "name": "tace",
+            "app": "tace",
+            "args": ["-m", str(models), "--settings", settings],
+            "match": {"Modality": "^CT$"},
+            "destination": "pacs",
+        }
+    ]
+    config.write_text(yaml.safe_dump(raw))
+    study_uid = str(pydicom.dcmread(pre[0]).StudyInstanceUID)
+    with running(config):
+        assert set(send(port, pre)) == {SUCCESS}
+
+        def written() -> set[str]:
+            return {
+                s["MainDicomTags"].get("Modality")
+                for s in orthanc.series()
+                if orthanc.get(f"/studies/{s['ParentStudy']}")["MainDicomTags"]["StudyInstanceUID"] == study_uid
+            }
+
+        wait_for(lambda: {"SR", "SEG", "DOC"} <= written(), 300, "SR, SEG and PDF in Orthanc", interval=1)
+    assert job_states(tmp_path / "spool") == {"done": 1}

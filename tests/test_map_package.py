@@ -69,3 +69,33 @@ def test_app_runs_from_the_context_on_cpu(context: Path, tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in (work / "output").iterdir()) == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
     assert str(context / "models" / "ctv_llmseg") in r.stderr + r.stdout  # the context's bundle ran
+
+
+def test_tace_context_holds_its_three_bundles_and_runs_on_cpu(tmp_path: Path) -> None:
+    """The TACE MAP: manifests name the three bundles; the app runs from the context the container's
+    way (HOLOSCAN_* variables, the context's shipped weights) with a small search."""
+    from oncoplan.operators.tace_planning import SETTINGS_ENV
+
+    context = write_context("tace", tmp_path / "ctx")
+    app = json.loads((context / "app.json").read_text())
+    pkg = json.loads((context / "pkg.json").read_text())
+    assert json.loads(app["command"])[-1] == "oncoplan.apps.tace_planner"
+    bundles = ("tace_assistant", "tace_dynamics", "tace_survival")
+    assert pkg["models"] == {b: f"/opt/holoscan/models/{b}" for b in bundles}
+    assert all((context / "models" / b / "models" / "model.pt").is_file() for b in bundles)
+    cohort = generate_cohort("liver", tmp_path / "c", 1, seed=6, size="small", progress=False)
+    study = cohort / cohort_rows(cohort)[0]["TCIA_ID"] / "dicom" / "pre"
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {
+        **os.environ,
+        "HOLOSCAN_INPUT_PATH": str(study),
+        "HOLOSCAN_OUTPUT_PATH": str(work / "output"),
+        "HOLOSCAN_MODEL_PATH": str(context / "models"),
+        SETTINGS_ENV: json.dumps({"beam": 1, "samples": 1, "steps": 2, "drug_horizon": 1, "embolic_horizon": 1}),
+    }
+    r = subprocess.run([sys.executable, "-u", "-m", "oncoplan.apps.tace_planner"], cwd=work, env=env,
+                       capture_output=True, text=True, check=False, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    written = sorted(p.name for p in (work / "output").iterdir())
+    assert {"plan.json", "tace_plan_sr.dcm", "tace_post_seg.dcm", "tace_report_pdf.dcm"} <= set(written), written

@@ -19,15 +19,13 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import torch
 
 from oncoplan.errors import InputError
-from oncoplan.training.bundle_loading import bundle_parser
 from oncoplan.training.planner.search import PAPER_SETTINGS
 from oncoplan.training.synth.cohort import generate_cohort
 
 from .dicom_validate import dciodvfy_available, problems
-from .helpers import TINY_TACE, cohort_rows
+from .helpers import TINY_TACE, cohort_rows, tiny_tace_models
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_TACE
@@ -43,22 +41,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MODELS/<bundle>/configs (inference.json at tiny sizes) and models/model.pt (random weights)."""
-    out = tmp_path_factory.mktemp("tace_models")
-    for i, (name, tiny) in enumerate(TINY.items()):
-        bundle = out / name
-        shutil.copytree(ROOT / "bundles" / name / "configs", bundle / "configs")
-        config = json.loads((bundle / "configs" / "inference.json").read_text())
-        (bundle / "configs" / "inference.json").write_text(json.dumps({**config, **tiny}, indent=1))
-        torch.manual_seed(i)
-        net = bundle_parser(bundle, overrides={"device": "$torch.device('cpu')"}).get_parsed_content("network")
-        if name == "tace_dynamics":  # MONAI zero-initialises the output conv: perturb so outputs vary
-            with torch.no_grad():
-                for p in net.parameters():
-                    p.add_(torch.randn_like(p) * 0.05)
-        (bundle / "models").mkdir()
-        torch.save(net.state_dict(), bundle / "models" / "model.pt")
-    return out
+    return tiny_tace_models(tmp_path_factory.mktemp("tace_models"))
 
 
 @pytest.fixture(scope="module")

@@ -59,15 +59,18 @@ class SearchSettings:
     chunk: int = 8  # protocols per world-model call in best_of_n
     seed: int = 0  # diffusion noise (shared by every protocol of a case)
     always_lipiodol: bool = False  # MeWM rule 3 (conventional TACE): Lipiodol in every starting plan
+    seg_overlap: float = 0.5  # assistant's sliding-window overlap on the study (B.3: 0.75, ~8x the windows)
 
     def __post_init__(self) -> None:
         for name in ("beam", "samples", "steps", "drug_horizon", "embolic_horizon", "chunk"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if not 0 <= float(self.seg_overlap) < 1:
+            raise ValueError(f"seg_overlap must be in [0, 1), got {self.seg_overlap!r}")
 
 
 CPU_SETTINGS = SearchSettings()
-PAPER_SETTINGS = SearchSettings(beam=5, samples=5, steps=25, drug_horizon=2, embolic_horizon=2)
+PAPER_SETTINGS = SearchSettings(beam=5, samples=5, steps=25, drug_horizon=2, embolic_horizon=2, seg_overlap=0.75)
 SETTINGS = {"cpu": CPU_SETTINGS, "paper": PAPER_SETTINGS}
 
 
