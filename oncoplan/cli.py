@@ -96,7 +96,11 @@ def _listen(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.out, size=args.size)
+    if args.settings:
+        from .operators.tace_planning import parse_settings
+
+        parse_settings(args.settings)  # a bad value is one line before anything is generated
+    return run_demo(args.out, size=args.size, settings=args.settings)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -216,10 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the main job on an embedded default (synthetic studies of both workflows)",
-        description="Generate one synthetic breast RT study and one liver TACE study and print where they are.",
+        description="Generate one synthetic breast RT study and one liver TACE study, run the CTV contouring app on "
+        "the first and the TACE planning app on the second, and list the DICOM written.",
     )
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     demo.add_argument("--size", default="full", help="full | small")
+    demo.add_argument("--settings", help="TACE search settings: cpu (default) | paper | JSON (see plan --help)")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -1,8 +1,9 @@
 """The main job on an embedded default: one synthetic study of each workflow.
 
 The demo generates a breast RT study and a liver TACE study (DICOM CT + ground truth), runs
-the CTV contouring app on the breast study (note from its clinical.json) and lists the DICOM
-written. The TACE planning app joins when it lands.
+the CTV contouring app on the breast study (note from its clinical.json) and the TACE planning
+app on the liver study's pre-treatment CT (search settings `cpu` unless told otherwise), and
+lists the files written.
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ def _contour(study: Path, out: Path) -> None:
         print(f"  wrote {path}")
 
 
-def run_demo(out: Path, size: str = "full") -> int:
+def _plan(study: Path, out: Path, settings: str | None) -> None:
+    from .apps.runner import run_app
+    from .apps.tace_planner.app import TacePlannerApp
+
+    print(f"planning TACE for {study} (world-model search, settings {settings or 'cpu'}) ...", flush=True)
+    for path in run_app(TacePlannerApp, study, out, None, settings=settings):
+        print(f"  wrote {path}")
+
+
+def run_demo(out: Path, size: str = "full", settings: str | None = None) -> int:
     from .training.synth.cohort import generate_cohort
 
     out = Path(out)
@@ -40,5 +50,7 @@ def run_demo(out: Path, size: str = "full") -> int:
         print(f"{kind}: synthetic study in {case} (DICOM CT under dicom/, ground truth under labels/)")
         if kind == "breast":
             _contour(case / "dicom", target / "ctv_output")
+        else:
+            _plan(case / "dicom" / "pre", target / "tace_output", settings)
     print("RESEARCH USE ONLY - synthetic data, not a medical device.")
     return 0

@@ -177,6 +177,12 @@ class TacePlanner:
         parser = bundle_parser(self.bundles["assistant"], overrides=overrides)
         self.preprocessing = parser.get_parsed_content("preprocessing").transforms[1:]  # no loader: in memory
         self.inferer = parser.get_parsed_content("inferer")
+        # The study segmentation is the most windows the planner runs: the fastest backend here.
+        from .inference_backend import cache_dir, select_backend
+
+        roi = tuple(int(v) for v in parser.get_parsed_content("roi_size"))
+        self.segmenter, backend = select_backend(self.world.assistant, roi, cache_dir())
+        log.info("assistant segmentation backend: %s", backend)
         from monai.transforms import Invertd
 
         # The label map without the inversion: planning stays in model space.
@@ -191,7 +197,7 @@ class TacePlanner:
         for t in self.preprocessing:
             data = t(data)
         image = data["image"]
-        pred = {"pred": self.inferer(image[None].float(), self.world.assistant)[0]}
+        pred = {"pred": self.inferer(image[None].float(), self.segmenter)[0]}
         for t in self.label_map:
             pred = t(pred)
         labels = np.asarray(pred["pred"][0].cpu()).astype(np.uint8)

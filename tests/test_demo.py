@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+# A small search keeps the test short; the plumbing is the demo's (`cpu` is its default).
+SETTINGS = '{"beam": 1, "samples": 1, "steps": 2, "drug_horizon": 1, "embolic_horizon": 1}'
+
 
 def _demo(out: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "oncoplan", "demo", "--size", "small", "--out", str(out)]
+    cmd = [sys.executable, "-m", "oncoplan", "demo", "--size", "small", "--out", str(out), "--settings", SETTINGS]
     return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 
@@ -23,6 +26,8 @@ def test_demo_writes_both_studies_and_reruns(tmp_path: Path) -> None:
     written = sorted(p.name for p in (out / "breast" / "ctv_output").iterdir())
     assert written == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
     assert "ctv_rtstruct.dcm" in first.stdout
+    planned = {p.name for p in (out / "liver" / "tace_output").iterdir()}
+    assert {"plan.json", "tace_plan_sr.dcm", "tace_post_seg.dcm", "tace_report_pdf.dcm", "report.pdf"} <= planned
     again = _demo(out)
     assert again.returncode == 0, again.stderr
 

@@ -1,0 +1,136 @@
+"""Planner: K candidate protocols simulated by the world model in one batch vs one at a time,
+same case, same models, same noise; optionally the whole plan of a generated study, by model.
+
+    python -m tests.bench.planner [--k 8] [--samples 2] [--steps 10] [--repeats 3] [--plan]
+
+The case is a generated small liver study, prepared as for training (3 mm); the models are the
+shipped bundles. `--plan` also runs `oncoplan plan` (cpu and paper settings) on a full-size
+generated study and reports plan.json's timing per stage and per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from oncoplan.training.actions import conflicts
+from oncoplan.training.planner.evaluate import BUNDLES, load_models
+from oncoplan.training.planner.search import SETTINGS
+from oncoplan.training.synth import liver as L
+from oncoplan.training.synth.cohort import generate_cohort
+from oncoplan.training.tace.data import load_prepared
+from oncoplan.training.tace.dynamics import multi_hot
+from oncoplan.training.tace.dynamics_eval import model_space_case
+from oncoplan.training.tace.prepare import prepare_cohort
+from oncoplan.training.tace.world_model import window_around
+
+from .report import machine, versions, write_section
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: first-call allocations and lazy initialisation
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _plan_rows(root: Path) -> list[str]:
+    cohort = generate_cohort("liver", root / "full", 1, seed=77, size="full", progress=False)
+    study = next((cohort).glob("*/dicom/pre"))
+    rows = [
+        "",
+        "Whole plan of a generated full-size pre-treatment study (`oncoplan plan`), seconds:",
+        "",
+        "| settings | wall | segmentation | search | outcomes | dynamics | assistant | heuristic |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("cpu", "paper"):
+        out = root / f"plan_{name}"
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "oncoplan", "plan", "-i", str(study), "-o", str(out), "--settings", name],
+            check=True,
+            capture_output=True,
+        )
+        wall = time.perf_counter() - t0
+        plan = json.loads((out / "plan.json").read_text())
+        st, mt = plan["stage_timing_s"], plan["timing_s"]
+        rows.append(
+            f"| {name} | {wall:.0f} | {st['segmentation']:.0f} | {st['search']:.0f} | {st['outcomes']:.0f} | "
+            f"{mt['dynamics']:.0f} | {mt['assistant']:.0f} | {mt['heuristic']:.1f} |"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=SETTINGS["cpu"].samples)
+    ap.add_argument("--steps", type=int, default=SETTINGS["cpu"].steps)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--plan", action="store_true", help="also time whole plans (minutes)")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    root = Path(tempfile.mkdtemp(prefix="oncoplan-bench-planner-"))
+    try:
+        cohort = generate_cohort("liver", root / "c", 1, seed=4242, size="small", progress=False)
+        prepared = root / "p"
+        prepare_cohort(cohort, prepared, spacing=(3.0, 3.0, 3.0), quiet=True)
+        settings = replace(SETTINGS["cpu"], samples=args.samples, steps=args.steps)
+        world, _, preprocessing = load_models(
+            BUNDLES / "tace_dynamics", BUNDLES / "tace_assistant", BUNDLES / "tace_survival", None, settings
+        )
+        pre, mask, _ = model_space_case(preprocessing, load_prepared(prepared)[0])
+        pre_w, mask_w, _ = window_around(pre, mask, world.window)
+        space = [p for p in L.protocol_space(max_drugs=2, max_embolics=2) if not conflicts(p.items)]
+        picks = np.random.default_rng(0).choice(len(space), args.k, replace=False)
+        protocols = np.array([multi_hot(space[i]) for i in picks], dtype=np.float32)
+
+        batched = _median_time(lambda: world.simulate(pre_w, mask_w, protocols), args.repeats)
+        single = _median_time(
+            lambda: [world.simulate(pre_w, mask_w, protocols[i : i + 1]) for i in range(args.k)], args.repeats
+        )
+        plan_rows = _plan_rows(root) if args.plan else []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    speedup = single / batched
+    lines = [
+        f"Command: `python -m tests.bench.planner --k {args.k} --samples {args.samples} --steps {args.steps} "
+        f"--repeats {args.repeats}{' --plan' if args.plan else ''}`  ",
+        f"Case: one generated small liver study (seed 4242), prepared at 3 mm; shipped bundles; dynamics patch "
+        f"{world.patch}, assistant window {world.window}; {args.samples} samples x {args.steps} DDIM steps per "
+        f"protocol; median of {args.repeats} after a warm-up.  ",
+        f"Machine: {machine()}; torch threads {torch.get_num_threads()}.  ",
+        f"Versions: {versions('torch', 'monai')}.",
+        "",
+        "| K | one at a time | batched | speed-up | target (0.6 K) |",
+        "|---|---|---|---|---|",
+        f"| {args.k} | {single:.2f} s | {batched:.2f} s | {speedup:.2f}x | {0.6 * args.k:.1f}x |",
+        *plan_rows,
+    ]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        print(f"wrote {write_section('Planner batching', body)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
