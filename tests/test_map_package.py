@@ -94,8 +94,15 @@ def test_tace_context_holds_its_three_bundles_and_runs_on_cpu(tmp_path: Path) ->
         "HOLOSCAN_MODEL_PATH": str(context / "models"),
         SETTINGS_ENV: json.dumps({"beam": 1, "samples": 1, "steps": 2, "drug_horizon": 1, "embolic_horizon": 1}),
     }
-    r = subprocess.run([sys.executable, "-u", "-m", "oncoplan.apps.tace_planner"], cwd=work, env=env,
-                       capture_output=True, text=True, check=False, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-u", "-m", "oncoplan.apps.tace_planner"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     written = sorted(p.name for p in (work / "output").iterdir())
     assert {"plan.json", "tace_plan_sr.dcm", "tace_post_seg.dcm", "tace_report_pdf.dcm"} <= set(written), written
