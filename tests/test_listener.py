@@ -389,3 +389,20 @@ def test_tace_route_delivers_sr_seg_and_encapsulated_pdf(tmp_path: Path, orthanc
 
         wait_for(lambda: {"SR", "SEG", "DOC"} <= written(), 300, "SR, SEG and PDF in Orthanc", interval=1)
     assert job_states(tmp_path / "spool") == {"done": 1}
+
+
+def test_retention_removes_finished_studies_and_a_resend_is_not_run_again(tmp_path: Path, orthanc: Orthanc) -> None:
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc, retention_days=0)
+    spool = tmp_path / "spool"
+    study = make_study(tmp_path / "s", seed=900)
+    before = len(orthanc.results())
+    with running(config) as listener:
+        assert send(port, study) == [SUCCESS] * 3
+        wait_for(lambda: len(orthanc.results()) == before + 1, 60, "the result")
+        wait_for(lambda: db_rows(spool, "SELECT state FROM deliveries") == [("sent",)], 30, "the delivery recorded")
+        assert listener.purge_finished() == 1
+        assert not any((spool / "incoming").iterdir()) and not any((spool / "jobs").iterdir())
+        assert send(port, study) == [SUCCESS] * 3  # the same study again: stored, recognised, not re-run
+        assert db_rows(spool, "SELECT state, late_instances FROM studies") == [("purged", 3)]
+    assert job_states(spool) == {"done": 1}

@@ -75,6 +75,7 @@ class ListenerConfig:
     health_port: int | None = None
     tls: TLS | None = None
     poll_s: float = 0.5
+    retention_days: float = 7.0  # a finished, delivered study's files are deleted after this
 
     @property
     def database(self) -> Path:
@@ -165,7 +166,7 @@ def _parse(raw: dict[str, Any], base: Path) -> ListenerConfig:
     health = raw.get("health") or {}
     numbers = {
         k: float(raw[k])
-        for k in ("quiet_period_s", "min_free_mb", "retry_backoff_s", "max_backoff_s", "poll_s")
+        for k in ("quiet_period_s", "min_free_mb", "retry_backoff_s", "max_backoff_s", "poll_s", "retention_days")
         if k in raw
     }
     if any(v < 0 for v in numbers.values()):

@@ -119,14 +119,17 @@ class JobQueue:
             rows = self._db.execute("SELECT path FROM instances WHERE series_uid = ?", (series,)).fetchall()
         return [Path(r[0]) for r in rows]
 
-    def route_study(self, study: str, routes: list[str]) -> list[int]:
-        """Close the study and queue one job per matching route (never a second one)."""
+    def route_study(self, study: str, routes: list[str], quiet_s: float) -> list[int] | None:
+        """Close the study and queue one job per matching route (never a second one); None when an
+        instance arrived since the study was found quiet (it stays open)."""
         now = time.time()
         with self._tx() as db:
-            db.execute(
-                "UPDATE studies SET state = ? WHERE study_uid = ? AND state = 'receiving'",
-                ("routed" if routes else "unrouted", study),
-            )
+            closed = db.execute(
+                "UPDATE studies SET state = ? WHERE study_uid = ? AND state = 'receiving' AND last_received <= ?",
+                ("routed" if routes else "unrouted", study, now - quiet_s),
+            ).rowcount
+            if not closed:
+                return None
             for route in routes:
                 db.execute(
                     "INSERT OR IGNORE INTO jobs (study_uid, route, state, not_before, created) "
@@ -135,6 +138,27 @@ class JobQueue:
                 )
             rows = db.execute("SELECT id FROM jobs WHERE study_uid = ?", (study,)).fetchall()
         return [r[0] for r in rows]
+
+    def finished_studies(self, older_than_s: float) -> list[tuple[str, list[int]]]:
+        """Studies whose every job ended (done or failed) and every result was sent, longer ago than
+        `older_than_s`: (study, job ids), for the retention clean-up."""
+        cutoff = time.time() - older_than_s
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.study_uid, GROUP_CONCAT(j.id) FROM studies s LEFT JOIN jobs j ON j.study_uid = s.study_uid "
+                "WHERE s.state IN ('routed', 'unrouted') AND s.last_received <= ? GROUP BY s.study_uid "
+                "HAVING COALESCE(SUM(j.state NOT IN ('done', 'failed')), 0) = 0 AND COALESCE(MAX(j.finished), 0) <= ? "
+                "AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN jobs k ON d.job_id = k.id "
+                "WHERE k.study_uid = s.study_uid AND d.state != 'sent')",
+                (cutoff, cutoff),
+            ).fetchall()
+        return [(study, [int(i) for i in ids.split(",")] if ids else []) for study, ids in rows]
+
+    def purged(self, study: str) -> None:
+        """The study's files are gone; its rows stay, so a resend is recognised and not run again."""
+        with self._tx() as db:
+            db.execute("UPDATE studies SET state = 'purged' WHERE study_uid = ?", (study,))
+            db.execute("UPDATE instances SET path = '' WHERE study_uid = ?", (study,))
 
     # --- jobs ------------------------------------------------------------------------------
     def recover(self) -> int:

@@ -4,6 +4,7 @@ each a thread around the persistent queue. `Listener(config).serve()` is `oncopl
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 from collections import defaultdict
@@ -33,8 +34,9 @@ class Listener:
             for study in self.queue.quiet_studies(self.config.quiet_period_s):
                 series = self.queue.study_series(study).values()
                 names = [r.name for r in self.config.routes if any(r.matches(s) for s in series)]
-                jobs = self.queue.route_study(study, names)
-                logs.event("study_complete", study=key(study), routes=names, jobs=jobs)
+                jobs = self.queue.route_study(study, names, self.config.quiet_period_s)
+                if jobs is not None:
+                    logs.event("study_complete", study=key(study), routes=names, jobs=jobs)
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -81,6 +83,21 @@ class Listener:
                         self.queue.delivery_failed(d, error, self.config.retry_backoff_s, self.config.max_backoff_s)
                         logs.event("result_not_sent", logging.WARNING, job=d.job_id, destination=name, error=error)
 
+    def _clean_up(self) -> None:
+        """Retention: a finished study's instances and job folders go after `retention_days`."""
+        while not self._stop.wait(max(self.config.poll_s, 60.0)):
+            self.purge_finished()
+
+    def purge_finished(self) -> int:
+        studies = self.queue.finished_studies(self.config.retention_days * 86400)
+        for study, jobs in studies:
+            shutil.rmtree(self.spool.study_dir(study), ignore_errors=True)
+            for job in jobs:
+                shutil.rmtree(self.spool.job_dir(job), ignore_errors=True)
+            self.queue.purged(study)
+            logs.event("study_purged", study=key(study), jobs=jobs)
+        return len(studies)
+
     # --- life cycle ------------------------------------------------------------------------
     def status(self) -> dict:
         return {
@@ -91,7 +108,7 @@ class Listener:
 
     def start(self) -> None:
         resumed = self.queue.recover()
-        loops = [("complete", self._complete_studies), ("deliver", self._deliver)]
+        loops = [("complete", self._complete_studies), ("deliver", self._deliver), ("clean-up", self._clean_up)]
         loops += [(f"worker-{i}", self._work) for i in range(self.config.workers)]
         for name, target in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
