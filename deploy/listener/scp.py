@@ -10,6 +10,7 @@ from functools import partial
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.acse import ACSE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -30,6 +31,26 @@ class NoDelayServer(ThreadedAssociationServer):
         sock, address = super().get_request()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, address
+
+
+class ReserveACSE(ACSE):
+    """pynetdicom's ACSE that refuses the association itself (A-ASSOCIATE-RJ: rejected-transient,
+    local limit exceeded) while the spool has no room for another instance. It overrides
+    pynetdicom's private `_negotiate_as_acceptor` (pinned in constraints.txt; tested)."""
+
+    def __init__(self, assoc, spool: Spool) -> None:
+        super().__init__(assoc)
+        self.spool = spool
+
+    def _negotiate_as_acceptor(self) -> None:
+        if self.spool.has_room(self.spool.largest):
+            return super()._negotiate_as_acceptor()
+        self.requestor.ae_title = self.requestor.primitive.calling_ae_title
+        logs.event("association_refused", logging.ERROR, caller=self.requestor.ae_title, reason="spool full")
+        self.send_reject(0x02, 0x03, 0x02)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
+        return None
 
 
 def problem(ds: Dataset) -> str | None:
@@ -75,6 +96,11 @@ def handle_store(event: evt.Event, spool: Spool, queue: JobQueue) -> int:
     return SUCCESS
 
 
+def handle_open(event: evt.Event, spool: Spool) -> None:
+    """Before negotiation: the association's ACSE checks the spool's room first."""
+    event.assoc.acse = ReserveACSE(event.assoc, spool)
+
+
 def handle_rejected(event: evt.Event) -> None:
     logs.event(
         "association_rejected",
@@ -108,6 +134,7 @@ def start_scp(config: ListenerConfig, spool: Spool, queue: JobQueue) -> Threaded
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, partial(handle_store, spool=spool, queue=queue)),
         (evt.EVT_REJECTED, handle_rejected),
+        (evt.EVT_CONN_OPEN, partial(handle_open, spool=spool)),
     ]
     server = ae.make_server(
         (config.host, config.port), evt_handlers=handlers, ssl_context=_tls_context(config), server_class=NoDelayServer

@@ -57,6 +57,7 @@ class Spool:
         self.root = Path(root)
         self.min_free = int(min_free_mb * 1024 * 1024)
         self._free, self._free_at = 0, -1.0  # statvfs once per interval, not per instance
+        self.largest = 0  # the largest instance stored so far: the room a new association needs
         self._counter = itertools.count()
         for sub in ("incoming", "quarantine", "jobs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,12 @@ class Spool:
         if not self.has_room(len(data)):
             raise SpoolFull(errno.ENOSPC, f"spool below its {self.min_free // 2**20} MB reserve")
         path = self.instance_path(study_uid, series_uid, sop_uid)
-        write_durably(path, data)
+        try:
+            write_durably(path, data)
+        except OSError:
+            self._free_at = -1.0  # re-read the free space next time
+            raise
+        self.largest = max(self.largest, len(data))
         return path
 
     def quarantine(self, data: bytes, reason: str) -> Path:
