@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,20 +20,9 @@ import torch
 from oncoplan.operators.inference_backend import select_backend
 from oncoplan.training.bundle_loading import bundle_parser, load_network
 
-from .report import machine, versions, write_section
+from .report import machine, median_seconds, publish, versions
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
-
-
-def _time(fn, repeats: int) -> float:
-    fn()
-    fn()  # warm-up: allocator, ORT arena, oneDNN primitive cache
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def _caller(forward, image: torch.Tensor, context: torch.Tensor | None):
@@ -68,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             call_eager, call_ort = _caller(net, image, context), _caller(fast, image, context)
             with torch.no_grad():
                 eager, ort = torch.softmax(call_eager(), 1), torch.softmax(call_ort(), 1)
-                t_eager, t_ort = _time(call_eager, args.repeats), _time(call_ort, args.repeats)
+                t_eager, t_ort = median_seconds(call_eager, args.repeats, 2), median_seconds(call_ort, args.repeats, 2)
             diff = float((eager - ort).abs().max())
             agree = float((eager.argmax(1) == ort.argmax(1)).float().mean())
             rows.append(
@@ -87,11 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "TensorRT fp16: not measured (no GPU on this machine).",
     ]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        print(f"wrote {write_section('Inference backends', body)}")
-    return 0
+    return publish("Inference backends", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -18,26 +16,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from oncoplan.training.bundle_loading import bundle_parser, load_network
 
-from .report import machine, versions, write_section
+from .report import machine, median_seconds, publish, versions
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 CPU = {"device": "$torch.device('cpu')"}
 
 
-def _median(fn, repeats: int) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
-
-
 def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
     """Measured float32 GEMM rate (FLOP/s) with every core: the practical peak for dense math here."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / _median(lambda: a @ b, repeats)
+    return 2 * n**3 / median_seconds(lambda: a @ b, repeats)
 
 
 def _calls():
@@ -81,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             with counter:
                 call()
             flops = counter.get_total_flops()
-            seconds = _median(call, args.repeats)
+            seconds = median_seconds(call, args.repeats)
             rate = flops / seconds
             rows.append(
                 f"| {name} | {flops / 1e9:.1f} | {seconds * 1e3:.0f} ms | {rate / 1e9:.1f} | {rate / peak:.1%} |"
@@ -98,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|",
         *rows,
     ]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        print(f"wrote {write_section('Efficiency (FLOPs)', body)}")
-    return 0
+    return publish("Efficiency (FLOPs)", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

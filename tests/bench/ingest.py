@@ -25,7 +25,7 @@ import yaml
 from tqdm import tqdm
 
 from ..pacs import free_port, make_study, wait_for
-from .report import machine, tool_version, versions, write_section
+from .report import machine, publish, tool_version, versions
 
 WHY = (
     "**Why one association is latency-bound (~45 ms per instance):** Nagle's algorithm holds a small "
@@ -167,11 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         WHY.format(slow=rates[("storescp", one, False)], fast=rates[("storescp-nodelay", one, True)]),
     ]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        print(f"wrote {write_section('Listener ingest', body)}")
-    return 0
+    return publish("Listener ingest", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

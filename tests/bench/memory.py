@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 
 from oncoplan.training.synth.cohort import generate_cohort
 
-from .report import machine, versions, write_section
+from .report import machine, publish, versions
 
 
 def reslice(series: Path, out: Path, slices: int) -> Path:
@@ -131,11 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|",
         *rows,
     ]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        print(f"wrote {write_section('Memory', body)}")
-    return 0
+    return publish("Memory", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

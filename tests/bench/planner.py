@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,17 +35,7 @@ from oncoplan.training.tace.dynamics_eval import model_space_case
 from oncoplan.training.tace.prepare import prepare_cohort
 from oncoplan.training.tace.world_model import window_around
 
-from .report import machine, versions, write_section
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations and lazy initialisation
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from .report import machine, median_seconds, publish, versions
 
 
 def _plan_rows(root: Path) -> list[str]:
@@ -102,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         picks = np.random.default_rng(0).choice(len(space), args.k, replace=False)
         protocols = np.array([multi_hot(space[i]) for i in picks], dtype=np.float32)
 
-        batched = _median_time(lambda: world.simulate(pre_w, mask_w, protocols), args.repeats)
-        single = _median_time(
+        batched = median_seconds(lambda: world.simulate(pre_w, mask_w, protocols), args.repeats)
+        single = median_seconds(
             lambda: [world.simulate(pre_w, mask_w, protocols[i : i + 1]) for i in range(args.k)], args.repeats
         )
         plan_rows = _plan_rows(root) if args.plan else []
@@ -125,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| {args.k} | {single:.2f} s | {batched:.2f} s | {speedup:.2f}x | {0.6 * args.k:.1f}x |",
         *plan_rows,
     ]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        print(f"wrote {write_section('Planner batching', body)}")
-    return 0
+    return publish("Planner batching", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

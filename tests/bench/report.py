@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import statistics
 import subprocess
 import time
 from importlib.metadata import version
@@ -34,6 +35,27 @@ def versions(*packages: str) -> str:
 def tool_version(command: list[str]) -> str:
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+
+
+def median_seconds(fn, repeats: int, warmups: int = 1) -> float:
+    """Median wall time of `fn()` over `repeats` calls after `warmups` untimed ones."""
+    for _ in range(warmups):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def publish(name: str, lines: list[str], write: bool) -> int:
+    """Print a benchmark's section and, if `write`, put it into BENCHMARKS.md."""
+    body = "\n".join(lines)
+    print(body)
+    if write:
+        print(f"wrote {write_section(name, body)}")
+    return 0
 
 
 def write_section(name: str, body: str) -> Path:
