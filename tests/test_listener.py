@@ -274,7 +274,7 @@ def test_a_full_spool_refuses_with_out_of_resources_and_keeps_no_torn_file(tmp_p
             assert not list(spool.rglob("*.partial"))
             assert send(port, study[:1]) == [None]  # a new association is refused while the spool is full
     finally:
-        subprocess.run(["umount", str(spool)], check=False)
+        subprocess.run(["umount", "--lazy", str(spool)], check=False)  # busy until the last handle closes
 
 
 def test_reserve_of_free_space_refuses_before_the_disk_is_full(tmp_path: Path, orthanc: Orthanc) -> None:
