@@ -46,10 +46,10 @@ def test_refuses_unknown_app_and_non_empty_folder(tmp_path: Path, context: Path)
         write_context("ctv", context)
 
 
-def test_app_runs_from_the_context_on_cpu(context: Path, tmp_path: Path) -> None:
-    """As the container would: HOLOSCAN_* variables, models from the context, cwd the workdir."""
-    cohort = generate_cohort("breast", tmp_path / "c", 1, seed=5, size="small", progress=False)
-    study = cohort / cohort_rows(cohort)[0]["image_dir"]
+def _run_from_context(
+    module: str, study: Path, context: Path, tmp_path: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run an app as its container would: HOLOSCAN_* variables, models from the context, cwd the workdir."""
     work = tmp_path / "work"
     work.mkdir()
     env = {
@@ -57,15 +57,18 @@ def test_app_runs_from_the_context_on_cpu(context: Path, tmp_path: Path) -> None
         "HOLOSCAN_INPUT_PATH": str(study),
         "HOLOSCAN_OUTPUT_PATH": str(work / "output"),
         "HOLOSCAN_MODEL_PATH": str(context / "models"),
+        **(extra_env or {}),
     }
-    r = subprocess.run(
-        [sys.executable, "-u", "-m", "oncoplan.apps.ctv_contouring"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    cmd = [sys.executable, "-u", "-m", module]
+    r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, check=False, timeout=600)
+    return r, work
+
+
+def test_app_runs_from_the_context_on_cpu(context: Path, tmp_path: Path) -> None:
+    """As the container would: HOLOSCAN_* variables, models from the context, cwd the workdir."""
+    cohort = generate_cohort("breast", tmp_path / "c", 1, seed=5, size="small", progress=False)
+    study = cohort / cohort_rows(cohort)[0]["image_dir"]
+    r, work = _run_from_context("oncoplan.apps.ctv_contouring", study, context, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in (work / "output").iterdir()) == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
     assert str(context / "models" / "ctv_llmseg") in r.stderr + r.stdout  # the context's bundle ran
@@ -85,23 +88,9 @@ def test_tace_context_holds_its_three_bundles_and_runs_on_cpu(tmp_path: Path) ->
     assert all((context / "models" / b / "models" / "model.pt").is_file() for b in bundles)
     cohort = generate_cohort("liver", tmp_path / "c", 1, seed=6, size="small", progress=False)
     study = cohort / cohort_rows(cohort)[0]["TCIA_ID"] / "dicom" / "pre"
-    work = tmp_path / "work"
-    work.mkdir()
-    env = {
-        **os.environ,
-        "HOLOSCAN_INPUT_PATH": str(study),
-        "HOLOSCAN_OUTPUT_PATH": str(work / "output"),
-        "HOLOSCAN_MODEL_PATH": str(context / "models"),
-        SETTINGS_ENV: json.dumps({"beam": 1, "samples": 1, "steps": 2, "drug_horizon": 1, "embolic_horizon": 1}),
-    }
-    r = subprocess.run(
-        [sys.executable, "-u", "-m", "oncoplan.apps.tace_planner"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
+    settings = {"beam": 1, "samples": 1, "steps": 2, "drug_horizon": 1, "embolic_horizon": 1}
+    r, work = _run_from_context(
+        "oncoplan.apps.tace_planner", study, context, tmp_path, {SETTINGS_ENV: json.dumps(settings)}
     )
     assert r.returncode == 0, r.stderr[-3000:]
     written = sorted(p.name for p in (work / "output").iterdir())

@@ -94,7 +94,7 @@ def _port(value: Any, where: str) -> int:
     return value
 
 
-def _route(raw: dict[str, Any], i: int, destinations: dict[str, Peer], base: Path) -> Route:
+def _route(raw: dict[str, Any], i: int, destinations: dict[str, Peer]) -> Route:
     where = f"routes[{i}]"
     if not isinstance(raw, dict) or "name" not in raw:
         raise InputError(f"{where}: needs a name")
@@ -153,7 +153,7 @@ def _parse(raw: dict[str, Any], base: Path) -> ListenerConfig:
         )
         for name, d in (raw.get("destinations") or {}).items()
     }
-    routes = tuple(_route(r, i, destinations, base) for i, r in enumerate(raw.get("routes") or []))
+    routes = tuple(_route(r, i, destinations) for i, r in enumerate(raw.get("routes") or []))
     if not routes:
         raise InputError("routes: at least one route is needed")
     callers = raw.get("allowed_callers")
