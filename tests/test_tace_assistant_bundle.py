@@ -142,3 +142,13 @@ def test_tumor_outside_the_liver_is_removed() -> None:
     pred[0, 15:18, 15:18, 15:18] = 2  # a detached blob: removed
     out = KeepTumorInLiverd("pred")({"pred": pred})["pred"]
     assert int((out == 2).sum()) == 8 and int((out[0, 15:18, 15:18, 15:18] > 0).sum()) == 0
+
+
+def test_train_config_can_start_from_earlier_weights(tmp_path: Path) -> None:
+    """`init_ckpt` loads a CheckpointSaver file into the network before training; null starts fresh."""
+    from oncoplan.training.bundle_loading import initial_weights
+
+    first, second = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    torch.save({"model": first.state_dict()}, tmp_path / "model.pt")
+    assert initial_weights(second, None) is second and not torch.equal(second.weight, first.weight)
+    assert torch.equal(initial_weights(second, tmp_path / "model.pt").weight, first.weight)

@@ -106,6 +106,20 @@ def test_evaluate_reports_protocol_sensitivity(trained: dict[str, Path], tmp_pat
     assert report["summary"]["n_cases"] == 2
     case = report["cases"][0]
     assert len(case["protocols"]) == 4 and case["true_viable_fraction"] == sorted(case["true_viable_fraction"])
+    assert len(case["intensity_viable_fraction"]) == 4
+    assert all(0.0 <= f <= 1.0 for f in case["intensity_viable_fraction"])
+    assert {"spearman_mean", "spearman_intensity_mean"} <= set(report["summary"])
+
+
+def test_intensity_read_out_classifies_voxels_by_the_cohort_hu_table() -> None:
+    """PVP: viable 80, necrosis 24, liver 115, Lipiodol 450 HU; voxels outside the lesion do not count."""
+    from oncoplan.training.tace.dynamics_eval import intensity_viable_fraction
+
+    hu = np.array([80.0, 85.0, 20.0, 450.0, 118.0, 80.0])  # viable x2, necrosis, Lipiodol, liver, outside
+    lesion = np.array([True, True, True, True, True, False])
+    window = (hu + 175.0) / 775.0 * 2.0 - 1.0
+    assert intensity_viable_fraction(window, lesion, "PVP") == 0.5  # 2 viable of 4 tumor voxels
+    assert intensity_viable_fraction(window, np.zeros(6, bool), "PVP") == 0.0
 
 
 def test_tensorrt_config_falls_back_cleanly_without_a_gpu(trained: dict[str, Path]) -> None:

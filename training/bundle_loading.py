@@ -25,3 +25,12 @@ def load_network(parser, key: str = "network") -> torch.nn.Module:
     state = torch.load(parser.get_parsed_content("ckpt_path"), map_location=device, weights_only=True)
     network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
     return network.eval()
+
+
+def initial_weights(network: torch.nn.Module, ckpt: str | Path | None) -> torch.nn.Module:
+    """`network` with the weights of `ckpt` (a CheckpointSaver file or a state dict) when one is given:
+    a train config's `init_ckpt` continues or fine-tunes from earlier weights instead of from scratch."""
+    if ckpt:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    return network

@@ -50,6 +50,7 @@ TISSUE_HU = {
     "viable": (42, 125, 80),
     "necrosis": (20, 22, 24),
 }
+LIPIODOL_HU = 450.0  # dense deposits, +-150 HU of texture: 300-600 HU in every phase
 PHASES = ("NC", "AP", "PVP")
 BOLUS_DELAY_S = {"NC": None, "AP": 35, "PVP": 70}
 SEG_ORDER = ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "spine", "viable", "necrosis", "lipiodol")
@@ -139,7 +140,7 @@ def _render_phase(masks, grid, phase_idx, tex, rng, noise_hu) -> np.ndarray:
         m = masks[name]
         hu[m] = TISSUE_HU[tissue][phase_idx] + 8 * tex[m]
     lip = masks["lipiodol"]
-    hu[lip] = 450.0 + 150.0 * np.clip(tex[lip], -1, 1)  # dense deposits 300-600 HU
+    hu[lip] = LIPIODOL_HU + 150.0 * np.clip(tex[lip], -1, 1)
     return finish_ct(hu, grid, rng, noise_hu)
 
 
