@@ -18,19 +18,20 @@ def bundle_parser(bundle_dir: str | Path, config: str = "inference.json", overri
     return parser
 
 
+def with_weights(network: torch.nn.Module, ckpt: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """`network` with the weights of `ckpt`: a CheckpointSaver file ({"model": state}) or a bare state dict."""
+    state = torch.load(ckpt, map_location=device, weights_only=True)
+    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    return network
+
+
 def load_network(parser, key: str = "network") -> torch.nn.Module:
     """`key` from the parsed config with the checkpoint at `ckpt_path` loaded, in eval mode."""
-    device = parser.get_parsed_content("device")
     network = parser.get_parsed_content(key)
-    state = torch.load(parser.get_parsed_content("ckpt_path"), map_location=device, weights_only=True)
-    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-    return network.eval()
+    return with_weights(network, parser.get_parsed_content("ckpt_path"), parser.get_parsed_content("device")).eval()
 
 
 def initial_weights(network: torch.nn.Module, ckpt: str | Path | None) -> torch.nn.Module:
-    """`network` with the weights of `ckpt` (a CheckpointSaver file or a state dict) when one is given:
-    a train config's `init_ckpt` continues or fine-tunes from earlier weights instead of from scratch."""
-    if ckpt:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-    return network
+    """`network` with the weights of `ckpt` when one is given: a train config's `init_ckpt` continues or
+    fine-tunes from earlier weights instead of from scratch."""
+    return with_weights(network, ckpt) if ckpt else network

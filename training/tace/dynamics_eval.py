@@ -34,15 +34,6 @@ from .dynamics import multi_hot
 from .world_model import WorldModel, window_around
 
 
-def with_weights(
-    network: torch.nn.Module, ckpt_path: str | Path, device: torch.device | str = "cpu"
-) -> torch.nn.Module:
-    """`network` with the checkpoint loaded, in eval mode (for configs that build the network themselves)."""
-    state = torch.load(ckpt_path, map_location=device, weights_only=True)
-    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-    return network.eval()
-
-
 def intensity_viable_fraction(window: np.ndarray, lesion: np.ndarray, phase: str) -> float:
     """Viable share of the lesion read from intensities alone (see module doc); `window` scaled to [-1, 1]."""
     hu = (window[lesion] + 1.0) / 2.0 * 775.0 - 175.0  # inverse of the [-175, 600] -> [-1, 1] scaling
