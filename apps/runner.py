@@ -8,12 +8,14 @@ moved into OUT only when the whole graph succeeded, so a failed run leaves nothi
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from oncoplan.errors import InputError
 from oncoplan.operators.input_check import check_input_folder
@@ -90,3 +92,13 @@ def main(app_cls, argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def exit_now(code: int) -> NoReturn:
+    """Leave without the interpreter's teardown of MONAI's and Holoscan's modules (about 3 s a run,
+    tests/bench/contour.py): by now every result is closed and moved into place; only stdio and the
+    log handlers hold anything, and they are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,5 +1,5 @@
-from oncoplan.apps.runner import main
+from oncoplan.apps.runner import exit_now, main
 
 from .app import TacePlannerApp
 
-raise SystemExit(main(TacePlannerApp))
+exit_now(main(TacePlannerApp))
