@@ -1,11 +1,11 @@
 """Planner: K candidate protocols simulated by the world model in one batch vs one at a time,
 same case, same models, same noise; optionally the whole plan of a generated study, by model.
 
-    python -m tests.bench.planner [--k 8] [--samples 2] [--steps 10] [--repeats 3] [--plan]
+    python -m tests.bench.planner [--k 8] [--samples 2] [--steps 10] [--repeats 3] [--plan [cpu,paper]]
 
 The case is a generated small liver study, prepared as for training (3 mm); the models are the
-shipped bundles. `--plan` also runs `oncoplan plan` (cpu and paper settings) on a full-size
-generated study and reports plan.json's timing per stage and per model.
+shipped bundles. `--plan` also runs `oncoplan plan` (the settings named, cpu and paper by default) on a
+full-size generated study and reports plan.json's timing per stage and per model.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from oncoplan.training.tace.world_model import window_around
 from .report import machine, median_seconds, publish, versions
 
 
-def _plan_rows(root: Path) -> list[str]:
+def _plan_rows(root: Path, settings: list[str]) -> list[str]:
     cohort = generate_cohort("liver", root / "full", 1, seed=77, size="full", progress=False)
     study = next((cohort).glob("*/dicom/pre"))
     rows = [
@@ -48,7 +48,7 @@ def _plan_rows(root: Path) -> list[str]:
         "| settings | wall | segmentation | search | outcomes | dynamics | assistant | heuristic |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("cpu", "paper"):
+    for name in settings:
         out = root / f"plan_{name}"
         t0 = time.perf_counter()
         subprocess.run(
@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=SETTINGS["cpu"].samples)
     ap.add_argument("--steps", type=int, default=SETTINGS["cpu"].steps)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--plan", action="store_true", help="also time whole plans (minutes)")
+    ap.add_argument(
+        "--plan", nargs="?", const="cpu,paper", default="", help="also time whole plans with these settings (minutes)"
+    )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -95,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         single = median_seconds(
             lambda: [world.simulate(pre_w, mask_w, protocols[i : i + 1]) for i in range(args.k)], args.repeats
         )
-        plan_rows = _plan_rows(root) if args.plan else []
+        plan_rows = _plan_rows(root, args.plan.split(",")) if args.plan else []
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
     speedup = single / batched
     lines = [
         f"Command: `python -m tests.bench.planner --k {args.k} --samples {args.samples} --steps {args.steps} "
-        f"--repeats {args.repeats}{' --plan' if args.plan else ''}`  ",
+        f"--repeats {args.repeats}{' --plan ' + args.plan if args.plan else ''}`  ",
         f"Case: one generated small liver study (seed 4242), prepared at 3 mm; shipped bundles; dynamics patch "
         f"{world.patch}, assistant window {world.window}; {args.samples} samples x {args.steps} DDIM steps per "
         f"protocol; median of {args.repeats} after a warm-up.  ",
