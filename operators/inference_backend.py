@@ -1,10 +1,11 @@
-"""Runs a bundle's U-Net on the fastest backend this machine has, and says which.
+"""Runs a bundle's network on the fastest backend this machine has, and says which.
 
 Order: TensorRT (MONAI `trt_compile`, when CUDA and TensorRT are present), ONNX Runtime
-(CPU, or CUDA if its provider is installed), eager PyTorch. The ONNX file is exported once
-per network and input shape and cached beside the bundle's weights under a name that hashes
-both, so a changed checkpoint never reuses a stale export. The text encoder stays in PyTorch:
-it runs once per note, the U-Net once per sliding window.
+(CPU, or CUDA if its provider is installed), eager PyTorch. What an export needs to know of a
+network's forward (its tensor inputs by name, which axes vary) is a :class:`Signature`; one
+exists per network family here (segmentation U-Nets, the TACE dynamics UNet). Exports and
+engines are cached under a name that hashes the weights and the input shapes, so a changed
+checkpoint never reuses a stale file and two networks never share one.
 """
 
 from __future__ import annotations
@@ -12,15 +13,53 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
-Forward = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+Forward = Callable[..., torch.Tensor]
 BACKENDS = ("tensorrt", "onnxruntime", "torch")
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A network's tensor inputs in call order, with one example each (batch first).
+
+    `dynamic`: ONNX dynamic axes per input (every input's axis 0 is the batch). `broadcast`: inputs
+    a caller gives once for the whole batch (batch 1: a note's context, a diffusion timestep);
+    exported runtimes get them repeated to the batch of the first input. `max_batch`: the largest
+    batch a TensorRT profile must accept.
+    """
+
+    names: tuple[str, ...]
+    examples: tuple[torch.Tensor, ...]
+    dynamic: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+    broadcast: tuple[str, ...] = ()
+    max_batch: int = 64
+
+    def axes(self) -> dict[str, dict[int, str]]:
+        axes = {n: {0: "batch", **dict(self.dynamic.get(n, {}))} for n in self.names}
+        return {**axes, "out": {0: "batch"}}
+
+
+def unet_signature(roi_size: Sequence[int], text_dim: int | None = None) -> Signature:
+    """A segmentation U-Net `forward(image[, context])` on sliding windows of `roi_size`."""
+    image = torch.zeros(2, 1, *roi_size)
+    if text_dim is None:
+        return Signature(("image",), (image,))
+    # One context token per prompt: the count is the text encoder's choice, so it varies too.
+    context = torch.zeros(2, 2, text_dim)
+    return Signature(("image", "context"), (image, context), {"context": {1: "tokens"}}, ("context",))
+
+
+def dynamics_signature(in_channels: int, patch: Sequence[int], max_batch: int = 128) -> Signature:
+    """The TACE dynamics UNet `forward(x, timesteps)`: noisy patch + concatenated conditions, one step."""
+    x = torch.zeros(2, in_channels, *patch)
+    return Signature(("x", "timesteps"), (x, torch.zeros(2)), broadcast=("timesteps",), max_batch=max_batch)
 
 
 def cache_dir() -> Path:
@@ -30,86 +69,122 @@ def cache_dir() -> Path:
 
 def _fingerprint(module: torch.nn.Module, shapes: Sequence[Sequence[int]]) -> str:
     h = hashlib.sha256(repr([tuple(s) for s in shapes]).encode())
+    h.update(type(module).__qualname__.encode())
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-class OrtUNet:
-    """A U-Net `forward(image, context)` through an ONNX Runtime session."""
+def _bind(names: Sequence[str], args: tuple, kwargs: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """The call's tensors by input name; None keywords (e.g. the diffusion inferer's context=None) dropped."""
+    given = dict(zip(names, args, strict=False))
+    for key, value in kwargs.items():
+        if value is None:
+            continue
+        if key not in names:
+            raise TypeError(f"unexpected input {key!r}; the exported network takes {list(names)}")
+        given[key] = value
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise TypeError(f"missing input(s) {missing}")
+    return given
 
-    def __init__(self, onnx_path: Path, text_guided: bool) -> None:
+
+class OrtModule:
+    """A network's forward through an ONNX Runtime session; called like the PyTorch module."""
+
+    def __init__(self, onnx_path: Path, signature: Signature) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
-        self.text_guided = text_guided
+        self.signature = signature
         self.provider = self.session.get_providers()[0]
 
-    def __call__(self, image: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        feeds = {"image": image.detach().cpu().float().numpy()}
-        if self.text_guided:
-            if context is None:
-                raise ValueError("this network is text-guided: a context is required")
-            ctx = context.detach().cpu().float().numpy()
-            feeds["context"] = np.broadcast_to(ctx, (image.shape[0], *ctx.shape[1:])).copy()
-        (out,) = self.session.run(["logits"], feeds)
-        return torch.from_numpy(out).to(image.device)
+    def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor | None) -> torch.Tensor:
+        sig = self.signature
+        given = _bind(sig.names, args, kwargs)
+        first = given[sig.names[0]]
+        feeds = {}
+        for name in sig.names:
+            array = torch.as_tensor(given[name]).detach().cpu().float().numpy()
+            if name in sig.broadcast:
+                array = np.broadcast_to(array, (first.shape[0], *array.shape[1:])).copy()
+            feeds[name] = array
+        (out,) = self.session.run(["out"], feeds)
+        return torch.from_numpy(out).to(first.device)
 
 
-def export_onnx(unet: torch.nn.Module, roi_size: Sequence[int], text_dim: int | None, cache_dir: Path) -> Path:
-    """The U-Net as ONNX (batch dimension dynamic), cached by network and shape fingerprint."""
-    image = torch.zeros(1, 1, *roi_size)
-    args: tuple = (image,) if text_dim is None else (image, torch.zeros(1, 2, text_dim))
-    path = Path(cache_dir) / f"unet_{_fingerprint(unet, [a.shape for a in args])}.onnx"
+def export_onnx(module: torch.nn.Module, signature: Signature, cache_dir: Path, prefix: str = "net") -> Path:
+    """`module` as ONNX (batch and the signature's other axes dynamic), cached by weights and shapes."""
+    examples = tuple(e.to(_device(module)) for e in signature.examples)
+    path = Path(cache_dir) / f"{prefix}_{_fingerprint(module, [e.shape for e in examples])}.onnx"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.partial")  # concurrent exporters never share a file
-    names = ["image"] + ([] if text_dim is None else ["context"])
-    axes = {n: {0: "batch"} for n in [*names, "logits"]}
-    if text_dim is not None:
-        axes["context"][1] = "tokens"  # one per prompt: the count is the text encoder's choice
     with torch.no_grad():
         torch.onnx.export(
-            unet.eval(), args, str(tmp), input_names=names, output_names=["logits"], dynamic_axes=axes,
-            opset_version=17, dynamo=False,
+            module.eval(), examples, str(tmp), input_names=list(signature.names), output_names=["out"],
+            dynamic_axes=signature.axes(), opset_version=17, dynamo=False,
         )  # fmt: skip
     tmp.replace(path)
     return path
 
 
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters(), torch.zeros(0)).device
+
+
+def _tensorrt(module: torch.nn.Module, signature: Signature, cache_dir: Path, prefix: str) -> torch.nn.Module | None:
+    """`module` with MONAI's TensorRT hook (engine built on first call, cached), or None if it cannot be."""
+    from monai.networks import trt_compile
+
+    base = Path(cache_dir) / f"{prefix}_{_fingerprint(module, [e.shape for e in signature.examples])}_trt"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    args = {
+        "precision": "fp16",
+        "input_names": list(signature.names),
+        "dynamic_batchsize": [1, int(signature.examples[0].shape[0]), signature.max_batch],
+        "fallback": True,  # a shape outside the profile runs eager instead of failing the study
+    }
+    compiled = trt_compile(module, str(base), args=args)
+    # trt_compile returns the module untouched (with a warning) when tensorrt/polygraphy are missing.
+    return compiled if hasattr(compiled, "_trt_compiler") else None
+
+
 def select_backend(
-    unet: torch.nn.Module,
-    roi_size: Sequence[int],
+    module: torch.nn.Module,
+    signature: Signature,
     cache_dir: Path,
     prefer: Sequence[str] = BACKENDS,
+    prefix: str = "net",
 ) -> tuple[Forward, str]:
     """(forward, backend name) for the first backend in `prefer` that works here."""
-    text_dim = getattr(unet, "text_dim", None)
     for name in prefer:
         if name == "tensorrt":
-            if not torch.cuda.is_available():
-                log.info("TensorRT skipped: no CUDA device")
+            if not torch.cuda.is_available() or _device(module).type != "cuda":
+                log.info("TensorRT skipped for %s: no CUDA device", prefix)
                 continue
             try:
-                from monai.networks import trt_compile
-
-                compiled = trt_compile(unet, str(Path(cache_dir) / "unet_trt.plan"), args={"precision": "fp16"})
+                compiled = _tensorrt(module, signature, cache_dir, prefix)
+            except Exception as exc:  # unsupported op, bad install, ...: fall through, logged
+                log.warning("TensorRT failed for %s (%s); trying the next backend", prefix, exc)
+                continue
+            if compiled is not None:
                 return compiled, "tensorrt"
-            except Exception as exc:  # no tensorrt wheel, unsupported op, ...: fall through, logged
-                log.warning("TensorRT unavailable (%s); trying the next backend", exc)
+            log.warning("TensorRT unavailable for %s (tensorrt/polygraphy not installed)", prefix)
         elif name == "onnxruntime":
             try:
-                runner = OrtUNet(export_onnx(unet, roi_size, text_dim, cache_dir), text_dim is not None)
+                runner = OrtModule(export_onnx(module, signature, cache_dir, prefix), signature)
                 return runner, f"onnxruntime ({runner.provider})"
             except Exception as exc:
-                log.warning("ONNX Runtime unavailable (%s); trying the next backend", exc)
+                log.warning("ONNX Runtime unavailable for %s (%s); trying the next backend", prefix, exc)
         elif name == "torch":
-            return unet, "torch (eager)"
+            return module, "torch (eager)"
         else:
             raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
     raise RuntimeError(f"none of the backends {list(prefer)} works on this machine")

@@ -163,7 +163,7 @@ def _paste(window: np.ndarray, start: np.ndarray, shape: tuple[int, ...]) -> np.
 
 
 class TacePlanner:
-    """The three bundles loaded once (on the CPU, as the world model runs); :meth:`plan` runs one CT."""
+    """The three bundles loaded once (on CUDA if present, else the CPU); :meth:`plan` runs one CT."""
 
     def __init__(self, bundles: dict[str, Path], settings: PlanSettings) -> None:
         from oncoplan.training.bundle_loading import bundle_parser
@@ -173,16 +173,17 @@ class TacePlanner:
         self.world, self.scorer, _ = load_models(
             self.bundles["dynamics"], self.bundles["assistant"], self.bundles["survival"], None, settings.search
         )
+        # Preprocessing on the CPU (it reads the volume there); the networks on the world model's device.
         overrides = {"device": "$torch.device('cpu')", "overlap": settings.search.seg_overlap}
         parser = bundle_parser(self.bundles["assistant"], overrides=overrides)
         self.preprocessing = parser.get_parsed_content("preprocessing").transforms[1:]  # no loader: in memory
         self.inferer = parser.get_parsed_content("inferer")
-        # The study segmentation is the most windows the planner runs: the fastest backend here.
-        from .inference_backend import cache_dir, select_backend
+        from .inference_backend import cache_dir
 
-        roi = tuple(int(v) for v in parser.get_parsed_content("roi_size"))
-        self.segmenter, backend = select_backend(self.world.assistant, roi, cache_dir())
-        log.info("assistant segmentation backend: %s", backend)
+        # The fastest backend here for the dynamics UNet (every DDIM step of every candidate) and the
+        # assistant (the study's sliding windows and every simulated window): one export each.
+        self.backends = self.world.accelerate(cache_dir())
+        log.info("world model on %s; backends: %s", self.world.device, self.backends)
         from monai.transforms import Invertd
 
         # The label map without the inversion: planning stays in model space.
@@ -197,7 +198,7 @@ class TacePlanner:
         for t in self.preprocessing:
             data = t(data)
         image = data["image"]
-        pred = {"pred": self.inferer(image[None].float(), self.segmenter)[0]}
+        pred = {"pred": self.inferer(image[None].float().to(self.world.device), self.world.assistant_forward)[0]}
         for t in self.label_map:
             pred = t(pred)
         labels = np.asarray(pred["pred"][0].cpu()).astype(np.uint8)

@@ -1,4 +1,5 @@
-"""Accelerated backends: ONNX Runtime matches eager PyTorch; fallback order; cached exports."""
+"""Accelerated backends: ONNX Runtime matches eager PyTorch (segmentation U-Nets, the TACE dynamics
+UNet, the whole world model); fallback order; cached exports."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from oncoplan.operators.inference_backend import export_onnx, select_backend
+from oncoplan.operators.inference_backend import dynamics_signature, export_onnx, select_backend, unet_signature
 from oncoplan.training.ctv.network import ContextUNet
 
 
 def _parity(unet: torch.nn.Module, tmp_path: Path, context: torch.Tensor | None, roi=(32, 32, 16)) -> None:
     torch.manual_seed(0)
     unet.eval()
-    image = torch.rand(2, 1, *roi)
-    forward, name = select_backend(unet, roi, tmp_path, prefer=("onnxruntime", "torch"))
+    image = torch.rand(3, 1, *roi)  # a batch other than the export's
+    signature = unet_signature(roi, getattr(unet, "text_dim", None))
+    forward, name = select_backend(unet, signature, tmp_path, prefer=("onnxruntime", "torch"))
     assert name.startswith("onnxruntime")
     with torch.no_grad():
         eager = torch.softmax(unet(image) if context is None else unet(image, context), dim=1)
@@ -52,18 +54,59 @@ def test_onnxruntime_matches_eager_tace_assistant(tmp_path: Path) -> None:
 
 def test_export_is_cached_per_weights(tmp_path: Path) -> None:
     unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None)
-    first = export_onnx(unet, (32, 32, 16), None, tmp_path)
+    signature = unet_signature((32, 32, 16))
+    first = export_onnx(unet, signature, tmp_path)
     stamp = first.stat().st_mtime_ns
-    assert export_onnx(unet, (32, 32, 16), None, tmp_path).stat().st_mtime_ns == stamp
+    assert export_onnx(unet, signature, tmp_path).stat().st_mtime_ns == stamp
+    assert export_onnx(unet, unet_signature((32, 32, 32)), tmp_path) != first  # another shape, another file
     with torch.no_grad():
         next(unet.parameters()).add_(1.0)
-    assert export_onnx(unet, (32, 32, 16), None, tmp_path) != first
+    assert export_onnx(unet, signature, tmp_path) != first
 
 
 def test_fallback_reaches_eager_and_logs_why(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="oncoplan.operators.inference_backend")
     unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None)
-    forward, name = select_backend(unet, (32, 32, 16), tmp_path, prefer=("tensorrt", "torch"))
+    forward, name = select_backend(unet, unet_signature((32, 32, 16)), tmp_path, prefer=("tensorrt", "torch"))
     assert name == "torch (eager)" and forward is unet
     if not torch.cuda.is_available():
         assert "TensorRT skipped" in caplog.text or "TensorRT unavailable" in caplog.text
+
+
+def _tiny(name: str, seed: int) -> torch.nn.Module:
+    """A bundle's network at the test sizes, random weights (perturbed: MONAI zero-initialises some outputs)."""
+    from oncoplan.training.bundle_loading import bundle_parser
+
+    from .helpers import TINY_TACE
+
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / name
+    torch.manual_seed(seed)
+    net = bundle_parser(bundle, overrides={"device": "$torch.device('cpu')", **TINY_TACE[name]}).get_parsed_content(
+        "network"
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net.eval()
+
+
+def test_onnxruntime_matches_eager_tace_dynamics(tmp_path: Path) -> None:
+    """One denoising step of the dynamics UNet as the DDIM sampler calls it: x batch 5, one timestep,
+    context=None; every sample of every protocol rides on the result, so parity is on the noise."""
+    from oncoplan.training.tace.dynamics import condition
+
+    net = _tiny("tace_dynamics", 4)
+    patch = (16, 16, 16)  # TINY_TACE's dynamics roi_size
+    in_channels = net.unet.in_channels + net.n_actions
+    forward, name = select_backend(net, dynamics_signature(in_channels, patch), tmp_path, ("onnxruntime",))
+    assert name.startswith("onnxruntime")
+    torch.manual_seed(5)
+    protocols = (torch.rand(5, net.n_actions) > 0.6).float()
+    cond = condition(torch.rand(5, 1, *patch), torch.rand(5, 1, *patch) > 0.5, protocols)
+    x = torch.cat([torch.randn(5, 1, *patch), cond], 1)
+    t = torch.Tensor((437,))
+    with torch.no_grad():
+        eager = net(x, timesteps=t, context=None)
+    ort = forward(x, timesteps=t, context=None)
+    assert eager.shape == ort.shape == (5, 1, *patch)
+    assert float((eager - ort).abs().max()) <= 1e-4 * max(1.0, float(eager.abs().max()))

@@ -3,8 +3,9 @@ side by side; with the parity the apps issue asks for (max |dp| <= 1e-4, argmax 
 
     python -m tests.bench.backends [--repeats 10] [--batch 2]
 
-Networks: the shipped CTV U-Net (text-guided, one window of its ROI) and the shipped TACE
-assistant DynUNet (one window of its ROI), each as its app runs it.
+Networks: the shipped CTV U-Net (text-guided, windows of its ROI), the shipped TACE assistant
+DynUNet (windows of its ROI) and the shipped TACE dynamics UNet (one DDIM step on a batch of
+candidate patches), each as its app runs it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from oncoplan.operators.inference_backend import select_backend
+from oncoplan.operators.inference_backend import dynamics_signature, select_backend, unet_signature
 from oncoplan.training.bundle_loading import bundle_parser, load_network
 
 from .report import machine, median_seconds, publish, versions
@@ -25,18 +26,34 @@ from .report import machine, median_seconds, publish, versions
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
 
-def _caller(forward, image: torch.Tensor, context: torch.Tensor | None):
-    return (lambda: forward(image)) if context is None else (lambda: forward(image, context))
+def _networks(batch: int):
+    """(name, network, signature, call arguments, what to compare) as each app runs the network."""
+    from oncoplan.training.tace.dynamics import condition
 
-
-def _networks():
     cpu = {"device": "$torch.device('cpu')"}
     ctv = bundle_parser(BUNDLES / "ctv_llmseg", overrides=cpu)
     unet = load_network(ctv).unet  # the U-Net the predictor accelerates; the text encoder runs once per note
-    context = torch.randn(1, 2, unet.text_dim) if getattr(unet, "text_dim", None) else None
-    yield "CTV U-Net (ctv_llmseg)", unet, tuple(ctv.get_parsed_content("roi_size")), context
+    roi = tuple(ctv.get_parsed_content("roi_size"))
+    text_dim = getattr(unet, "text_dim", None)
+    args = (torch.rand(batch, 1, *roi),) + ((torch.randn(1, 2, text_dim),) if text_dim else ())
+    yield "CTV U-Net (ctv_llmseg)", unet, unet_signature(roi, text_dim), args, {}, "probabilities"
     ast = bundle_parser(BUNDLES / "tace_assistant", overrides=cpu)
-    yield "TACE assistant DynUNet", load_network(ast), tuple(ast.get_parsed_content("roi_size")), None
+    roi = tuple(ast.get_parsed_content("roi_size"))
+    net = load_network(ast)
+    yield "TACE assistant DynUNet", net, unet_signature(roi), (torch.rand(batch, 1, *roi),), {}, "probabilities"
+    dyn = bundle_parser(BUNDLES / "tace_dynamics", overrides=cpu)
+    patch = tuple(dyn.get_parsed_content("roi_size"))
+    net = load_network(dyn)
+    protocols = (torch.rand(batch, net.n_actions) > 0.7).float()
+    mask = (torch.rand(batch, 1, *patch) > 0.5).float()
+    x = torch.cat([torch.randn(batch, 1, *patch), condition(torch.rand(batch, 1, *patch), mask, protocols)], 1)
+    signature = dynamics_signature(net.unet.in_channels + net.n_actions, patch)
+    kwargs = {"timesteps": torch.Tensor((500,)), "context": None}  # one DDIM step, as the sampler calls it
+    yield "TACE dynamics UNet (one DDIM step)", net, signature, (x,), kwargs, "noise"
+
+
+def _call(forward, args: tuple, kwargs: dict):
+    return lambda: forward(*args, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,19 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     with tempfile.TemporaryDirectory() as cache:
-        for name, net, roi, context in _networks():
+        for name, net, signature, call_args, kwargs, kind in _networks(args.batch):
             net.eval()
-            image = torch.rand(args.batch, 1, *roi)
-            fast, _ = select_backend(net, roi, Path(cache), prefer=("onnxruntime",))
-            call_eager, call_ort = _caller(net, image, context), _caller(fast, image, context)
+            fast, _ = select_backend(net, signature, Path(cache), prefer=("onnxruntime",))
+            call_eager, call_ort = _call(net, call_args, kwargs), _call(fast, call_args, kwargs)
             with torch.no_grad():
-                eager, ort = torch.softmax(call_eager(), 1), torch.softmax(call_ort(), 1)
+                eager, ort = call_eager(), call_ort()
                 t_eager, t_ort = median_seconds(call_eager, args.repeats, 2), median_seconds(call_ort, args.repeats, 2)
+            if kind == "probabilities":
+                eager, ort = torch.softmax(eager, 1), torch.softmax(ort, 1)
+                agree = f"{float((eager.argmax(1) == ort.argmax(1)).float().mean()) * 100:.3f}%"
+            else:
+                agree = "-"
             diff = float((eager - ort).abs().max())
-            agree = float((eager.argmax(1) == ort.argmax(1)).float().mean())
+            shape = tuple(call_args[0].shape)
             rows.append(
-                f"| {name} | {args.batch} x {roi} | {t_eager * 1e3:.1f} ms | {t_ort * 1e3:.1f} ms | "
-                f"{t_eager / t_ort:.2f}x | {diff:.1e} | {agree * 100:.3f}% |"
+                f"| {name} | {shape} | {t_eager * 1e3:.1f} ms | {t_ort * 1e3:.1f} ms | "
+                f"{t_eager / t_ort:.2f}x | {diff:.1e} ({kind}) | {agree} |"
             )
     lines = [
         f"Command: `python -m tests.bench.backends --repeats {args.repeats} --batch {args.batch}`  ",
@@ -68,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine()}; torch threads {torch.get_num_threads()}.  ",
         f"Versions: {versions('torch', 'onnxruntime', 'monai')}.",
         "",
-        "| network | input | eager PyTorch | ONNX Runtime | speed-up | max abs diff (probabilities) | argmax agree |",
+        "| network | input | eager PyTorch | ONNX Runtime | speed-up | max abs diff | argmax agree |",
         "|---|---|---|---|---|---|---|",
         *rows,
         "",

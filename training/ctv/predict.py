@@ -35,11 +35,11 @@ class CTVPredictor:
         self.network = load_network(parser)
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
-        from oncoplan.operators.inference_backend import cache_dir, select_backend
+        from oncoplan.operators.inference_backend import cache_dir, select_backend, unet_signature
 
-        self.unet, self.backend = select_backend(
-            self.network.unet, parser.get_parsed_content("roi_size"), cache_dir(), prefer=backends
-        )
+        unet = self.network.unet
+        signature = unet_signature(parser.get_parsed_content("roi_size"), getattr(unet, "text_dim", None))
+        self.unet, self.backend = select_backend(unet, signature, cache_dir(), prefer=backends, prefix="ctv_unet")
 
     def _pipeline(self, image):
         """The config's preprocessing; an in-memory MetaTensor skips its loader (the first transform)."""

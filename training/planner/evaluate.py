@@ -442,17 +442,22 @@ def load_models(
     survival: Path,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     settings: SearchSettings = SETTINGS["cpu"],
+    device: str | None = None,
 ):
-    """(world model, risk scorer, dynamics preprocessing) from the three bundles, on the CPU.
+    """(world model, risk scorer, dynamics preprocessing) from the three bundles, on `device`
+    (default: the first CUDA device if there is one, else the CPU).
 
     Checks that each checkpoint exists and that the three bundles share one voxel spacing.
     """
+    import torch
+
     from ..bundle_loading import bundle_parser
     from ..tace.world_model import WorldModel
     from .heuristic import RiskScorer
 
-    cpu = {"device": "$torch.device('cpu')"}  # the world model runs its tensors on the CPU
-    over = {k: {**cpu, **dict((overrides or {}).get(k, {}))} for k in ("dynamics", "assistant", "survival")}
+    device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    place = {"device": f"$torch.device('{device}')"}  # every network of the world model on one device
+    over = {k: {**place, **dict((overrides or {}).get(k, {}))} for k in ("dynamics", "assistant", "survival")}
     parsers = {}
     for name, bundle in (("dynamics", dynamics), ("assistant", assistant), ("survival", survival)):
         if not (Path(bundle) / "configs" / "inference.json").exists():

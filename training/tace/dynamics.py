@@ -18,7 +18,7 @@ and sampling unchanged; `ProtocolConditionedUNet` splits it off again.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -133,7 +133,7 @@ def condition(pre: torch.Tensor, mask: torch.Tensor, protocols: torch.Tensor) ->
 
 @torch.no_grad()
 def simulate(
-    network: nn.Module,
+    network: Callable[..., torch.Tensor],
     pre: torch.Tensor,
     mask: torch.Tensor,
     protocols: torch.Tensor,
@@ -144,9 +144,10 @@ def simulate(
     """Post-treatment patches for every (protocol, sample): returns (P, samples, 1, *spatial).
 
     `pre`/`mask` are one patch (1, 1, *spatial); `sampler` a MONAI scheduler with its timesteps set
-    (DDIM in the bundle). All protocols and samples run as one batch: the planner scores
-    candidates together, not one at a time. The same seed gives the same noise for every protocol,
-    so differences between protocols come from the protocol, not from the draw.
+    (DDIM in the bundle); `network` the module or an accelerated forward of it. All protocols and
+    samples run as one batch: the planner scores candidates together, not one at a time. The same
+    seed gives the same noise for every protocol, so differences between protocols come from the
+    protocol, not from the draw.
     """
     from monai.inferers import DiffusionInferer
 

@@ -10,6 +10,7 @@ the same windows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,29 @@ class WorldModel:
         self.dynamics, self.sampler, self.patch = dynamics.eval(), sampler, tuple(int(v) for v in patch)
         self.assistant, self.window = assistant.eval(), tuple(int(v) for v in window)
         self.samples, self.steps = samples, steps
+        self.device = next(dynamics.parameters()).device
+        # What runs the networks: the modules themselves until `accelerate` picks faster backends.
+        self.dynamics_forward, self.assistant_forward = self.dynamics, self.assistant
+
+    def accelerate(self, cache: Path, prefer: Sequence[str] | None = None) -> dict[str, str]:
+        """Run both networks on the fastest backend here (TensorRT, ONNX Runtime, eager); returns
+        the backend of each. Exports are cached in `cache`, keyed by weights and shapes."""
+        from oncoplan.operators.inference_backend import (
+            BACKENDS,
+            dynamics_signature,
+            select_backend,
+            unet_signature,
+        )
+
+        order = tuple(prefer or BACKENDS)
+        in_channels = self.dynamics.unet.in_channels + self.dynamics.n_actions
+        self.dynamics_forward, dyn = select_backend(
+            self.dynamics, dynamics_signature(in_channels, self.patch), cache, order, prefix="tace_dynamics"
+        )
+        self.assistant_forward, ast = select_backend(
+            self.assistant, unet_signature(self.window), cache, order, prefix="tace_assistant"
+        )
+        return {"dynamics": dyn, "assistant": ast}
 
     @classmethod
     def from_bundles(
@@ -93,19 +117,26 @@ class WorldModel:
         """Simulate every protocol (rows of a multi-hot matrix) `samples` times and segment the results."""
         lo = [(w - p) // 2 for w, p in zip(self.window, self.patch, strict=True)]
         patch = tuple(slice(a, a + p) for a, p in zip(lo, self.patch, strict=True))
-        pre = torch.as_tensor(pre_window[patch], dtype=torch.float32)[None, None]
-        mask = torch.as_tensor(mask_window[patch] > 0, dtype=torch.float32)[None, None]
+        pre = torch.as_tensor(pre_window[patch], dtype=torch.float32)[None, None].to(self.device)
+        mask = torch.as_tensor(mask_window[patch] > 0, dtype=torch.float32)[None, None].to(self.device)
         self.sampler.set_timesteps(self.steps)
         posts = simulate(
-            self.dynamics, pre, mask, torch.as_tensor(protocols, dtype=torch.float32), self.sampler, self.samples, seed
-        )
+            self.dynamics_forward,
+            pre,
+            mask,
+            torch.as_tensor(protocols, dtype=torch.float32),
+            self.sampler,
+            self.samples,
+            seed,
+        ).cpu()
         n_protocols, samples = posts.shape[:2]
         windows = np.repeat(pre_window[None], n_protocols * samples, axis=0).astype(np.float32)
         windows[(slice(None), *patch)] = posts.reshape(n_protocols * samples, *self.patch).clamp(-1, 1).numpy()
-        logits = torch.cat(
-            [self.assistant(torch.as_tensor(w[:, None])) for w in np.array_split(windows, max(1, len(windows) // 8))]
+        chunks = np.array_split(windows, max(1, len(windows) // 8))
+        labels = torch.cat(
+            [self.assistant_forward(torch.as_tensor(w[:, None]).to(self.device)).argmax(1).cpu() for w in chunks]
         )
-        labels = logits.argmax(1).numpy().astype(np.uint8)
+        labels = labels.numpy().astype(np.uint8)
         labels = np.stack([_keep_liver(lab) for lab in labels])
         fractions = np.array([viable_fraction(lab[patch], empty=0.0) for lab in labels]).reshape(n_protocols, samples)
         shape = (n_protocols, samples)
