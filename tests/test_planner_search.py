@@ -172,7 +172,7 @@ def test_accelerated_world_model_simulates_like_eager(models, case, tmp_path: Pa
 
     world, _, _ = models
     fast = WorldModel(world.dynamics, world.sampler, world.patch, world.assistant, world.window, 2, FAST.steps)
-    backends = fast.accelerate(tmp_path, ("onnxruntime",))
+    backends = fast.accelerate(tmp_path, {"dynamics": ("onnxruntime",), "assistant": ("onnxruntime",)})
     assert all(b.startswith("onnxruntime") for b in backends.values()), backends
     eager = WorldModel(world.dynamics, world.sampler, world.patch, world.assistant, world.window, 2, FAST.steps)
     protocols = np.asarray([Protocol.parse(p).multi_hot() for p in ("Cisplatin; Lipiodol", "Doxorubicin; PVA")])

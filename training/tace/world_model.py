@@ -10,7 +10,7 @@ the same windows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,14 @@ from scipy import ndimage
 from ..bundle_loading import bundle_parser, load_network
 from .dynamics import simulate
 from .preprocess import viable_fraction
+
+# Backend order per network. The dynamics UNet skips ONNX Runtime: on this project's 2-core CPU
+# one DDIM step ran at 0.56x eager there (GroupNorm + attention; BENCHMARKS.md, Inference backends),
+# while TensorRT on a GPU is the point of accelerating it.
+BACKEND_ORDER: dict[str, tuple[str, ...]] = {
+    "dynamics": ("tensorrt", "torch"),
+    "assistant": ("tensorrt", "onnxruntime", "torch"),
+}
 
 
 @dataclass
@@ -69,23 +77,19 @@ class WorldModel:
         # What runs the networks: the modules themselves until `accelerate` picks faster backends.
         self.dynamics_forward, self.assistant_forward = self.dynamics, self.assistant
 
-    def accelerate(self, cache: Path, prefer: Sequence[str] | None = None) -> dict[str, str]:
-        """Run both networks on the fastest backend here (TensorRT, ONNX Runtime, eager); returns
-        the backend of each. Exports are cached in `cache`, keyed by weights and shapes."""
-        from oncoplan.operators.inference_backend import (
-            BACKENDS,
-            dynamics_signature,
-            select_backend,
-            unet_signature,
-        )
+    def accelerate(self, cache: Path, prefer: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
+        """Run both networks on the fastest backend here; returns the backend of each. `prefer`: the
+        backend order per network ("dynamics", "assistant"), default :data:`BACKEND_ORDER`. Exports
+        are cached in `cache`, keyed by weights and shapes."""
+        from oncoplan.operators.inference_backend import dynamics_signature, select_backend, unet_signature
 
-        order = tuple(prefer or BACKENDS)
+        order = {**BACKEND_ORDER, **dict(prefer or {})}
         in_channels = self.dynamics.unet.in_channels + self.dynamics.n_actions
         self.dynamics_forward, dyn = select_backend(
-            self.dynamics, dynamics_signature(in_channels, self.patch), cache, order, prefix="tace_dynamics"
+            self.dynamics, dynamics_signature(in_channels, self.patch), cache, order["dynamics"], "tace_dynamics"
         )
         self.assistant_forward, ast = select_backend(
-            self.assistant, unet_signature(self.window), cache, order, prefix="tace_assistant"
+            self.assistant, unet_signature(self.window), cache, order["assistant"], "tace_assistant"
         )
         return {"dynamics": dyn, "assistant": ast}
 
