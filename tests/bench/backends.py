@@ -1,7 +1,9 @@
 """Inference backends: ONNX Runtime (CPU) vs eager PyTorch on the same network, weights and input,
 side by side; with the parity the apps issue asks for (max |dp| <= 1e-4, argmax agreement).
 
-    python -m tests.bench.backends [--repeats 10] [--batch 2]
+    python -m tests.bench.backends [--repeats 10] [--batch 2] [--gpu]
+
+`--gpu`: TensorRT fp16 (MONAI `trt_compile`) vs eager PyTorch, both on CUDA, same parity columns.
 
 Networks: the shipped CTV U-Net (text-guided, windows of its ROI), the shipped TACE assistant
 DynUNet (windows of its ROI) and the shipped TACE dynamics UNet (one DDIM step on a batch of
@@ -26,33 +28,38 @@ from .report import machine, median_seconds, publish, versions
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
 
-def _networks(batch: int):
+def _networks(batch: int, device: str):
     """(name, network, signature, call arguments, what to compare) as each app runs the network."""
     from oncoplan.training.tace.dynamics import condition
 
-    cpu = {"device": "$torch.device('cpu')"}
-    ctv = bundle_parser(BUNDLES / "ctv_llmseg", overrides=cpu)
+    place = {"device": f"$torch.device('{device}')"}
+    ctv = bundle_parser(BUNDLES / "ctv_llmseg", overrides=place)
     unet = load_network(ctv).unet  # the U-Net the predictor accelerates; the text encoder runs once per note
     roi = tuple(ctv.get_parsed_content("roi_size"))
     text_dim = getattr(unet, "text_dim", None)
     args = (torch.rand(batch, 1, *roi),) + ((torch.randn(1, 2, text_dim),) if text_dim else ())
+    args = tuple(a.to(device) for a in args)
     yield "CTV U-Net (ctv_llmseg)", unet, unet_signature(roi, text_dim), args, {}, "probabilities"
-    ast = bundle_parser(BUNDLES / "tace_assistant", overrides=cpu)
+    ast = bundle_parser(BUNDLES / "tace_assistant", overrides=place)
     roi = tuple(ast.get_parsed_content("roi_size"))
     net = load_network(ast)
-    yield "TACE assistant DynUNet", net, unet_signature(roi), (torch.rand(batch, 1, *roi),), {}, "probabilities"
-    dyn = bundle_parser(BUNDLES / "tace_dynamics", overrides=cpu)
+    image = torch.rand(batch, 1, *roi, device=device)
+    yield "TACE assistant DynUNet", net, unet_signature(roi), (image,), {}, "probabilities"
+    dyn = bundle_parser(BUNDLES / "tace_dynamics", overrides=place)
     patch = tuple(dyn.get_parsed_content("roi_size"))
     net = load_network(dyn)
     protocols = (torch.rand(batch, net.n_actions) > 0.7).float()
     mask = (torch.rand(batch, 1, *patch) > 0.5).float()
     x = torch.cat([torch.randn(batch, 1, *patch), condition(torch.rand(batch, 1, *patch), mask, protocols)], 1)
     signature = dynamics_signature(net.unet.in_channels + net.n_actions, patch)
-    kwargs = {"timesteps": torch.Tensor((500,)), "context": None}  # one DDIM step, as the sampler calls it
+    x = x.to(device)
+    kwargs = {"timesteps": torch.Tensor((500,)).to(device), "context": None}  # one DDIM step, as the sampler calls it
     yield "TACE dynamics UNet (one DDIM step)", net, signature, (x,), kwargs, "noise"
 
 
 def _call(forward, args: tuple, kwargs: dict):
+    if args[0].device.type == "cuda":  # time the kernels, not their launch
+        return lambda: (forward(*args, **kwargs), torch.cuda.synchronize())[0]
     return lambda: forward(*args, **kwargs)
 
 
@@ -60,42 +67,54 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--batch", type=int, default=2, help="windows per call (the inferers' sw_batch_size)")
+    ap.add_argument("--gpu", action="store_true", help="TensorRT fp16 vs eager PyTorch on CUDA instead")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    if args.gpu and not torch.cuda.is_available():
+        print("backends --gpu: no CUDA device on this machine; nothing measured", file=sys.stderr)
+        return 2
+    device, fast_backend = ("cuda", "tensorrt") if args.gpu else ("cpu", "onnxruntime")
+    label = "TensorRT fp16" if args.gpu else "ONNX Runtime"
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     with tempfile.TemporaryDirectory() as cache:
-        for name, net, signature, call_args, kwargs, kind in _networks(args.batch):
+        for name, net, signature, call_args, kwargs, kind in _networks(args.batch, device):
             net.eval()
-            fast, _ = select_backend(net, signature, Path(cache), prefer=("onnxruntime",))
-            call_eager, call_ort = _call(net, call_args, kwargs), _call(fast, call_args, kwargs)
+            fast, used = select_backend(net, signature, Path(cache), prefer=(fast_backend,))
+            call_eager, call_fast = _call(net, call_args, kwargs), _call(fast, call_args, kwargs)
             with torch.no_grad():
-                eager, ort = call_eager(), call_ort()
-                t_eager, t_ort = median_seconds(call_eager, args.repeats, 2), median_seconds(call_ort, args.repeats, 2)
+                eager, out = call_eager(), call_fast()
+                t_eager, t_fast = (
+                    median_seconds(call_eager, args.repeats, 2),
+                    median_seconds(call_fast, args.repeats, 2),
+                )
+            eager, out = eager.float(), out.float()
             if kind == "probabilities":
-                eager, ort = torch.softmax(eager, 1), torch.softmax(ort, 1)
-                agree = f"{float((eager.argmax(1) == ort.argmax(1)).float().mean()) * 100:.3f}%"
+                eager, out = torch.softmax(eager, 1), torch.softmax(out, 1)
+                agree = f"{float((eager.argmax(1) == out.argmax(1)).float().mean()) * 100:.3f}%"
             else:
                 agree = "-"
-            diff = float((eager - ort).abs().max())
+            diff = float((eager - out).abs().max())
             shape = tuple(call_args[0].shape)
             rows.append(
-                f"| {name} | {shape} | {t_eager * 1e3:.1f} ms | {t_ort * 1e3:.1f} ms | "
-                f"{t_eager / t_ort:.2f}x | {diff:.1e} ({kind}) | {agree} |"
+                f"| {name} | {shape} | {t_eager * 1e3:.1f} ms | {t_fast * 1e3:.1f} ms ({used}) | "
+                f"{t_eager / t_fast:.2f}x | {diff:.1e} ({kind}) | {agree} |"
             )
+    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if args.gpu else ""
+    flags = f" --repeats {args.repeats} --batch {args.batch}" + (" --gpu" if args.gpu else "")
     lines = [
-        f"Command: `python -m tests.bench.backends --repeats {args.repeats} --batch {args.batch}`  ",
+        f"Command: `python -m tests.bench.backends{flags}`  ",
         f"Median of {args.repeats} calls after two warm-ups; shipped weights; random input.  ",
-        f"Machine: {machine()}; torch threads {torch.get_num_threads()}.  ",
-        f"Versions: {versions('torch', 'onnxruntime', 'monai')}.",
+        f"Machine: {machine()}{gpu}; torch threads {torch.get_num_threads()}.  ",
+        f"Versions: {versions('torch', 'onnxruntime', 'monai', *(['tensorrt'] if args.gpu else []))}.",
         "",
-        "| network | input | eager PyTorch | ONNX Runtime | speed-up | max abs diff | argmax agree |",
+        f"| network | input | eager PyTorch ({device}) | {label} | speed-up | max abs diff | argmax agree |",
         "|---|---|---|---|---|---|---|",
         *rows,
-        "",
-        "TensorRT fp16: not measured (no GPU on this machine).",
     ]
-    return publish("Inference backends", lines, write=not args.no_write)
+    if not args.gpu:
+        lines += ["", "TensorRT fp16: `--gpu` on a machine with CUDA and TensorRT (section Inference backends (GPU))."]
+    return publish("Inference backends (GPU)" if args.gpu else "Inference backends", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

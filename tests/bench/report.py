@@ -8,7 +8,7 @@ import re
 import statistics
 import subprocess
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
@@ -29,7 +29,14 @@ def machine() -> str:
 
 
 def versions(*packages: str) -> str:
-    return ", ".join(f"{p} {version(p)}" for p in packages)
+    return ", ".join(f"{p} {_version(p)}" for p in packages)
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def tool_version(command: list[str]) -> str:
