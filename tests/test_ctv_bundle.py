@@ -213,3 +213,31 @@ def test_efficiency_models_are_found_by_fraction(tmp_path: Path) -> None:
     found = efficiency_models(tmp_path)
     assert list(found) == ["text-guided 40%", "text-guided 60%", "vision-only 40%"]
     assert found["vision-only 40%"] == {"model_name": "efficiency/vision_only_f40.pt", "text_guided": False}
+
+
+def test_efficiency_table_and_plot_by_fraction(tmp_path: Path) -> None:
+    """Table 3's layout: a row per model and fraction, the full models as 100%, and the relative
+    gain of the text-guided model at each fraction; the Dice-vs-fraction plot is written."""
+    from oncoplan.training.ctv.evaluate import efficiency_markdown, write_report
+
+    def summary(dice: float) -> dict:
+        m = {"mean": dice, "ci95": [dice - 0.05, dice + 0.05]}
+        return {site: {"cases": 4, "dice": m, "iou": m, "hd95_cm": m} for site in ("internal", "external")}
+
+    models = {
+        "text-guided": summary(0.9),
+        "vision-only": summary(0.6),
+        "text-guided 40%": summary(0.8),
+        "vision-only 40%": summary(0.4),
+    }
+    result = {"cohorts": {}, "models": {k: {"summary": v, "cases": []} for k, v in models.items()}}
+    table = efficiency_markdown(result)
+    assert "| 40% | text-guided | 0.800 (0.750-0.850) |" in table
+    assert "| 40% | gain | +100% | +100% | +100% | +100% |" in table
+    assert "| 100% | gain | +50% |" in table
+    assert table.index("| 40% |") < table.index("| 100% |")
+    write_report(result, tmp_path)
+    assert (tmp_path / "ctv_efficiency.png").stat().st_size > 10_000
+    assert (tmp_path / "ctv_efficiency.md").read_text() == table
+    no_fractions = {"cohorts": {}, "models": {"text-guided": {"summary": summary(0.9), "cases": []}}}
+    assert efficiency_markdown(no_fractions) == ""

@@ -165,12 +165,81 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def efficiency_points(result: dict) -> dict[str, dict[int, dict]]:
+    """Model family -> training percentage -> per-site summary (seed Table 3). The full models
+    ("text-guided", "vision-only") are the 100% points; "<family> <pct>%" the fractions."""
+    points: dict[str, dict[int, dict]] = defaultdict(dict)
+    for name, res in result["models"].items():
+        family, _, pct = name.partition(" ")
+        points[family][int(pct.rstrip("%")) if pct else 100] = res["summary"]
+    return {f: dict(sorted(p.items())) for f, p in points.items() if len(p) > 1}
+
+
+def efficiency_markdown(result: dict) -> str:
+    """Dice and IoU by training fraction and site, with the text-guided model's relative gain over
+    the vision-only one at the same fraction (the seed's "Performance Gain" rows)."""
+    points = efficiency_points(result)
+    if not points:
+        return ""
+    sites = [s for s in ("internal", "external") if any(s in v for p in points.values() for v in p.values())]
+    header = ["data", "model"] + [f"{site} {m}" for site in sites for m in ("Dice (95% CI)", "IoU (95% CI)")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def ci(m: dict) -> str:
+        return f"{m['mean']:.3f} ({m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})"
+
+    for pct in sorted({p for fam in points.values() for p in fam}):
+        here = {fam: pts[pct] for fam, pts in points.items() if pct in pts}
+        for fam, summary in here.items():
+            cells = [ci(summary[site][m]) for site in sites for m in ("dice", "iou")]
+            lines.append(f"| {pct}% | {fam} | " + " | ".join(cells) + " |")
+        if {"text-guided", "vision-only"} <= set(here):
+            t, v = here["text-guided"], here["vision-only"]
+            gains = [f"{t[site][m]['mean'] / v[site][m]['mean'] - 1:+.0%}" for site in sites for m in ("dice", "iou")]
+            lines.append(f"| {pct}% | gain | " + " | ".join(gains) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_efficiency(result: dict, path: Path) -> Path | None:
+    """Dice (mean and 95% CI) against the training fraction, one panel per site."""
+    points = efficiency_points(result)
+    if not points:
+        return None
+    from matplotlib.figure import Figure
+
+    sites = [s for s in ("internal", "external") if any(s in v for p in points.values() for v in p.values())]
+    fig = Figure(figsize=(4.2 * len(sites), 3.4), layout="constrained")
+    for ax, site in zip(fig.subplots(1, len(sites), squeeze=False)[0], sites, strict=True):
+        for fam, pts in points.items():
+            pcts = [p for p in pts if site in pts[p]]
+            mean = np.array([pts[p][site]["dice"]["mean"] for p in pcts])
+            lo = np.array([pts[p][site]["dice"]["ci95"][0] for p in pcts])
+            hi = np.array([pts[p][site]["dice"]["ci95"][1] for p in pcts])
+            ax.errorbar(pcts, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=3, label=fam)
+        ax.set(
+            title=f"{site} (synthetic)",
+            xlabel="training data (%)",
+            ylabel="Dice",
+            ylim=(0, 1),
+            xticks=[40, 60, 80, 100],
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def write_report(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """ctv_evaluation.json and .md; with efficiency models also ctv_efficiency.md and .png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / "ctv_evaluation.json", out / "ctv_evaluation.md"
     js.write_text(json.dumps(result, indent=1, default=float))
     md.write_text(markdown(result))
+    table = efficiency_markdown(result)
+    if table:
+        (out / "ctv_efficiency.md").write_text(table)
+        plot_efficiency(result, out / "ctv_efficiency.png")
     return js, md
 
 
