@@ -146,10 +146,17 @@ def test_storescu_studies_reach_orthanc_once_with_metrics_and_clean_logs(
             timeout=60,
         )
         wait_for(lambda: len(orthanc.results()) == before + 2, 60, "two results in Orthanc")
+
+        def read_status() -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}/status", timeout=10) as r:
+                return json.loads(r.read())
+
+        # Orthanc holds a result before its C-STORE response reaches the listener, which marks the
+        # delivery sent only then: wait for that, not just for Orthanc.
+        wait_for(lambda: read_status()["counts"]["deliveries"] == {"sent": 2}, 30, "both deliveries marked sent")
         with urllib.request.urlopen(f"http://127.0.0.1:{health}/metrics", timeout=10) as r:
             metrics = r.read().decode()
-        with urllib.request.urlopen(f"http://127.0.0.1:{health}/status", timeout=10) as r:
-            status = json.loads(r.read())
+        status = read_status()
     assert 'oncoplan_jobs{state="done"} 2' in metrics and "oncoplan_instances_received 6" in metrics
     assert status["counts"]["deliveries"] == {"sent": 2} and "job_run_s_median" in status["latency"]
     err = capfd.readouterr().err
@@ -248,9 +255,10 @@ def test_results_wait_for_a_destination_that_is_down(tmp_path: Path) -> None:
         pacs.start()
         try:
             wait_for(lambda: len(pacs.results()) == 1, 60, "the result once the destination is up")
+            # The PACS holds it before its response reaches the listener, which records it then.
+            wait_for(lambda: db_rows(spool, "SELECT state FROM deliveries") == [("sent",)], 30, "the delivery recorded")
         finally:
             pacs.stop()
-    assert db_rows(spool, "SELECT state FROM deliveries") == [("sent",)]
 
 
 def test_a_full_spool_refuses_with_out_of_resources_and_keeps_no_torn_file(tmp_path: Path, orthanc: Orthanc) -> None:
