@@ -1,7 +1,8 @@
 """Runs a bundle's network on the fastest backend this machine has, and says which.
 
-Order: TensorRT (MONAI `trt_compile`, when CUDA and TensorRT are present), ONNX Runtime
-(CPU, or CUDA if its provider is installed), eager PyTorch. What an export needs to know of a
+Order: TensorRT (MONAI `trt_compile`, when CUDA and TensorRT are present); otherwise ONNX Runtime
+(CPU, or CUDA if its provider is installed) or eager PyTorch, whichever runs the network faster
+on this machine, timed on a few calls at start-up. What an export needs to know of a
 network's forward (its tensor inputs by name, which axes vary) is a :class:`Signature`; one
 exists per network family here (segmentation U-Nets, the TACE dynamics UNet). Exports and
 engines are cached under a name that hashes the weights and the input shapes, so a changed
@@ -156,14 +157,36 @@ def _tensorrt(module: torch.nn.Module, signature: Signature, cache_dir: Path, pr
     return compiled if hasattr(compiled, "_trt_compiler") else None
 
 
+def _median_call(forward: Forward, signature: Signature, device: torch.device, repeats: int = 3) -> float:
+    """Median seconds of `forward` on the signature's examples, after one warm-up call."""
+    import time
+
+    examples = tuple(e.to(device) for e in signature.examples)
+    seconds = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            forward(*examples)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                seconds.append(time.perf_counter() - t0)
+    return float(np.median(seconds))
+
+
 def select_backend(
     module: torch.nn.Module,
     signature: Signature,
     cache_dir: Path,
     prefer: Sequence[str] = BACKENDS,
     prefix: str = "net",
+    race: bool = True,
 ) -> tuple[Forward, str]:
-    """(forward, backend name) for the first backend in `prefer` that works here."""
+    """(forward, backend name): TensorRT if it is in `prefer` and works here; otherwise, with `race`,
+    the faster of ONNX Runtime and eager PyTorch timed on the signature's examples (which one wins
+    depends on the CPU: on this project's Intel build machine eager won for every network, on an AMD
+    one ONNX Runtime matched it), else the first of `prefer` that works."""
+    working: list[tuple[Forward, str]] = []
     for name in prefer:
         if name == "tensorrt":
             if not torch.cuda.is_available() or _device(module).type != "cuda":
@@ -180,11 +203,20 @@ def select_backend(
         elif name == "onnxruntime":
             try:
                 runner = OrtModule(export_onnx(module, signature, cache_dir, prefix), signature)
-                return runner, f"onnxruntime ({runner.provider})"
+                working.append((runner, f"onnxruntime ({runner.provider})"))
             except Exception as exc:
                 log.warning("ONNX Runtime unavailable for %s (%s); trying the next backend", prefix, exc)
         elif name == "torch":
-            return module, "torch (eager)"
+            working.append((module, "torch (eager)"))
         else:
             raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
-    raise RuntimeError(f"none of the backends {list(prefer)} works on this machine")
+        if working and not race:
+            return working[0]
+    if not working:
+        raise RuntimeError(f"none of the backends {list(prefer)} works on this machine")
+    if len(working) == 1:
+        return working[0]
+    timed = [(_median_call(forward, signature, _device(module)), forward, name) for forward, name in working]
+    _, forward, name = min(timed, key=lambda t: t[0])
+    log.info("%s: %s", prefix, ", ".join(f"{n} {t * 1e3:.1f} ms" for t, _, n in timed) + f" per call -> {name}")
+    return forward, name

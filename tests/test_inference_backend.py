@@ -4,6 +4,7 @@ UNet, the whole world model); fallback order; cached exports."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def _parity(unet: torch.nn.Module, tmp_path: Path, context: torch.Tensor | None,
     unet.eval()
     image = torch.rand(3, 1, *roi)  # a batch other than the export's
     signature = unet_signature(roi, getattr(unet, "text_dim", None))
-    forward, name = select_backend(unet, signature, tmp_path, prefer=("onnxruntime", "torch"))
+    forward, name = select_backend(unet, signature, tmp_path, prefer=("onnxruntime",))
     assert name.startswith("onnxruntime")
     with torch.no_grad():
         eager = torch.softmax(unet(image) if context is None else unet(image, context), dim=1)
@@ -110,3 +111,19 @@ def test_onnxruntime_matches_eager_tace_dynamics(tmp_path: Path) -> None:
     ort = forward(x, timesteps=t, context=None)
     assert eager.shape == ort.shape == (5, 1, *patch)
     assert float((eager - ort).abs().max()) <= 1e-4 * max(1.0, float(eager.abs().max()))
+
+
+def test_race_keeps_the_faster_of_onnxruntime_and_eager_and_logs_both(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="oncoplan.operators.inference_backend")
+    unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None).eval()
+    signature = unet_signature((32, 32, 16))
+    forward, name = select_backend(unet, signature, tmp_path, prefer=("onnxruntime", "torch"), prefix="tiny")
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("tiny:"))
+    timings = dict(re.findall(r"(onnxruntime \(\w+\)|torch \(eager\)) ([0-9.]+) ms", line))
+    assert set(timings) == {"onnxruntime (CPUExecutionProvider)", "torch (eager)"}, line
+    assert name == min(timings, key=lambda k: float(timings[k])) and line.endswith(f"-> {name}")
+    assert (forward is unet) == (name == "torch (eager)")
+    first, first_name = select_backend(unet, signature, tmp_path, prefer=("torch", "onnxruntime"), race=False)
+    assert first is unet and first_name == "torch (eager)"

@@ -22,14 +22,6 @@ from ..bundle_loading import bundle_parser, load_network
 from .dynamics import simulate
 from .preprocess import viable_fraction
 
-# Backend order per network. The dynamics UNet skips ONNX Runtime: on this project's 2-core CPU
-# one DDIM step ran at 0.56x eager there (GroupNorm + attention; BENCHMARKS.md, Inference backends),
-# while TensorRT on a GPU is the point of accelerating it.
-BACKEND_ORDER: dict[str, tuple[str, ...]] = {
-    "dynamics": ("tensorrt", "torch"),
-    "assistant": ("tensorrt", "onnxruntime", "torch"),
-}
-
 
 @dataclass
 class Simulation:
@@ -78,12 +70,17 @@ class WorldModel:
         self.dynamics_forward, self.assistant_forward = self.dynamics, self.assistant
 
     def accelerate(self, cache: Path, prefer: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
-        """Run both networks on the fastest backend here; returns the backend of each. `prefer`: the
-        backend order per network ("dynamics", "assistant"), default :data:`BACKEND_ORDER`. Exports
-        are cached in `cache`, keyed by weights and shapes."""
-        from oncoplan.operators.inference_backend import dynamics_signature, select_backend, unet_signature
+        """Run both networks on the fastest backend here (see `select_backend`); returns the backend
+        of each. `prefer`: the backends to consider per network ("dynamics", "assistant"), default
+        all. Exports are cached in `cache`, keyed by weights and shapes."""
+        from oncoplan.operators.inference_backend import (
+            BACKENDS,
+            dynamics_signature,
+            select_backend,
+            unet_signature,
+        )
 
-        order = {**BACKEND_ORDER, **dict(prefer or {})}
+        order = {"dynamics": BACKENDS, "assistant": BACKENDS, **dict(prefer or {})}
         in_channels = self.dynamics.unet.in_channels + self.dynamics.n_actions
         self.dynamics_forward, dyn = select_backend(
             self.dynamics, dynamics_signature(in_channels, self.patch), cache, order["dynamics"], "tace_dynamics"
