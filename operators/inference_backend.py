@@ -12,8 +12,10 @@ checkpoint never reuses a stale file and two networks never share one.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import platform
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +187,14 @@ def select_backend(
     """(forward, backend name): TensorRT if it is in `prefer` and works here; otherwise, with `race`,
     the faster of ONNX Runtime and eager PyTorch timed on the signature's examples (which one wins
     depends on the CPU: on this project's Intel build machine eager won for every network, on an AMD
-    one ONNX Runtime matched it), else the first of `prefer` that works."""
+    one ONNX Runtime matched it), else the first of `prefer` that works. The race's winner is kept in
+    `cache_dir` per weights, shapes and machine, so later runs start without timing."""
+    record = _race_record(module, signature, cache_dir, prefix, prefer) if race else None
+    if record is not None and record.exists():
+        # Decided before on this machine for these weights: skip the timing (it costs start-up).
+        winner = json.loads(record.read_text())["winner"]
+        log.info("%s: %s (timed earlier, %s)", prefix, winner, record.name)
+        prefer, race = [p for p in prefer if p in ("tensorrt", winner)], False
     working: list[tuple[Forward, str]] = []
     for name in prefer:
         if name == "tensorrt":
@@ -219,4 +228,20 @@ def select_backend(
     timed = [(_median_call(forward, signature, _device(module)), forward, name) for forward, name in working]
     _, forward, name = min(timed, key=lambda t: t[0])
     log.info("%s: %s", prefix, ", ".join(f"{n} {t * 1e3:.1f} ms" for t, _, n in timed) + f" per call -> {name}")
+    if record is not None:
+        tmp = record.with_suffix(f".{os.getpid()}.partial")
+        tmp.write_text(json.dumps({"winner": name.split()[0], "ms": {n: t * 1e3 for t, _, n in timed}}))
+        tmp.replace(record)
     return forward, name
+
+
+def _race_record(
+    module: torch.nn.Module, signature: Signature, cache_dir: Path, prefix: str, prefer: Sequence[str]
+) -> Path:
+    """Where the race's winner is kept: per weights, shapes, candidates and machine (CPU, threads)."""
+    cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "")
+    machine = hashlib.sha256(f"{platform.platform()}|{cpu}|{torch.get_num_threads()}|{list(prefer)}".encode())
+    key = _fingerprint(module, [e.shape for e in signature.examples])
+    path = Path(cache_dir) / f"{prefix}_{key}_{machine.hexdigest()[:8]}.race.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

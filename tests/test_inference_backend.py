@@ -125,5 +125,8 @@ def test_race_keeps_the_faster_of_onnxruntime_and_eager_and_logs_both(
     assert set(timings) == {"onnxruntime (CPUExecutionProvider)", "torch (eager)"}, line
     assert name == min(timings, key=lambda k: float(timings[k])) and line.endswith(f"-> {name}")
     assert (forward is unet) == (name == "torch (eager)")
+    caplog.clear()  # the next start on this machine reuses the decision without timing
+    _, again_name = select_backend(unet, signature, tmp_path, prefer=("onnxruntime", "torch"), prefix="tiny")
+    assert again_name == name and "timed earlier" in caplog.text and " ms" not in caplog.text
     first, first_name = select_backend(unet, signature, tmp_path, prefer=("torch", "onnxruntime"), race=False)
     assert first is unet and first_name == "torch (eager)"
