@@ -43,7 +43,7 @@ STAGE_NOTES = {
     "start-up": "process start to the first operator, less stages timed before it: imports, graph construction",
     "input check": "OncoPlan's check of the input folder before the graph",
     "load": "loader, selector, series-to-volume (+ note)",
-    "model setup": "stock: TorchScript load + bundle config parse; OncoPlan: bundle, LM, backend (ONNX Runtime or eager, the faster)",
+    "model setup": "stock: TorchScript load + bundle config parse; OncoPlan: bundle, LM, backend (ORT or eager)",
     "preprocess": "inference operator up to the inferer",
     "inference": "sliding-window inferer (+ OncoPlan's text encoder)",
     "postprocess": "inference operator after the inferer",
