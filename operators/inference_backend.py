@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,10 +122,18 @@ class OrtModule:
         return torch.from_numpy(out).to(first.device)
 
 
-def export_onnx(module: torch.nn.Module, signature: Signature, cache_dir: Path, prefix: str = "net") -> Path:
-    """`module` as ONNX (batch and the signature's other axes dynamic), cached by weights and shapes."""
+def _key(module: torch.nn.Module, signature: Signature) -> str:
+    """The cache key of `module` under `signature`: its weights and the example shapes."""
+    return _fingerprint(module, [e.shape for e in signature.examples])
+
+
+def export_onnx(
+    module: torch.nn.Module, signature: Signature, cache_dir: Path, prefix: str = "net", key: str | None = None
+) -> Path:
+    """`module` as ONNX (batch and the signature's other axes dynamic), cached by weights and shapes
+    (`key`, computed if not given)."""
     examples = tuple(e.to(_device(module)) for e in signature.examples)
-    path = Path(cache_dir) / f"{prefix}_{_fingerprint(module, [e.shape for e in examples])}.onnx"
+    path = Path(cache_dir) / f"{prefix}_{key or _key(module, signature)}.onnx"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,11 +151,13 @@ def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters(), torch.zeros(0)).device
 
 
-def _tensorrt(module: torch.nn.Module, signature: Signature, cache_dir: Path, prefix: str) -> torch.nn.Module | None:
+def _tensorrt(
+    module: torch.nn.Module, signature: Signature, cache_dir: Path, prefix: str, key: str
+) -> torch.nn.Module | None:
     """`module` with MONAI's TensorRT hook (engine built on first call, cached), or None if it cannot be."""
     from monai.networks import trt_compile
 
-    base = Path(cache_dir) / f"{prefix}_{_fingerprint(module, [e.shape for e in signature.examples])}_trt"
+    base = Path(cache_dir) / f"{prefix}_{key}_trt"
     base.parent.mkdir(parents=True, exist_ok=True)
     args = {
         "precision": "fp16",
@@ -161,8 +172,6 @@ def _tensorrt(module: torch.nn.Module, signature: Signature, cache_dir: Path, pr
 
 def _median_call(forward: Forward, signature: Signature, device: torch.device, repeats: int = 3) -> float:
     """Median seconds of `forward` on the signature's examples, after one warm-up call."""
-    import time
-
     examples = tuple(e.to(device) for e in signature.examples)
     seconds = []
     with torch.no_grad():
@@ -189,7 +198,8 @@ def select_backend(
     depends on the CPU: on this project's Intel build machine eager won for every network, on an AMD
     one ONNX Runtime matched it), else the first of `prefer` that works. The race's winner is kept in
     `cache_dir` per weights, shapes and machine, so later runs start without timing."""
-    record = _race_record(module, signature, cache_dir, prefix, prefer) if race else None
+    key = _key(module, signature)  # hashes every weight: once per selection
+    record = _race_record(key, cache_dir, prefix, prefer) if race else None
     if record is not None and record.exists():
         # Decided before on this machine for these weights: skip the timing (it costs start-up).
         winner = json.loads(record.read_text())["winner"]
@@ -202,7 +212,7 @@ def select_backend(
                 log.info("TensorRT skipped for %s: no CUDA device", prefix)
                 continue
             try:
-                compiled = _tensorrt(module, signature, cache_dir, prefix)
+                compiled = _tensorrt(module, signature, cache_dir, prefix, key)
             except Exception as exc:  # unsupported op, bad install, ...: fall through, logged
                 log.warning("TensorRT failed for %s (%s); trying the next backend", prefix, exc)
                 continue
@@ -211,7 +221,7 @@ def select_backend(
             log.warning("TensorRT unavailable for %s (tensorrt/polygraphy not installed)", prefix)
         elif name == "onnxruntime":
             try:
-                runner = OrtModule(export_onnx(module, signature, cache_dir, prefix), signature)
+                runner = OrtModule(export_onnx(module, signature, cache_dir, prefix, key), signature)
                 working.append((runner, f"onnxruntime ({runner.provider})"))
             except Exception as exc:
                 log.warning("ONNX Runtime unavailable for %s (%s); trying the next backend", prefix, exc)
@@ -229,19 +239,15 @@ def select_backend(
     _, forward, name = min(timed, key=lambda t: t[0])
     log.info("%s: %s", prefix, ", ".join(f"{n} {t * 1e3:.1f} ms" for t, _, n in timed) + f" per call -> {name}")
     if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
         tmp = record.with_suffix(f".{os.getpid()}.partial")
         tmp.write_text(json.dumps({"winner": name.split()[0], "ms": {n: t * 1e3 for t, _, n in timed}}))
         tmp.replace(record)
     return forward, name
 
 
-def _race_record(
-    module: torch.nn.Module, signature: Signature, cache_dir: Path, prefix: str, prefer: Sequence[str]
-) -> Path:
-    """Where the race's winner is kept: per weights, shapes, candidates and machine (CPU, threads)."""
+def _race_record(key: str, cache_dir: Path, prefix: str, prefer: Sequence[str]) -> Path:
+    """Where the race's winner is kept: per weights and shapes (`key`), candidates and machine."""
     cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "")
     machine = hashlib.sha256(f"{platform.platform()}|{cpu}|{torch.get_num_threads()}|{list(prefer)}".encode())
-    key = _fingerprint(module, [e.shape for e in signature.examples])
-    path = Path(cache_dir) / f"{prefix}_{key}_{machine.hexdigest()[:8]}.race.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(cache_dir) / f"{prefix}_{key}_{machine.hexdigest()[:8]}.race.json"

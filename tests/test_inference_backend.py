@@ -98,8 +98,7 @@ def test_onnxruntime_matches_eager_tace_dynamics(tmp_path: Path) -> None:
 
     net = _tiny("tace_dynamics", 4)
     patch = (16, 16, 16)  # TINY_TACE's dynamics roi_size
-    in_channels = net.unet.in_channels + net.n_actions
-    forward, name = select_backend(net, dynamics_signature(in_channels, patch), tmp_path, ("onnxruntime",))
+    forward, name = select_backend(net, dynamics_signature(net.input_channels, patch), tmp_path, ("onnxruntime",))
     assert name.startswith("onnxruntime")
     torch.manual_seed(5)
     protocols = (torch.rand(5, net.n_actions) > 0.6).float()

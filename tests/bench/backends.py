@@ -51,7 +51,7 @@ def _networks(batch: int, device: str):
     protocols = (torch.rand(batch, net.n_actions) > 0.7).float()
     mask = (torch.rand(batch, 1, *patch) > 0.5).float()
     x = torch.cat([torch.randn(batch, 1, *patch), condition(torch.rand(batch, 1, *patch), mask, protocols)], 1)
-    signature = dynamics_signature(net.unet.in_channels + net.n_actions, patch)
+    signature = dynamics_signature(net.input_channels, patch)
     x = x.to(device)
     kwargs = {"timesteps": torch.Tensor((500,)).to(device), "context": None}  # one DDIM step, as the sampler calls it
     yield "TACE dynamics UNet (one DDIM step)", net, signature, (x,), kwargs, "noise"

@@ -144,14 +144,15 @@ def evaluate_cohorts(
     return result
 
 
+def _ci(m: dict) -> str:
+    return f"{m['mean']:.3f} ({m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})"
+
+
 def markdown(result: dict) -> str:
     """The model card's results table."""
     header = ["model", "site", "cases", "Dice (95% CI)", "IoU (95% CI)", "HD95 cm (95% CI)", "laterality flip"]
     header += ["N0->N+", "N+->N0"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-
-    def ci(m: dict) -> str:
-        return f"{m['mean']:.3f} ({m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})"
 
     def rate(s: dict, key: str) -> str:
         return f"{s[key]['success_rate']:.0%} of {s[key]['cases']}" if key in s else "-"
@@ -159,7 +160,7 @@ def markdown(result: dict) -> str:
     for name, res in result["models"].items():
         for site, s in res["summary"].items():
             lines.append(
-                f"| {name} | {site} | {s['cases']} | {ci(s['dice'])} | {ci(s['iou'])} | {ci(s['hd95_cm'])} | "
+                f"| {name} | {site} | {s['cases']} | {_ci(s['dice'])} | {_ci(s['iou'])} | {_ci(s['hd95_cm'])} | "
                 f"{rate(s, 'laterality_flip')} | {rate(s, 'n0_to_nplus')} | {rate(s, 'nplus_to_n0')} |"
             )
     return "\n".join(lines) + "\n"
@@ -175,23 +176,24 @@ def efficiency_points(result: dict) -> dict[str, dict[int, dict]]:
     return {f: dict(sorted(p.items())) for f, p in points.items() if len(p) > 1}
 
 
+def _sites(points: dict[str, dict[int, dict]]) -> list[str]:
+    return [s for s in ("internal", "external") if any(s in v for p in points.values() for v in p.values())]
+
+
 def efficiency_markdown(result: dict) -> str:
     """Dice and IoU by training fraction and site, with the text-guided model's relative gain over
     the vision-only one at the same fraction (the seed's "Performance Gain" rows)."""
     points = efficiency_points(result)
     if not points:
         return ""
-    sites = [s for s in ("internal", "external") if any(s in v for p in points.values() for v in p.values())]
+    sites = _sites(points)
     header = ["data", "model"] + [f"{site} {m}" for site in sites for m in ("Dice (95% CI)", "IoU (95% CI)")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-
-    def ci(m: dict) -> str:
-        return f"{m['mean']:.3f} ({m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})"
 
     for pct in sorted({p for fam in points.values() for p in fam}):
         here = {fam: pts[pct] for fam, pts in points.items() if pct in pts}
         for fam, summary in here.items():
-            cells = [ci(summary[site][m]) for site in sites for m in ("dice", "iou")]
+            cells = [_ci(summary[site][m]) for site in sites for m in ("dice", "iou")]
             lines.append(f"| {pct}% | {fam} | " + " | ".join(cells) + " |")
         if {"text-guided", "vision-only"} <= set(here):
             t, v = here["text-guided"], here["vision-only"]
@@ -207,7 +209,7 @@ def plot_efficiency(result: dict, path: Path) -> Path | None:
         return None
     from matplotlib.figure import Figure
 
-    sites = [s for s in ("internal", "external") if any(s in v for p in points.values() for v in p.values())]
+    sites = _sites(points)
     fig = Figure(figsize=(4.2 * len(sites), 3.4), layout="constrained")
     for ax, site in zip(fig.subplots(1, len(sites), squeeze=False)[0], sites, strict=True):
         for fam, pts in points.items():

@@ -90,6 +90,11 @@ class ProtocolConditionedUNet(nn.Module):
         # the multi-hot vector, in place of the UNet's one-label nn.Embedding.
         self.unet.class_embedding = nn.Linear(n_actions, channels[0] * 4, bias=False)
 
+    @property
+    def input_channels(self) -> int:
+        """Channels of the concatenated input: noisy patch, image conditions, one per action."""
+        return self.unet.in_channels + self.n_actions
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, **_: object):
         images, protocol = x[:, : 1 + IMAGE_CONDITIONS], x[:, 1 + IMAGE_CONDITIONS :]
         if protocol.shape[1] != self.n_actions:

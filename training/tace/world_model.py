@@ -81,9 +81,12 @@ class WorldModel:
         )
 
         order = {"dynamics": BACKENDS, "assistant": BACKENDS, **dict(prefer or {})}
-        in_channels = self.dynamics.unet.in_channels + self.dynamics.n_actions
         self.dynamics_forward, dyn = select_backend(
-            self.dynamics, dynamics_signature(in_channels, self.patch), cache, order["dynamics"], "tace_dynamics"
+            self.dynamics,
+            dynamics_signature(self.dynamics.input_channels, self.patch),
+            cache,
+            order["dynamics"],
+            "tace_dynamics",
         )
         self.assistant_forward, ast = select_backend(
             self.assistant, unet_signature(self.window), cache, order["assistant"], "tace_assistant"
