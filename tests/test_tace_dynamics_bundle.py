@@ -109,6 +109,7 @@ def test_evaluate_reports_protocol_sensitivity(trained: dict[str, Path], tmp_pat
     assert len(case["intensity_viable_fraction"]) == 4
     assert all(0.0 <= f <= 1.0 for f in case["intensity_viable_fraction"])
     assert {"spearman_mean", "spearman_intensity_mean"} <= set(report["summary"])
+    assert 0.0 <= case["background_error_hu"] <= 775.0
 
 
 def test_intensity_read_out_classifies_voxels_by_the_cohort_hu_table() -> None:
@@ -165,3 +166,20 @@ def test_checkpoint_saver_keeps_the_lowest_noise_loss() -> None:
     saver = next(h for h in config["validate"]["handlers"] if h["_target_"] == "CheckpointSaver")
     assert "val_noise_l1" in config["validate"]["key_metric"]
     assert saver["key_metric_negative_sign"] is True
+
+
+def test_noise_schedule_ends_in_noise_as_sampling_starts() -> None:
+    """DDIM sampling starts from pure Gaussian noise, so training's last timestep must have destroyed the
+    image: with 200 steps of these betas 41% of the signal was left, and every simulation was off by
+    ~150 HU everywhere. Training and sampling must also share one schedule."""
+    from monai.bundle import ConfigParser
+
+    parsed = {}
+    for name, key in (("train.json", "scheduler"), ("inference.json", "sampler")):
+        parser = ConfigParser()
+        parser.read_config(BUNDLE / "configs" / name)
+        parsed[name] = parser.get_parsed_content(key)
+    train, sample = parsed["train.json"], parsed["inference.json"]
+    assert float(train.alphas_cumprod[-1].sqrt()) < 0.05
+    assert train.num_train_timesteps == sample.num_train_timesteps
+    assert torch.allclose(train.alphas_cumprod, sample.alphas_cumprod)

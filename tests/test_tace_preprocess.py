@@ -49,6 +49,19 @@ def test_datalist_points_at_files_on_one_grid(prepared: Path) -> None:
         assert entry["os_weeks"] > 0 and entry["event"] in (0.0, 1.0)
 
 
+def test_several_prepared_cohorts_form_one_datalist(prepared: Path, tmp_path: Path) -> None:
+    from oncoplan.training.tace.data import load_prepared, segmentation_items
+
+    second = tmp_path / "second"
+    second.symlink_to(prepared, target_is_directory=True)
+    one = load_prepared(prepared)
+    both = load_prepared([prepared, second])
+    assert len(both) == 2 * len(one)
+    moved = [e["pre_image"].replace(str(prepared), str(second)) for e in one]
+    assert [e["pre_image"] for e in both[len(one) :]] == moved
+    assert len(segmentation_items([str(prepared), str(second)], ("pre", "post"))) == 4 * len(one)
+
+
 def test_seg_and_nifti_labels_agree(liver_cohort: Path) -> None:
     row = pd.read_csv(liver_cohort / "cohort.csv").iloc[0]
     phase = "PVP" if isinstance(row["post_PVP_series"], str) else "AP"

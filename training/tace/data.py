@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,17 @@ import numpy as np
 from oncoplan.errors import InputError
 
 STUDIES = ("pre", "post")
+Sources = str | Path | Sequence[str | Path]  # one prepared folder, or several
 
 
-def load_prepared(prepared: str | Path) -> list[dict[str, object]]:
-    """The entries of `prepared/datalist.json`, with file paths made absolute."""
+def load_prepared(prepared: Sources) -> list[dict[str, object]]:
+    """The entries of `prepared/datalist.json`, with file paths made absolute.
+
+    Several prepared folders (a list) give their entries in order: a training set grows by adding
+    cohorts without re-preparing the ones it has (case ids may repeat across cohorts; the paths differ).
+    """
+    if not isinstance(prepared, (str, Path)):
+        return [entry for folder in prepared for entry in load_prepared(folder)]
     prepared = Path(prepared)
     path = prepared / "datalist.json"
     if not path.exists():
@@ -46,7 +54,7 @@ def subset(items: list[dict[str, object]], fraction: float = 1.0, seed: int = 0)
 
 
 def segmentation_items(
-    prepared: str | Path, studies: tuple[str, ...] = ("post",), fraction: float = 1.0, seed: int = 0
+    prepared: Sources, studies: tuple[str, ...] = ("post",), fraction: float = 1.0, seed: int = 0
 ) -> list[dict[str, object]]:
     """{"image", "label", "case_id", "study"} items of `studies` (post: fine-tuning; pre: pre-training)."""
     for study in studies:
@@ -60,7 +68,7 @@ def segmentation_items(
     ]
 
 
-def dynamics_items(prepared: str | Path, fraction: float = 1.0, seed: int = 0) -> list[dict[str, object]]:
+def dynamics_items(prepared: Sources, fraction: float = 1.0, seed: int = 0) -> list[dict[str, object]]:
     """{"image": post CT, "pre": pre CT, "label": pre label map, "protocol": multi-hot} per case with a protocol.
 
     "image" is the post-treatment scan because it is what the diffusion model generates.

@@ -146,6 +146,9 @@ def protocol_sensitivity(
                 for ws in sim.windows
             ]
         ).mean(axis=1)
+        # Outside the lesion the post scan is the pre scan plus new noise: a sanity floor for the sampler.
+        outside = pre_window[sim.patch_slices][~lesion]
+        background = np.abs(sim.windows[(slice(None), slice(None), *sim.patch_slices)][..., ~lesion] - outside)
         cases.append(
             {
                 "case_id": entry["case_id"],
@@ -156,12 +159,14 @@ def protocol_sensitivity(
                 "simulated_viable_fraction": [round(float(s), 4) for s in simulated],
                 "simulated_spread": [round(float(s), 4) for s in sim.viable_fraction.std(axis=1)],
                 "intensity_viable_fraction": [round(float(s), 4) for s in by_intensity],
+                "background_error_hu": round(float(background.mean()) * 775.0 / 2.0, 1),
             }
         )
     summary: dict[str, object] = {
         "n_cases": len(cases),
         "protocols_per_case": k,
         "samples_per_protocol": int(world.samples),
+        "background_error_hu": float(np.mean([c["background_error_hu"] for c in cases])) if cases else float("nan"),
     }
     for key in ("spearman", "spearman_intensity"):
         rhos = [c[key] for c in cases]
@@ -179,7 +184,9 @@ def protocol_sensitivity(
             f"{summary[f'{key}_cases_above_0_5']}/{len(cases)} |"
         )
     (out / "protocol_sensitivity.md").write_text(
-        f"Protocol sensitivity on `{prepared}` (synthetic): {k} protocols x {world.samples} samples per case.\n\n"
+        f"Protocol sensitivity on `{prepared}` (synthetic): {k} protocols x {world.samples} samples per case.\n"
+        f"Mean absolute HU difference from the pre scan outside the lesion (sampler sanity, noise level): "
+        f"{summary['background_error_hu']:.1f} HU.\n\n"
         "| read-out | cases | Spearman mean [bootstrap 95% CI] | median | cases > 0.5 |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
         + "\n"
