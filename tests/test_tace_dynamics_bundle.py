@@ -164,7 +164,7 @@ def test_checkpoint_saver_keeps_the_lowest_noise_loss() -> None:
     """The key metric is an error (lower is better); ignite's saver ranks higher-is-better unless told."""
     config = json.loads((BUNDLE / "configs" / "train.json").read_text())
     saver = next(h for h in config["validate"]["handlers"] if h["_target_"] == "CheckpointSaver")
-    assert "val_noise_l1" in config["validate"]["key_metric"]
+    assert "val_velocity_l1" in config["validate"]["key_metric"]
     assert saver["key_metric_negative_sign"] is True
 
 

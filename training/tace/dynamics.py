@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.engines.utils import DiffusionPrepareBatch
+from monai.engines.utils import DiffusionPrepareBatch, VPredictionPrepareBatch
 from monai.networks.nets import DiffusionModelUNet
 from monai.transforms import MapTransform
 from torch import nn
@@ -121,12 +121,25 @@ class ProtocolChannelsd(MapTransform):
         return d
 
 
-class ConcatDiffusionPrepareBatch(DiffusionPrepareBatch):
-    """MONAI's `DiffusionPrepareBatch` for a condition that is concatenated to the noisy input."""
+class _ConcatCondition:
+    """Tell MONAI's `DiffusionInferer` that the condition is concatenated to the noisy input."""
 
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
         images, target, args, infer_kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
         return images, target, args, {**infer_kwargs, "mode": "concat"}
+
+
+class ConcatDiffusionPrepareBatch(_ConcatCondition, DiffusionPrepareBatch):
+    """MONAI's `DiffusionPrepareBatch` (noise target) for a concatenated condition."""
+
+
+class ConcatVPredictionPrepareBatch(_ConcatCondition, VPredictionPrepareBatch):
+    """MONAI's `VPredictionPrepareBatch` (velocity target) for a concatenated condition.
+
+    The bundle trains on velocity: with noise targets the network's image estimate at low SNR was
+    hundreds of HU off, and DDIM, which starts there, drifted away from the pre-treatment scan even
+    where nothing changes; velocity targets are well scaled at every noise level.
+    """
 
 
 def condition(pre: torch.Tensor, mask: torch.Tensor, protocols: torch.Tensor) -> torch.Tensor:
