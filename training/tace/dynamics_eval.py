@@ -33,10 +33,18 @@ from .data import load_prepared
 from .dynamics import multi_hot
 from .world_model import WorldModel, window_around
 
+HU_WINDOW = (-175.0, 600.0)  # the bundles' ScaleIntensityRanged window, [-1, 1] in model space
+
+
+def to_hu(scaled: np.ndarray) -> np.ndarray:
+    """Model-space intensities back to HU (inverse of the [-175, 600] -> [-1, 1] scaling)."""
+    lo, hi = HU_WINDOW
+    return (scaled + 1.0) / 2.0 * (hi - lo) + lo
+
 
 def intensity_viable_fraction(window: np.ndarray, lesion: np.ndarray, phase: str) -> float:
     """Viable share of the lesion read from intensities alone (see module doc); `window` scaled to [-1, 1]."""
-    hu = (window[lesion] + 1.0) / 2.0 * 775.0 - 175.0  # inverse of the [-175, 600] -> [-1, 1] scaling
+    hu = to_hu(window[lesion])
     i = PHASES.index(phase)
     tissues = np.array([TISSUE_HU["liver"][i], TISSUE_HU["viable"][i], TISSUE_HU["necrosis"][i], LIPIODOL_HU])
     nearest = np.abs(hu[:, None] - tissues[None]).argmin(1)
@@ -99,7 +107,7 @@ def simulate_cases(
         )
         patch_affine = affine.copy()
         patch_affine[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
-        hu = (posts + 1.0) / 2.0 * 775.0 - 175.0  # inverse of the [-175, 600] -> [-1, 1] scaling
+        hu = to_hu(posts)
         case_dir = out / str(entry["case_id"])
         case_dir.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(hu.mean(0).astype(np.float32), patch_affine), case_dir / "simulated_post_mean.nii.gz")
@@ -147,8 +155,8 @@ def protocol_sensitivity(
             ]
         ).mean(axis=1)
         # Outside the lesion the post scan is the pre scan plus new noise: a sanity floor for the sampler.
-        outside = pre_window[sim.patch_slices][~lesion]
-        background = np.abs(sim.windows[(slice(None), slice(None), *sim.patch_slices)][..., ~lesion] - outside)
+        outside = to_hu(pre_window[sim.patch_slices][~lesion])
+        background = np.abs(to_hu(sim.windows[(slice(None), slice(None), *sim.patch_slices)][..., ~lesion]) - outside)
         cases.append(
             {
                 "case_id": entry["case_id"],
@@ -159,7 +167,7 @@ def protocol_sensitivity(
                 "simulated_viable_fraction": [round(float(s), 4) for s in simulated],
                 "simulated_spread": [round(float(s), 4) for s in sim.viable_fraction.std(axis=1)],
                 "intensity_viable_fraction": [round(float(s), 4) for s in by_intensity],
-                "background_error_hu": round(float(background.mean()) * 775.0 / 2.0, 1),
+                "background_error_hu": round(float(background.mean()), 1),
             }
         )
     summary: dict[str, object] = {
