@@ -248,6 +248,14 @@ def select_backend(
 
 def _race_record(key: str, cache_dir: Path, prefix: str, prefer: Sequence[str]) -> Path:
     """Where the race's winner is kept: per weights and shapes (`key`), candidates and machine."""
-    cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "")
-    machine = hashlib.sha256(f"{platform.platform()}|{cpu}|{torch.get_num_threads()}|{list(prefer)}".encode())
+    machine = hashlib.sha256(f"{platform.platform()}|{_cpu_name()}|{torch.get_num_threads()}|{list(prefer)}".encode())
     return Path(cache_dir) / f"{prefix}_{key}_{machine.hexdigest()[:8]}.race.json"
+
+
+def _cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo; elsewhere what `platform` knows): two CPUs may rank backends apart."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((ln for ln in lines if ln.startswith("model name")), platform.processor())
