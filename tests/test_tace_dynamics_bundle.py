@@ -183,3 +183,67 @@ def test_noise_schedule_ends_in_noise_as_sampling_starts() -> None:
     assert float(train.alphas_cumprod[-1].sqrt()) < 0.05
     assert train.num_train_timesteps == sample.num_train_timesteps
     assert torch.allclose(train.alphas_cumprod, sample.alphas_cumprod)
+
+
+def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> None:
+    """The training target carries a loss weight of 1 + lesion_weight inside the tumor mask, the loss
+    applies it, and protocol dropout zeroes exactly the protocol channels of the dropped samples."""
+    from monai.networks.schedulers import DDPMScheduler
+
+    from oncoplan.training.tace.dynamics import LesionWeightedL1, LesionWeightedVPrediction
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
+    pre, mask = torch.rand(2, 1, 8, 8, 8), torch.zeros(2, 1, 8, 8, 8)
+    mask[:, :, 2:5, 2:5, 2:5] = 1.0
+    protocols = torch.tensor([multi_hot("Cisplatin; Lipiodol")] * 2)
+    batch = {"image": torch.rand(2, 1, 8, 8, 8), "condition": condition(pre, mask, protocols)}
+
+    kept = LesionWeightedVPrediction(scheduler, 1000, "condition", lesion_weight=3.0, protocol_dropout=0.0)
+    _, target, _, kwargs = kept(batch)
+    assert target.shape == (2, 2, 8, 8, 8)
+    assert torch.equal(target[:, 1:2], 1.0 + 3.0 * mask)
+    assert torch.equal(kwargs["condition"], batch["condition"])
+
+    dropped = LesionWeightedVPrediction(scheduler, 1000, "condition", lesion_weight=3.0, protocol_dropout=1.0)
+    _, _, _, kwargs = dropped(batch)
+    assert torch.count_nonzero(kwargs["condition"][:, 3:]) == 0
+    assert torch.equal(kwargs["condition"][:, :3], batch["condition"][:, :3])
+
+    pred = torch.zeros(2, 1, 8, 8, 8)
+    value = torch.zeros(2, 1, 8, 8, 8)
+    value[mask > 0] = 1.0  # error 1 in the lesion (27 voxels of 512), 0 elsewhere
+    weighted = LesionWeightedL1()(pred, torch.cat([value, 1.0 + 3.0 * mask], 1))
+    assert weighted.item() == pytest.approx(4 * 27 / (512 + 3 * 27))
+    plain = LesionWeightedL1()(pred, torch.cat([value, torch.ones_like(mask)], 1))
+    assert plain.item() == pytest.approx(torch.nn.functional.l1_loss(pred, value).item())
+
+
+def test_guidance_extrapolates_from_the_null_protocol() -> None:
+    """Classifier-free guidance: scale 1 is the conditional network itself; scale s is
+    null + s * (given - null), the null being every protocol channel zero."""
+    from oncoplan.training.tace.dynamics import ProtocolGuidance
+
+    torch.manual_seed(0)
+    net = ProtocolConditionedUNet(channels=(8, 16, 16), norm_num_groups=8).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(2, 1, 16, 16, 16)
+    given = torch.cat(
+        [
+            x,
+            condition(
+                torch.randn(2, 1, 16, 16, 16),
+                torch.ones(2, 1, 16, 16, 16),
+                torch.tensor([multi_hot("Cisplatin; PVA")] * 2),
+            ),
+        ],
+        1,
+    )
+    null = given.clone()
+    null[:, 3:] = 0.0
+    t = torch.tensor([400])
+    with torch.no_grad():
+        f_given, f_null = net(given, t), net(null, t)
+        assert torch.allclose(ProtocolGuidance(net, 1.0)(given, t), f_given, atol=1e-5)
+        assert torch.allclose(ProtocolGuidance(net, 3.0)(given, t), f_null + 3.0 * (f_given - f_null), atol=1e-5)

@@ -77,6 +77,7 @@ def simulate_cases(
     samples: int = 5,
     steps: int = 25,
     seed: int = 0,
+    guidance: float = 1.0,
 ) -> None:
     """Simulate each case's post-treatment patch (its own recorded protocol, or `protocol`) and save
     every sample and their mean as NIfTI (HU) on the patch's own grid in model space."""
@@ -101,6 +102,7 @@ def simulate_cases(
                 sampler,
                 samples,
                 seed,
+                guidance,
             )[0, :, 0]
             .clamp(-1, 1)
             .numpy()
@@ -174,6 +176,7 @@ def protocol_sensitivity(
         "n_cases": len(cases),
         "protocols_per_case": k,
         "samples_per_protocol": int(world.samples),
+        "guidance": world.guidance,
         "background_error_hu": float(np.mean([c["background_error_hu"] for c in cases])) if cases else float("nan"),
     }
     for key in ("spearman", "spearman_intensity"):
@@ -192,7 +195,7 @@ def protocol_sensitivity(
             f"{summary[f'{key}_cases_above_0_5']}/{len(cases)} |"
         )
     (out / "protocol_sensitivity.md").write_text(
-        f"Protocol sensitivity on `{prepared}` (synthetic): {k} protocols x {world.samples} samples per case.\n"
+        f"Protocol sensitivity on `{prepared}` (synthetic): {k} protocols x {world.samples} samples per case, guidance {world.guidance:g}.\n"
         f"Mean absolute HU difference from the pre scan outside the lesion (sampler sanity, noise level): "
         f"{summary['background_error_hu']:.1f} HU.\n\n"
         "| read-out | cases | Spearman mean [bootstrap 95% CI] | median | cases > 0.5 |\n|---|---|---|---|---|\n"

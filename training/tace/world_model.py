@@ -59,12 +59,13 @@ class WorldModel:
         window: tuple[int, ...],
         samples: int = 5,
         steps: int = 25,
+        guidance: float = 1.0,
     ) -> None:
         if any(p > w for p, w in zip(patch, window, strict=True)):
             raise ValueError(f"dynamics patch {patch} is larger than the assistant window {window}")
         self.dynamics, self.sampler, self.patch = dynamics.eval(), sampler, tuple(int(v) for v in patch)
         self.assistant, self.window = assistant.eval(), tuple(int(v) for v in window)
-        self.samples, self.steps = samples, steps
+        self.samples, self.steps, self.guidance = samples, steps, float(guidance)
         self.device = next(dynamics.parameters()).device
         # What runs the networks: the modules themselves until `accelerate` picks faster backends.
         self.dynamics_forward, self.assistant_forward = self.dynamics, self.assistant
@@ -103,7 +104,8 @@ class WorldModel:
         dynamics_overrides: dict | None = None,
         assistant_overrides: dict | None = None,
     ) -> WorldModel:
-        """Both networks from their bundles' inference configs and shipped (or overridden) weights."""
+        """Both networks from their bundles' inference configs and shipped (or overridden) weights;
+        the dynamics config's `guidance` sets classifier-free guidance."""
         dyn = bundle_parser(dynamics_bundle, overrides=dynamics_overrides)
         ast = bundle_parser(assistant_bundle, overrides=assistant_overrides)
         return cls(
@@ -114,6 +116,7 @@ class WorldModel:
             tuple(ast.get_parsed_content("roi_size")),
             samples,
             steps,
+            float(dyn.get("guidance", 1.0)),
         )
 
     @torch.no_grad()
@@ -132,6 +135,7 @@ class WorldModel:
             self.sampler,
             self.samples,
             seed,
+            self.guidance,
         ).cpu()
         n_protocols, samples = posts.shape[:2]
         windows = np.repeat(pre_window[None], n_protocols * samples, axis=0).astype(np.float32)
