@@ -247,3 +247,24 @@ def test_guidance_extrapolates_from_the_null_protocol() -> None:
         f_given, f_null = net(given, t), net(null, t)
         assert torch.allclose(ProtocolGuidance(net, 1.0)(given, t), f_given, atol=1e-5)
         assert torch.allclose(ProtocolGuidance(net, 3.0)(given, t), f_null + 3.0 * (f_given - f_null), atol=1e-5)
+
+
+def test_validation_draws_the_same_noise_every_run_and_training_keeps_the_latest_weights() -> None:
+    """Validation compares weights, not draws: batch k of every validation run gets the same noise and
+    timesteps. Training also keeps its latest and final weights, not only the best validation."""
+    from monai.networks.schedulers import DDPMScheduler
+
+    from oncoplan.training.tace.dynamics import FixedNoiseVPrediction
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
+    prepare = FixedNoiseVPrediction(scheduler, 1000, "condition", cycle=2)
+    batch = {"image": torch.rand(3, 1, 8, 8, 8), "condition": torch.rand(3, 21, 8, 8, 8)}
+    first, second, again = prepare(batch), prepare(batch), prepare(batch)
+    assert torch.equal(first[1], again[1]) and torch.equal(first[3]["timesteps"], again[3]["timesteps"])
+    assert not torch.equal(first[1], second[1])
+
+    config = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    assert config["val_prepare_batch"]["_target_"].endswith("FixedNoiseVPrediction")
+    assert not any(t["_target_"].startswith("Rand") for t in config["val_patch_sampling"])
+    savers = [h for h in config["train"]["handlers"] if h["_target_"] == "CheckpointSaver"]
+    assert savers and savers[0]["save_final"] is True

@@ -177,6 +177,34 @@ class LesionWeightedVPrediction(ConcatVPredictionPrepareBatch):
         return images, torch.cat([target, weight], dim=1), args, infer_kwargs
 
 
+class FixedNoiseVPrediction(ConcatVPredictionPrepareBatch):
+    """Validation velocity targets whose noise and timesteps repeat every `cycle` batches (the number
+    of validation batches), so successive validations compare weights, not draws of noise and t."""
+
+    def __init__(
+        self,
+        scheduler: nn.Module,
+        num_train_timesteps: int,
+        condition_name: str | None = "condition",
+        cycle: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(scheduler, num_train_timesteps, condition_name)
+        self.cycle, self.seed, self.calls = max(1, int(cycle)), int(seed), 0
+        self.generator = torch.Generator()
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        self.generator.manual_seed(self.seed + self.calls % self.cycle)
+        self.calls += 1
+        return super().__call__(batchdata, device, non_blocking, **kwargs)
+
+    def get_noise(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.randn(images.shape, generator=self.generator).to(images)
+
+    def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.randint(0, self.num_train_timesteps, (images.shape[0],), generator=self.generator).long()
+
+
 class LesionWeightedL1(nn.Module):
     """L1 between the prediction and channel 0 of the target, weighted by its channel 1 (see above)."""
 

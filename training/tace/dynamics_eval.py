@@ -195,7 +195,8 @@ def protocol_sensitivity(
             f"{summary[f'{key}_cases_above_0_5']}/{len(cases)} |"
         )
     (out / "protocol_sensitivity.md").write_text(
-        f"Protocol sensitivity on `{prepared}` (synthetic): {k} protocols x {world.samples} samples per case, guidance {world.guidance:g}.\n"
+        f"Protocol sensitivity on `{prepared}` (synthetic): {k} protocols x {world.samples} samples per case, "
+        f"guidance {world.guidance:g}.\n"
         f"Mean absolute HU difference from the pre scan outside the lesion (sampler sanity, noise level): "
         f"{summary['background_error_hu']:.1f} HU.\n\n"
         "| read-out | cases | Spearman mean [bootstrap 95% CI] | median | cases > 0.5 |\n|---|---|---|---|---|\n"

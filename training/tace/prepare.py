@@ -161,7 +161,7 @@ def prepare_cohort(
     entries = [entry for entry, _ in results]
     report = [row for _, case_report in results for row in case_report]
     summary = _summary(report)
-    datalist = {"cohort": str(cohort), "spacing": spacing, "data": entries}
+    datalist = {"cohort": str(Path(cohort).absolute()), "spacing": spacing, "data": entries}
     (out / "datalist.json").write_text(json.dumps(datalist, indent=1))
     (out / "registration.json").write_text(json.dumps({"summary": summary, "cases": report}, indent=1))
     (out / "registration.md").write_text(_markdown(summary, cohort))
