@@ -118,7 +118,7 @@ def simulate_cases(
         (case_dir / "protocol.txt").write_text(str(Protocol.parse(chosen)) + "\n")
 
 
-def _ground_truth(prepared: Path, entry: dict, cohort: Path | None) -> L.LiverPatient:
+def ground_truth(prepared: Path, entry: dict, cohort: Path | None) -> L.LiverPatient:
     root = cohort or Path(json.loads((prepared / "datalist.json").read_text())["cohort"])
     truth_path = root / str(entry["case_id"]) / "truth.json"
     if not truth_path.exists():
@@ -142,7 +142,7 @@ def protocol_sensitivity(
     entries = load_prepared(prepared)[:limit] if limit else load_prepared(prepared)
     cases = []
     for entry in tqdm(entries, desc="protocol sensitivity", unit="case"):
-        patient = _ground_truth(prepared, entry, Path(cohort) if cohort else None)
+        patient = ground_truth(prepared, entry, Path(cohort) if cohort else None)
         protocols = candidate_protocols(patient, k)
         truth = [L.outcome(patient, p).viable_fraction for p in protocols]
         pre, mask, _ = model_space_case(preprocessing, entry)
