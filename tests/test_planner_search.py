@@ -181,6 +181,11 @@ def test_accelerated_world_model_simulates_like_eager(models, case, tmp_path: Pa
     assert float(np.abs(a.windows - b.windows).max()) <= 1e-3
     assert float((a.labels == b.labels).mean()) >= 0.999
     np.testing.assert_allclose(a.viable_fraction, b.viable_fraction, atol=1e-2)
+    # Classifier-free guidance doubles the dynamics batch (protocol and null halves) through the backend.
+    fast.guidance = eager.guidance = 2.5
+    a = eager.simulate(case["pre"], case["mask"], protocols, 3)
+    b = fast.simulate(case["pre"], case["mask"], protocols, 3)
+    assert float(np.abs(a.windows - b.windows).max()) <= 1e-3
 
 
 def test_beam_search_valid_protocols_one_batch_per_step(models, case, monkeypatch: pytest.MonkeyPatch) -> None:
