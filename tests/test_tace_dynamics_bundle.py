@@ -195,7 +195,8 @@ def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> No
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
     pre, mask = torch.rand(2, 1, 8, 8, 8), torch.zeros(2, 1, 8, 8, 8)
     mask[:, :, 2:5, 2:5, 2:5] = 1.0
-    protocols = torch.tensor([multi_hot("Cisplatin; Lipiodol")] * 2)
+    # Raltitrexed is the first action: its channel is the first after the two image conditions.
+    protocols = torch.tensor([multi_hot("Raltitrexed; Cisplatin; Lipiodol")] * 2)
     batch = {"image": torch.rand(2, 1, 8, 8, 8), "condition": condition(pre, mask, protocols)}
 
     kept = LesionWeightedVPrediction(scheduler, 1000, "condition", lesion_weight=3.0, protocol_dropout=0.0)
@@ -206,8 +207,8 @@ def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> No
 
     dropped = LesionWeightedVPrediction(scheduler, 1000, "condition", lesion_weight=3.0, protocol_dropout=1.0)
     _, _, _, kwargs = dropped(batch)
-    assert torch.count_nonzero(kwargs["condition"][:, 3:]) == 0
-    assert torch.equal(kwargs["condition"][:, :3], batch["condition"][:, :3])
+    assert torch.count_nonzero(kwargs["condition"][:, 2:]) == 0  # every protocol channel
+    assert torch.equal(kwargs["condition"][:, :2], batch["condition"][:, :2])  # pre and mask kept
 
     pred = torch.zeros(2, 1, 8, 8, 8)
     value = torch.zeros(2, 1, 8, 8, 8)

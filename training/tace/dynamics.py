@@ -142,6 +142,15 @@ class ConcatVPredictionPrepareBatch(_ConcatCondition, VPredictionPrepareBatch):
     """
 
 
+def null_protocol(channels: torch.Tensor, start: int, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+    """A copy of `channels` with every protocol channel (from `start` on) of `rows` zeroed: the "null"
+    protocol (no action given) that protocol dropout trains and classifier-free guidance contrasts with.
+    `start` is `IMAGE_CONDITIONS` in a condition, `1 + IMAGE_CONDITIONS` in the network's input."""
+    out = channels.clone()
+    out[rows, start:] = 0.0
+    return out
+
+
 class LesionWeightedVPrediction(ConcatVPredictionPrepareBatch):
     """Velocity targets that carry a per-voxel loss weight, with protocol dropout.
 
@@ -170,8 +179,7 @@ class LesionWeightedVPrediction(ConcatVPredictionPrepareBatch):
         cond = infer_kwargs["condition"]
         if self.protocol_dropout > 0:
             drop = torch.rand(cond.shape[0], device=cond.device) < self.protocol_dropout
-            cond = cond.clone()
-            cond[drop, 1 + IMAGE_CONDITIONS :] = 0.0
+            cond = null_protocol(cond, IMAGE_CONDITIONS, drop)  # the condition has no noisy-image channel
             infer_kwargs = {**infer_kwargs, "condition": cond}
         weight = 1.0 + self.lesion_weight * (cond[:, 1:2] > 0.5).to(target.dtype)
         return images, torch.cat([target, weight], dim=1), args, infer_kwargs
@@ -226,8 +234,7 @@ class ProtocolGuidance(nn.Module):
         self.network, self.scale = network, float(scale)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, **_: object):
-        null = x.clone()
-        null[:, 1 + IMAGE_CONDITIONS :] = 0.0
+        null = null_protocol(x, 1 + IMAGE_CONDITIONS)
         steps = timesteps if timesteps.numel() == 1 else torch.cat([timesteps, timesteps])
         given, free = self.network(torch.cat([x, null]), steps, context).chunk(2)
         return free + self.scale * (given - free)
