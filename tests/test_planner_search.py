@@ -154,7 +154,7 @@ def test_risk_scorer_shares_patches_across_candidates(models, case) -> None:
     assert risks.shape == (2, 2) and np.isfinite(risks).all() and scorer.forwards > before
     np.testing.assert_allclose(risks[0], risks[1], rtol=1e-5)  # the same protocol twice: the same risks
     # A different post-treatment image changes the risk: the score reads the simulated outcome.
-    altered = Simulation(sim.windows.copy(), sim.labels.copy(), sim.viable_fraction, sim.patch_slices)
+    altered = Simulation(sim.windows.copy(), sim.labels.copy(), sim.viable_fraction, sim.patch_slices, sim.response)
     altered.windows[1] = -1.0
     altered.labels[1] = 0
     changed = scorer(pre, mask, altered)

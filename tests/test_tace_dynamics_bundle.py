@@ -1,6 +1,6 @@
 """The TACE dynamics bundle: every config runs with `python -m monai.bundle run` (tiny sizes), the
-2-rank gloo run included; metadata verifies offline; the protocol reaches the network; simulation
-batches protocols and samples; and the shipped weights pass the protocol-sensitivity check."""
+2-rank gloo run included; metadata verifies offline; the protocol reaches the response and the
+response the image; simulation batches protocols and samples."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from oncoplan.training.actions import ACTION_BASE
-from oncoplan.training.tace.dynamics import ProtocolConditionedUNet, condition, multi_hot
+from oncoplan.training.tace.dynamics import ResponseConditionedUNet, condition, multi_hot
 
 from .conftest import SHARED
 from .helpers import run_bundle, verify_metadata
@@ -88,6 +88,8 @@ def test_inference_simulates_every_case_with_its_protocol(trained: dict[str, Pat
         data = np.asarray(samples[0].dataobj)
         assert data.min() >= -175.0 and data.max() <= 600.0  # HU within the model's window
         assert (case / "protocol.txt").read_text().strip()
+        predicted = json.loads((case / "predicted_response.json").read_text())
+        assert list(predicted) == ["viable share", "necrosis share", "Lipiodol share", "volume ratio"]
 
 
 def test_evaluate_reports_protocol_sensitivity(trained: dict[str, Path], tmp_path: Path) -> None:
@@ -108,7 +110,8 @@ def test_evaluate_reports_protocol_sensitivity(trained: dict[str, Path], tmp_pat
     assert len(case["protocols"]) == 4 and case["true_viable_fraction"] == sorted(case["true_viable_fraction"])
     assert len(case["intensity_viable_fraction"]) == 4
     assert all(0.0 <= f <= 1.0 for f in case["intensity_viable_fraction"])
-    assert {"spearman_mean", "spearman_intensity_mean"} <= set(report["summary"])
+    assert {"spearman_mean", "spearman_intensity_mean", "spearman_response_head_mean"} <= set(report["summary"])
+    assert len(case["predicted_viable_share"]) == 4
     assert 0.0 <= case["background_error_hu"] <= 775.0
 
 
@@ -142,22 +145,85 @@ def test_metadata_verifies_offline() -> None:
     verify_metadata(BUNDLE, SHARED / "monai" / "meta_schema_20240725.json")
 
 
-def test_the_protocol_changes_the_prediction() -> None:
-    """Unlike MeWM's released inference, the protocol is an input the network cannot ignore."""
-    torch.manual_seed(0)
-    net = ProtocolConditionedUNet(channels=(8, 16, 16), norm_num_groups=8).eval()
-    with torch.no_grad():  # zero-initialised output projections would hide the protocol: perturb them
+def _perturbed(seed: int = 0) -> ResponseConditionedUNet:
+    """A tiny network with every weight perturbed: MONAI zero-initialises output projections, which
+    would hide what the conditions do."""
+    torch.manual_seed(seed)
+    net = ResponseConditionedUNet(channels=(8, 16, 16), norm_num_groups=8).eval()
+    with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    x = torch.randn(1, 1, 16, 16, 16)
-    pre, mask = torch.randn(1, 1, 16, 16, 16), torch.ones(1, 1, 16, 16, 16)
-    t = torch.tensor([50])
-    a = net(torch.cat([x, condition(pre, mask, torch.tensor([multi_hot("Cisplatin; Lipiodol")]))[:, :]], 1), t)
-    b = net(torch.cat([x, condition(pre, mask, torch.tensor([multi_hot("Idarubicin; PVA")]))], 1), t)
-    same = net(torch.cat([x, condition(pre, mask, torch.tensor([multi_hot("Lipiodol; Cisplatin")]))], 1), t)
-    assert (a - b).abs().mean() > 1e-4
-    assert torch.allclose(a, same)
-    assert len(multi_hot("Cisplatin; Lipiodol")) == len(ACTION_BASE)
+    return net
+
+
+def test_the_protocol_sets_the_response_and_the_response_changes_the_image() -> None:
+    """Unlike MeWM's released inference, the protocol is an input the model cannot ignore: the head
+    learns a protocol effect from training pairs, and a different response gives a different image."""
+    rng = np.random.default_rng(0)
+    protocols = rng.integers(0, 2, size=(300, len(ACTION_BASE))).astype(float)
+    cisplatin, lipiodol = ACTION_BASE.index("Cisplatin"), ACTION_BASE.index("Lipiodol")
+    viable = 0.6 - 0.3 * protocols[:, lipiodol] - 0.1 * protocols[:, cisplatin]
+    responses = np.c_[viable, 0.8 - viable, 0.2 * np.ones(300), 1.0 - 0.2 * protocols[:, lipiodol]]
+    net = _perturbed()
+    assert net.response_head.fit(protocols, responses, alpha=1e-6) == pytest.approx(1.0)
+    predicted = net.response(torch.tensor([multi_hot("Cisplatin; Lipiodol"), multi_hot("Idarubicin; PVA")]))
+    assert predicted[0, 0] < predicted[1, 0]  # Lipiodol and Cisplatin leave less viable tumor
+    assert torch.allclose(predicted[:, :3].sum(1), torch.ones(2))  # shares renormalised
+    assert torch.allclose(net.response(torch.tensor([multi_hot("Lipiodol; Cisplatin")])), predicted[:1])
+
+    x, pre, mask = torch.randn(1, 1, 16, 16, 16), torch.randn(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16)
+    mask[:, :, 4:12, 4:12, 4:12] = 1.0
+    t = torch.tensor([50, 50])
+    with torch.no_grad():  # same noise and scan, two responses
+        out = net(
+            torch.cat(
+                [
+                    x.expand(2, -1, -1, -1, -1),
+                    condition(pre.expand(2, -1, -1, -1, -1), mask.expand(2, -1, -1, -1, -1), predicted),
+                ],
+                1,
+            ),
+            t,
+        )
+        again = net(torch.cat([x, condition(pre, mask, predicted[1:])], 1), t[:1])
+    assert (out[0] - out[1]).abs().mean() > 1e-4
+    assert torch.allclose(out[1:], again, atol=1e-5)
+
+
+def test_lesion_response_and_the_training_items_carry_it(prepared_liver: Path) -> None:
+    """Shares of the post-treatment lesion and its volume over the pre-treatment lesion, read from
+    registered label maps; every dynamics training item carries it beside its protocol."""
+    from oncoplan.training.tace.data import dynamics_items
+    from oncoplan.training.tace.preprocess import LABELS, lesion_response
+
+    pre = np.zeros((10, 10, 10), np.uint8)
+    pre[2:7, 2:6, 2:6] = LABELS["viable"]  # 80 voxels
+    post = np.zeros_like(pre)
+    post[2:4, 2:6, 2:6] = LABELS["viable"]  # 32
+    post[4:5, 2:6, 2:6] = LABELS["necrosis"]  # 16
+    post[5:6, 2:6, 2:4] = LABELS["lipiodol"]  # 8
+    assert lesion_response(pre, post) == pytest.approx([32 / 56, 16 / 56, 8 / 56, 56 / 80])
+    assert lesion_response(pre, np.zeros_like(pre)) == [0.0, 0.0, 0.0, 0.0]
+
+    items = dynamics_items(prepared_liver)
+    assert items and all(len(i["response"]) == 4 and sum(i["response"][:3]) == pytest.approx(1.0) for i in items)
+
+
+def test_warm_start_keeps_matching_weights_and_widens_the_input(tmp_path: Path) -> None:
+    """A checkpoint with fewer input conditions: shared tensors copied, the input conv's old channels
+    copied and its new ones zeroed, so the warm-started network starts as the old one."""
+    from oncoplan.training.tace.dynamics import compatible_weights
+
+    source = _perturbed(1)
+    state = source.state_dict()
+    conv = next(k for k in state if k.startswith("unet.conv_in") and k.endswith("weight"))
+    state[conv] = state[conv][:, :3].clone()  # an older network saw only noisy image, pre and mask
+    del state["response_head.weights"]
+    torch.save({"model": state}, tmp_path / "old.pt")
+    net = compatible_weights(_perturbed(2), str(tmp_path / "old.pt"))
+    loaded = net.state_dict()
+    assert torch.equal(loaded[conv][:, :3], state[conv]) and torch.count_nonzero(loaded[conv][:, 3:]) == 0
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if k != conv)
 
 
 def test_checkpoint_saver_keeps_the_lowest_noise_loss() -> None:
@@ -187,7 +253,7 @@ def test_noise_schedule_ends_in_noise_as_sampling_starts() -> None:
 
 def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> None:
     """The training target carries a loss weight of 1 + lesion_weight inside the tumor mask, the loss
-    applies it, and protocol dropout zeroes exactly the protocol channels of the dropped samples."""
+    applies it, and condition dropout zeroes exactly the response channels of the dropped samples."""
     from monai.networks.schedulers import DDPMScheduler
 
     from oncoplan.training.tace.dynamics import LesionWeightedL1, LesionWeightedVPrediction
@@ -195,19 +261,19 @@ def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> No
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
     pre, mask = torch.rand(2, 1, 8, 8, 8), torch.zeros(2, 1, 8, 8, 8)
     mask[:, :, 2:5, 2:5, 2:5] = 1.0
-    # Raltitrexed is the first action: its channel is the first after the two image conditions.
-    protocols = torch.tensor([multi_hot("Raltitrexed; Cisplatin; Lipiodol")] * 2)
-    batch = {"image": torch.rand(2, 1, 8, 8, 8), "condition": condition(pre, mask, protocols)}
+    # Every response number non-zero, the first right after the two image conditions.
+    responses = torch.tensor([[0.5, 0.3, 0.2, 0.9]] * 2)
+    batch = {"image": torch.rand(2, 1, 8, 8, 8), "condition": condition(pre, mask, responses)}
 
-    kept = LesionWeightedVPrediction(scheduler, 1000, "condition", lesion_weight=3.0, protocol_dropout=0.0)
+    kept = LesionWeightedVPrediction(scheduler, 1000, "condition", lesion_weight=3.0, condition_dropout=0.0)
     _, target, _, kwargs = kept(batch)
     assert target.shape == (2, 2, 8, 8, 8)
     assert torch.equal(target[:, 1:2], 1.0 + 3.0 * mask)
     assert torch.equal(kwargs["condition"], batch["condition"])
 
-    dropped = LesionWeightedVPrediction(scheduler, 1000, "condition", lesion_weight=3.0, protocol_dropout=1.0)
+    dropped = LesionWeightedVPrediction(scheduler, 1000, "condition", lesion_weight=3.0, condition_dropout=1.0)
     _, _, _, kwargs = dropped(batch)
-    assert torch.count_nonzero(kwargs["condition"][:, 2:]) == 0  # every protocol channel
+    assert torch.count_nonzero(kwargs["condition"][:, 2:]) == 0  # every response channel
     assert torch.equal(kwargs["condition"][:, :2], batch["condition"][:, :2])  # pre and mask kept
 
     pred = torch.zeros(2, 1, 8, 8, 8)
@@ -219,35 +285,22 @@ def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> No
     assert plain.item() == pytest.approx(torch.nn.functional.l1_loss(pred, value).item())
 
 
-def test_guidance_extrapolates_from_the_null_protocol() -> None:
+def test_guidance_extrapolates_from_the_null_response() -> None:
     """Classifier-free guidance: scale 1 is the conditional network itself; scale s is
-    null + s * (given - null), the null being every protocol channel zero."""
-    from oncoplan.training.tace.dynamics import ProtocolGuidance
+    null + s * (given - null), the null being every response channel zero."""
+    from oncoplan.training.tace.dynamics import ConditionGuidance
 
-    torch.manual_seed(0)
-    net = ProtocolConditionedUNet(channels=(8, 16, 16), norm_num_groups=8).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    net = _perturbed()
     x = torch.randn(2, 1, 16, 16, 16)
-    given = torch.cat(
-        [
-            x,
-            condition(
-                torch.randn(2, 1, 16, 16, 16),
-                torch.ones(2, 1, 16, 16, 16),
-                torch.tensor([multi_hot("Cisplatin; PVA")] * 2),
-            ),
-        ],
-        1,
-    )
+    responses = torch.tensor([[0.4, 0.4, 0.2, 0.8]] * 2)
+    given = torch.cat([x, condition(torch.randn(2, 1, 16, 16, 16), torch.ones(2, 1, 16, 16, 16), responses)], 1)
     null = given.clone()
     null[:, 3:] = 0.0
     t = torch.tensor([400])
     with torch.no_grad():
         f_given, f_null = net(given, t), net(null, t)
-        assert torch.allclose(ProtocolGuidance(net, 1.0)(given, t), f_given, atol=1e-5)
-        assert torch.allclose(ProtocolGuidance(net, 3.0)(given, t), f_null + 3.0 * (f_given - f_null), atol=1e-5)
+        assert torch.allclose(ConditionGuidance(net, 1.0)(given, t), f_given, atol=1e-5)
+        assert torch.allclose(ConditionGuidance(net, 3.0)(given, t), f_null + 3.0 * (f_given - f_null), atol=1e-4)
 
 
 def test_validation_draws_the_same_noise_every_run_and_training_keeps_the_latest_weights() -> None:
@@ -259,7 +312,7 @@ def test_validation_draws_the_same_noise_every_run_and_training_keeps_the_latest
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
     prepare = FixedNoiseVPrediction(scheduler, 1000, "condition", cycle=2)
-    batch = {"image": torch.rand(3, 1, 8, 8, 8), "condition": torch.rand(3, 21, 8, 8, 8)}
+    batch = {"image": torch.rand(3, 1, 8, 8, 8), "condition": torch.rand(3, 6, 8, 8, 8)}
     first, second, again = prepare(batch), prepare(batch), prepare(batch)
     assert torch.equal(first[1], again[1]) and torch.equal(first[3]["timesteps"], again[3]["timesteps"])
     assert not torch.equal(first[1], second[1])
@@ -275,15 +328,16 @@ def test_response_probe_fits_the_protocol_effect_and_scores_it_like_the_dynamics
     """The reference probe: a ridge regression recovers a linear protocol effect, and runs end to end on a
     prepared synthetic cohort (its training pairs come from the post-treatment label maps)."""
     from oncoplan.training.tace import response_probe
+    from oncoplan.training.tace.dynamics import fit_ridge
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 2, size=(200, len(ACTION_BASE))).astype(float)
     true = rng.normal(size=len(ACTION_BASE))
-    w = response_probe.fit_ridge(x, x @ true + 0.3, alpha=1e-6)
+    w = fit_ridge(x, x @ true + 0.3, alpha=1e-6)
     assert np.allclose(w[:-1], true, atol=1e-4) and w[-1] == pytest.approx(0.3, abs=1e-4)
 
     features, target = response_probe.training_pairs([prepared_liver])
     assert features.shape == (len(target), len(ACTION_BASE)) and np.all((target >= 0) & (target <= 1))
-    report = response_probe.score(response_probe.fit_ridge(features, target), prepared_liver, k=4)
+    report = response_probe.score(fit_ridge(features, target), prepared_liver, k=4)
     assert report["n_cases"] == len(target)
     assert -1.0 <= report["spearman_mean"][0] <= 1.0

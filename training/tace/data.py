@@ -69,10 +69,20 @@ def segmentation_items(
 
 
 def dynamics_items(prepared: Sources, fraction: float = 1.0, seed: int = 0) -> list[dict[str, object]]:
-    """{"image": post CT, "pre": pre CT, "label": pre label map, "protocol": multi-hot} per case with a protocol.
+    """{"image": post CT, "pre": pre CT, "label": pre label map, "protocol": multi-hot, "response":
+    the lesion's measured response (`preprocess.lesion_response`)} per case with a protocol and a
+    post-treatment label map.
 
-    "image" is the post-treatment scan because it is what the diffusion model generates.
+    "image" is the post-treatment scan because it is what the diffusion model generates; "response"
+    is what it is drawn from (teacher forcing) and what the response head learns from the protocol.
     """
+    import nibabel as nib
+
+    from .preprocess import lesion_response
+
+    def labels(path: object) -> np.ndarray:
+        return np.asarray(nib.load(str(path)).dataobj)
+
     cases = subset(load_prepared(prepared), fraction, seed)
     return [
         {
@@ -80,8 +90,9 @@ def dynamics_items(prepared: Sources, fraction: float = 1.0, seed: int = 0) -> l
             "pre": c["pre_image"],
             "label": c["pre_label"],
             "protocol": c["protocol_multi_hot"],
+            "response": lesion_response(labels(c["pre_label"]), labels(c["post_label"])),
             "case_id": c["case_id"],
         }
         for c in cases
-        if c.get("protocol_multi_hot")
+        if c.get("protocol_multi_hot") and c.get("post_label")
     ]

@@ -10,6 +10,8 @@ The same score is also read without the assistant (`spearman_intensity`): inside
 lesion, each simulated voxel takes the tissue of the synthetic cohort's HU table (liver, viable,
 necrosis, Lipiodol; the case's phase) nearest to its value. It says whether the dynamics model
 carries the protocol's effect into the image whatever the assistant's quality; synthetic cohorts only.
+And from the response head alone (`spearman_response_head`, its predicted viable share): the ranking
+the renderer is asked to draw, so the two stages' shares of any loss can be told apart.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ..metrics import bootstrap_ci
 from ..synth import liver as L
 from ..synth.write_liver import LIPIODOL_HU, PHASES, TISSUE_HU
 from .data import load_prepared
-from .dynamics import multi_hot
+from .dynamics import RESPONSE, multi_hot
 from .world_model import WorldModel, window_around
 
 HU_WINDOW = (-175.0, 600.0)  # the bundles' ScaleIntensityRanged window, [-1, 1] in model space
@@ -93,12 +95,13 @@ def simulate_cases(
             raise InputError(f"case {entry['case_id']}: no protocol recorded; give one with --protocol")
         pre, mask, affine = model_space_case(preprocessing, entry)
         pre_patch, mask_patch, start = window_around(pre, mask, tuple(roi_size))
+        response = network.response(torch.as_tensor([multi_hot(chosen)]))
         posts = (
             simulate(
                 network,
                 torch.as_tensor(pre_patch)[None, None],
                 torch.as_tensor(mask_patch, dtype=torch.float32)[None, None],
-                torch.as_tensor([multi_hot(chosen)]),
+                response,
                 sampler,
                 samples,
                 seed,
@@ -116,6 +119,8 @@ def simulate_cases(
         for i, sample in enumerate(hu):
             nib.save(nib.Nifti1Image(sample.astype(np.float32), patch_affine), case_dir / f"simulated_post_{i}.nii.gz")
         (case_dir / "protocol.txt").write_text(str(Protocol.parse(chosen)) + "\n")
+        predicted = dict(zip(RESPONSE, (round(float(v), 4) for v in response[0]), strict=True))
+        (case_dir / "predicted_response.json").write_text(json.dumps(predicted, indent=1) + "\n")
 
 
 def ground_truth(prepared: Path, entry: dict, cohort: Path | None) -> L.LiverPatient:
@@ -167,9 +172,11 @@ def protocol_sensitivity(
                 "protocols": [str(p) for p in protocols],
                 "true_viable_fraction": [round(t, 4) for t in truth],
                 "simulated_viable_fraction": [round(float(s), 4) for s in simulated],
+                "predicted_viable_share": [round(float(r[0]), 4) for r in sim.response],
                 "simulated_spread": [round(float(s), 4) for s in sim.viable_fraction.std(axis=1)],
                 "intensity_viable_fraction": [round(float(s), 4) for s in by_intensity],
                 "background_error_hu": round(float(background.mean()), 1),
+                "spearman_response_head": _spearman(sim.response[:, 0], truth),
             }
         )
     summary: dict[str, object] = {
@@ -179,7 +186,7 @@ def protocol_sensitivity(
         "guidance": world.guidance,
         "background_error_hu": float(np.mean([c["background_error_hu"] for c in cases])) if cases else float("nan"),
     }
-    for key in ("spearman", "spearman_intensity"):
+    for key in ("spearman", "spearman_intensity", "spearman_response_head"):
         rhos = [c[key] for c in cases]
         summary[f"{key}_mean"] = list(bootstrap_ci(rhos))
         summary[f"{key}_median"] = float(np.median(rhos)) if rhos else float("nan")
@@ -188,7 +195,11 @@ def protocol_sensitivity(
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol_sensitivity.json").write_text(json.dumps({"summary": summary, "cases": cases}, indent=1))
     rows = []
-    for key, name in (("spearman", "assistant segmentation"), ("spearman_intensity", "intensity (no assistant)")):
+    for key, name in (
+        ("spearman", "assistant segmentation"),
+        ("spearman_intensity", "intensity (no assistant)"),
+        ("spearman_response_head", "response head alone (the renderer's condition)"),
+    ):
         m = summary[f"{key}_mean"]
         rows.append(
             f"| {name} | {len(cases)} | {m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}] | {summary[f'{key}_median']:.3f} | "

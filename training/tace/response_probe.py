@@ -27,24 +27,9 @@ from scipy.stats import spearmanr
 from ..metrics import bootstrap_ci
 from ..synth import liver as L
 from .data import load_prepared
-from .dynamics import multi_hot
+from .dynamics import fit_ridge, multi_hot, predict
 from .dynamics_eval import candidate_protocols, ground_truth
 from .preprocess import viable_fraction
-
-
-def _design(features: np.ndarray) -> np.ndarray:
-    """The features with an intercept column."""
-    return np.c_[features, np.ones(len(features))]
-
-
-def fit_ridge(features: np.ndarray, target: np.ndarray, alpha: float = 1e-2) -> np.ndarray:
-    """Weights (features + intercept) of a ridge regression."""
-    x = _design(features)
-    return np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ target)
-
-
-def predict(weights: np.ndarray, features: np.ndarray) -> np.ndarray:
-    return _design(features) @ weights
 
 
 def training_pairs(sources: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:

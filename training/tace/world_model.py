@@ -25,12 +25,15 @@ from .preprocess import viable_fraction
 
 @dataclass
 class Simulation:
-    """Simulated outcomes: windows (P, T, *window), label maps (P, T, *window), viable fraction (P, T)."""
+    """Simulated outcomes: windows (P, T, *window), label maps (P, T, *window), viable fraction (P, T)
+    as the assistant segments it, and the response head's prediction per protocol (P, len(RESPONSE)),
+    which the renderer drew from."""
 
     windows: np.ndarray
     labels: np.ndarray
     viable_fraction: np.ndarray
     patch_slices: tuple[slice, ...]
+    response: np.ndarray
 
 
 def window_around(volume: np.ndarray, mask: np.ndarray, size: tuple[int, ...], fill: float = -1.0):
@@ -121,17 +124,19 @@ class WorldModel:
 
     @torch.no_grad()
     def simulate(self, pre_window: np.ndarray, mask_window: np.ndarray, protocols: np.ndarray, seed: int = 0):
-        """Simulate every protocol (rows of a multi-hot matrix) `samples` times and segment the results."""
+        """Simulate every protocol (rows of a multi-hot matrix) `samples` times and segment the results.
+        The dynamics model's response head turns each protocol into the response its renderer draws."""
         lo = [(w - p) // 2 for w, p in zip(self.window, self.patch, strict=True)]
         patch = tuple(slice(a, a + p) for a, p in zip(lo, self.patch, strict=True))
         pre = torch.as_tensor(pre_window[patch], dtype=torch.float32)[None, None].to(self.device)
         mask = torch.as_tensor(mask_window[patch] > 0, dtype=torch.float32)[None, None].to(self.device)
         self.sampler.set_timesteps(self.steps)
+        responses = self.dynamics.response(torch.as_tensor(protocols, dtype=torch.float32).to(self.device))
         posts = simulate(
             self.dynamics_forward,
             pre,
             mask,
-            torch.as_tensor(protocols, dtype=torch.float32),
+            responses,
             self.sampler,
             self.samples,
             seed,
@@ -148,7 +153,13 @@ class WorldModel:
         labels = np.stack([_keep_liver(lab) for lab in labels])
         fractions = np.array([viable_fraction(lab[patch], empty=0.0) for lab in labels]).reshape(n_protocols, samples)
         shape = (n_protocols, samples)
-        return Simulation(windows.reshape(*shape, *self.window), labels.reshape(*shape, *self.window), fractions, patch)
+        return Simulation(
+            windows.reshape(*shape, *self.window),
+            labels.reshape(*shape, *self.window),
+            fractions,
+            patch,
+            responses.cpu().numpy(),
+        )
 
 
 def _keep_liver(labels: np.ndarray) -> np.ndarray:
