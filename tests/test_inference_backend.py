@@ -101,8 +101,8 @@ def test_onnxruntime_matches_eager_tace_dynamics(tmp_path: Path) -> None:
     forward, name = select_backend(net, dynamics_signature(net.input_channels, patch), tmp_path, ("onnxruntime",))
     assert name.startswith("onnxruntime")
     torch.manual_seed(5)
-    responses = torch.rand(5, net.n_response)
-    cond = condition(torch.rand(5, 1, *patch), torch.rand(5, 1, *patch) > 0.5, responses)
+    layout = (torch.rand(5, 3, *patch) > 0.7).float()
+    cond = condition(torch.rand(5, 1, *patch), torch.rand(5, 1, *patch) > 0.5, layout)
     x = torch.cat([torch.randn(5, 1, *patch), cond], 1)
     t = torch.Tensor((437,))
     with torch.no_grad():

@@ -1,6 +1,6 @@
 """The TACE dynamics bundle: every config runs with `python -m monai.bundle run` (tiny sizes), the
-2-rank gloo run included; metadata verifies offline; the protocol reaches the response and the
-response the image; simulation batches protocols and samples."""
+2-rank gloo run included; metadata verifies offline; the protocol reaches the response, the layout
+draws it and the layout reaches the image; simulation batches protocols and samples."""
 
 from __future__ import annotations
 
@@ -158,7 +158,10 @@ def _perturbed(seed: int = 0) -> ResponseConditionedUNet:
 
 def test_the_protocol_sets_the_response_and_the_response_changes_the_image() -> None:
     """Unlike MeWM's released inference, the protocol is an input the model cannot ignore: the head
-    learns a protocol effect from training pairs, and a different response gives a different image."""
+    learns a protocol effect from training pairs, the layout draws the predicted response, and a
+    different layout gives a different image."""
+    from oncoplan.training.tace.dynamics import layouts
+
     rng = np.random.default_rng(0)
     protocols = rng.integers(0, 2, size=(300, len(ACTION_BASE))).astype(float)
     cisplatin, lipiodol = ACTION_BASE.index("Cisplatin"), ACTION_BASE.index("Lipiodol")
@@ -173,21 +176,46 @@ def test_the_protocol_sets_the_response_and_the_response_changes_the_image() -> 
 
     x, pre, mask = torch.randn(1, 1, 16, 16, 16), torch.randn(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16)
     mask[:, :, 4:12, 4:12, 4:12] = 1.0
+    layout = layouts(mask, predicted, samples=1)
+    assert layout.shape == (2, 3, 16, 16, 16)
+    assert layout[0, 0].sum() < layout[1, 0].sum()  # fewer viable voxels drawn for the better protocol
     t = torch.tensor([50, 50])
-    with torch.no_grad():  # same noise and scan, two responses
+    with torch.no_grad():  # same noise and scan, two layouts
         out = net(
             torch.cat(
                 [
                     x.expand(2, -1, -1, -1, -1),
-                    condition(pre.expand(2, -1, -1, -1, -1), mask.expand(2, -1, -1, -1, -1), predicted),
+                    condition(pre.expand(2, -1, -1, -1, -1), mask.expand(2, -1, -1, -1, -1), layout),
                 ],
                 1,
             ),
             t,
         )
-        again = net(torch.cat([x, condition(pre, mask, predicted[1:])], 1), t[:1])
+        again = net(torch.cat([x, condition(pre, mask, layout[1:])], 1), t[:1])
     assert (out[0] - out[1]).abs().mean() > 1e-4
     assert torch.allclose(out[1:], again, atol=1e-5)
+
+
+def test_the_layout_draws_the_response_it_is_given() -> None:
+    """The layout's label map has the response's shares and volume ratio (to rounding), the rim viable
+    and the core Lipiodol; a sample seed moves the boundaries, the same seed repeats them."""
+    from oncoplan.training.tace.layout import lesion_layout
+    from oncoplan.training.tace.preprocess import LABELS, lesion_response
+
+    mask = np.zeros((24, 24, 24))
+    mask[4:20, 5:19, 6:18] = 1.0
+    pre = np.where(mask > 0, LABELS["viable"], 0)
+    for response in ([0.5, 0.3, 0.2, 0.8], [0.1, 0.9, 0.0, 0.6], [1.0, 0.0, 0.0, 1.0]):
+        drawn = lesion_layout(mask, response, np.random.default_rng(0))
+        assert lesion_response(pre, drawn) == pytest.approx(response, abs=2e-3)
+        assert not drawn[mask == 0].any()
+    drawn = lesion_layout(mask, [0.4, 0.3, 0.3, 0.9], np.random.default_rng(1))
+    depth = __import__("scipy").ndimage.distance_transform_edt(mask)
+    assert depth[drawn == LABELS["viable"]].mean() < depth[drawn == LABELS["lipiodol"]].mean()
+    again = lesion_layout(mask, [0.4, 0.3, 0.3, 0.9], np.random.default_rng(1))
+    other = lesion_layout(mask, [0.4, 0.3, 0.3, 0.9], np.random.default_rng(2))
+    assert np.array_equal(drawn, again) and not np.array_equal(drawn, other)
+    assert not lesion_layout(np.zeros((4, 4, 4)), [0.5, 0.5, 0.0, 1.0], np.random.default_rng(0)).any()
 
 
 def test_lesion_response_and_the_training_items_carry_it(prepared_liver: Path) -> None:
@@ -261,9 +289,8 @@ def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> No
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
     pre, mask = torch.rand(2, 1, 8, 8, 8), torch.zeros(2, 1, 8, 8, 8)
     mask[:, :, 2:5, 2:5, 2:5] = 1.0
-    # Every response number non-zero, the first right after the two image conditions.
-    responses = torch.tensor([[0.5, 0.3, 0.2, 0.9]] * 2)
-    batch = {"image": torch.rand(2, 1, 8, 8, 8), "condition": condition(pre, mask, responses)}
+    layout = torch.ones(2, 3, 8, 8, 8)  # every compartment channel non-zero, right after the two image conditions
+    batch = {"image": torch.rand(2, 1, 8, 8, 8), "condition": condition(pre, mask, layout)}
 
     kept = LesionWeightedVPrediction(scheduler, 1000, "condition", lesion_weight=3.0, condition_dropout=0.0)
     _, target, _, kwargs = kept(batch)
@@ -273,7 +300,7 @@ def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> No
 
     dropped = LesionWeightedVPrediction(scheduler, 1000, "condition", lesion_weight=3.0, condition_dropout=1.0)
     _, _, _, kwargs = dropped(batch)
-    assert torch.count_nonzero(kwargs["condition"][:, 2:]) == 0  # every response channel
+    assert torch.count_nonzero(kwargs["condition"][:, 2:]) == 0  # every compartment channel
     assert torch.equal(kwargs["condition"][:, :2], batch["condition"][:, :2])  # pre and mask kept
 
     pred = torch.zeros(2, 1, 8, 8, 8)
@@ -285,15 +312,15 @@ def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> No
     assert plain.item() == pytest.approx(torch.nn.functional.l1_loss(pred, value).item())
 
 
-def test_guidance_extrapolates_from_the_null_response() -> None:
+def test_guidance_extrapolates_from_the_null_layout() -> None:
     """Classifier-free guidance: scale 1 is the conditional network itself; scale s is
-    null + s * (given - null), the null being every response channel zero."""
+    null + s * (given - null), the null being every compartment channel zero."""
     from oncoplan.training.tace.dynamics import ConditionGuidance
 
     net = _perturbed()
     x = torch.randn(2, 1, 16, 16, 16)
-    responses = torch.tensor([[0.4, 0.4, 0.2, 0.8]] * 2)
-    given = torch.cat([x, condition(torch.randn(2, 1, 16, 16, 16), torch.ones(2, 1, 16, 16, 16), responses)], 1)
+    layout = (torch.rand(2, 3, 16, 16, 16) > 0.5).float()
+    given = torch.cat([x, condition(torch.randn(2, 1, 16, 16, 16), torch.ones(2, 1, 16, 16, 16), layout)], 1)
     null = given.clone()
     null[:, 3:] = 0.0
     t = torch.tensor([400])
@@ -312,7 +339,7 @@ def test_validation_draws_the_same_noise_every_run_and_training_keeps_the_latest
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
     prepare = FixedNoiseVPrediction(scheduler, 1000, "condition", cycle=2)
-    batch = {"image": torch.rand(3, 1, 8, 8, 8), "condition": torch.rand(3, 6, 8, 8, 8)}
+    batch = {"image": torch.rand(3, 1, 8, 8, 8), "condition": torch.rand(3, 5, 8, 8, 8)}
     first, second, again = prepare(batch), prepare(batch), prepare(batch)
     assert torch.equal(first[1], again[1]) and torch.equal(first[3]["timesteps"], again[3]["timesteps"])
     assert not torch.equal(first[1], second[1])

@@ -48,9 +48,9 @@ def _networks(batch: int, device: str):
     dyn = bundle_parser(BUNDLES / "tace_dynamics", overrides=place)
     patch = tuple(dyn.get_parsed_content("roi_size"))
     net = load_network(dyn)
-    responses = net.response((torch.rand(batch, net.n_actions) > 0.7).float())
     mask = (torch.rand(batch, 1, *patch) > 0.5).float()
-    x = torch.cat([torch.randn(batch, 1, *patch), condition(torch.rand(batch, 1, *patch), mask, responses)], 1)
+    layout = (torch.rand(batch, 3, *patch) > 0.7).float() * mask  # viable, necrosis, Lipiodol channels
+    x = torch.cat([torch.randn(batch, 1, *patch), condition(torch.rand(batch, 1, *patch), mask, layout)], 1)
     signature = dynamics_signature(net.input_channels, patch)
     x = x.to(device)
     kwargs = {"timesteps": torch.Tensor((500,)).to(device), "context": None}  # one DDIM step, as the sampler calls it

@@ -41,7 +41,7 @@ def _calls():
     yield f"TACE assistant DynUNet, 2 windows {tuple(roi)}", lambda: dyn_net(xa)
     dyn = bundle_parser(BUNDLES / "tace_dynamics", overrides=CPU)
     net, roi = load_network(dyn), dyn.get_parsed_content("roi_size")
-    in_ch = net.input_channels  # noisy patch, image conditions, then the broadcast response
+    in_ch = net.input_channels  # noisy patch, image conditions, then the compartments
     xd, t = torch.rand(16, in_ch, *roi), torch.full((16,), 10, dtype=torch.long)
     yield f"TACE dynamics UNet, 1 DDIM step, batch 16 {tuple(roi)}", lambda: net(xd, t)
     srv = bundle_parser(BUNDLES / "tace_survival", overrides=CPU)

@@ -53,7 +53,7 @@ class SearchSettings:
 
     beam: int = 3  # B: plans kept
     samples: int = 2  # T: simulated outcomes per protocol
-    steps: int = 10  # DDIM steps of the dynamics model
+    steps: int = 25  # DDIM steps of the dynamics model (at 10-15 the samples are too noisy for the assistant to read)
     drug_horizon: int = 2  # at most this many drugs in a plan
     embolic_horizon: int = 2  # at most this many embolics in a plan
     chunk: int = 8  # protocols per world-model call in best_of_n

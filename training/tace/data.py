@@ -69,12 +69,12 @@ def segmentation_items(
 
 
 def dynamics_items(prepared: Sources, fraction: float = 1.0, seed: int = 0) -> list[dict[str, object]]:
-    """{"image": post CT, "pre": pre CT, "label": pre label map, "protocol": multi-hot, "response":
-    the lesion's measured response (`preprocess.lesion_response`)} per case with a protocol and a
-    post-treatment label map.
+    """{"image": post CT, "pre": pre CT, "label": pre label map, "post_label": post label map,
+    "protocol": multi-hot, "response": the lesion's measured response (`preprocess.lesion_response`)}
+    per case with a protocol and a post-treatment label map.
 
-    "image" is the post-treatment scan because it is what the diffusion model generates; "response"
-    is what it is drawn from (teacher forcing) and what the response head learns from the protocol.
+    "image" is the post-treatment scan because it is what the diffusion model generates; "post_label"
+    is what it is drawn from (teacher forcing); "response" what the response head learns from the protocol.
     """
     import nibabel as nib
 
@@ -89,6 +89,7 @@ def dynamics_items(prepared: Sources, fraction: float = 1.0, seed: int = 0) -> l
             "image": c["post_image"],
             "pre": c["pre_image"],
             "label": c["pre_label"],
+            "post_label": c["post_label"],
             "protocol": c["protocol_multi_hot"],
             "response": lesion_response(labels(c["pre_label"]), labels(c["post_label"])),
             "case_id": c["case_id"],

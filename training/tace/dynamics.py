@@ -1,41 +1,43 @@
 """The dynamics model (MeWM seed B.2): post-treatment CT patch from the pre-treatment patch, the tumor
-mask and the TACE protocol, in two stages that each learn what they can.
+mask and the TACE protocol, in three steps that each do what they can learn or know.
 
 1. **Response head** (protocol -> response): a ridge regression from the protocol's multi-hot vector
    to what treatment does to the lesion: the viable, necrosis and Lipiodol shares of the
    post-treatment lesion and its volume ratio to the pre-treatment one (`preprocess.lesion_response`),
    fitted in closed form on the training cases' registered label maps when training starts.
-2. **Renderer** (response -> image): a conditional DDPM on MONAI's `DiffusionModelUNet` that draws
-   the post-treatment patch from the pre-treatment patch, the tumor mask and the four response
-   numbers. It trains teacher-forced on each case's measured response.
+2. **Layout** (response -> label map, `layout.lesion_layout`): a geometric prior places those
+   shares in the pre-treatment mask (shrink from the rim, viable rim, Lipiodol core), perturbed per sample.
+3. **Renderer** (label map -> image): a conditional DDPM on MONAI's `DiffusionModelUNet` that draws
+   the post-treatment patch from the pre-treatment patch, the tumor mask and the post-treatment
+   compartments (viable, necrosis, Lipiodol channels). It trains teacher-forced on each case's
+   registered post-treatment label map.
 
-Why not a protocol-conditioned denoiser, as MeWM: ours (protocol tokens by cross-attention and a
-class embedding; 0.1-0.3) learned the images but not the protocol on a CPU budget, ranking
+Why not one protocol-conditioned denoiser, as MeWM: ours (protocol tokens by cross-attention and a
+class embedding; bundle 0.1-0.3) learned the images but not the protocol on a CPU budget, ranking
 protocols no better than chance (Spearman -0.04 over 24 held-out cases), while a ridge regression
-on the same 240 cases ranked them at 0.89. A denoiser must find the protocol's effect among the
-gradients of every voxel; four numbers that fix the lesion's composition are a target it cannot
-miss, and the head learns the protocol's effect where it is easy to learn. The protocol still
-truly conditions the output (MeWM's released inference replaced it with noise).
+on the same 240 cases ranked them at 0.89. Conditioning the denoiser on the four response numbers
+instead (a vector, 10 epochs) moved its image estimate the right way but too little, and its samples
+copied the pre-treatment lesion: in these scans the response shows mostly as *where* the lesion
+shrank and what fills it, which a voxel-wise label map says and a vector does not. The protocol
+still truly conditions the output (MeWM's released inference replaced it with noise).
 
-The response travels inside the concatenated condition as constant channels, so MONAI's stock
-`DiffusionPrepareBatch`, `DiffusionInferer` (mode "concat") and `SupervisedTrainer` drive training
-and sampling unchanged; `ResponseConditionedUNet` splits it off again.
+The compartments travel inside the concatenated condition, so MONAI's stock `DiffusionPrepareBatch`,
+`DiffusionInferer` (mode "concat") and `SupervisedTrainer` drive training and sampling unchanged.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from monai.engines.utils import DiffusionPrepareBatch, VPredictionPrepareBatch
 from monai.networks.nets import DiffusionModelUNet
-from monai.transforms import MapTransform
 from torch import nn
 
 from ..actions import ACTION_BASE, Protocol
+from .layout import COMPARTMENTS, compartments, lesion_layout
 
 IMAGE_CONDITIONS = 2  # pre-treatment patch, tumor mask
 RESPONSE = ("viable share", "necrosis share", "Lipiodol share", "volume ratio")  # preprocess.lesion_response
@@ -90,13 +92,9 @@ class ResponseHead(nn.Module):
 
 
 class ResponseConditionedUNet(nn.Module):
-    """`DiffusionModelUNet` whose input carries [noisy post, pre, mask, response channels...], plus the
-    `ResponseHead` that turns protocols into responses (`response`).
-
-    The response channels are constant over space. The UNet sees them twice: multiplied by the tumor
-    mask as input channels (where the change happens), and as a vector added to the timestep
-    embedding that every residual block receives (MONAI's class-conditioning path).
-    """
+    """The renderer, a `DiffusionModelUNet` whose input is [noisy post, pre, mask, viable, necrosis,
+    Lipiodol], and the `ResponseHead` that turns protocols into responses (`response`), kept in one
+    module so that one checkpoint holds both."""
 
     def __init__(
         self,
@@ -112,34 +110,28 @@ class ResponseConditionedUNet(nn.Module):
         self.response_head = ResponseHead(n_actions, self.n_response)
         self.unet = DiffusionModelUNet(
             spatial_dims=3,
-            in_channels=1 + IMAGE_CONDITIONS + self.n_response,
+            in_channels=self.input_channels,
             out_channels=1,
             channels=tuple(channels),
             attention_levels=tuple(attention_levels),
             num_res_blocks=num_res_blocks,
             num_head_channels=num_head_channels,
             norm_num_groups=norm_num_groups,
-            num_class_embeds=self.n_response,
         )
-        # The response vector embeds linearly, in place of the UNet's one-label nn.Embedding.
-        self.unet.class_embedding = nn.Linear(self.n_response, channels[0] * 4, bias=False)
 
     @property
     def input_channels(self) -> int:
-        """Channels of the concatenated input: noisy patch, image conditions, one per response number."""
-        return 1 + IMAGE_CONDITIONS + self.n_response
+        """Channels of the concatenated input: noisy patch, image conditions, one per compartment."""
+        return 1 + IMAGE_CONDITIONS + len(COMPARTMENTS)
 
     def response(self, protocols: torch.Tensor) -> torch.Tensor:
-        """The predicted response to each protocol (rows of a multi-hot matrix): the renderer's condition."""
+        """The predicted response to each protocol (rows of a multi-hot matrix), which the layout places."""
         return self.response_head(protocols)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, **_: object):
-        images, response = x[:, : 1 + IMAGE_CONDITIONS], x[:, 1 + IMAGE_CONDITIONS :]
-        if response.shape[1] != self.n_response:
-            raise ValueError(f"expected {self.n_response} response channels, got {response.shape[1]}")
-        vector = response.flatten(2)[..., 0]
-        local = response * (images[:, IMAGE_CONDITIONS : IMAGE_CONDITIONS + 1] > 0.5).to(response.dtype)
-        return self.unet(torch.cat([images, local], 1), timesteps, class_labels=vector)
+        if x.shape[1] != self.input_channels:
+            raise ValueError(f"expected {self.input_channels} input channels, got {x.shape[1]}")
+        return self.unet(x, timesteps)
 
 
 def fit_response_head(network: ResponseConditionedUNet, items: Sequence[Mapping[str, object]]) -> nn.Module:
@@ -181,24 +173,6 @@ def compatible_weights(network: nn.Module, ckpt: str, device: torch.device | str
     return network
 
 
-class BroadcastVectord(MapTransform):
-    """Broadcast the vector `key` over the spatial grid of `like` (channel-first) into `name`."""
-
-    def __init__(self, keys: str, like: str, name: str = "vector_channels") -> None:
-        super().__init__(keys)
-        self.like, self.name = like, name
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        vector = torch.as_tensor(np.asarray(d[self.keys[0]], dtype=np.float32))
-        ref = d[self.like]
-        shape = tuple(ref.shape[1:])
-        channels = vector.view(-1, *([1] * len(shape))).expand(-1, *shape).clone()
-        # Same container as the image, so ConcatItemsd can join them (MetaTensor keeps the affine).
-        d[self.name] = MetaTensor(channels, affine=ref.affine) if isinstance(ref, MetaTensor) else channels
-        return d
-
-
 class _ConcatCondition:
     """Tell MONAI's `DiffusionInferer` that the condition is concatenated to the noisy input."""
 
@@ -221,9 +195,9 @@ class ConcatVPredictionPrepareBatch(_ConcatCondition, VPredictionPrepareBatch):
 
 
 def null_condition(channels: torch.Tensor, start: int, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
-    """A copy of `channels` with every response channel (from `start` on) of `rows` zeroed: the "null"
-    response (no lesion left, no volume) that condition dropout trains and classifier-free guidance
-    contrasts with. `start` is `IMAGE_CONDITIONS` in a condition, `1 + IMAGE_CONDITIONS` in the
+    """A copy of `channels` with every compartment channel (from `start` on) of `rows` zeroed: the
+    "null" layout (no treated lesion drawn) that condition dropout trains and classifier-free
+    guidance contrasts with. `start` is `IMAGE_CONDITIONS` in a condition, `1 + IMAGE_CONDITIONS` in the
     network's input."""
     out = channels.clone()
     out[rows, start:] = 0.0
@@ -236,9 +210,9 @@ class LesionWeightedVPrediction(ConcatVPredictionPrepareBatch):
     Treatment changes only the lesion (5-20% of a patch); a plain L1 over the patch spends most
     of its gradient on reproducing unchanged liver. The target gains a second channel, the weight
     `1 + lesion_weight` inside the tumor mask (condition channel 1) and 1 elsewhere, which
-    `LesionWeightedL1` applies. With probability `condition_dropout` a sample's response channels
-    are zeroed (a "null" response that no real one equals), so the same network also learns the
-    response-free prediction that classifier-free guidance (`ConditionGuidance`) contrasts with.
+    `LesionWeightedL1` applies. With probability `condition_dropout` a sample's compartment channels
+    are zeroed (a "null" layout), so the same network also learns the layout-free prediction that
+    classifier-free guidance (`ConditionGuidance`) contrasts with.
     """
 
     def __init__(
@@ -300,10 +274,10 @@ class LesionWeightedL1(nn.Module):
 
 
 class ConditionGuidance(nn.Module):
-    """Classifier-free guidance over the response: out = f(null) + scale * (f(response) - f(null)).
+    """Classifier-free guidance over the layout: out = f(null) + scale * (f(layout) - f(null)).
 
-    `scale` 1 is the plain conditional model; above 1 it amplifies what the response changes. The
-    null is the one `LesionWeightedVPrediction` trains with (every response channel zero).
+    `scale` 1 is the plain conditional model; above 1 it amplifies what the layout changes. The
+    null is the one `LesionWeightedVPrediction` trains with (every compartment channel zero).
     Both halves run as one batch.
     """
 
@@ -318,11 +292,21 @@ class ConditionGuidance(nn.Module):
         return free + self.scale * (given - free)
 
 
-def condition(pre: torch.Tensor, mask: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
-    """The concatenated condition for a batch: pre (B,1,...), mask (B,1,...), responses (B, len(RESPONSE))."""
-    shape = pre.shape[2:]
-    channels = responses.float().view(*responses.shape, *([1] * len(shape))).expand(-1, -1, *shape)
-    return torch.cat([pre, mask.float(), channels.to(pre.device)], dim=1)
+def condition(pre: torch.Tensor, mask: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+    """The concatenated condition for a batch: pre (B,1,...), mask (B,1,...), compartments (B,3,...)."""
+    return torch.cat([pre, mask.float(), layout.float().to(pre.device)], dim=1)
+
+
+def layouts(mask: torch.Tensor, responses: torch.Tensor, samples: int, seed: int = 0) -> torch.Tensor:
+    """Compartment channels (P * samples, 3, *spatial) for every (response, sample): sample `s` of
+    every protocol uses the same perturbation (seeded by `seed` and `s`)."""
+    tumor = mask[0, 0].cpu().numpy()
+    maps = [
+        compartments(lesion_layout(tumor, r, np.random.default_rng([seed, s])))
+        for r in responses.cpu().numpy()
+        for s in range(samples)
+    ]
+    return torch.as_tensor(np.stack(maps)).to(mask.device)
 
 
 @torch.no_grad()
@@ -338,19 +322,21 @@ def simulate(
 ) -> torch.Tensor:
     """Post-treatment patches for every (response, sample): returns (P, samples, 1, *spatial).
 
-    `responses` are the response head's predictions for P protocols (`ResponseConditionedUNet.response`);
-    `pre`/`mask` one patch (1, 1, *spatial); `sampler` a MONAI scheduler with its timesteps set
-    (DDIM in the bundle); `network` the module or an accelerated forward of it. All protocols and
-    samples run as one batch: the planner scores candidates together, not one at a time. The same
-    seed gives the same noise for every protocol, so differences between protocols come from the
-    protocol, not from the draw. `guidance` > 1 samples with classifier-free guidance (`ConditionGuidance`).
+    `responses` are the response head's predictions for P protocols (`ResponseConditionedUNet.response`),
+    laid out in the mask (`layouts`); `pre`/`mask` one patch (1, 1, *spatial); `sampler` a MONAI
+    scheduler with its timesteps set (DDIM in the bundle); `network` the module or an accelerated
+    forward of it. All protocols and samples run as one batch: the planner scores candidates together,
+    not one at a time. The same seed gives the same noise and layout perturbation for every protocol,
+    so differences between protocols come from the protocol, not from the draw. `guidance` > 1 samples
+    with classifier-free guidance (`ConditionGuidance`).
     """
     from monai.inferers import DiffusionInferer
 
     n_protocols = responses.shape[0]
-    batch_responses = responses.repeat_interleave(samples, dim=0)
-    batch = len(batch_responses)
-    cond = condition(pre.expand(batch, *pre.shape[1:]), mask.expand(batch, *mask.shape[1:]), batch_responses)
+    batch = n_protocols * samples
+    cond = condition(
+        pre.expand(batch, *pre.shape[1:]), mask.expand(batch, *mask.shape[1:]), layouts(mask, responses, samples, seed)
+    )
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn((samples, 1, *pre.shape[2:]), generator=generator).repeat(n_protocols, 1, 1, 1, 1)
     if guidance != 1.0:

@@ -1,0 +1,52 @@
+"""Where a predicted response sits in the lesion: the post-treatment lesion's label map, drawn from the
+pre-treatment tumor mask and the response head's four numbers (`dynamics.RESPONSE`), for the
+dynamics renderer to draw the CT from.
+
+A geometric prior, not a learned model, and the card says so: the lesion shrinks from its boundary to
+the predicted volume, residual viable tumor keeps the rim and Lipiodol the core (the enhancing rim
+and central deposits that follow-up CT after TACE typically shows), necrosis lies between. Depth is
+perturbed by smooth seeded noise, so samples differ in layout (the world model's spread) while the
+same seed gives every protocol the same perturbation, and differences between protocols come from
+their responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .preprocess import LABELS
+
+COMPARTMENTS = ("viable", "necrosis", "lipiodol")  # the renderer's condition channels, in this order
+NOISE_SIGMA = 1.5  # voxels: the smoothness of the layout's perturbation
+NOISE_SCALE = 1.0  # voxels of depth: how far the perturbation moves a compartment boundary
+
+
+def lesion_layout(mask: np.ndarray, response: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    """A label map (`LABELS` values) of the treated lesion inside `mask`: 0 outside the mask, liver
+    where the lesion shrank away, viable / necrosis / Lipiodol by the response's shares."""
+    tumor = np.asarray(mask) > 0.5
+    out = np.zeros(tumor.shape, np.uint8)
+    count = int(tumor.sum())
+    if not count:
+        return out
+    viable, _, lipiodol, ratio = (float(v) for v in response)
+    noise = ndimage.gaussian_filter(rng.standard_normal(tumor.shape), NOISE_SIGMA)
+    noise *= NOISE_SCALE / max(float(noise.std()), 1e-6)
+    depth = (ndimage.distance_transform_edt(tumor) + noise)[tumor]
+    order = np.argsort(depth, kind="stable")  # rim first, core last
+    kept = order[count - round(min(max(ratio, 0.0), 1.0) * count) :]  # the lesion shrinks from its rim
+    labels = np.full(count, LABELS["liver"], np.uint8)
+    n_viable, n_lipiodol = round(viable * len(kept)), round(lipiodol * len(kept))
+    labels[kept] = LABELS["necrosis"]
+    labels[kept[:n_viable]] = LABELS["viable"]
+    labels[kept[len(kept) - n_lipiodol :]] = LABELS["lipiodol"]
+    out[tumor] = labels
+    return out
+
+
+def compartments(labels: np.ndarray) -> np.ndarray:
+    """One channel per compartment (`COMPARTMENTS`) of a label map: the renderer's condition."""
+    return np.stack([labels == LABELS[name] for name in COMPARTMENTS]).astype(np.float32)
