@@ -75,7 +75,9 @@ SETTINGS = {"cpu": CPU_SETTINGS, "paper": PAPER_SETTINGS}
 
 
 def _order(protocol: Protocol) -> tuple[int, ...]:
-    return tuple(ACTION_BASE.index(a) for a in protocol.items)
+    """Tie-break between equal risks: fewer items first (an item joins a plan only if the risk drops,
+    and equal simulations are common: the dynamics layout counts whole voxels), then action-base order."""
+    return (len(protocol.items), *(ACTION_BASE.index(a) for a in protocol.items))
 
 
 def valid_protocols(action_set: Iterable[str], max_drugs: int = 2, max_embolics: int = 2) -> list[Protocol]:
