@@ -240,7 +240,7 @@ def test_lesion_response_and_the_training_items_carry_it(prepared_liver: Path) -
 def test_warm_start_keeps_matching_weights_and_widens_the_input(tmp_path: Path) -> None:
     """A checkpoint with fewer input conditions: shared tensors copied, the input conv's old channels
     copied and its new ones zeroed, so the warm-started network starts as the old one."""
-    from oncoplan.training.tace.dynamics import compatible_weights
+    from oncoplan.training.bundle_loading import compatible_weights
 
     source = _perturbed(1)
     state = source.state_dict()

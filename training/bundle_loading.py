@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
+
+LOG = logging.getLogger(__name__)
 
 
 def bundle_parser(bundle_dir: str | Path, config: str = "inference.json", overrides: dict | None = None):
@@ -18,10 +21,15 @@ def bundle_parser(bundle_dir: str | Path, config: str = "inference.json", overri
     return parser
 
 
-def with_weights(network: torch.nn.Module, ckpt: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """`network` with the weights of `ckpt`: a CheckpointSaver file ({"model": state}) or a bare state dict."""
+def checkpoint_state(ckpt: str | Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The state dict in `ckpt`: a CheckpointSaver file ({"model": state}) or a bare state dict."""
     state = torch.load(ckpt, map_location=device, weights_only=True)
-    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    return state.get("model", state) if isinstance(state, dict) else state
+
+
+def with_weights(network: torch.nn.Module, ckpt: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """`network` with the weights of `ckpt` (see `checkpoint_state`)."""
+    network.load_state_dict(checkpoint_state(ckpt, device))
     return network
 
 
@@ -31,7 +39,36 @@ def load_network(parser, key: str = "network") -> torch.nn.Module:
     return with_weights(network, parser.get_parsed_content("ckpt_path"), parser.get_parsed_content("device")).eval()
 
 
-def initial_weights(network: torch.nn.Module, ckpt: str | Path | None) -> torch.nn.Module:
+def initial_weights(network: torch.nn.Module, ckpt: str | Path | None, compatible: bool = False) -> torch.nn.Module:
     """`network` with the weights of `ckpt` when one is given: a train config's `init_ckpt` continues or
-    fine-tunes from earlier weights instead of from scratch."""
-    return with_weights(network, ckpt) if ckpt else network
+    fine-tunes from earlier weights instead of from scratch. `compatible`: `ckpt` is from a related
+    architecture (see `compatible_weights`)."""
+    if not ckpt:
+        return network
+    return compatible_weights(network, ckpt) if compatible else with_weights(network, ckpt)
+
+
+def compatible_weights(network: torch.nn.Module, ckpt: str | Path) -> torch.nn.Module:
+    """Warm start from a checkpoint of a related architecture: every tensor whose name and shape match
+    is copied (MONAI's `copy_model_state`); where only the input-channel dimension grew (an input conv
+    with new conditions), the old channels are copied and the new ones zeroed, so the network starts
+    as the old one and learns the rest."""
+    from monai.networks.utils import copy_model_state
+
+    old = checkpoint_state(ckpt)
+    _, copied, _ = copy_model_state(network, old, inplace=True)
+    state = network.state_dict()
+    grown = {}
+    for name, tensor in state.items():
+        source = old.get(name)
+        if (
+            source is not None
+            and source.dim() == tensor.dim() > 1
+            and source.shape[1] < tensor.shape[1]
+            and source.shape[:1] + source.shape[2:] == tensor.shape[:1] + tensor.shape[2:]
+        ):
+            grown[name] = torch.zeros_like(tensor)
+            grown[name][:, : source.shape[1]] = source
+    network.load_state_dict({**state, **grown})
+    LOG.info("warm start from %s: %d of %d tensors", ckpt, len(copied) + len(grown), len(state))
+    return network

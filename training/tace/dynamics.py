@@ -143,36 +143,6 @@ def fit_response_head(network: ResponseConditionedUNet, items: Sequence[Mapping[
     return network
 
 
-def compatible_weights(network: nn.Module, ckpt: str, device: torch.device | str = "cpu") -> nn.Module:
-    """Warm start from a checkpoint of a related architecture: copy every tensor whose name and shape
-    match; where only the input-channel dimension grew (an input conv with new conditions), copy the
-    old channels and zero the new ones, so the network starts as the old one and learns the rest."""
-    state = torch.load(ckpt, map_location=device, weights_only=True)
-    old = state.get("model", state)
-    new = network.state_dict()
-    copied = 0
-    for name, tensor in new.items():
-        source = old.get(name)
-        if source is None or source.dim() != tensor.dim():
-            continue
-        if source.shape == tensor.shape:
-            new[name] = source
-        elif (
-            tensor.dim() > 1
-            and source.shape[1] < tensor.shape[1]
-            and source.shape[:1] + source.shape[2:] == tensor.shape[:1] + tensor.shape[2:]
-        ):
-            grown = torch.zeros_like(tensor)
-            grown[:, : source.shape[1]] = source
-            new[name] = grown
-        else:
-            continue
-        copied += 1
-    network.load_state_dict(new)
-    LOG.info("warm start from %s: %d of %d tensors", ckpt, copied, len(new))
-    return network
-
-
 class _ConcatCondition:
     """Tell MONAI's `DiffusionInferer` that the condition is concatenated to the noisy input."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from .preprocess import LABELS
@@ -47,6 +48,8 @@ def lesion_layout(mask: np.ndarray, response: Sequence[float], rng: np.random.Ge
     return out
 
 
-def compartments(labels: np.ndarray) -> np.ndarray:
-    """One channel per compartment (`COMPARTMENTS`) of a label map: the renderer's condition."""
-    return np.stack([labels == LABELS[name] for name in COMPARTMENTS]).astype(np.float32)
+def compartments(labels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """One float channel per compartment (`COMPARTMENTS`) of a spatial label map: the renderer's
+    condition, drawn by `lesion_layout` at inference and read from post label maps in training."""
+    masks = [labels == LABELS[name] for name in COMPARTMENTS]
+    return torch.stack(masks).float() if isinstance(labels, torch.Tensor) else np.stack(masks).astype(np.float32)

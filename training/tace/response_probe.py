@@ -20,26 +20,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy.stats import spearmanr
 
 from ..metrics import bootstrap_ci
 from ..synth import liver as L
-from .data import load_prepared
+from .data import dynamics_items, load_prepared
 from .dynamics import fit_ridge, multi_hot, predict
 from .dynamics_eval import candidate_protocols, ground_truth
-from .preprocess import viable_fraction
 
 
 def training_pairs(sources: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
-    """(multi-hot protocol, viable share of the post-treatment label map) for every case with a protocol."""
-    x, y = [], []
-    for entry in load_prepared(list(sources)):
-        if entry.get("protocol"):
-            x.append(multi_hot(str(entry["protocol"])))
-            y.append(viable_fraction(np.asarray(nib.load(str(entry["post_label"])).dataobj), empty=0.0))
-    return np.asarray(x), np.asarray(y)
+    """(multi-hot protocol, viable share of the post-treatment lesion) for every dynamics training case:
+    the pairs the dynamics model's response head fits, its viable-share column."""
+    items = dynamics_items(list(sources))
+    return np.asarray([i["protocol"] for i in items]), np.asarray([i["response"][0] for i in items])
 
 
 def score(weights: np.ndarray, prepared: str | Path, k: int = 8) -> dict[str, object]:
