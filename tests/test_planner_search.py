@@ -37,7 +37,9 @@ from oncoplan.training.planner.search import (
 from oncoplan.training.synth import liver as L
 from oncoplan.training.tace.data import load_prepared
 from oncoplan.training.tace.dynamics_eval import model_space_case
-from oncoplan.training.tace.world_model import Simulation, window_around
+from oncoplan.training.tace.preprocess import TUMOR_LABELS
+from oncoplan.training.tace.transforms import keep_largest_organ
+from oncoplan.training.tace.world_model import LESION_MARGIN, Simulation, window_around
 
 from .helpers import TINY_TACE
 
@@ -160,6 +162,24 @@ def test_risk_scorer_shares_patches_across_candidates(models, case) -> None:
     changed = scorer(pre, mask, altered)
     np.testing.assert_allclose(changed[0], risks[0], rtol=1e-5)
     assert np.abs(changed[1] - risks[1]).max() > 1e-6
+
+
+def test_simulated_tumor_stays_in_the_treated_lesion(models, case) -> None:
+    """Tumor the assistant finds in the regenerated patch away from the pre-treatment lesion is the
+    renderer's noise: it reads as liver, so the viable fraction and the heuristic see the lesion only."""
+    from scipy import ndimage
+
+    world, _, _ = models
+    sim = world.simulate(case["pre"], case["mask"], np.asarray([Protocol.parse("Cisplatin; Lipiodol").multi_hot()]), 0)
+    lesion = ndimage.binary_dilation(case["mask"] > 0, iterations=LESION_MARGIN)
+    away = np.zeros(lesion.shape, dtype=bool)
+    away[sim.patch_slices] = ~lesion[sim.patch_slices]
+    windows = torch.as_tensor(sim.windows.reshape(-1, 1, *world.window))
+    raw = world.assistant(windows).argmax(1).numpy()
+    assert np.isin(raw[:, away], TUMOR_LABELS).any()  # the untrained assistant does label noise as tumor
+    assert not np.isin(sim.labels[..., away], TUMOR_LABELS).any()
+    kept = np.stack([keep_largest_organ(r.astype(np.uint8)) for r in raw])
+    assert (sim.labels.reshape(kept.shape)[:, lesion] == kept[:, lesion]).all()  # the lesion is read as segmented
 
 
 # ---------------------------------------------------------------- searches

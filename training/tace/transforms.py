@@ -134,13 +134,18 @@ class KeepTumorInLiverd(MapTransform):
         for key in self.key_iterator(d):
             pred = d[key]
             arr = np.asarray(pred[0].detach().cpu() if isinstance(pred, torch.Tensor) else pred[0])
-            organ, count = ndimage.label(arr > 0)
-            if count > 1:
-                sizes = np.bincount(organ.ravel())
-                sizes[0] = 0
-                arr = np.where(organ == int(sizes.argmax()), arr, 0)
-            d[key] = _like(pred, arr[None])
+            d[key] = _like(pred, keep_largest_organ(arr)[None])
         return d
+
+
+def keep_largest_organ(labels: np.ndarray) -> np.ndarray:
+    """A spatial label map with only its largest liver+tumor component (others -> background)."""
+    organ, count = ndimage.label(labels > 0)
+    if count <= 1:
+        return labels
+    sizes = np.bincount(organ.ravel())
+    sizes[0] = 0
+    return np.where(organ == int(sizes.argmax()), labels, 0).astype(labels.dtype)
 
 
 def _like(reference: object, array: np.ndarray) -> object:

@@ -4,8 +4,14 @@
 Everything runs in model space (RAS, the bundles' spacing, HU scaled to [-1, 1]). A window of the
 assistant's ROI size is cut around the tumor; the dynamics model regenerates its central patch
 for every (protocol, sample) in one batch; the assistant segments every window in one batch; the
-viable-tumor fraction is measured inside the regenerated patch. The planner's heuristic scores
-the same windows.
+viable-tumor fraction is measured in the treated lesion. The planner's heuristic scores the same
+windows.
+
+The renderer regenerates the whole patch but treatment changes only the lesion (it shrinks inside
+its pre-treatment extent), so tumor the assistant finds elsewhere in the patch is rendering noise
+(every real lesion is in the tumor mask): it becomes liver before anything reads the labels. Left in,
+it outweighed the lesion on some held-out cases and the simulated fraction stopped following the
+protocol.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from scipy import ndimage
 
 from ..bundle_loading import bundle_parser, load_network
 from .dynamics import simulate
-from .preprocess import viable_fraction
+from .preprocess import LABELS, TUMOR_LABELS, viable_fraction
+from .transforms import keep_largest_organ
+
+LESION_MARGIN = 1  # voxels around the pre-treatment tumor mask still read as lesion (registration slack)
 
 
 @dataclass
@@ -150,7 +159,9 @@ class WorldModel:
             [self.assistant_forward(torch.as_tensor(w[:, None]).to(self.device)).argmax(1).cpu() for w in chunks]
         )
         labels = labels.numpy().astype(np.uint8)
-        labels = np.stack([_keep_liver(lab) for lab in labels])
+        labels = np.stack([keep_largest_organ(lab) for lab in labels])
+        noise = _rendered_outside_lesion(mask_window, patch)[None] & np.isin(labels, TUMOR_LABELS)
+        labels = np.where(noise, np.uint8(LABELS["liver"]), labels)
         fractions = np.array([viable_fraction(lab[patch], empty=0.0) for lab in labels]).reshape(n_protocols, samples)
         shape = (n_protocols, samples)
         return Simulation(
@@ -162,10 +173,9 @@ class WorldModel:
         )
 
 
-def _keep_liver(labels: np.ndarray) -> np.ndarray:
-    organ, count = ndimage.label(labels > 0)
-    if count <= 1:
-        return labels
-    sizes = np.bincount(organ.ravel())
-    sizes[0] = 0
-    return np.where(organ == int(sizes.argmax()), labels, 0).astype(np.uint8)
+def _rendered_outside_lesion(mask_window: np.ndarray, patch: tuple[slice, ...]) -> np.ndarray:
+    """Window voxels the renderer regenerated (`patch`) that lie outside the (dilated) tumor mask."""
+    outside = np.zeros(mask_window.shape, dtype=bool)
+    lesion = ndimage.binary_dilation(mask_window > 0, iterations=LESION_MARGIN)
+    outside[patch] = ~lesion[patch]
+    return outside
