@@ -182,6 +182,20 @@ def test_simulated_tumor_stays_in_the_treated_lesion(models, case) -> None:
     assert (sim.labels.reshape(kept.shape)[:, lesion] == kept[:, lesion]).all()  # the lesion is read as segmented
 
 
+def test_stage_ranking_scores_every_stage_against_the_truth(models, case) -> None:
+    """The diagnostic orders one case's space by each stage's score: the ground truth's own viable
+    fraction ranks like OS (it drives it) and the regrets are the OS lost by each stage's choice."""
+    from oncoplan.training.planner.stage_ranking import STAGES, stage_ranking
+
+    world, scorer, _ = models
+    space = valid_protocols(("Cisplatin", "Doxorubicin", "Lipiodol", "LC Beads"), 1, 1)
+    report = stage_ranking(world, scorer, case["pre"], case["mask"], case["patient"], space)
+    assert report["protocols"] == len(space) and set(STAGES) <= set(report)
+    assert report["true_viable_fraction"]["spearman_vs_os"] > 0.5
+    for stage in STAGES:
+        assert -1.0 <= report[stage]["spearman_vs_os"] <= 1.0 and report[stage]["regret_weeks"] >= 0.0
+
+
 # ---------------------------------------------------------------- searches
 
 
