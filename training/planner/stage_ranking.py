@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from ..actions import Protocol
 from ..synth import liver as L
+from ..tace.dynamics_eval import spearman
 
 STAGES = ("response_head", "true_viable_fraction", "simulated_viable_fraction", "heuristic_risk")
 
@@ -40,7 +40,7 @@ def stage_ranking(
     """Each stage's score over `space` for one case (lower = better), its Spearman with -OS and its regret."""
     sim = world.simulate(pre_window, mask_window, np.array([p.multi_hot() for p in space], dtype=np.float32), seed)
     outcomes = [L.outcome(patient, p) for p in space]
-    os_weeks = np.array([o.expected_os_weeks for o in outcomes])
+    worse = [-o.expected_os_weeks for o in outcomes]  # ranks like risk: lower OS = worse
     scores = {
         "response_head": sim.response[:, 0],
         "true_viable_fraction": np.array([o.viable_fraction for o in outcomes]),
@@ -49,10 +49,9 @@ def stage_ranking(
     }
     out: dict[str, Any] = {"protocols": len(space)}
     for name, score in scores.items():
-        rho = spearmanr(score, -os_weeks).statistic if np.ptp(score) > 0 else 0.0
         out[name] = {
-            "spearman_vs_os": float(rho),
-            "regret_weeks": float(os_weeks.max() - os_weeks[int(np.argmin(score))]),
+            "spearman_vs_os": spearman(score, worse),
+            "regret_weeks": L.regret_weeks(patient, space[int(np.argmin(score))], list(space)),
         }
     return out
 

@@ -17,6 +17,7 @@ the renderer is asked to draw, so the two stages' shares of any loss can be told
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -167,8 +168,8 @@ def protocol_sensitivity(
         cases.append(
             {
                 "case_id": entry["case_id"],
-                "spearman": _spearman(simulated, truth),
-                "spearman_intensity": _spearman(by_intensity, truth),
+                "spearman": spearman(simulated, truth),
+                "spearman_intensity": spearman(by_intensity, truth),
                 "protocols": [str(p) for p in protocols],
                 "true_viable_fraction": [round(t, 4) for t in truth],
                 "simulated_viable_fraction": [round(float(s), 4) for s in simulated],
@@ -176,7 +177,7 @@ def protocol_sensitivity(
                 "simulated_spread": [round(float(s), 4) for s in sim.viable_fraction.std(axis=1)],
                 "intensity_viable_fraction": [round(float(s), 4) for s in by_intensity],
                 "background_error_hu": round(float(background.mean()), 1),
-                "spearman_response_head": _spearman(sim.response[:, 0], truth),
+                "spearman_response_head": spearman(sim.response[:, 0], truth),
             }
         )
     summary: dict[str, object] = {
@@ -217,5 +218,6 @@ def protocol_sensitivity(
     return summary
 
 
-def _spearman(simulated: np.ndarray, truth: list[float]) -> float:
+def spearman(simulated: np.ndarray, truth: Sequence[float] | np.ndarray) -> float:
+    """Spearman correlation of a score with the truth; 0 when the score is constant (no ranking)."""
     return float(spearmanr(simulated, truth).statistic) if np.ptp(simulated) > 0 else 0.0
