@@ -85,8 +85,9 @@ def text_sr(ct: pydicom.Dataset, text: str) -> pydicom.Dataset:
 
 
 def tiny_tace_models(out: Path) -> Path:
-    """MODELS/<bundle>/configs (inference.json at the TINY_TACE sizes) and models/model.pt (random
-    weights): the shipped plumbing of the TACE app at test speed; the plan itself means nothing."""
+    """MODELS/<bundle>/configs (inference.json at the TINY_TACE sizes), models/model.pt (random
+    weights) and the shipped non-network models (models/*.json): the TACE app's plumbing at test speed;
+    the plan itself means nothing."""
     import json
     import shutil
 
@@ -108,4 +109,6 @@ def tiny_tace_models(out: Path) -> Path:
                     p.add_(torch.randn_like(p) * 0.05)
         (bundle / "models").mkdir()
         torch.save(net.state_dict(), bundle / "models" / "model.pt")
+        for fitted in (root / "bundles" / name / "models").glob("*.json"):  # e.g. the response Cox model
+            shutil.copy2(fitted, bundle / "models" / fitted.name)
     return out

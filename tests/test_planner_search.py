@@ -23,6 +23,7 @@ from oncoplan.training.planner.evaluate import (
     METHODS,
     action_set_for,
     ground_truth_patient,
+    load_heuristic,
     load_models,
     main,
     most_common,
@@ -70,7 +71,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def models(tiny: dict[str, dict]):
-    return load_models(BUNDLES["dynamics"], BUNDLES["assistant"], BUNDLES["survival"], tiny, FAST)
+    """World model and the survival NETWORK heuristic (its plumbing: patches, bags, forwards)."""
+    return load_models(
+        BUNDLES["dynamics"], BUNDLES["assistant"], BUNDLES["survival"], tiny, FAST, heuristic="survival_network"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +97,7 @@ class GroundTruthScorer:
     def __init__(self, patient: L.LiverPatient) -> None:
         self.patient = patient
 
-    def __call__(self, pre_window, mask_window, simulation: Simulation, protocols) -> np.ndarray:
+    def __call__(self, pre_window, mask_window, simulation: Simulation, protocols, clinical=None) -> np.ndarray:
         samples = simulation.windows.shape[1]
         return np.array([[L.outcome(self.patient, p).linear_predictor] * samples for p in protocols])
 
@@ -189,7 +193,8 @@ def test_stage_ranking_scores_every_stage_against_the_truth(models, case) -> Non
 
     world, scorer, _ = models
     space = valid_protocols(("Cisplatin", "Doxorubicin", "Lipiodol", "LC Beads"), 1, 1)
-    report = stage_ranking(world, scorer, case["pre"], case["mask"], case["patient"], space)
+    scorers = {"survival_network": scorer, "response_cox": load_heuristic(BUNDLES["survival"])}
+    report = stage_ranking(world, scorers, case["pre"], case["mask"], case["patient"], space, 0, case["row"])
     assert report["protocols"] == len(space) and set(STAGES) <= set(report)
     assert report["true_viable_fraction"]["spearman_vs_os"] > 0.5
     for stage in STAGES:
@@ -246,6 +251,29 @@ def test_beam_search_valid_protocols_one_batch_per_step(models, case, monkeypatc
     assert timing["dynamics"] > 0 and timing["assistant"] > 0 and timing["heuristic"] > 0
     assert plan.evaluations["heuristic_forwards"] > 0
     json.dumps(plan.to_dict())
+
+
+def test_beam_search_with_the_default_response_heuristic(models, case) -> None:
+    """The planner's default scorer (the survival bundle's response Cox model) ranks the same search by
+    the simulated residual viable tumor, the regimen and the case's clinical row."""
+    world, _, _ = models
+    scorer = load_heuristic(BUNDLES["survival"])
+    planner = WorldModelPlanner(world, scorer, OfflinePolicy(TCIA_SET, max_drugs=2), FAST)
+    clinical = case["row"].to_dict()
+    plan = planner.beam_search(case["pre"], case["mask"], clinical=clinical)
+    assert plan.ranked and all(np.isfinite(r.mean_risk) for r in plan.ranked)
+    assert "heuristic_forwards" not in plan.evaluations  # no network in this heuristic
+    # Child-Pugh C instead of A moves every protocol's risk by the patient term and, per drug, by the
+    # regimen's toxicity term: the same simulations, only the clinical row differs.
+    worse = planner.best_of_n(case["pre"], case["mask"], clinical={**clinical, "CPS": "C"})
+    base = {
+        r.protocol: r.mean_risk
+        for r in planner.best_of_n(case["pre"], case["mask"], clinical={**clinical, "CPS": "A"}).ranked
+    }
+    coef = scorer.model.coef
+    for r in worse.ranked:
+        shift = 2 * coef["Child-Pugh"] + 2 * len(r.protocol.drugs) * coef["drugs x Child-Pugh"]
+        assert r.mean_risk - base[r.protocol] == pytest.approx(shift)
 
 
 def test_beam_children_add_one_item_within_horizons(models) -> None:

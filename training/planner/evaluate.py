@@ -62,6 +62,8 @@ DIFF_METRICS = ("f1", "jaccard", "regret_weeks")
 # The paper's planning table (MeWM, main text, F1 in %, real in-house HCC-TACE data): reference only.
 PAPER_F1 = {"MeWM": 64.08, "GPT-4o": 44.29}
 ACTION_SETS = ("site", "tcia", "full")
+HEURISTICS = ("response_cox", "survival_network")
+DEFAULT_HEURISTIC = "response_cox"
 TCIA_SET = TCIA_DRUGS + TCIA_EMBOLICS
 
 
@@ -227,9 +229,9 @@ def evaluate_planning(
         pre, mask, _ = model_space_case(preprocessing, entry)
         pre_window, mask_window, _ = window_around(pre, mask, tuple(world_model.window))
         plan = (
-            planner.beam_search(pre_window, mask_window)
+            planner.beam_search(pre_window, mask_window, clinical=row)
             if search == "beam"
-            else planner.best_of_n(pre_window, mask_window)
+            else planner.best_of_n(pre_window, mask_window, clinical=row)
         )
         rng = np.random.default_rng([seed, index])
         chosen = {
@@ -271,7 +273,8 @@ def evaluate_planning(
                 },
             }
         )
-    return summarise(cases, settings, search, action_sets, prepared, cohort, train_cohort, n_bootstrap, seed)
+    report = summarise(cases, settings, search, action_sets, prepared, cohort, train_cohort, n_bootstrap, seed)
+    return {**report, "heuristic": getattr(scorer, "name", type(scorer).__name__)}
 
 
 def summarise(
@@ -361,7 +364,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         "protocol (imperfect practice); regret = expected OS lost against the ground-truth oracle.",
         "",
         f"{n} held-out cases from `{report['prepared']}` (cohort `{report['cohort']}`); planner: offline "
-        f"policy + world model, {search}; action sets: {report['action_sets']}. Mean over cases "
+        f"policy + world model, {search}, heuristic {report.get('heuristic', 'survival_network')}; "
+        f"action sets: {report['action_sets']}. Mean over cases "
         f"[percentile bootstrap 95% CI, {report['n_bootstrap']} resamples]; set metrics in %.",
         "",
         "| Method | F1 (%) | Jaccard (%) | Precision (%) | Recall (%) | Regret (weeks) | Regret (months) "
@@ -443,9 +447,12 @@ def load_models(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     settings: SearchSettings = SETTINGS["cpu"],
     device: str | None = None,
+    heuristic: str = DEFAULT_HEURISTIC,
 ):
     """(world model, risk scorer, dynamics preprocessing) from the three bundles, on `device`
-    (default: the first CUDA device if there is one, else the CPU).
+    (default: the first CUDA device if there is one, else the CPU). `heuristic` picks the scorer from
+    the survival bundle: ``response_cox`` (its ``response_model``, :mod:`.response_heuristic`) or
+    ``survival_network`` (its network, the paper's B.4, :mod:`.heuristic`).
 
     Checks that each checkpoint exists and that the three bundles share one voxel spacing.
     """
@@ -453,8 +460,9 @@ def load_models(
 
     from ..bundle_loading import bundle_parser
     from ..tace.world_model import WorldModel
-    from .heuristic import RiskScorer
 
+    if heuristic not in HEURISTICS:
+        raise InputError(f"unknown heuristic {heuristic!r}; choose {', '.join(HEURISTICS)}")
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     place = {"device": f"$torch.device('{device}')"}  # every network of the world model on one device
     over = {k: {**place, **dict((overrides or {}).get(k, {}))} for k in ("dynamics", "assistant", "survival")}
@@ -472,8 +480,24 @@ def load_models(
     world = WorldModel.from_bundles(
         dynamics, assistant, settings.samples, settings.steps, over["dynamics"], over["assistant"]
     )
-    scorer = RiskScorer.from_bundle(survival, over["survival"])
+    scorer = load_heuristic(survival, heuristic, over["survival"])
     return world, scorer, parsers["dynamics"].get_parsed_content("preprocessing")
+
+
+def load_heuristic(survival: Path, heuristic: str = DEFAULT_HEURISTIC, overrides: Mapping[str, Any] | None = None):
+    """The planner's scorer from the survival bundle: its ``response_model`` (``response_cox``) or its
+    network (``survival_network``)."""
+    from ..bundle_loading import bundle_parser
+    from .heuristic import RiskScorer
+    from .response_heuristic import ResponseRiskScorer
+
+    if heuristic not in HEURISTICS:
+        raise InputError(f"unknown heuristic {heuristic!r}; choose {', '.join(HEURISTICS)}")
+    if heuristic == "survival_network":
+        return RiskScorer.from_bundle(survival, dict(overrides or {}))
+    parser = bundle_parser(survival, overrides=dict(overrides or {}))
+    pixdim = parser.get_parsed_content("pixdim")
+    return ResponseRiskScorer.from_file(parser.get_parsed_content("response_model"), pixdim)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.training.planner.evaluate") -> int:
@@ -490,6 +514,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         parser.add_argument(f"--{name}-overrides", help=f"JSON object of {name} inference-config overrides")
     parser.add_argument("--settings", choices=sorted(SETTINGS), default="cpu", help="search size (cpu or paper)")
     parser.add_argument("--search", choices=("beam", "best_of_n"), default="beam")
+    parser.add_argument("--heuristic", choices=HEURISTICS, default=DEFAULT_HEURISTIC, help="the planner's risk score")
     parser.add_argument("--action-set", choices=ACTION_SETS, default="site", help="site: HCC-TACE-Seg set for internal")
     parser.add_argument("--train-cohort", type=Path, help="training cohort for the most-common protocol and prior")
     parser.add_argument("--samples", type=int, help="override T (simulated outcomes per protocol)")
@@ -507,7 +532,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         overrides = {
             name: _overrides(getattr(args, f"{name}_overrides"), name) for name in ("dynamics", "assistant", "survival")
         }
-        world, scorer, preprocessing = load_models(args.dynamics, args.assistant, args.survival, overrides, settings)
+        world, scorer, preprocessing = load_models(
+            args.dynamics, args.assistant, args.survival, overrides, settings, heuristic=args.heuristic
+        )
         report = evaluate_planning(
             world,
             scorer,

@@ -21,9 +21,9 @@ bundle's ``pixdim`` so callers can check it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 import numpy as np
@@ -39,7 +39,8 @@ TUMOR_LABEL = 2  # assistant / prepared label maps: 0 background, 1 liver, >= 2 
 
 
 class Scorer(TypingProtocol):
-    """Risk of every (protocol, sample) of a simulation: (P, T), lower is better."""
+    """Risk of every (protocol, sample) of a simulation: (P, T), lower is better. `clinical` is the
+    case's cohort row (TCIA column names) where the caller has one; a scorer may ignore it."""
 
     def __call__(
         self,
@@ -47,6 +48,7 @@ class Scorer(TypingProtocol):
         mask_window: np.ndarray,
         simulation: Simulation,
         protocols: Sequence[Protocol],
+        clinical: Mapping[str, Any] | None = None,
     ) -> np.ndarray: ...
 
 
@@ -67,6 +69,8 @@ class RiskScorer:
     "mil" scores the bag through the attention pooling. `batch_size` bags go through the network at once.
     Counters `forwards` (network calls) and `seconds` (time in the network) add up over calls.
     """
+
+    name = "survival_network"
 
     def __init__(
         self,
@@ -140,8 +144,10 @@ class RiskScorer:
         mask_window: np.ndarray,
         simulation: Simulation,
         protocols: Sequence[Protocol] | None = None,
+        clinical: Mapping[str, Any] | None = None,
     ) -> np.ndarray:
-        """Risks (P, T) of every simulated outcome (protocols are not needed: the images carry them)."""
+        """Risks (P, T) of every simulated outcome (protocols and clinical data are not read: the
+        network sees only the images)."""
         starts = self.positions(mask_window, simulation.patch_slices)
         n_protocols, samples = simulation.windows.shape[:2]
         pre = self._crop(_pad_to(np.asarray(pre_window, dtype=np.float32), self.roi, -1.0), starts)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -165,8 +165,14 @@ class _ForwardTimer:
 class _Session:
     """One case's search: the cache of scored protocols, the counters and the model timers."""
 
-    def __init__(self, planner: WorldModelPlanner, pre_window: np.ndarray, mask_window: np.ndarray) -> None:
-        self.planner, self.pre, self.mask = planner, pre_window, mask_window
+    def __init__(
+        self,
+        planner: WorldModelPlanner,
+        pre_window: np.ndarray,
+        mask_window: np.ndarray,
+        clinical: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.planner, self.pre, self.mask, self.clinical = planner, pre_window, mask_window, clinical
         self.cache: dict[Protocol, RankedProtocol] = {}
         self.calls, self.simulations = 0, 0
         self.simulate_s, self.heuristic_s = 0.0, 0.0
@@ -193,7 +199,7 @@ class _Session:
         t0 = time.perf_counter()
         sim = planner.world_model.simulate(self.pre, self.mask, matrix, planner.settings.seed)
         t1 = time.perf_counter()
-        risks = np.asarray(planner.scorer(self.pre, self.mask, sim, new), dtype=np.float64)
+        risks = np.asarray(planner.scorer(self.pre, self.mask, sim, new, self.clinical), dtype=np.float64)
         t2 = time.perf_counter()
         if risks.shape != (len(new), sim.windows.shape[1]):
             raise ValueError(f"the scorer returned shape {risks.shape}, expected {(len(new), sim.windows.shape[1])}")
@@ -313,11 +319,15 @@ class WorldModelPlanner:
     # ---------------------------------------------------------------- searches
 
     def beam_search(
-        self, pre_window: np.ndarray, mask_window: np.ndarray, observation: Observation | None = None
+        self,
+        pre_window: np.ndarray,
+        mask_window: np.ndarray,
+        observation: Observation | None = None,
+        clinical: Mapping[str, Any] | None = None,
     ) -> Plan:
-        """MeWM's search from the policy's candidates (module doc)."""
+        """MeWM's search from the policy's candidates (module doc); `clinical` goes to the heuristic."""
         start, skipped = self.initial_candidates(observation)
-        with self._session(pre_window, mask_window) as session:
+        with self._session(pre_window, mask_window, clinical) as session:
             session.evaluate(start, "policy candidates")
             beam = sorted(start, key=lambda p: (session.mean(p), _order(p)))[: self.settings.beam]
             for step in range(1, self.settings.drug_horizon + self.settings.embolic_horizon + 1):
@@ -331,10 +341,12 @@ class WorldModelPlanner:
                 beam = new_beam
             return session.plan("beam_search", skipped, beam)
 
-    def best_of_n(self, pre_window: np.ndarray, mask_window: np.ndarray) -> Plan:
+    def best_of_n(
+        self, pre_window: np.ndarray, mask_window: np.ndarray, clinical: Mapping[str, Any] | None = None
+    ) -> Plan:
         """Every valid protocol of the action set, `chunk` protocols per world-model call."""
         space = self.space()
-        with self._session(pre_window, mask_window) as session:
+        with self._session(pre_window, mask_window, clinical) as session:
             for lo in range(0, len(space), self.settings.chunk):
                 session.evaluate(space[lo : lo + self.settings.chunk], f"chunk {lo // self.settings.chunk + 1}")
             return session.plan("best_of_n", [], None)
@@ -342,8 +354,10 @@ class WorldModelPlanner:
     # ---------------------------------------------------------------- bookkeeping
 
     @contextlib.contextmanager
-    def _session(self, pre_window: np.ndarray, mask_window: np.ndarray) -> Iterator[_Session]:
-        session = _Session(self, pre_window, mask_window)
+    def _session(
+        self, pre_window: np.ndarray, mask_window: np.ndarray, clinical: Mapping[str, Any] | None
+    ) -> Iterator[_Session]:
+        session = _Session(self, pre_window, mask_window, clinical)
         try:
             yield session
         finally:

@@ -3,9 +3,10 @@ each stage's score orders the protocols by the true expected overall survival (s
 
 Stages, from the protocol to the planner's score: the dynamics model's response head (predicted
 viable share), the ground truth's viable fraction (the ceiling of any viable-based score), the world
-model's simulated viable fraction (assistant read-out of the rendered scans) and the heuristic's
-mean risk on the same simulations. Per case: the Spearman correlation of each score with -OS over
-the space, and the regret (weeks of expected OS) of choosing the protocol that minimises it.
+model's simulated viable fraction (assistant read-out of the rendered scans) and each heuristic's
+mean risk on the same simulations (the survival network's and the response Cox model's). Per case:
+the Spearman correlation of each score with -OS over the space, and the regret (weeks of expected OS)
+of choosing the protocol that minimises it.
 
     python -m oncoplan.training.planner.stage_ranking --prepared DIR --cohort DIR --out DIR [--limit N]
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,22 @@ from ..actions import Protocol
 from ..synth import liver as L
 from ..tace.dynamics_eval import spearman
 
-STAGES = ("response_head", "true_viable_fraction", "simulated_viable_fraction", "heuristic_risk")
+HEURISTIC_STAGES = {"survival_network": "heuristic_risk", "response_cox": "response_cox_risk"}
+STAGES = ("response_head", "true_viable_fraction", "simulated_viable_fraction", *HEURISTIC_STAGES.values())
 
 
 def stage_ranking(
     world: Any,
-    scorer: Any,
+    scorers: Mapping[str, Any],
     pre_window: np.ndarray,
     mask_window: np.ndarray,
     patient: L.LiverPatient,
     space: Sequence[Protocol],
     seed: int = 0,
+    clinical: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Each stage's score over `space` for one case (lower = better), its Spearman with -OS and its regret."""
+    """Each stage's score over `space` for one case (lower = better), its Spearman with -OS and its
+    regret. `scorers`: heuristic name (``HEURISTIC_STAGES``) -> scorer; `clinical`: the case's row."""
     sim = world.simulate(pre_window, mask_window, np.array([p.multi_hot() for p in space], dtype=np.float32), seed)
     outcomes = [L.outcome(patient, p) for p in space]
     worse = [-o.expected_os_weeks for o in outcomes]  # ranks like risk: lower OS = worse
@@ -45,9 +49,20 @@ def stage_ranking(
         "response_head": sim.response[:, 0],
         "true_viable_fraction": np.array([o.viable_fraction for o in outcomes]),
         "simulated_viable_fraction": sim.viable_fraction.mean(1),
-        "heuristic_risk": scorer(pre_window, mask_window, sim, list(space)).mean(1),
+        **{
+            HEURISTIC_STAGES[name]: scorer(pre_window, mask_window, sim, list(space), clinical).mean(1)
+            for name, scorer in scorers.items()
+        },
     }
-    out: dict[str, Any] = {"protocols": len(space)}
+    out: dict[str, Any] = {
+        "protocols": len(space),
+        # per protocol, so later heuristics can be scored on the same simulations without re-running them
+        "space": [str(p) for p in space],
+        "expected_os_weeks": [o.expected_os_weeks for o in outcomes],
+        "simulated_viable_fraction_samples": sim.viable_fraction.tolist(),
+        "scores": {name: np.asarray(score, dtype=float).tolist() for name, score in scores.items()},
+        "lesion_voxels": int(np.count_nonzero(mask_window)),
+    }
     for name, score in scores.items():
         out[name] = {
             "spearman_vs_os": spearman(score, worse),
@@ -60,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..tace.data import load_prepared
     from ..tace.dynamics_eval import model_space_case
     from ..tace.world_model import window_around
-    from .evaluate import BUNDLES, _cohort_rows, action_set_for, ground_truth_patient, load_models
+    from .evaluate import BUNDLES, _cohort_rows, action_set_for, ground_truth_patient, load_heuristic, load_models
     from .search import SETTINGS, valid_protocols
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,9 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="first N cases")
     args = parser.parse_args(argv)
     settings = SETTINGS["cpu"]
-    world, scorer, prep = load_models(
-        BUNDLES / "tace_dynamics", BUNDLES / "tace_assistant", BUNDLES / "tace_survival", settings=settings
-    )
+    bundles = (BUNDLES / "tace_dynamics", BUNDLES / "tace_assistant", BUNDLES / "tace_survival")
+    world, _, prep = load_models(*bundles, settings=settings)
+    scorers = {name: load_heuristic(bundles[2], name) for name in HEURISTIC_STAGES}
     rows = _cohort_rows(args.cohort)
     cases = []
     for entry in load_prepared(args.prepared)[: args.limit]:
@@ -85,12 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         pre_window, mask_window, _ = window_around(pre, mask, tuple(world.window))
         patient = ground_truth_patient(args.cohort, case_id, row)
         cases.append(
-            {"case_id": case_id, **stage_ranking(world, scorer, pre_window, mask_window, patient, space, settings.seed)}
+            {
+                "case_id": case_id,
+                **stage_ranking(world, scorers, pre_window, mask_window, patient, space, settings.seed, row),
+            }
         )
         print(json.dumps(cases[-1]), flush=True)
     summary = {
         stage: {key: float(np.mean([c[stage][key] for c in cases])) for key in ("spearman_vs_os", "regret_weeks")}
         for stage in STAGES
+        if all(stage in c for c in cases)
     }
     args.out.mkdir(parents=True, exist_ok=True)
     report = {

@@ -550,8 +550,9 @@ def _truth_burden(path: Path) -> float:
         raise InputError(f"{path}: no readable lesions ({type(exc).__name__}: {exc})") from None
 
 
-def label_burden(path: Path) -> float:
-    """Tumor volume (cm3) of a NIfTI label map with its legend `<name>.json` (viable, necrosis, Lipiodol)."""
+def label_burden(path: Path, names: Sequence[str] = TUMOR_LABELS) -> float:
+    """Volume (cm3) of the `names` classes (default: all tumor: viable, necrosis, Lipiodol) of a NIfTI
+    label map with its legend `<name>.json`."""
     import nibabel as nib
 
     legend_path = path.with_name(path.name.replace(".nii.gz", ".json"))
@@ -561,7 +562,7 @@ def label_burden(path: Path) -> float:
         data = np.asanyarray(image.dataobj)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: unreadable label map or legend ({type(exc).__name__}: {exc})") from None
-    values = [int(k) for k, name in legend.items() if name in TUMOR_LABELS]
+    values = [int(k) for k, name in legend.items() if name in names]
     voxel_mm3 = float(np.prod(image.header.get_zooms()[:3]))
     return float(np.isin(data, values).sum()) * voxel_mm3 / 1000.0
 

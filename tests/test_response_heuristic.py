@@ -1,0 +1,173 @@
+"""The planner's response heuristic: a Cox model of the measured residual viable tumor, the regimen and the
+patient, fitted on training cohorts and applied to the world model's segmented simulations."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from oncoplan.errors import InputError
+from oncoplan.training.actions import Protocol
+from oncoplan.training.planner.evaluate import load_heuristic
+from oncoplan.training.planner.response_heuristic import (
+    CLINICAL,
+    FEATURES,
+    RESPONSE,
+    ResponseCox,
+    ResponseRiskScorer,
+    clinical_covariates,
+    fit_table,
+    regimen_features,
+    training_table,
+)
+from oncoplan.training.planner.search import valid_protocols
+from oncoplan.training.synth import liver as L
+from oncoplan.training.tace.dynamics_eval import spearman
+from oncoplan.training.tace.preprocess import LABELS
+from oncoplan.training.tace.world_model import Simulation
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = valid_protocols(("Cisplatin", "Doxorubicin", "Mitomycin", "Lipiodol", "LC Beads"))
+
+
+def _generator_table(cases: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[L.LiverPatient]]:
+    """Patients of the synthetic liver generator on random protocols; the residual viable volume as the
+    ground truth has it (what a perfect post-treatment segmentation measures)."""
+    rng = np.random.default_rng(seed)
+    rows, events, times, patients = [], [], [], []
+    centre, radii = np.zeros(3), np.array([90.0, 80.0, 70.0])
+    for i in range(cases):
+        patient = L.sample_patient(f"T{i:04d}", rng, centre, radii)
+        protocol = L.random_protocol(rng)
+        out = L.outcome(patient, protocol)
+        t, e = L.sample_survival(out, rng)
+        clinical = clinical_covariates(
+            {"CPS": patient.cps, "AFP": patient.afp, "Vascular invasion": 1 * patient.vascular_invasion}
+        )
+        rows.append(
+            {
+                RESPONSE: math.log1p(patient.burden_cm3 * out.viable_fraction),
+                **regimen_features(protocol, clinical["Child-Pugh"]),
+                **clinical,
+                "ln(1 + burden cm3)": math.log1p(patient.burden_cm3),
+            }
+        )
+        events.append(e)
+        times.append(t)
+        patients.append(patient)
+    return pd.DataFrame(rows), np.asarray(events, bool), np.asarray(times), patients
+
+
+def _features(patient: L.LiverPatient, protocol: Protocol, viable_fraction: float) -> dict[str, float]:
+    clinical = clinical_covariates(
+        {"CPS": patient.cps, "AFP": patient.afp, "Vascular invasion": patient.vascular_invasion}
+    )
+    return {
+        RESPONSE: math.log1p(patient.burden_cm3 * viable_fraction),
+        **regimen_features(protocol, clinical["Child-Pugh"]),
+        **clinical,
+        "ln(1 + burden cm3)": math.log1p(patient.burden_cm3),
+    }
+
+
+def test_fit_recovers_the_response_effect_and_orders_one_patients_protocols() -> None:
+    """Fitted on 800 generator patients, the residual-viable log hazard ratio is near the generator's
+    0.55, and with the true response the model orders each new patient's protocols like the truth."""
+    x, event, time, _ = _generator_table(800, 11)
+    model = fit_table(x, event, time, ["generator"])
+    assert model.cases == 800 and model.events == int(event.sum())
+    assert 0.35 < model.coef[RESPONSE] < 0.8
+    assert model.coef["vascular invasion"] > 0 and model.coef["ln(1 + burden cm3)"] > 0
+    _, _, _, patients = _generator_table(10, 12)
+    rho = []
+    for patient in patients:
+        outcomes = [L.outcome(patient, p) for p in SPACE]
+        risk = [
+            float(model.risk(_features(patient, p, o.viable_fraction))) for p, o in zip(SPACE, outcomes, strict=True)
+        ]
+        rho.append(spearman(risk, [o.linear_predictor for o in outcomes]))
+    assert np.mean(rho) > 0.8, rho
+
+
+def test_fit_refuses_too_few_deaths() -> None:
+    x, event, time, _ = _generator_table(12, 13)
+    with pytest.raises(InputError, match="too few"):
+        fit_table(x, event, time)
+
+
+def test_training_table_measures_the_residual_viable_volume_on_post_labels(liver_cohort: Path) -> None:
+    """The residual viable volume of each training case is the "viable" class of its post-treatment
+    label map: the ground truth's burden x viable fraction, up to the voxel rendering."""
+    x, event, time = training_table(liver_cohort)
+    table = pd.read_csv(liver_cohort / "cohort.csv", dtype={"TCIA_ID": str})
+    assert list(x.columns) == list(FEATURES) and len(x) == len(table) == len(event) == len(time)
+    for i, row in table.iterrows():
+        truth = json.loads((liver_cohort / row["TCIA_ID"] / "truth.json").read_text())
+        burden = sum(4 / 3 * math.pi * np.prod(les["radii"]) / 1000 for les in truth["lesions"])
+        expected = burden * float(row["gold_viable_fraction"])
+        assert math.expm1(x.loc[i, RESPONSE]) == pytest.approx(expected, rel=0.35)
+        assert x.loc[i, "drugs"] == len(Protocol.parse(row["chemotherapy"]).drugs)
+
+
+def _model(**coef: float) -> ResponseCox:
+    zero = dict.fromkeys(FEATURES, 0.0)
+    return ResponseCox({**zero, **coef}, dict(zero), {**zero, "Child-Pugh": 1.0})
+
+
+def _simulation(viable_voxels: list[list[int]], shape=(6, 6, 6)) -> Simulation:
+    p, t = len(viable_voxels), len(viable_voxels[0])
+    labels = np.full((p, t, *shape), LABELS["liver"], dtype=np.uint8)
+    for i, row in enumerate(viable_voxels):
+        for j, n in enumerate(row):
+            labels[i, j].reshape(-1)[:n] = LABELS["viable"]
+            labels[i, j].reshape(-1)[n : n + 5] = LABELS["necrosis"]
+    return Simulation(
+        np.zeros(labels.shape, np.float32), labels, np.zeros((p, t)), (slice(0, 6),) * 3, np.zeros((p, 4))
+    )
+
+
+def test_scorer_reads_the_viable_voxels_and_the_regimen() -> None:
+    """Risk = coef x features: the residual viable cm3 is the simulated labels' viable voxels x voxel
+    volume; the regimen adds its drugs, more with poorer liver function; unknown Child-Pugh -> median."""
+    model = _model(**{RESPONSE: 0.5, "drugs": 0.2, "drugs x Child-Pugh": 0.1, "log10 AFP": 1.0})
+    scorer = ResponseRiskScorer(model, (10.0, 10.0, 10.0))  # 1 cm3 voxels
+    protocols = [Protocol.parse("Cisplatin; Lipiodol"), Protocol.parse("Cisplatin; Doxorubicin; Lipiodol")]
+    sim = _simulation([[3, 5], [1, 1]])
+    mask = np.zeros((6, 6, 6), bool)
+    risk = scorer(None, mask, sim, protocols, {"CPS": "B", "AFP": 99.0})
+    assert risk.shape == (2, 2)
+    expected_viable = 0.5 * np.log1p(np.array([[3, 5], [1, 1]]))
+    expected_regimen = np.array([[0.2 + 0.1], [2 * (0.2 + 0.1)]])
+    np.testing.assert_allclose(risk, expected_viable + expected_regimen + 2.0)  # log10(1 + 99) = 2
+    unknown = scorer(None, mask, sim, protocols, None)  # Child-Pugh median (B), AFP median (0)
+    np.testing.assert_allclose(unknown, expected_viable + expected_regimen)
+    with pytest.raises(ValueError, match="protocols"):
+        scorer(None, mask, sim, protocols[:1])
+
+
+def test_model_file_round_trip_and_a_clear_error(tmp_path: Path) -> None:
+    model = _model(**{RESPONSE: 0.55})
+    path = model.save(tmp_path / "m.json")
+    assert ResponseCox.load(path) == model
+    data = json.loads(path.read_text())
+    assert data["synthetic"] is True and data["features"] == list(FEATURES)
+    del data["coef"][CLINICAL[0]]
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"m\.json: not a response Cox model"):
+        ResponseCox.load(path)
+
+
+def test_the_survival_bundle_ships_the_default_heuristic() -> None:
+    """The planner's default scorer loads from the survival bundle: a model fitted on labelled training
+    cohorts whose residual viable volume raises the risk, in the bundle's voxel spacing."""
+    scorer = load_heuristic(ROOT / "bundles" / "tace_survival")
+    assert isinstance(scorer, ResponseRiskScorer) and scorer.name == "response_cox"
+    assert scorer.model.coef[RESPONSE] > 0 and scorer.model.cases >= 60
+    assert scorer.voxel_cm3 == pytest.approx(0.027)  # 3 mm voxels
+    with pytest.raises(InputError, match="unknown heuristic"):
+        load_heuristic(ROOT / "bundles" / "tace_survival", "nope")

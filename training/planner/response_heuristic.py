@@ -1,0 +1,275 @@
+"""A heuristic that orders one patient's protocols: Cox risk of a simulated outcome from the response
+the assistant measures in it, the regimen and the patient's clinical covariates (synthetic cohorts).
+
+Why a second heuristic: the survival network (:mod:`.heuristic`, the paper's B.4) learned risk
+*between* patients, which is what its Cox loss rewards; over one patient's protocols its risk barely
+follows the true survival (``docs/README.md``, stage ranking: Spearman 0.32, where the simulated
+viable fraction alone reaches 0.41 and the truth's 0.78). What differs between two protocols for one
+patient is how much viable tumor they leave (mRECIST's driver, read off the simulated scan) and what
+the regimen costs the patient (systemic toxicity of each cytotoxic drug, worse with poor liver
+function; no image shows it). This model puts both in one proportional-hazards risk:
+
+    ln(1 + residual viable cm3), drugs, drugs x Child-Pugh, absolute alcohol     (what the protocol changes)
+    Child-Pugh, log10(1 + AFP), vascular invasion, ln(1 + tumor burden cm3)      (the patient)
+
+fitted with scikit-survival (:func:`oncoplan.training.tace.survival_baselines.make_model`: median
+imputation, z-scoring, ridge alpha 0.1) on training cohorts, where the residual viable volume is
+MEASURED on each case's post-treatment label map (its "viable" voxels) and the regimen is the one the
+case received. At planning, the residual viable volume of a simulated outcome is measured the same way:
+the viable voxels of the assistant's label map of the simulated window
+(:class:`oncoplan.training.tace.world_model.Simulation`, rendering noise outside the lesion already
+removed), and the tumor burden is the pre-treatment tumor mask of the window; covariates a caller does
+not know (the Deploy app sees only the CT) take the training median.
+
+The fitted model is a JSON file of named coefficients (log hazard ratio per unit), means and medians:
+
+    python -m oncoplan.training.planner.response_heuristic --train COHORT [COHORT ...] --out FILE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from oncoplan.errors import InputError
+from oncoplan.fsio import atomic_path
+
+from ..tace.preprocess import LABELS
+
+if TYPE_CHECKING:
+    from ..actions import Protocol
+    from ..tace.world_model import Simulation
+
+RESPONSE = "ln(1 + residual viable cm3)"
+REGIMEN = ("drugs", "drugs x Child-Pugh", "absolute alcohol")
+CLINICAL = ("Child-Pugh", "log10 AFP", "vascular invasion", "ln(1 + burden cm3)")
+FEATURES = (RESPONSE, *REGIMEN, *CLINICAL)
+CHILD_PUGH = {"A": 0.0, "B": 1.0, "C": 2.0}
+
+
+def regimen_features(protocol: Protocol, child_pugh: float) -> dict[str, float]:
+    """What a regimen costs the patient beyond its effect on the tumor."""
+    drugs = float(len(protocol.drugs))
+    return {
+        "drugs": drugs,
+        "drugs x Child-Pugh": drugs * child_pugh,
+        "absolute alcohol": float("Absolute Alcohol" in protocol.embolics),
+    }
+
+
+def clinical_covariates(row: Mapping[str, Any] | None) -> dict[str, float]:
+    """Child-Pugh, log10(1 + AFP) and vascular invasion from a cohort row (TCIA column names); NaN where
+    unknown (the model imputes its training median)."""
+    row = {} if row is None else row
+
+    def number(key: str) -> float:
+        try:
+            value = float(row.get(key, math.nan))
+        except (TypeError, ValueError):
+            return math.nan
+        return value if math.isfinite(value) else math.nan
+
+    afp = number("AFP")
+    return {
+        "Child-Pugh": CHILD_PUGH.get(str(row.get("CPS", "")).strip(), math.nan),
+        "log10 AFP": math.log10(1.0 + afp) if afp >= 0 else math.nan,
+        "vascular invasion": number("Vascular invasion"),
+    }
+
+
+@dataclass(frozen=True)
+class ResponseCox:
+    """A fitted model: risk = sum of coef * (x - mean) over FEATURES, NaN inputs replaced by the median."""
+
+    coef: dict[str, float]
+    mean: dict[str, float]
+    median: dict[str, float]
+    trained_on: tuple[str, ...] = ()
+    cases: int = 0
+    events: int = 0
+
+    def __post_init__(self) -> None:
+        for part in (self.coef, self.mean, self.median):
+            missing = [f for f in FEATURES if f not in part]
+            if missing:
+                raise ValueError(f"response Cox model lacks {', '.join(missing)}")
+
+    def risk(self, features: Mapping[str, np.ndarray | float]) -> np.ndarray:
+        """The linear predictor (broadcast over array-valued features); higher = shorter survival."""
+        total: np.ndarray | float = 0.0
+        for name in FEATURES:
+            x = np.asarray(features[name], dtype=np.float64)
+            x = np.where(np.isnan(x), self.median[name], x)
+            total = total + self.coef[name] * (x - self.mean[name])
+        return np.asarray(total, dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": "sksurv CoxPHSurvivalAnalysis (Breslow ties, ridge alpha 0.1 on z-scored features); "
+            "coef: log hazard ratio per unit",
+            "features": list(FEATURES),
+            "coef": self.coef,
+            "hazard_ratio": {k: round(math.exp(v), 4) for k, v in self.coef.items()},
+            "mean": self.mean,
+            "median": self.median,
+            "trained_on": list(self.trained_on),
+            "cases": self.cases,
+            "events": self.events,
+            "synthetic": True,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ResponseCox:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                {k: float(v) for k, v in data["coef"].items()},
+                {k: float(v) for k, v in data["mean"].items()},
+                {k: float(v) for k, v in data["median"].items()},
+                tuple(data.get("trained_on", ())),
+                int(data.get("cases", 0)),
+                int(data.get("events", 0)),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{path}: not a response Cox model ({type(exc).__name__}: {exc})") from None
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def training_table(cohort: str | Path):
+    """(features DataFrame, event, time in weeks) of one synthetic cohort folder; the residual viable
+    volume is measured on each case's post-treatment label map (``post_labels`` of ``cohort.csv``)."""
+    import pandas as pd
+
+    from ..tace.survival_baselines import label_burden, load_synthetic
+
+    cohort = Path(cohort)
+    data = load_synthetic(cohort)
+    table = pd.read_csv(cohort / "cohort.csv", dtype={"TCIA_ID": str}, keep_default_na=False)
+    post = dict(zip(table["TCIA_ID"].astype(str), table.get("post_labels", pd.Series(dtype=str)), strict=False))
+    rows = []
+    for case_id, protocol in zip(data.x.index, data.protocols, strict=True):
+        label = cohort / str(post.get(str(case_id), "") or "")
+        if not label.is_file():
+            raise InputError(f"{cohort / 'cohort.csv'}: case {case_id} has no post-treatment label map")
+        x = data.x.loc[case_id]
+        rows.append(
+            {
+                RESPONSE: math.log1p(label_burden(label, ("viable",))),
+                **regimen_features(protocol, float(x["Child-Pugh"])),
+                **{name: float(x[name]) for name in CLINICAL},
+            }
+        )
+    return pd.DataFrame(rows, columns=list(FEATURES)), data.event, data.time
+
+
+def fit(cohorts: Sequence[str | Path]) -> ResponseCox:
+    """Fit on one or more synthetic cohort folders (their cases pooled)."""
+    import pandas as pd
+
+    if not cohorts:
+        raise InputError("fit: give at least one training cohort")
+    parts = [training_table(c) for c in cohorts]
+    x = pd.concat([p[0] for p in parts], ignore_index=True)
+    event = np.concatenate([p[1] for p in parts])
+    time = np.concatenate([p[2] for p in parts])
+    return fit_table(x, event, time, tuple(str(c) for c in cohorts))
+
+
+def fit_table(x, event: np.ndarray, time: np.ndarray, trained_on: Sequence[str] = ()) -> ResponseCox:
+    """Fit on a table with the FEATURES columns (a pandas DataFrame), events (bool) and times."""
+    from ..tace.survival_baselines import _fit
+
+    event = np.asarray(event, dtype=bool)
+    if int(event.sum()) < 2 * len(FEATURES):
+        raise InputError(f"fit: {int(event.sum())} deaths are too few for {len(FEATURES)} features")
+    pipeline = _fit(x[list(FEATURES)].to_numpy(float), event, np.asarray(time, dtype=float))
+    imputer, scaler, cox = (step for _, step in pipeline.steps)
+    coef = cox.coef_[: len(FEATURES)] / scaler.scale_[: len(FEATURES)]
+    return ResponseCox(
+        {f: float(c) for f, c in zip(FEATURES, coef, strict=True)},
+        {f: float(m) for f, m in zip(FEATURES, scaler.mean_[: len(FEATURES)], strict=True)},
+        {f: float(m) for f, m in zip(FEATURES, imputer.statistics_, strict=True)},
+        tuple(trained_on),
+        len(x),
+        int(event.sum()),
+    )
+
+
+# ---------------------------------------------------------------- scoring simulations
+
+
+class ResponseRiskScorer:
+    """Risk (P, T) of every simulated outcome under the fitted model; see the module doc."""
+
+    name = "response_cox"
+
+    def __init__(self, model: ResponseCox, pixdim: Sequence[float]) -> None:
+        self.model = model
+        self.voxel_cm3 = float(np.prod([float(v) for v in pixdim])) / 1000.0
+
+    @classmethod
+    def from_file(cls, path: str | Path, pixdim: Sequence[float]) -> ResponseRiskScorer:
+        return cls(ResponseCox.load(path), pixdim)
+
+    def __call__(
+        self,
+        pre_window: np.ndarray,
+        mask_window: np.ndarray,
+        simulation: Simulation,
+        protocols: Sequence[Protocol],
+        clinical: Mapping[str, Any] | None = None,
+    ) -> np.ndarray:
+        if len(protocols) != simulation.labels.shape[0]:
+            raise ValueError(f"{len(protocols)} protocols for {simulation.labels.shape[0]} simulated ones")
+        covariates = clinical_covariates(clinical)
+        burden = float(np.count_nonzero(mask_window)) * self.voxel_cm3
+        spatial = tuple(range(2, simulation.labels.ndim))
+        residual = np.count_nonzero(simulation.labels == LABELS["viable"], axis=spatial) * self.voxel_cm3
+        child_pugh = covariates["Child-Pugh"]
+        if math.isnan(child_pugh):
+            child_pugh = self.model.median["Child-Pugh"]
+        regimen = [regimen_features(p, child_pugh) for p in protocols]
+        features: dict[str, np.ndarray | float] = {
+            RESPONSE: np.log1p(residual),
+            **{name: np.array([r[name] for r in regimen])[:, None] for name in REGIMEN},
+            **covariates,
+            "ln(1 + burden cm3)": math.log1p(burden),
+        }
+        return np.broadcast_to(self.model.risk(features), simulation.labels.shape[:2]).astype(np.float64)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=Path, nargs="+", required=True, help="synthetic training cohort folder(s)")
+    parser.add_argument("--out", type=Path, required=True, help="write the fitted model (JSON) here")
+    args = parser.parse_args(argv)
+    try:
+        model = fit(args.train)
+    except (InputError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = model.save(args.out)
+    print(json.dumps(model.to_dict()["hazard_ratio"], indent=1))
+    print(f"wrote {path} ({model.cases} cases, {model.events} deaths)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
