@@ -189,7 +189,7 @@ def test_simulated_tumor_stays_in_the_treated_lesion(models, case) -> None:
 def test_stage_ranking_scores_every_stage_against_the_truth(models, case) -> None:
     """The diagnostic orders one case's space by each stage's score: the ground truth's own viable
     fraction ranks like OS (it drives it) and the regrets are the OS lost by each stage's choice."""
-    from oncoplan.training.planner.stage_ranking import STAGES, stage_ranking
+    from oncoplan.training.planner.stage_ranking import STAGES, TRUE_RESPONSE_STAGE, stage_ranking
 
     world, scorer, _ = models
     space = valid_protocols(("Cisplatin", "Doxorubicin", "Lipiodol", "LC Beads"), 1, 1)
@@ -199,6 +199,10 @@ def test_stage_ranking_scores_every_stage_against_the_truth(models, case) -> Non
     assert report["true_viable_fraction"]["spearman_vs_os"] > 0.5
     for stage in STAGES:
         assert -1.0 <= report[stage]["spearman_vs_os"] <= 1.0 and report[stage]["regret_weeks"] >= 0.0
+    # One drug per protocol: the response heuristic on the true residual orders like the true fraction.
+    assert report[TRUE_RESPONSE_STAGE]["spearman_vs_os"] == pytest.approx(
+        report["true_viable_fraction"]["spearman_vs_os"]
+    )
 
 
 # ---------------------------------------------------------------- searches

@@ -46,17 +46,7 @@ def _generator_table(cases: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, n
         protocol = L.random_protocol(rng)
         out = L.outcome(patient, protocol)
         t, e = L.sample_survival(out, rng)
-        clinical = clinical_covariates(
-            {"CPS": patient.cps, "AFP": patient.afp, "Vascular invasion": 1 * patient.vascular_invasion}
-        )
-        rows.append(
-            {
-                RESPONSE: math.log1p(patient.burden_cm3 * out.viable_fraction),
-                **regimen_features(protocol, clinical["Child-Pugh"]),
-                **clinical,
-                "ln(1 + burden cm3)": math.log1p(patient.burden_cm3),
-            }
-        )
+        rows.append(_features(patient, protocol, out.viable_fraction))
         events.append(e)
         times.append(t)
         patients.append(patient)

@@ -123,6 +123,26 @@ def test_oracle_is_best_and_regret_is_non_negative() -> None:
         assert L.regret_weeks(p, Protocol.parse("Cisplatin; Doxorubicin; Mitomycin; Lipiodol"), space) >= 0.0
 
 
+def test_population_oracle_ignores_the_hidden_profile_and_weighs_toxicity() -> None:
+    """The population oracle sees the covariates, not the response profile: two patients differing
+    only in the profile get one protocol; it does far better than a random pick, and poorer liver
+    function (more toxicity per drug) never makes it add drugs."""
+    import dataclasses
+
+    space = L.protocol_space(("Cisplatin", "Doxorubicin", "Mitomycin"), ("Lipiodol", "LC Beads"), 2, 2)
+    patients = _patients(30, seed=4)
+    a = patients[0]
+    b = dataclasses.replace(a, profile=patients[1].profile)
+    assert L.population_protocol(a, space, draws=50) == L.population_protocol(b, space, draws=50)
+    chosen = [L.population_protocol(p, space, draws=100) for p in patients]
+    population = np.mean([L.regret_weeks(p, c, space) for p, c in zip(patients, chosen, strict=True)])
+    random_pick = np.mean([L.regret_weeks(p, q, space) for p in patients for q in space])
+    assert 0.0 <= population < 0.5 * random_pick
+    for p in patients[:5]:
+        drugs = [len(L.population_protocol(dataclasses.replace(p, cps=c), space, draws=100).drugs) for c in "ABC"]
+        assert drugs == sorted(drugs, reverse=True), drugs
+
+
 def test_survival_matches_the_real_cohort() -> None:
     rng = np.random.default_rng(1)
     times, events = [], []

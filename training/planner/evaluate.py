@@ -15,8 +15,10 @@ protocol, which is scored two ways:
 Methods: ``world_model`` (the planner: offline policy + world model + heuristic, beam search or
 best-of-N), ``policy_top1`` (the same policy's first candidate, no search), ``most_common`` (the most
 used protocol of the case's site: from a training cohort's ``chemotherapy`` column, else from
-the synthetic practice table), ``random`` (a seeded uniform draw from the valid space), ``gold``
-and ``oracle``. Each gets per-case values and means with 1,000-sample percentile-bootstrap 95% CIs;
+the synthetic practice table), ``random`` (a seeded uniform draw from the valid space), ``gold``,
+``population_oracle`` (the ground truth's best protocol for the patient's covariates, averaged over
+the hidden response profiles: what a planner that cannot see the profile can reach at best) and
+``oracle``. Each gets per-case values and means with 1,000-sample percentile-bootstrap 95% CIs;
 the planner minus each baseline gets paired bootstrap CIs (resampling cases). Everything is written
 to ``planning_evaluation.json`` and ``planning_evaluation.md`` (labelled SYNTHETIC), atomically.
 
@@ -47,13 +49,14 @@ from .search import SETTINGS, SearchSettings, WorldModelPlanner
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = ROOT / "bundles"
 WEEKS_PER_MONTH = 4.345  # as oncoplan.training.tace.survival
-METHODS = ("world_model", "policy_top1", "most_common", "random", "gold", "oracle")
+METHODS = ("world_model", "policy_top1", "most_common", "random", "gold", "population_oracle", "oracle")
 LABELS = {
     "world_model": "World-model planner (policy + dynamics + assistant + heuristic search)",
     "policy_top1": "Offline policy, top-1, no search",
     "most_common": "Most common protocol of the site",
     "random": "Random valid protocol (seeded)",
     "gold": "Physician (gold)",
+    "population_oracle": "Population oracle (ground truth without the hidden response profile)",
     "oracle": "Oracle (ground truth, same space)",
 }
 SET_METRICS = ("f1", "jaccard", "precision", "recall")
@@ -240,6 +243,7 @@ def evaluate_planning(
             "most_common": common(site),
             "random": space[int(rng.integers(len(space)))],
             "gold": gold,
+            "population_oracle": L.population_protocol(patient, space),
             "oracle": oracle,
         }
         in_space = set(space)

@@ -238,21 +238,33 @@ class ResponseRiskScorer:
     ) -> np.ndarray:
         if len(protocols) != simulation.labels.shape[0]:
             raise ValueError(f"{len(protocols)} protocols for {simulation.labels.shape[0]} simulated ones")
-        covariates = clinical_covariates(clinical)
         burden = float(np.count_nonzero(mask_window)) * self.voxel_cm3
         spatial = tuple(range(2, simulation.labels.ndim))
         residual = np.count_nonzero(simulation.labels == LABELS["viable"], axis=spatial) * self.voxel_cm3
+        return self.risk(residual, protocols, burden, clinical)
+
+    def risk(
+        self,
+        residual_cm3: np.ndarray,
+        protocols: Sequence[Protocol],
+        burden_cm3: float,
+        clinical: Mapping[str, Any] | None = None,
+    ) -> np.ndarray:
+        """Risk of residual viable volumes (P, T) (or (P,)) left by `protocols` in one patient."""
+        residual = np.asarray(residual_cm3, dtype=np.float64)
+        covariates = clinical_covariates(clinical)
         child_pugh = covariates["Child-Pugh"]
         if math.isnan(child_pugh):
             child_pugh = self.model.median["Child-Pugh"]
         regimen = [regimen_features(p, child_pugh) for p in protocols]
+        per_protocol = (len(protocols),) + (1,) * (residual.ndim - 1)
         features: dict[str, np.ndarray | float] = {
             RESPONSE: np.log1p(residual),
-            **{name: np.array([r[name] for r in regimen])[:, None] for name in REGIMEN},
+            **{name: np.array([r[name] for r in regimen]).reshape(per_protocol) for name in REGIMEN},
             **covariates,
-            "ln(1 + burden cm3)": math.log1p(burden),
+            "ln(1 + burden cm3)": math.log1p(burden_cm3),
         }
-        return np.broadcast_to(self.model.risk(features), simulation.labels.shape[:2]).astype(np.float64)
+        return np.broadcast_to(self.model.risk(features), residual.shape).astype(np.float64)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

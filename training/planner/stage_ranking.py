@@ -3,8 +3,9 @@ each stage's score orders the protocols by the true expected overall survival (s
 
 Stages, from the protocol to the planner's score: the dynamics model's response head (predicted
 viable share), the ground truth's viable fraction (the ceiling of any viable-based score), the world
-model's simulated viable fraction (assistant read-out of the rendered scans) and each heuristic's
-mean risk on the same simulations (the survival network's and the response Cox model's). Per case:
+model's simulated viable fraction (assistant read-out of the rendered scans), each heuristic's
+mean risk on the same simulations (the survival network's and the response Cox model's), and the
+response Cox model's risk of the ground truth's residual viable volume (its ceiling). Per case:
 the Spearman correlation of each score with -OS over the space, and the regret (weeks of expected OS)
 of choosing the protocol that minimises it.
 
@@ -27,7 +28,14 @@ from ..synth import liver as L
 from ..tace.dynamics_eval import spearman
 
 HEURISTIC_STAGES = {"survival_network": "heuristic_risk", "response_cox": "response_cox_risk"}
-STAGES = ("response_head", "true_viable_fraction", "simulated_viable_fraction", *HEURISTIC_STAGES.values())
+TRUE_RESPONSE_STAGE = "response_cox_on_true_response"  # the response heuristic fed the ground truth's residual
+STAGES = (
+    "response_head",
+    "true_viable_fraction",
+    "simulated_viable_fraction",
+    *HEURISTIC_STAGES.values(),
+    TRUE_RESPONSE_STAGE,
+)
 
 
 def stage_ranking(
@@ -54,6 +62,9 @@ def stage_ranking(
             for name, scorer in scorers.items()
         },
     }
+    if "response_cox" in scorers:  # the heuristic's ceiling: what it makes of a faithful simulation
+        residual = np.array([patient.burden_cm3 * o.viable_fraction for o in outcomes])
+        scores[TRUE_RESPONSE_STAGE] = scorers["response_cox"].risk(residual, list(space), patient.burden_cm3, clinical)
     out: dict[str, Any] = {
         "protocols": len(space),
         # per protocol, so later heuristics can be scored on the same simulations without re-running them

@@ -69,6 +69,8 @@ EMBOLIC_VASC = {
 LIPIODOL_BOOST = 1.3
 WEIBULL_SHAPE = 1.2
 WEIBULL_SCALE_WEEKS = 2600.0  # calibrated: median OS of generated cohorts ~ 100-110 weeks
+SENSITIVITY_BETA = (2.0, 2.0)  # hidden drug-class sensitivity ~ Beta(a, b) per class
+VASCULARITY_BETA = (2.5, 2.0)  # hidden tumor vascularity ~ Beta(a, b)
 BETA = {"viable": 0.55, "burden": 0.25, "cps_b": 0.5, "cps_c": 1.0, "afp": 0.15, "vi": 0.6, "tox": 0.9}
 
 # Physicians' practice ("gold" protocols) by site, with frequencies.
@@ -231,6 +233,27 @@ def oracle_protocol(patient: LiverPatient, space: list[Protocol] | None = None) 
     return min(space, key=lambda p: outcome(patient, p).linear_predictor)
 
 
+def population_protocol(
+    patient: LiverPatient, space: list[Protocol] | None = None, draws: int = 300, seed: int = 0
+) -> Protocol:
+    """The best protocol for what can be known of `patient` without its hidden response profile: the
+    lowest ground-truth linear predictor averaged over profiles drawn from the cohort's prior (its
+    Child-Pugh, burden and other covariates kept). The bound of any planner that cannot see the
+    profile, which nothing in these synthetic images shows."""
+    import dataclasses
+
+    space = space if space is not None else protocol_space()
+    rng = np.random.default_rng(seed)
+    profiles = [
+        ResponseProfile(
+            {cls: float(rng.beta(*SENSITIVITY_BETA)) for cls in DRUG_CLASSES}, float(rng.beta(*VASCULARITY_BETA))
+        )
+        for _ in range(draws)
+    ]
+    patients = [dataclasses.replace(patient, profile=profile) for profile in profiles]
+    return min(space, key=lambda p: float(np.mean([outcome(q, p).linear_predictor for q in patients])))
+
+
 def regret_weeks(patient: LiverPatient, chosen: Protocol, space: list[Protocol] | None = None) -> float:
     """Expected OS lost by choosing `chosen` instead of the oracle (>= 0)."""
     best = outcome(patient, oracle_protocol(patient, space)).expected_os_weeks
@@ -279,7 +302,7 @@ def sample_patient(
             c = liver_centre + u * np.maximum(liver_radii * 0.75 - r, 0.0)
             break
         lesions.append(Lesion(tuple(float(v) for v in c), radii, int(rng.integers(1 << 30))))
-    sens = {cls: float(rng.beta(2.0, 2.0)) for cls in DRUG_CLASSES}
+    sens = {cls: float(rng.beta(*SENSITIVITY_BETA)) for cls in DRUG_CLASSES}
     cps = str(rng.choice(["A", "B", "C"], p=[0.82, 0.17, 0.01]))
     return LiverPatient(
         case_id=case_id,
@@ -289,7 +312,7 @@ def sample_patient(
         afp=float(10 ** rng.normal(1.9, 1.3)),
         vascular_invasion=int(rng.random() < 0.22),
         lesions=tuple(lesions),
-        profile=ResponseProfile(sens, float(rng.beta(2.5, 2.0))),
+        profile=ResponseProfile(sens, float(rng.beta(*VASCULARITY_BETA))),
         tr_size_cm=round(size_cm, 1) if rng.random() < 0.5 else None,
     )
 
