@@ -45,6 +45,8 @@ from oncoplan.fsio import atomic_path
 from ..tace.preprocess import LABELS
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..actions import Protocol
     from ..tace.world_model import Simulation
 
@@ -152,7 +154,7 @@ class ResponseCox:
 # ---------------------------------------------------------------- fitting
 
 
-def training_table(cohort: str | Path):
+def training_table(cohort: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """(features DataFrame, event, time in weeks) of one synthetic cohort folder; the residual viable
     volume is measured on each case's post-treatment label map (``post_labels`` of ``cohort.csv``)."""
     import pandas as pd
@@ -192,7 +194,7 @@ def fit(cohorts: Sequence[str | Path]) -> ResponseCox:
     return fit_table(x, event, time, tuple(str(c) for c in cohorts))
 
 
-def fit_table(x, event: np.ndarray, time: np.ndarray, trained_on: Sequence[str] = ()) -> ResponseCox:
+def fit_table(x: pd.DataFrame, event: np.ndarray, time: np.ndarray, trained_on: Sequence[str] = ()) -> ResponseCox:
     """Fit on a table with the FEATURES columns (a pandas DataFrame), events (bool) and times."""
     from ..tace.survival_baselines import _fit
 
