@@ -5,7 +5,8 @@ Stages, from the protocol to the planner's score: the dynamics model's response 
 viable share), the ground truth's viable fraction (the ceiling of any viable-based score), the world
 model's simulated viable fraction (assistant read-out of the rendered scans), each heuristic's
 mean risk on the same simulations (the survival network's and the response Cox model's), and the
-response Cox model's risk of the ground truth's residual viable volume (its ceiling). Per case:
+response Cox model's risk of the ground truth's residual viable volume (its ceiling) and of the
+layout the renderer was conditioned on (what the world model meant to draw). Per case:
 the Spearman correlation of each score with -OS over the space, and the regret (weeks of expected OS)
 of choosing the protocol that minimises it.
 
@@ -29,12 +30,14 @@ from ..tace.dynamics_eval import spearman
 
 HEURISTIC_STAGES = {"survival_network": "heuristic_risk", "response_cox": "response_cox_risk"}
 TRUE_RESPONSE_STAGE = "response_cox_on_true_response"  # the response heuristic fed the ground truth's residual
+LAYOUT_STAGE = "response_cox_on_layout"  # ... fed the label map the renderer was asked to draw
 STAGES = (
     "response_head",
     "true_viable_fraction",
     "simulated_viable_fraction",
     *HEURISTIC_STAGES.values(),
     TRUE_RESPONSE_STAGE,
+    LAYOUT_STAGE,
 )
 
 
@@ -62,9 +65,16 @@ def stage_ranking(
             for name, scorer in scorers.items()
         },
     }
-    if "response_cox" in scorers:  # the heuristic's ceiling: what it makes of a faithful simulation
+    if "response_cox" in scorers:
+        cox = scorers["response_cox"]
+        # Its ceiling: what it makes of a faithful simulation.
         residual = np.array([patient.burden_cm3 * o.viable_fraction for o in outcomes])
-        scores[TRUE_RESPONSE_STAGE] = scorers["response_cox"].risk(residual, list(space), patient.burden_cm3, clinical)
+        scores[TRUE_RESPONSE_STAGE] = cox.risk(residual, list(space), patient.burden_cm3, clinical)
+        # What the world model meant to draw: the layout's viable voxels, before rendering and segmentation.
+        burden = float(np.count_nonzero(mask_window)) * cox.voxel_cm3
+        scores[LAYOUT_STAGE] = cox.risk(
+            _layout_viable_cm3(mask_window, sim, cox.voxel_cm3, seed), list(space), burden, clinical
+        ).mean(1)
     out: dict[str, Any] = {
         "protocols": len(space),
         # per protocol, so later heuristics can be scored on the same simulations without re-running them
@@ -80,6 +90,20 @@ def stage_ranking(
             "regret_weeks": L.regret_weeks(patient, space[int(np.argmin(score))], list(space)),
         }
     return out
+
+
+def _layout_viable_cm3(mask_window: np.ndarray, sim: Any, voxel_cm3: float, seed: int) -> np.ndarray:
+    """Viable volume (P, T) of the compartment layouts the renderer was conditioned on (same seeds)."""
+    import torch
+
+    from ..tace.dynamics import layouts
+    from ..tace.layout import COMPARTMENTS
+
+    n_protocols, samples = sim.viable_fraction.shape
+    mask = torch.as_tensor(mask_window[sim.patch_slices] > 0, dtype=torch.float32)[None, None]
+    maps = layouts(mask, torch.as_tensor(sim.response, dtype=torch.float32), samples, seed).numpy()
+    viable = maps[:, COMPARTMENTS.index("viable")].reshape(n_protocols, samples, -1).sum(-1)
+    return viable * voxel_cm3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
