@@ -465,8 +465,6 @@ def load_models(
     from ..bundle_loading import bundle_parser
     from ..tace.world_model import WorldModel
 
-    if heuristic not in HEURISTICS:
-        raise InputError(f"unknown heuristic {heuristic!r}; choose {', '.join(HEURISTICS)}")
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     place = {"device": f"$torch.device('{device}')"}  # every network of the world model on one device
     over = {k: {**place, **dict((overrides or {}).get(k, {}))} for k in ("dynamics", "assistant", "survival")}
@@ -481,10 +479,10 @@ def load_models(
     spacing = {n: tuple(float(v) for v in p.get_parsed_content("pixdim")) for n, p in parsers.items()}
     if len(set(spacing.values())) != 1:
         raise InputError(f"the bundles disagree on voxel spacing: {spacing}")
+    scorer = load_heuristic(survival, heuristic, over["survival"])  # before the networks: an unknown name fails fast
     world = WorldModel.from_bundles(
         dynamics, assistant, settings.samples, settings.steps, over["dynamics"], over["assistant"]
     )
-    scorer = load_heuristic(survival, heuristic, over["survival"])
     return world, scorer, parsers["dynamics"].get_parsed_content("preprocessing")
 
 

@@ -43,6 +43,7 @@ from oncoplan.errors import InputError
 from oncoplan.fsio import atomic_path
 
 from ..tace.preprocess import LABELS
+from ..tace.survival_baselines import CHILD_PUGH
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,7 +55,6 @@ RESPONSE = "ln(1 + residual viable cm3)"
 REGIMEN = ("drugs", "drugs x Child-Pugh", "absolute alcohol")
 CLINICAL = ("Child-Pugh", "log10 AFP", "vascular invasion", "ln(1 + burden cm3)")
 FEATURES = (RESPONSE, *REGIMEN, *CLINICAL)
-CHILD_PUGH = {"A": 0.0, "B": 1.0, "C": 2.0}
 
 
 def regimen_features(protocol: Protocol, child_pugh: float) -> dict[str, float]:
@@ -81,7 +81,7 @@ def clinical_covariates(row: Mapping[str, Any] | None) -> dict[str, float]:
 
     afp = number("AFP")
     return {
-        "Child-Pugh": CHILD_PUGH.get(str(row.get("CPS", "")).strip(), math.nan),
+        "Child-Pugh": float(CHILD_PUGH.get(str(row.get("CPS", "")).strip(), math.nan)),
         "log10 AFP": math.log10(1.0 + afp) if afp >= 0 else math.nan,
         "vascular invasion": number("Vascular invasion"),
     }
@@ -240,10 +240,14 @@ class ResponseRiskScorer:
     ) -> np.ndarray:
         if len(protocols) != simulation.labels.shape[0]:
             raise ValueError(f"{len(protocols)} protocols for {simulation.labels.shape[0]} simulated ones")
-        burden = float(np.count_nonzero(mask_window)) * self.voxel_cm3
+        burden = self.burden_cm3(mask_window)
         spatial = tuple(range(2, simulation.labels.ndim))
         residual = np.count_nonzero(simulation.labels == LABELS["viable"], axis=spatial) * self.voxel_cm3
         return self.risk(residual, protocols, burden, clinical)
+
+    def burden_cm3(self, mask_window: np.ndarray) -> float:
+        """Pre-treatment tumor volume of the planning window."""
+        return float(np.count_nonzero(mask_window)) * self.voxel_cm3
 
     def risk(
         self,
