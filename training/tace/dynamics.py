@@ -267,15 +267,22 @@ def condition(pre: torch.Tensor, mask: torch.Tensor, layout: torch.Tensor) -> to
     return torch.cat([pre, mask.float(), layout.float().to(pre.device)], dim=1)
 
 
-def layouts(mask: torch.Tensor, responses: torch.Tensor, samples: int, seed: int = 0) -> torch.Tensor:
-    """Compartment channels (P * samples, 3, *spatial) for every (response, sample): sample `s` of
-    every protocol uses the same perturbation (seeded by `seed` and `s`)."""
+def layout_labels(mask: torch.Tensor, responses: torch.Tensor, samples: int, seed: int = 0) -> np.ndarray:
+    """Lesion label maps (P * samples, *spatial) for every (response, sample): sample `s` of every
+    protocol uses the same perturbation (seeded by `seed` and `s`)."""
     tumor = mask[0, 0].cpu().numpy()
-    maps = [
-        compartments(lesion_layout(tumor, r, np.random.default_rng([seed, s])))
-        for r in responses.cpu().numpy()
-        for s in range(samples)
-    ]
+    return np.stack(
+        [
+            lesion_layout(tumor, r, np.random.default_rng([seed, s]))
+            for r in responses.cpu().numpy()
+            for s in range(samples)
+        ]
+    )
+
+
+def layouts(mask: torch.Tensor, responses: torch.Tensor, samples: int, seed: int = 0) -> torch.Tensor:
+    """Compartment channels (P * samples, 3, *spatial) of `layout_labels`: the renderer's condition."""
+    maps = [compartments(labels) for labels in layout_labels(mask, responses, samples, seed)]
     return torch.as_tensor(np.stack(maps)).to(mask.device)
 
 

@@ -1,0 +1,129 @@
+"""Rendered pairs for the assistant: each rendering of the world model is labelled with the layout it was
+drawn from, inside the pre-treatment label map, and the assistant's fine-tuning config trains on them
+beside real cases (tiny networks, random weights: the plumbing and the geometry, not the model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose
+
+from oncoplan.training.bundle_loading import bundle_parser
+from oncoplan.training.tace.data import load_prepared, segmentation_items
+from oncoplan.training.tace.dynamics import layout_labels, multi_hot
+from oncoplan.training.tace.rendered_pairs import hu_scale, main, pair_labels, to_hu
+from oncoplan.training.tace.world_model import WorldModel, window_around
+
+from .helpers import run_bundle, tiny_tace_models
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "tace_assistant"
+
+
+@pytest.fixture(scope="module")
+def pairs(prepared_liver: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("rendered_pairs")
+    models = tiny_tace_models(tmp / "models")
+    args = ["--prepared", str(prepared_liver), "--out", str(tmp / "pairs"), "--protocols", "2", "--steps", "2"]
+    args += ["--dynamics", str(models / "tace_dynamics"), "--assistant", str(models / "tace_assistant")]
+    assert main(args) == 0
+    return {"tmp": tmp, "models": models, "pairs": tmp / "pairs", "prepared": prepared_liver}
+
+
+def test_to_hu_inverts_the_preprocessing_scale(pairs) -> None:
+    scale = hu_scale(bundle_parser(pairs["models"] / "tace_dynamics").get_parsed_content("preprocessing"))
+    assert scale == (-175.0, 600.0, -1.0, 1.0)
+    np.testing.assert_allclose(to_hu(np.array([-1.0, 0.0, 1.0]), scale), [-175.0, 212.5, 600.0])
+
+
+def test_pair_labels_replace_only_the_lesion_in_the_patch() -> None:
+    window = np.ones((6, 6, 6), np.uint8)
+    window[2:4, 2:4, 2:4] = 2  # pre-treatment lesion
+    layout = np.zeros((4, 4, 4), np.uint8)
+    layout[1:3, 1:3, 1:3] = 3  # the layout turns it to necrosis
+    layout[1, 1, 1] = 1  # and shrinks one voxel away (liver)
+    out = pair_labels(window, layout, (slice(1, 5),) * 3)
+    assert out[2, 2, 2] == 1 and out[3, 3, 3] == 3 and (out == 2).sum() == 0
+    assert (out[window == 1] == 1).all()  # nothing outside the lesion changes
+    assert window[2, 2, 2] == 2  # the input is not modified
+
+
+def test_each_rendering_is_labelled_with_its_layout(pairs) -> None:
+    entries = load_prepared(pairs["pairs"])
+    prepared = {str(e["case_id"]): e for e in load_prepared(pairs["prepared"])}
+    assert len(entries) == 2 * len(prepared)
+    dyn = bundle_parser(pairs["models"] / "tace_dynamics")
+    preprocessing = dyn.get_parsed_content("preprocessing")
+    world = WorldModel.from_bundles(pairs["models"] / "tace_dynamics", pairs["models"] / "tace_assistant", 1, 2)
+    lo = [(w - p) // 2 for w, p in zip(world.window, world.patch, strict=True)]
+    patch = tuple(slice(a, a + p) for a, p in zip(lo, world.patch, strict=True))
+    outside = np.ones(world.window, bool)
+    outside[patch] = False
+    for entry in entries:
+        image = np.asarray(nib.load(entry["post_image"]).dataobj)
+        labels = np.asarray(nib.load(entry["post_label"]).dataobj)
+        assert image.shape == labels.shape == world.window
+        source = prepared[entry["source_case"]]
+        data = Compose(preprocessing.transforms[:-1])({"pre": source["pre_image"], "label": source["pre_label"]})
+        pre, full = data["pre"][0].numpy(), data["label"][0].numpy()
+        pre_window, mask_window, _ = window_around(pre, full >= 2, world.window)
+        label_window, _, _ = window_around(full, full >= 2, world.window, fill=0)
+        # Outside the rendered patch the pair is the pre-treatment scan, in HU.
+        np.testing.assert_allclose(image[outside], to_hu(pre_window[outside], hu_scale(preprocessing)), atol=1e-3)
+        np.testing.assert_array_equal(labels[outside], label_window[outside])
+        # Inside it the lesion is the layout drawn for this protocol and seed.
+        response = world.dynamics.response(torch.as_tensor([multi_hot(entry["protocol"])]))
+        lesion = torch.as_tensor(mask_window[patch], dtype=torch.float32)[None, None]
+        drawn = layout_labels(lesion, response.detach(), 1, int(entry["seed"]))[0]
+        inside = mask_window[patch] > 0
+        np.testing.assert_array_equal(labels[patch][inside], drawn[inside])
+        assert (labels[patch][~inside] == label_window[patch][~inside]).all()
+        assert inside.any()
+
+
+def test_segmentation_items_read_pairs_beside_real_cases(pairs) -> None:
+    items = segmentation_items([pairs["prepared"], pairs["pairs"]], ("post",))
+    real = load_prepared(pairs["prepared"])
+    assert len(items) == 3 * len(real)
+    assert all(Path(i["image"]).exists() and Path(i["label"]).exists() for i in items)
+
+
+def test_finetune_config_trains_on_real_and_rendered_cases(pairs) -> None:
+    data, models = pairs["tmp"] / "data", pairs["tmp"] / "ckpt"
+    data.mkdir()
+    for name, source in (("liver_train", "prepared"), ("liver_val", "prepared")):
+        (data / name).symlink_to(pairs[source])
+        (data / f"{name}_rendered").symlink_to(pairs["pairs"])
+    models.mkdir()
+    shutil.copy2(pairs["models"] / "tace_assistant" / "models" / "model.pt", models / "model.pt")
+    before = (models / "model.pt").read_bytes()
+    tiny = json.loads((pairs["models"] / "tace_assistant" / "configs" / "inference.json").read_text())
+    log = run_bundle(
+        BUNDLE,
+        [
+            "--config_file",
+            "['configs/train.json','configs/finetune_rendered.json']",
+            "--dataset_dir",
+            str(data),
+            "--ckpt_dir",
+            str(models),
+            "--output_dir",
+            str(pairs["tmp"] / "eval"),
+            "--epochs",
+            "1",
+            "--filters",
+            json.dumps(tiny["filters"]),
+            "--roi_size",
+            json.dumps(tiny["roi_size"]),
+            "--pixdim",
+            json.dumps(tiny["pixdim"]),
+        ],
+    )
+    assert "pretrain_loss" not in log  # fine-tuning only: no pre-training epochs
+    assert (models / "model.pt").read_bytes() != before  # trained from the given weights and saved
+    assert (pairs["tmp"] / "eval" / "training_curve.png").exists()
