@@ -94,13 +94,13 @@ def _layout_viable_cm3(mask_window: np.ndarray, sim: Any, voxel_cm3: float, seed
     """Viable volume (P, T) of the compartment layouts the renderer was conditioned on (same seeds)."""
     import torch
 
-    from ..tace.dynamics import layouts
-    from ..tace.layout import COMPARTMENTS
+    from ..tace.dynamics import layout_labels
+    from ..tace.preprocess import LABELS
 
     n_protocols, samples = sim.viable_fraction.shape
     mask = torch.as_tensor(mask_window[sim.patch_slices] > 0, dtype=torch.float32)[None, None]
-    maps = layouts(mask, torch.as_tensor(sim.response, dtype=torch.float32), samples, seed).numpy()
-    viable = maps[:, COMPARTMENTS.index("viable")].reshape(n_protocols, samples, -1).sum(-1)
+    maps = layout_labels(mask, torch.as_tensor(sim.response, dtype=torch.float32), samples, seed)
+    viable = (maps == LABELS["viable"]).reshape(n_protocols, samples, -1).sum(-1)
     return viable * voxel_cm3
 
 
