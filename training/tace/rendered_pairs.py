@@ -29,13 +29,12 @@ from tqdm import tqdm
 
 from oncoplan.errors import InputError
 
-from ..actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS
+from ..actions import ACTION_BASE
 from .data import load_prepared
 from .dynamics import layout_labels
 from .world_model import WorldModel, window_around
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
-ACTION_SETS = {"full": ACTION_BASE, "tcia": TCIA_DRUGS + TCIA_EMBOLICS}
 
 
 def hu_scale(preprocessing) -> tuple[float, float, float, float]:
@@ -125,6 +124,7 @@ def render_pairs(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..planner.evaluate import action_set_for
     from ..planner.search import SETTINGS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the pairs and their datalist.json")
     parser.add_argument("--protocols", type=int, default=3, help="renderings per case (one protocol each)")
     parser.add_argument("--steps", type=int, default=SETTINGS["cpu"].steps, help="DDIM steps (the planner's)")
-    parser.add_argument("--action-set", choices=sorted(ACTION_SETS), default="full")
+    parser.add_argument("--action-set", choices=("full", "tcia"), default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dynamics", type=Path, default=BUNDLES / "tace_dynamics")
     parser.add_argument("--assistant", type=Path, default=BUNDLES / "tace_assistant")
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         world = WorldModel.from_bundles(args.dynamics, args.assistant, samples=1, steps=args.steps)
         preprocessing = bundle_parser(args.dynamics).get_parsed_content("preprocessing")
         items = render_pairs(
-            world, preprocessing, entries, args.out, args.protocols, ACTION_SETS[args.action_set], args.seed
+            world, preprocessing, entries, args.out, args.protocols, action_set_for("", args.action_set), args.seed
         )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
