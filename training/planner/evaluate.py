@@ -432,7 +432,7 @@ def write_report(report: Mapping[str, Any], out: str | Path) -> tuple[Path, Path
 # ---------------------------------------------------------------- models from bundles
 
 
-def _overrides(text: str | None, what: str) -> dict[str, Any]:
+def parse_overrides(text: str | None, what: str) -> dict[str, Any]:
     if not text:
         return {}
     try:
@@ -531,9 +531,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         settings = SETTINGS[args.settings]
         changes = {k: getattr(args, k) for k in ("samples", "steps", "beam") if getattr(args, k) is not None}
         settings = replace(settings, seed=args.seed, **changes)
-        overrides = {
-            name: _overrides(getattr(args, f"{name}_overrides"), name) for name in ("dynamics", "assistant", "survival")
-        }
+        names = ("dynamics", "assistant", "survival")
+        overrides = {name: parse_overrides(getattr(args, f"{name}_overrides"), name) for name in names}
         world, scorer, preprocessing = load_models(
             args.dynamics, args.assistant, args.survival, overrides, settings, heuristic=args.heuristic
         )

@@ -105,10 +105,20 @@ def _layout_viable_cm3(mask_window: np.ndarray, sim: Any, voxel_cm3: float, seed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from dataclasses import replace
+
     from ..tace.data import load_prepared
     from ..tace.dynamics_eval import model_space_case
     from ..tace.world_model import window_around
-    from .evaluate import BUNDLES, _cohort_rows, action_set_for, ground_truth_patient, load_heuristic, load_models
+    from .evaluate import (
+        BUNDLES,
+        _cohort_rows,
+        action_set_for,
+        ground_truth_patient,
+        load_heuristic,
+        load_models,
+        parse_overrides,
+    )
     from .search import SETTINGS, valid_protocols
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -116,10 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cohort", type=Path, required=True, help="its raw synthetic cohort (truth.json)")
     parser.add_argument("--out", type=Path, required=True, help="write stage_ranking.json here")
     parser.add_argument("--limit", type=int, help="first N cases")
+    parser.add_argument("--samples", type=int, help="override T (the `cpu` settings' samples per protocol)")
+    parser.add_argument("--steps", type=int, help="override the DDIM steps")
+    for name in ("dynamics", "assistant"):
+        parser.add_argument(f"--{name}-overrides", help=f"JSON object of {name} inference-config overrides")
     args = parser.parse_args(argv)
-    settings = SETTINGS["cpu"]
+    changes = {k: getattr(args, k) for k in ("samples", "steps") if getattr(args, k) is not None}
+    settings = replace(SETTINGS["cpu"], **changes)
+    overrides = {name: parse_overrides(getattr(args, f"{name}_overrides"), name) for name in ("dynamics", "assistant")}
     bundles = (BUNDLES / "tace_dynamics", BUNDLES / "tace_assistant", BUNDLES / "tace_survival")
-    world, _, prep = load_models(*bundles, settings=settings)
+    world, _, prep = load_models(*bundles, overrides=overrides, settings=settings)
     scorers = {name: load_heuristic(bundles[2], name) for name in HEURISTIC_STAGES}
     rows = _cohort_rows(args.cohort)
     cases = []
@@ -149,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "synthetic": True,
         "samples": settings.samples,
         "steps": settings.steps,
+        "guidance": world.guidance,
         "summary": summary,
         "cases": cases,
     }
