@@ -127,3 +127,45 @@ def test_finetune_config_trains_on_real_and_rendered_cases(pairs) -> None:
     assert "pretrain_loss" not in log  # fine-tuning only: no pre-training epochs
     assert (models / "model.pt").read_bytes() != before  # trained from the given weights and saved
     assert (pairs["tmp"] / "eval" / "training_curve.png").exists()
+
+
+def test_read_as_table_puts_a_faithful_reading_on_the_diagonal() -> None:
+    from oncoplan.training.tace.preprocess import LABELS
+    from oncoplan.training.tace.render_fidelity import read_as, summarise
+
+    layout = np.array([LABELS["liver"], LABELS["viable"], LABELS["viable"], LABELS["necrosis"]])
+    table = read_as(layout, layout)
+    assert set(table) == {"liver", "viable", "necrosis"}  # Lipiodol is not in this layout
+    assert all(row[name] == 1.0 for name, row in table.items())
+    misread = read_as(layout, np.array([LABELS["viable"], LABELS["viable"], LABELS["necrosis"], LABELS["necrosis"]]))
+    assert misread["liver"]["viable"] == 1.0 and misread["viable"] == pytest.approx(
+        {"liver": 0.0, "viable": 0.5, "necrosis": 0.5, "lipiodol": 0.0}
+    )
+    summary = summarise(
+        [
+            {"read_as": table, "spearman_meant_vs_read": 1.0},
+            {"read_as": misread, "spearman_meant_vs_read": 0.0},
+        ]
+    )
+    assert summary["read_as"]["liver"]["viable"] == 0.5
+    assert summary["spearman_meant_vs_read"]["mean"] == 0.5
+
+
+def test_render_fidelity_reads_every_protocol_of_a_case(pairs) -> None:
+    from oncoplan.training.tace.render_fidelity import case_fidelity
+
+    entry = load_prepared(pairs["prepared"])[0]
+    dyn = bundle_parser(pairs["models"] / "tace_dynamics")
+    data = Compose(dyn.get_parsed_content("preprocessing").transforms[:-1])(
+        {"pre": entry["pre_image"], "label": entry["pre_label"]}
+    )
+    world = WorldModel.from_bundles(pairs["models"] / "tace_dynamics", pairs["models"] / "tace_assistant", 2, 2)
+    pre, full = data["pre"][0].numpy(), data["label"][0].numpy()
+    pre_window, mask_window, _ = window_around(pre, full >= 2, world.window)
+    protocols = np.array([multi_hot("Epirubicin; Lipiodol"), multi_hot("Cisplatin; LC Beads")], np.float32)
+    out = case_fidelity(world, pre_window, mask_window, protocols)
+    assert world.samples == 2  # the one-sample reading leaves the world model as it was
+    assert len(out["meant_viable_voxels"]) == len(out["read_viable_voxels"]) == 2
+    assert -1.0 <= out["spearman_meant_vs_read"] <= 1.0
+    for row in out["read_as"].values():
+        assert 0.0 <= sum(row.values()) <= 1.0 + 1e-9  # shares of one compartment's voxels
