@@ -432,6 +432,17 @@ def write_report(report: Mapping[str, Any], out: str | Path) -> tuple[Path, Path
 # ---------------------------------------------------------------- models from bundles
 
 
+def add_overrides_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """`--<name>-overrides` options (a JSON object of inference-config overrides per bundle)."""
+    for name in names:
+        parser.add_argument(f"--{name}-overrides", help=f"JSON object of {name} inference-config overrides")
+
+
+def overrides_from(args: argparse.Namespace, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The parsed `--<name>-overrides` of `add_overrides_arguments`, per bundle name."""
+    return {name: parse_overrides(getattr(args, f"{name}_overrides"), name) for name in names}
+
+
 def parse_overrides(text: str | None, what: str) -> dict[str, Any]:
     if not text:
         return {}
@@ -512,8 +523,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
     parser.add_argument("--dynamics", type=Path, default=BUNDLES / "tace_dynamics", help="dynamics bundle")
     parser.add_argument("--assistant", type=Path, default=BUNDLES / "tace_assistant", help="assistant bundle")
     parser.add_argument("--survival", type=Path, default=BUNDLES / "tace_survival", help="survival bundle")
-    for name in ("dynamics", "assistant", "survival"):
-        parser.add_argument(f"--{name}-overrides", help=f"JSON object of {name} inference-config overrides")
+    add_overrides_arguments(parser, ("dynamics", "assistant", "survival"))
     parser.add_argument("--settings", choices=sorted(SETTINGS), default="cpu", help="search size (cpu or paper)")
     parser.add_argument("--search", choices=("beam", "best_of_n"), default="beam")
     parser.add_argument("--heuristic", choices=HEURISTICS, default=DEFAULT_HEURISTIC, help="the planner's risk score")
@@ -531,8 +541,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         settings = SETTINGS[args.settings]
         changes = {k: getattr(args, k) for k in ("samples", "steps", "beam") if getattr(args, k) is not None}
         settings = replace(settings, seed=args.seed, **changes)
-        names = ("dynamics", "assistant", "survival")
-        overrides = {name: parse_overrides(getattr(args, f"{name}_overrides"), name) for name in names}
+        overrides = overrides_from(args, ("dynamics", "assistant", "survival"))
         world, scorer, preprocessing = load_models(
             args.dynamics, args.assistant, args.survival, overrides, settings, heuristic=args.heuristic
         )

@@ -114,10 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         BUNDLES,
         _cohort_rows,
         action_set_for,
+        add_overrides_arguments,
         ground_truth_patient,
         load_heuristic,
         load_models,
-        parse_overrides,
+        overrides_from,
     )
     from .search import SETTINGS, valid_protocols
 
@@ -128,12 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="first N cases")
     parser.add_argument("--samples", type=int, help="override T (the `cpu` settings' samples per protocol)")
     parser.add_argument("--steps", type=int, help="override the DDIM steps")
-    for name in ("dynamics", "assistant"):
-        parser.add_argument(f"--{name}-overrides", help=f"JSON object of {name} inference-config overrides")
+    add_overrides_arguments(parser, ("dynamics", "assistant"))
     args = parser.parse_args(argv)
     changes = {k: getattr(args, k) for k in ("samples", "steps") if getattr(args, k) is not None}
     settings = replace(SETTINGS["cpu"], **changes)
-    overrides = {name: parse_overrides(getattr(args, f"{name}_overrides"), name) for name in ("dynamics", "assistant")}
+    overrides = overrides_from(args, ("dynamics", "assistant"))
     bundles = (BUNDLES / "tace_dynamics", BUNDLES / "tace_assistant", BUNDLES / "tace_survival")
     world, _, prep = load_models(*bundles, overrides=overrides, settings=settings)
     scorers = {name: load_heuristic(bundles[2], name) for name in HEURISTIC_STAGES}

@@ -59,7 +59,7 @@ def case_fidelity(world: WorldModel, pre_window: np.ndarray, mask_window: np.nda
     read = sim.labels[:, 0][(slice(None), *sim.patch_slices)]
     inside = meant > 0
     viable = LABELS["viable"]
-    meant_viable = ((meant == viable) & inside).reshape(len(meant), -1).sum(1)
+    meant_viable = (meant == viable).reshape(len(meant), -1).sum(1)
     read_viable = ((read == viable) & inside).reshape(len(read), -1).sum(1)
     return {
         "read_as": read_as(meant[inside], read[inside]),
@@ -86,7 +86,7 @@ def summarise(cases: Sequence[dict]) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     from dataclasses import replace
 
-    from ..planner.evaluate import BUNDLES, action_set_for, load_models, parse_overrides
+    from ..planner.evaluate import BUNDLES, action_set_for, add_overrides_arguments, load_models, overrides_from
     from ..planner.search import SETTINGS, valid_protocols
     from .data import load_prepared
     from .dynamics_eval import model_space_case
@@ -97,11 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="first N cases")
     parser.add_argument("--steps", type=int, help="override the DDIM steps (default: the planner's cpu settings)")
     parser.add_argument("--action-set", choices=("full", "tcia"), default="tcia", help="the protocol space")
-    for name in ("dynamics", "assistant"):
-        parser.add_argument(f"--{name}-overrides", help=f"JSON object of {name} inference-config overrides")
+    add_overrides_arguments(parser, ("dynamics", "assistant"))
     args = parser.parse_args(argv)
     settings = replace(SETTINGS["cpu"], **({"steps": args.steps} if args.steps else {}))
-    overrides = {name: parse_overrides(getattr(args, f"{name}_overrides"), name) for name in ("dynamics", "assistant")}
+    overrides = overrides_from(args, ("dynamics", "assistant"))
     bundles = (BUNDLES / "tace_dynamics", BUNDLES / "tace_assistant", BUNDLES / "tace_survival")
     world, _, prep = load_models(*bundles, overrides=overrides, settings=settings)
     space = valid_protocols(action_set_for("", args.action_set), settings.drug_horizon, settings.embolic_horizon)
