@@ -40,7 +40,7 @@ from oncoplan.training.tace.data import load_prepared
 from oncoplan.training.tace.dynamics_eval import model_space_case
 from oncoplan.training.tace.preprocess import TUMOR_LABELS
 from oncoplan.training.tace.transforms import keep_largest_organ
-from oncoplan.training.tace.world_model import LESION_MARGIN, Simulation, window_around
+from oncoplan.training.tace.world_model import LESION_MARGIN, Simulation, micro_batched, window_around
 
 from .helpers import TINY_TACE
 
@@ -208,16 +208,35 @@ def test_stage_ranking_scores_every_stage_against_the_truth(models, case) -> Non
 # ---------------------------------------------------------------- searches
 
 
+def test_micro_batched_slices_the_batch_and_passes_shared_arguments() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def forward(x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        calls.append((x.shape[0], timesteps.numel()))
+        return x * timesteps.reshape(-1, *[1] * (x.ndim - 1)) + (0 if context is None else context)
+
+    x, context = torch.randn(5, 2, 3), torch.randn(5, 2, 3)
+    shared, per_sample = torch.tensor([2.0]), torch.arange(5.0)
+    assert torch.equal(micro_batched(forward, 2)(x, shared), forward(x, shared))
+    assert calls[:3] == [(2, 1), (2, 1), (1, 1)]  # the shared timestep is not sliced
+    calls.clear()
+    out = micro_batched(forward, 2)(x, timesteps=per_sample, context=context)
+    assert torch.equal(out, forward(x, per_sample, context)) and calls[:3] == [(2, 2), (2, 2), (1, 1)]
+    assert micro_batched(forward, None) is forward
+
+
 def test_accelerated_world_model_simulates_like_eager(models, case, tmp_path: Path) -> None:
     """The world model on ONNX Runtime (dynamics UNet at every DDIM step, assistant on every window)
-    gives the eager model's outcomes: same windows to 1e-3, labels on >= 99.9% of voxels."""
+    in micro-batches gives the eager model's outcomes in one batch: same windows to 1e-3, labels on
+    >= 99.9% of voxels."""
     from oncoplan.training.tace.world_model import WorldModel
 
     world, _, _ = models
-    fast = WorldModel(world.dynamics, world.sampler, world.patch, world.assistant, world.window, 2, FAST.steps)
+    nets = (world.dynamics, world.sampler, world.patch, world.assistant, world.window, 2, FAST.steps)
+    fast = WorldModel(*nets, micro_batch=1)
     backends = fast.accelerate(tmp_path, {"dynamics": ("onnxruntime",), "assistant": ("onnxruntime",)})
     assert all(b.startswith("onnxruntime") for b in backends.values()), backends
-    eager = WorldModel(world.dynamics, world.sampler, world.patch, world.assistant, world.window, 2, FAST.steps)
+    eager = WorldModel(*nets, micro_batch=None)
     protocols = np.asarray([Protocol.parse(p).multi_hot() for p in ("Cisplatin; Lipiodol", "Doxorubicin; PVA")])
     a = eager.simulate(case["pre"], case["mask"], protocols, 3)
     b = fast.simulate(case["pre"], case["mask"], protocols, 3)
@@ -241,7 +260,9 @@ def test_beam_search_valid_protocols_one_batch_per_step(models, case, monkeypatc
     assert calls == [s["evaluated"] for s in plan.steps] and all(n > 0 for n in calls)
     assert sum(calls) == len(plan.ranked) == plan.evaluations["protocols"]  # every protocol simulated once
     assert plan.evaluations["simulations"] == FAST.samples * len(plan.ranked)
-    assert plan.evaluations["dynamics_forwards"] == FAST.steps * len(calls)  # one batch per DDIM step
+    # One batch per DDIM step, each run in micro-batches sized for the device (one call on a GPU).
+    micro = world.micro_batch or FAST.samples * max(calls)
+    assert plan.evaluations["dynamics_forwards"] == FAST.steps * sum(-(-n * FAST.samples // micro) for n in calls)
     for r in plan.ranked:
         p = r.protocol
         assert not conflicts(p.items) and set(p.items) <= set(ACTION_BASE)

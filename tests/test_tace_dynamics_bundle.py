@@ -279,6 +279,43 @@ def test_noise_schedule_ends_in_noise_as_sampling_starts() -> None:
     assert torch.allclose(train.alphas_cumprod, sample.alphas_cumprod)
 
 
+def test_anchor_paints_the_layout_and_starts_where_its_strength_says() -> None:
+    """The anchored start (SDEdit): the lesion painted at its compartments' levels (the ring's liver
+    where it shrank away, the pre-treatment patch elsewhere), noised to the step where `strength` of
+    the schedule remains; strength 1 is plain sampling from the noise."""
+    from monai.bundle import ConfigParser
+
+    from oncoplan.training.tace.dynamics import Anchor
+
+    pre = torch.full((1, 1, 12, 12, 12), 0.2)
+    pre[..., 0, 0, 0] = -1.0  # outside the ring: not the liver's level
+    mask = torch.zeros_like(pre)
+    mask[..., 3:9, 3:9, 3:9] = 1.0
+    layout = torch.zeros(2, 3, 12, 12, 12)
+    layout[0, 0, 3:5, 3:9, 3:9] = 1.0  # viable rim of sample 0
+    layout[1, 2, 4:8, 4:8, 4:8] = 1.0  # Lipiodol core of sample 1
+    anchor = Anchor(0.4, levels_hu=(80.0, 41.0, 368.0))
+    image = anchor.image(pre, mask, layout)
+    assert image.shape == (2, 1, 12, 12, 12)
+    assert torch.allclose(image[0, 0, 3, 5, 5], torch.tensor((80.0 + 175.0) / 387.5 - 1.0))
+    assert torch.allclose(image[1, 0, 5, 5, 5], torch.tensor((368.0 + 175.0) / 387.5 - 1.0))
+    assert float(image[0, 0, 7, 5, 5]) == pytest.approx(0.2)  # shrank away: the liver around it
+    assert float(image[1, 0, 0, 0, 0]) == -1.0  # outside the lesion: the pre-treatment patch
+    parser = ConfigParser()
+    parser.read_config(BUNDLE / "configs" / "inference.json")
+    sampler = parser.get_parsed_content("sampler")
+    sampler.set_timesteps(25)
+    noise = torch.randn_like(image)
+    start, timesteps = anchor.start(sampler, image, noise)
+    assert len(timesteps) == 10 and int(timesteps[0]) == int(sampler.timesteps[15])
+    assert 0.0 < float(torch.corrcoef(torch.stack([start.flatten(), image.flatten()]))[0, 1]) < 1.0
+    start, timesteps = Anchor().start(sampler, image, noise)
+    assert start is noise and len(timesteps) == 25
+    assert parser.get_parsed_content("anchor").strength == 1.0  # shipped: plain sampling
+    with pytest.raises(ValueError, match="strength"):
+        Anchor(0.0)
+
+
 def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> None:
     """The training target carries a loss weight of 1 + lesion_weight inside the tumor mask, the loss
     applies it, and condition dropout zeroes exactly the response channels of the dropped samples."""

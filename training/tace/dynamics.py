@@ -267,6 +267,53 @@ def condition(pre: torch.Tensor, mask: torch.Tensor, layout: torch.Tensor) -> to
     return torch.cat([pre, mask.float(), layout.float().to(pre.device)], dim=1)
 
 
+class Anchor:
+    """Start sampling from the layout painted at compartment level instead of from pure noise
+    (SDEdit, Meng et al. 2022): every lesion voxel takes its compartment's typical intensity (the
+    surrounding liver's where the lesion shrank away), that image is noised to the step where
+    `strength` of the schedule remains and the renderer denoises only from there. The layout then
+    fixes what is coarse (which part of the lesion is bright, dark or gone) and the renderer adds the
+    texture, where starting from pure noise leaves both to a small renderer. `strength` 1 is plain
+    sampling; `levels_hu` the viable, necrosis and Lipiodol intensities (HU), mapped to model units
+    as the bundle's intensity scaling maps `hu_range` to -1..1."""
+
+    RING = 2  # voxels around the tumor mask whose median pre-treatment intensity is the liver's
+
+    def __init__(
+        self,
+        strength: float = 1.0,
+        levels_hu: Sequence[float] = (0.0, 0.0, 0.0),
+        hu_range: Sequence[float] = (-175.0, 600.0),
+    ) -> None:
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"anchor strength must be in (0, 1], got {strength}")
+        if len(levels_hu) != len(COMPARTMENTS):
+            raise ValueError(f"anchor levels: one per compartment {COMPARTMENTS}, got {list(levels_hu)}")
+        lo, hi = (float(v) for v in hu_range)
+        self.strength = float(strength)
+        self.levels = tuple(min(max((float(v) - lo) / (hi - lo) * 2.0 - 1.0, -1.0), 1.0) for v in levels_hu)
+
+    def image(self, pre: torch.Tensor, mask: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+        """(B, 1, *spatial): `pre` (1, 1, ...) with the lesion (`mask`) drawn from `layout` (B, 3, ...)."""
+        tumor = mask > 0.5
+        size = 2 * self.RING + 1
+        ring = (nn.functional.max_pool3d(tumor.float(), size, stride=1, padding=self.RING) > 0) & ~tumor
+        liver = pre[ring].median() if ring.any() else pre.median()
+        out = torch.where(tumor, liver, pre).expand(layout.shape[0], 1, *pre.shape[2:]).clone()
+        for channel, level in enumerate(self.levels):
+            out[layout[:, channel : channel + 1] > 0.5] = level
+        return out
+
+    def start(self, sampler, image: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noised starting image and the timesteps left to run (all of them, from `noise`, at
+        strength 1)."""
+        timesteps = sampler.timesteps
+        if self.strength >= 1.0:
+            return noise, timesteps
+        skip = min(len(timesteps) - 1, round((1.0 - self.strength) * len(timesteps)))
+        return sampler.add_noise(image, noise, timesteps[skip : skip + 1]), timesteps[skip:]
+
+
 def layout_labels(mask: torch.Tensor, responses: torch.Tensor, samples: int, seed: int = 0) -> np.ndarray:
     """Lesion label maps (P * samples, *spatial) for every (response, sample): sample `s` of every
     protocol uses the same perturbation (seeded by `seed` and `s`)."""
@@ -296,6 +343,7 @@ def simulate(
     samples: int = 5,
     seed: int = 0,
     guidance: float = 1.0,
+    anchor: Anchor | None = None,
 ) -> torch.Tensor:
     """Post-treatment patches for every (response, sample): returns (P, samples, 1, *spatial).
 
@@ -305,20 +353,24 @@ def simulate(
     forward of it. All protocols and samples run as one batch: the planner scores candidates together,
     not one at a time. The same seed gives the same noise and layout perturbation for every protocol,
     so differences between protocols come from the protocol, not from the draw. `guidance` > 1 samples
-    with classifier-free guidance (`ConditionGuidance`).
+    with classifier-free guidance (`ConditionGuidance`); an `anchor` below strength 1 starts from the
+    layout painted at compartment level (`Anchor`).
     """
     from monai.inferers import DiffusionInferer
 
     n_protocols = responses.shape[0]
     batch = n_protocols * samples
-    cond = condition(
-        pre.expand(batch, *pre.shape[1:]), mask.expand(batch, *mask.shape[1:]), layouts(mask, responses, samples, seed)
-    )
+    layout = layouts(mask, responses, samples, seed)
+    cond = condition(pre.expand(batch, *pre.shape[1:]), mask.expand(batch, *mask.shape[1:]), layout)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn((samples, 1, *pre.shape[2:]), generator=generator).repeat(n_protocols, 1, 1, 1, 1)
+    anchor = anchor or Anchor()
+    start, timesteps = anchor.start(sampler, anchor.image(pre, mask, layout), noise.to(pre.device))
     if guidance != 1.0:
         network = ConditionGuidance(network, guidance)
-    out = DiffusionInferer(sampler).sample(
-        noise.to(pre.device), network, sampler, conditioning=cond, mode="concat", verbose=False
-    )
+    full, sampler.timesteps = sampler.timesteps, timesteps  # the inferer runs the sampler's timesteps
+    try:
+        out = DiffusionInferer(sampler).sample(start, network, sampler, conditioning=cond, mode="concat", verbose=False)
+    finally:
+        sampler.timesteps = full
     return out.view(n_protocols, samples, 1, *pre.shape[2:])

@@ -3,9 +3,9 @@
 
 Everything runs in model space (RAS, the bundles' spacing, HU scaled to [-1, 1]). A window of the
 assistant's ROI size is cut around the tumor; the dynamics model regenerates its central patch
-for every (protocol, sample) in one batch; the assistant segments every window in one batch; the
-viable-tumor fraction is measured in the treated lesion. The planner's heuristic scores the same
-windows.
+for every (protocol, sample) in one batch; the assistant segments every window in one batch (each
+network call takes a micro-batch sized for the device, `default_micro_batch`); the viable-tumor
+fraction is measured in the treated lesion. The planner's heuristic scores the same windows.
 
 The renderer regenerates the whole patch but treatment changes only the lesion (it shrinks inside
 its pre-treatment extent), so tumor the assistant finds elsewhere in the patch is rendering noise
@@ -16,20 +16,54 @@ protocol.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from ..bundle_loading import bundle_parser, load_network
-from .dynamics import simulate
+from .dynamics import Anchor, simulate
 from .preprocess import LABELS, TUMOR_LABELS, viable_fraction
 from .transforms import keep_largest_organ
 
 LESION_MARGIN = 1  # voxels around the pre-treatment tumor mask still read as lesion (registration slack)
+
+
+def default_micro_batch(device: torch.device) -> int | None:
+    """How many samples one network call takes on `device`: all of them on a GPU; on a CPU one per
+    thread. oneDNN's 3D convolutions spread a call over the batch, and beyond one sample per thread the
+    activations leave the cache: on 2 cores a batch of 16 costs 2.1x per sample what a batch of 2
+    does (dynamics UNet, 32^3; the assistant 2.0x at 48^3; BENCHMARKS.md, Planner batching)."""
+    return None if device.type == "cuda" else max(1, torch.get_num_threads())
+
+
+def micro_batched(forward: Callable[..., torch.Tensor], size: int | None) -> Callable[..., torch.Tensor]:
+    """`forward` run over slices of at most `size` samples and concatenated (unchanged when `size` is
+    None). Tensor arguments with the input's batch size are sliced alongside; others (a shared
+    timestep) pass through."""
+    if size is None:
+        return forward
+
+    def run(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        n = x.shape[0]
+        if n <= size:
+            return forward(x, *args, **kwargs)
+
+        def part(v, lo: int):
+            return v[lo : lo + size] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
+
+        return torch.cat(
+            [
+                forward(x[lo : lo + size], *(part(a, lo) for a in args), **{k: part(v, lo) for k, v in kwargs.items()})
+                for lo in range(0, n, size)
+            ]
+        )
+
+    return run
 
 
 @dataclass
@@ -72,15 +106,24 @@ class WorldModel:
         samples: int = 5,
         steps: int = 25,
         guidance: float = 1.0,
+        micro_batch: int | Literal["auto"] | None = "auto",
+        anchor: Anchor | None = None,
     ) -> None:
         if any(p > w for p, w in zip(patch, window, strict=True)):
             raise ValueError(f"dynamics patch {patch} is larger than the assistant window {window}")
         self.dynamics, self.sampler, self.patch = dynamics.eval(), sampler, tuple(int(v) for v in patch)
         self.assistant, self.window = assistant.eval(), tuple(int(v) for v in window)
         self.samples, self.steps, self.guidance = samples, steps, float(guidance)
+        self.anchor = anchor or Anchor()
         self.device = next(dynamics.parameters()).device
+        # Candidates are batched together; each network call takes `micro_batch` of them at a time.
+        self.micro_batch = default_micro_batch(self.device) if micro_batch == "auto" else micro_batch
         # What runs the networks: the modules themselves until `accelerate` picks faster backends.
-        self.dynamics_forward, self.assistant_forward = self.dynamics, self.assistant
+        self._use(self.dynamics, self.assistant)
+
+    def _use(self, dynamics: Callable[..., torch.Tensor], assistant: Callable[..., torch.Tensor]) -> None:
+        self.dynamics_forward = micro_batched(dynamics, self.micro_batch)
+        self.assistant_forward = micro_batched(assistant, self.micro_batch)
 
     def accelerate(self, cache: Path, prefer: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
         """Run both networks on the fastest backend here (see `select_backend`); returns the backend
@@ -94,16 +137,17 @@ class WorldModel:
         )
 
         order = {"dynamics": BACKENDS, "assistant": BACKENDS, **dict(prefer or {})}
-        self.dynamics_forward, dyn = select_backend(
+        dynamics_forward, dyn = select_backend(
             self.dynamics,
             dynamics_signature(self.dynamics.input_channels, self.patch),
             cache,
             order["dynamics"],
             "tace_dynamics",
         )
-        self.assistant_forward, ast = select_backend(
+        assistant_forward, ast = select_backend(
             self.assistant, unet_signature(self.window), cache, order["assistant"], "tace_assistant"
         )
+        self._use(dynamics_forward, assistant_forward)
         return {"dynamics": dyn, "assistant": ast}
 
     @classmethod
@@ -117,7 +161,8 @@ class WorldModel:
         assistant_overrides: dict | None = None,
     ) -> WorldModel:
         """Both networks from their bundles' inference configs and shipped (or overridden) weights;
-        the dynamics config's `guidance` sets classifier-free guidance."""
+        the dynamics config's `guidance` sets classifier-free guidance and its `anchor` where
+        sampling starts (`Anchor`)."""
         dyn = bundle_parser(dynamics_bundle, overrides=dynamics_overrides)
         ast = bundle_parser(assistant_bundle, overrides=assistant_overrides)
         return cls(
@@ -129,6 +174,7 @@ class WorldModel:
             samples,
             steps,
             float(dyn.get("guidance", 1.0)),
+            anchor=dyn.get_parsed_content("anchor") if "anchor" in dyn else None,
         )
 
     @torch.no_grad()
@@ -150,14 +196,12 @@ class WorldModel:
             self.samples,
             seed,
             self.guidance,
+            self.anchor,
         ).cpu()
         n_protocols, samples = posts.shape[:2]
         windows = np.repeat(pre_window[None], n_protocols * samples, axis=0).astype(np.float32)
         windows[(slice(None), *patch)] = posts.reshape(n_protocols * samples, *self.patch).clamp(-1, 1).numpy()
-        chunks = np.array_split(windows, max(1, len(windows) // 8))
-        labels = torch.cat(
-            [self.assistant_forward(torch.as_tensor(w[:, None]).to(self.device)).argmax(1).cpu() for w in chunks]
-        )
+        labels = self.assistant_forward(torch.as_tensor(windows[:, None]).to(self.device)).argmax(1).cpu()
         labels = labels.numpy().astype(np.uint8)
         labels = np.stack([keep_largest_organ(lab) for lab in labels])
         noise = _rendered_outside_lesion(mask_window, patch)[None] & np.isin(labels, TUMOR_LABELS)
