@@ -35,10 +35,11 @@ LESION_MARGIN = 1  # voxels around the pre-treatment tumor mask still read as le
 
 def default_micro_batch(device: torch.device) -> int | None:
     """How many samples one network call takes on `device`: all of them on a GPU; on a CPU one per
-    thread. oneDNN's 3D convolutions spread a call over the batch, and beyond one sample per thread the
-    activations leave the cache: on 2 cores a batch of 16 costs 2.1x per sample what a batch of 2
-    does (dynamics UNet, 32^3; the assistant 2.0x at 48^3; BENCHMARKS.md, Planner batching)."""
-    return None if device.type == "cuda" else max(1, torch.get_num_threads())
+    thread, never fewer than two. oneDNN's 3D convolutions spread a call over the batch, and beyond one
+    sample per thread the activations leave the cache: on 2 cores a batch of 16 costs 2.1x per sample
+    what a batch of 2 does (dynamics UNet, 32^3; the assistant 2.0x at 48^3; BENCHMARKS.md, Planner
+    batching). A batch of one is 3-4x slower per sample than two at 1 or 2 threads (dynamics UNet)."""
+    return None if device.type == "cuda" else max(2, torch.get_num_threads())
 
 
 def micro_batched(forward: Callable[..., torch.Tensor], size: int | None) -> Callable[..., torch.Tensor]:
