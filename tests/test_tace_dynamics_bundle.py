@@ -306,10 +306,10 @@ def test_anchor_paints_the_layout_and_starts_where_its_strength_says() -> None:
     sampler = parser.get_parsed_content("sampler")
     sampler.set_timesteps(25)
     noise = torch.randn_like(image)
-    start, timesteps = anchor.start(sampler, image, noise)
+    start, timesteps = anchor.start(sampler, noise, pre, mask, layout)
     assert len(timesteps) == 10 and int(timesteps[0]) == int(sampler.timesteps[15])
     assert 0.0 < float(torch.corrcoef(torch.stack([start.flatten(), image.flatten()]))[0, 1]) < 1.0
-    start, timesteps = Anchor().start(sampler, image, noise)
+    start, timesteps = Anchor().start(sampler, noise, pre, mask, layout)
     assert start is noise and len(timesteps) == 25
     assert parser.get_parsed_content("anchor").strength == 1.0  # shipped: plain sampling
     with pytest.raises(ValueError, match="strength"):

@@ -304,14 +304,16 @@ class Anchor:
             out[layout[:, channel : channel + 1] > 0.5] = level
         return out
 
-    def start(self, sampler, image: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The noised starting image and the timesteps left to run (all of them, from `noise`, at
-        strength 1)."""
+    def start(
+        self, sampler, noise: torch.Tensor, pre: torch.Tensor, mask: torch.Tensor, layout: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noised starting image (`image`) and the timesteps left to run; at strength 1 `noise`
+        and all of them, without painting anything."""
         timesteps = sampler.timesteps
         if self.strength >= 1.0:
             return noise, timesteps
         skip = min(len(timesteps) - 1, round((1.0 - self.strength) * len(timesteps)))
-        return sampler.add_noise(image, noise, timesteps[skip : skip + 1]), timesteps[skip:]
+        return sampler.add_noise(self.image(pre, mask, layout), noise, timesteps[skip : skip + 1]), timesteps[skip:]
 
 
 def layout_labels(mask: torch.Tensor, responses: torch.Tensor, samples: int, seed: int = 0) -> np.ndarray:
@@ -365,7 +367,7 @@ def simulate(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn((samples, 1, *pre.shape[2:]), generator=generator).repeat(n_protocols, 1, 1, 1, 1)
     anchor = anchor or Anchor()
-    start, timesteps = anchor.start(sampler, anchor.image(pre, mask, layout), noise.to(pre.device))
+    start, timesteps = anchor.start(sampler, noise.to(pre.device), pre, mask, layout)
     if guidance != 1.0:
         network = ConditionGuidance(network, guidance)
     full, sampler.timesteps = sampler.timesteps, timesteps  # the inferer runs the sampler's timesteps
