@@ -17,7 +17,6 @@ Every piece comes from the bundles and `oncoplan.training`; this module only str
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from oncoplan.errors import InputError
 
 from .ct_volume import CTVolume, from_selected_series
+from .onto_grid import support_box
 
 log = logging.getLogger(__name__)
 SETTINGS_ENV = "ONCOPLAN_TACE_SETTINGS"
@@ -134,19 +134,16 @@ def onto_ct_grid(labels: np.ndarray, affine: np.ndarray, volume: CTVolume) -> np
     if not len(found):
         return volume.from_index_order(out)
     to_ct = np.linalg.inv(volume.affine_ras()) @ np.asarray(affine, dtype=float)
-    corners = np.array(list(itertools.product(*zip(found.min(0) - 0.5, found.max(0) + 0.5, strict=True))))
-    mapped = corners @ to_ct[:3, :3].T + to_ct[:3, 3]
-    lo = np.clip(np.floor(mapped.min(0)).astype(int), 0, shape)
-    hi = np.clip(np.ceil(mapped.max(0)).astype(int) + 1, 0, shape)
-    if np.any(hi <= lo):
+    box = support_box(found.min(0), found.max(0), to_ct, shape, reach=0.5)
+    if box is None:
         return volume.from_index_order(out)
-    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1)
+    grid = np.stack(np.meshgrid(*[np.arange(b.start, b.stop) for b in box], indexing="ij"), -1)
     back = np.linalg.inv(to_ct)
     index = np.rint(grid @ back[:3, :3].T + back[:3, 3]).astype(int)
     inside = np.all((index >= 0) & (index < labels.shape), axis=-1)
-    box = np.zeros(grid.shape[:3], dtype=np.uint8)
-    box[inside] = labels[tuple(index[inside].T)]
-    out[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = box
+    values = np.zeros(grid.shape[:3], dtype=np.uint8)
+    values[inside] = labels[tuple(index[inside].T)]
+    out[box] = values
     return volume.from_index_order(out)
 
 

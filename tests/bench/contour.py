@@ -190,6 +190,10 @@ def child(kind: str, args: list[str]) -> int:
         rc = run_app(CTVContouringApp, [CTVContouringApp.__module__, *args])
     times = {"first": clock.first, "before": clock.before, "last": clock.last, **clock.totals}
     Path(os.environ["BENCH_TIMES"]).write_text(json.dumps(times))
+    if kind == "oncoplan":  # ... and leaves as its __main__ does; the SDK's examples exit normally
+        from oncoplan.apps.runner import exit_now
+
+        exit_now(rc)
     return rc
 
 

@@ -124,7 +124,7 @@ def render_pairs(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..planner.evaluate import action_set_for
+    from ..planner.evaluate import action_set_for, add_overrides_arguments, overrides_from
     from ..planner.search import SETTINGS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -136,15 +136,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dynamics", type=Path, default=BUNDLES / "tace_dynamics")
     parser.add_argument("--assistant", type=Path, default=BUNDLES / "tace_assistant")
+    add_overrides_arguments(parser, ("dynamics",))  # e.g. '{"anchor_strength": 0.3}': the planner's sampling
     args = parser.parse_args(argv)
     if args.protocols < 1:
         raise SystemExit("error: --protocols must be at least 1")
     try:
         from ..bundle_loading import bundle_parser
 
+        overrides = overrides_from(args, ("dynamics",))["dynamics"]
         entries = load_prepared(args.prepared)
-        world = WorldModel.from_bundles(args.dynamics, args.assistant, samples=1, steps=args.steps)
-        preprocessing = bundle_parser(args.dynamics).get_parsed_content("preprocessing")
+        world = WorldModel.from_bundles(args.dynamics, args.assistant, 1, args.steps, overrides)
+        preprocessing = bundle_parser(args.dynamics, overrides=overrides).get_parsed_content("preprocessing")
         items = render_pairs(
             world, preprocessing, entries, args.out, args.protocols, action_set_for("", args.action_set), args.seed
         )
@@ -152,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     datalist = {"cohort": str(args.prepared), "steps": args.steps, "seed": args.seed, "data": items}
+    datalist["dynamics_overrides"] = overrides
     (args.out / "datalist.json").write_text(json.dumps(datalist, indent=1))
     print(f"{len(items)} pairs from {len(entries)} cases -> {args.out / 'datalist.json'}")
     return 0
