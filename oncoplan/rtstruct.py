@@ -176,8 +176,10 @@ def _contour_item(ct_slice: Dataset, points: np.ndarray) -> Dataset:
     item.ContourImageSequence = DicomSequence([image])
     item.ContourGeometricType = "CLOSED_PLANAR"
     item.NumberOfContourPoints = len(points)
-    # DS values are at most 16 characters: 0.01 mm is far below any CT's resolution.
-    item.ContourData = [f"{v:.2f}" for v in points.reshape(-1)]
+    # DS values are at most 16 characters: 0.01 mm is far below any CT's resolution. They are valid DS
+    # by construction, so pydicom's per-value regex check (most of this function's time) is skipped.
+    with pydicom.config.disable_value_validation():
+        item.ContourData = [f"{v:.2f}" for v in points.reshape(-1)]
     return item
 
 
