@@ -219,7 +219,7 @@ class TacePlanner:
         policy = OfflinePolicy(self.settings.action_set, None, s.drug_horizon, s.embolic_horizon)
         plan = WorldModelPlanner(self.world, self.scorer, policy, s).beam_search(pre_window, mask_window)
         t2 = time.perf_counter()
-        top = plan.ranked[:TOP_K]
+        top = [plan.best, *[r for r in plan.ranked if r is not plan.best]][:TOP_K]  # the recommendation first
         protocols = np.asarray([r.protocol.multi_hot() for r in top], dtype=np.float32)
         sim = self.world.simulate(pre_window, mask_window, protocols, s.seed)  # the search's noise again
         candidates = [Candidate(r, sim.windows[i].mean(0), _majority(sim.labels[i])) for i, r in enumerate(top)]

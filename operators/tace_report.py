@@ -10,6 +10,8 @@ from datetime import datetime
 
 import numpy as np
 
+from oncoplan.training.planner.separation import separation_text
+
 from .tace_planning import TacePlan
 
 DISCLAIMER = (
@@ -38,7 +40,7 @@ def _text_page(fig, plan: TacePlan) -> None:
         f"Protocols evaluated: {len(plan.plan.ranked)}; models: "
         + ", ".join(f"{k} {v}" for k, v in plan.bundles.items()),
         "",
-        f"Chosen protocol: {best.protocol}",
+        f"Chosen protocol: {best.protocol}  (pick: {plan.plan.pick}; {separation_text(plan.plan.separation)})",
         f"Predicted risk: {best.mean_risk:.4f} +/- {best.std_risk:.4f} (mean +/- SD over {len(best.sample_risks)} "
         "simulated outcomes; lower is better)",
     ]
@@ -53,7 +55,7 @@ def _risk_chart(ax, plan: TacePlan) -> None:
     y = np.arange(len(ranked))[::-1]
     means = [r.mean_risk for r in ranked]
     spread = [r.std_risk for r in ranked]
-    colours = ["#d62728" if i == 0 else "#4c72b0" for i in range(len(ranked))]
+    colours = ["#d62728" if r is plan.best else "#4c72b0" for r in ranked]
     ax.barh(y, means, xerr=spread, color=colours, alpha=0.8, capsize=3, ecolor="black")
     ax.set_yticks(y, [f"{i + 1}. {r.protocol}" for i, r in enumerate(ranked)], fontsize=7)
     lo = min(m - e for m, e in zip(means, spread, strict=True))

@@ -27,6 +27,7 @@ from oncoplan import __version__
 from oncoplan.encapsulated_pdf import encapsulated_pdf, write_encapsulated_pdf
 from oncoplan.fsio import atomic_path
 from oncoplan.seg import RESEARCH_USE, Algorithm, SegmentSpec, seg_dataset, write_seg
+from oncoplan.training.planner.separation import separation_text
 
 from .file_writer import FileWriterOperator
 from .tace_planning import TacePlan
@@ -104,7 +105,8 @@ def plan_sr(plan: TacePlan, series_number: int = 901) -> hd.sr.ComprehensiveSR:
     algorithm = f"{MODEL_NAME} {__version__} (" + ", ".join(f"{k} {v}" for k, v in plan.bundles.items()) + ")"
     settings = (
         f"beam {s.beam}, samples {s.samples}, DDIM steps {s.steps}, horizons {s.drug_horizon}/{s.embolic_horizon}, "
-        f"seed {s.seed} ({plan.settings.label}); pre-treatment series {ct[0].SeriesInstanceUID} ({plan.phase})"
+        f"seed {s.seed} ({plan.settings.label}); pre-treatment series {ct[0].SeriesInstanceUID} ({plan.phase}); "
+        f"pick: {plan.plan.pick}, {separation_text(plan.plan.separation)}"
     )
     items = [
         _text(codes.DCM.Comment, RESEARCH_NOTE),

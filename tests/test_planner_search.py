@@ -10,6 +10,7 @@ answer does a stub stand in for the scoring interface (the ground-truth linear p
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,10 @@ from oncoplan.training.planner.evaluate import (
 )
 from oncoplan.training.planner.search import (
     PAPER_SETTINGS,
+    RankedProtocol,
     SearchSettings,
     WorldModelPlanner,
+    separation_of,
     valid_protocols,
 )
 from oncoplan.training.synth import liver as L
@@ -276,6 +279,37 @@ def test_beam_search_valid_protocols_one_batch_per_step(models, case, monkeypatc
     assert timing["dynamics"] > 0 and timing["assistant"] > 0 and timing["heuristic"] > 0
     assert plan.evaluations["heuristic_forwards"] > 0
     json.dumps(plan.to_dict())
+
+
+def test_separation_of_the_top_protocols() -> None:
+    def ranked(*samples: tuple[float, ...]) -> list[RankedProtocol]:
+        protocol = Protocol.of(("Doxorubicin", "Lipiodol"))
+        return [RankedProtocol(protocol, float(np.mean(s)), float(np.std(s)), s) for s in samples]
+
+    apart = separation_of(ranked((1.0, 1.01), (2.0, 2.01), (3.0, 3.02)))
+    assert apart is not None and apart["p"] < 0.01 and apart["protocols"] == 3 and apart["samples"] == 2
+    noise = separation_of(ranked((1.0, 2.0), (1.1, 2.1), (0.9, 1.9)))
+    assert noise is not None and noise["p"] > 0.5
+    assert separation_of(ranked((1.0,), (2.0,))) is None  # T = 1: no within-protocol spread to compare
+
+
+@pytest.mark.parametrize("p", [0.9, 0.001])
+def test_beam_search_defers_to_the_policy_only_without_separation(models, case, monkeypatch, p: float) -> None:
+    """With `defer_alpha`, a plan whose top protocols are not told apart recommends the policy's first
+    candidate (the prior); a separated one keeps the world model's first protocol."""
+    import oncoplan.training.planner.search as search
+
+    world, scorer, _ = models
+    monkeypatch.setattr(search, "separation_of", lambda ranked: {"f": 1.0, "p": p, "protocols": 2, "samples": 2})
+    policy = OfflinePolicy(TCIA_SET, max_drugs=2)
+    planner = WorldModelPlanner(world, scorer, policy, replace(FAST, defer_alpha=0.05))
+    prior = planner.initial_candidates()[0][0]
+    plan = planner.beam_search(case["pre"], case["mask"])
+    if p >= 0.05:
+        assert plan.best.protocol == prior and plan.prior is not None and plan.pick.startswith("policy prior")
+    else:
+        assert plan.best is plan.ranked[0] and plan.prior is None and plan.pick == "world model"
+    assert json.loads(json.dumps(plan.to_dict()))["separation"]["p"] == p
 
 
 def test_beam_search_with_the_default_response_heuristic(models, case) -> None:

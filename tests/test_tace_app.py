@@ -290,7 +290,8 @@ def test_settings() -> None:
     assert parse_settings("paper").search == PAPER_SETTINGS
     tiny = parse_settings('{"base": "paper", "samples": 1, "action_set": "tcia"}')
     assert tiny.search.beam == 5 and tiny.search.samples == 1 and len(tiny.action_set) == 5
-    for bad in ("fast", "[1]", '{"beam": 0}', '{"bogus": 1}', '{"action_set": "all"}'):
+    assert parse_settings('{"defer_alpha": 0.05}').search.defer_alpha == 0.05
+    for bad in ("fast", "[1]", '{"beam": 0}', '{"bogus": 1}', '{"action_set": "all"}', '{"defer_alpha": 2}'):
         with pytest.raises(InputError, match="settings"):
             parse_settings(bad)
 

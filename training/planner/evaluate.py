@@ -269,6 +269,8 @@ def evaluate_planning(
                 "methods": results,
                 "plan": {
                     "best": plan.best.to_dict(),
+                    "pick": plan.pick,
+                    "separation": plan.separation,
                     "top": [r.to_dict() for r in plan.ranked[:5]],
                     "evaluations": plan.evaluations,
                     "timing_s": plan.timing_s,
@@ -361,6 +363,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         if report["search"] == "beam"
         else f"best-of-N over every valid protocol (T={s['samples']}, {s['steps']} DDIM steps)"
     )
+    if s.get("defer_alpha") is not None:
+        search += f", deferring to the policy's candidate when the top protocols' ANOVA p >= {s['defer_alpha']}"
     lines = [
         "# TACE planning evaluation - SYNTHETIC cohort",
         "",
@@ -532,6 +536,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
     parser.add_argument("--samples", type=int, help="override T (simulated outcomes per protocol)")
     parser.add_argument("--steps", type=int, help="override the DDIM steps")
     parser.add_argument("--beam", type=int, help="override B")
+    parser.add_argument(
+        "--defer-alpha", type=float, help="recommend the policy's candidate when the top protocols' ANOVA p >= this"
+    )
     parser.add_argument("--limit", type=int, help="first N cases only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-bootstrap", type=int, default=1000)
@@ -539,7 +546,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
     args = parser.parse_args(argv)
     try:
         settings = SETTINGS[args.settings]
-        changes = {k: getattr(args, k) for k in ("samples", "steps", "beam") if getattr(args, k) is not None}
+        names = ("samples", "steps", "beam", "defer_alpha")
+        changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
         settings = replace(settings, seed=args.seed, **changes)
         overrides = overrides_from(args, ("dynamics", "assistant", "survival"))
         world, scorer, preprocessing = load_models(

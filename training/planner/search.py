@@ -60,6 +60,9 @@ class SearchSettings:
     seed: int = 0  # diffusion noise (shared by every protocol of a case)
     always_lipiodol: bool = False  # MeWM rule 3 (conventional TACE): Lipiodol in every starting plan
     seg_overlap: float = 0.5  # assistant's sliding-window overlap on the study (B.3: 0.75, ~8x the windows)
+    # Not MeWM's: when the world model's top protocols are not told apart (one-way ANOVA over their
+    # sampled risks, p >= defer_alpha), recommend the policy's own first candidate (planner docs). None: off.
+    defer_alpha: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("beam", "samples", "steps", "drug_horizon", "embolic_horizon", "chunk"):
@@ -67,6 +70,8 @@ class SearchSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if not 0 <= float(self.seg_overlap) < 1:
             raise ValueError(f"seg_overlap must be in [0, 1), got {self.seg_overlap!r}")
+        if self.defer_alpha is not None and not 0 < float(self.defer_alpha) < 1:
+            raise ValueError(f"defer_alpha must be in (0, 1) or null, got {self.defer_alpha!r}")
 
 
 CPU_SETTINGS = SearchSettings()
@@ -107,9 +112,27 @@ class RankedProtocol:
         }
 
 
+SEPARATION_TOP = 5  # the ranked protocols whose sampled risks the separation test compares
+
+
+def separation_of(ranked: Sequence[RankedProtocol]) -> dict[str, float] | None:
+    """One-way ANOVA (F, p) over the top protocols' sampled risks; None with fewer than 2 x 2 samples."""
+    from .separation import anova_f
+
+    top = list(ranked[:SEPARATION_TOP])
+    samples = {len(r.sample_risks) for r in top}
+    if len(top) < 2 or len(samples) != 1 or min(samples) < 2:
+        return None
+    f, p = anova_f([r.sample_risks for r in top])
+    return {"f": f, "p": p, "protocols": len(top), "samples": min(samples)}
+
+
 @dataclass
 class Plan:
-    """A search result: ranked protocols (lowest mean risk first), cost and time per model."""
+    """A search result: ranked protocols (lowest mean risk first), cost and time per model.
+
+    `best` is the world model's first protocol, or `prior` (the policy's first candidate) when the
+    search was told to defer and the world model did not separate its top protocols (`separation`)."""
 
     method: str
     ranked: list[RankedProtocol]
@@ -118,15 +141,23 @@ class Plan:
     steps: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     skipped_candidates: list[str] = field(default_factory=list)
+    separation: dict[str, float] | None = None
+    prior: RankedProtocol | None = None
 
     @property
     def best(self) -> RankedProtocol:
-        return self.ranked[0]
+        return self.prior or self.ranked[0]
+
+    @property
+    def pick(self) -> str:
+        return "policy prior (world model did not separate its top protocols)" if self.prior else "world model"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "best": self.best.to_dict(),
+            "pick": self.pick,
+            "separation": self.separation,
             "ranked": [r.to_dict() for r in self.ranked],
             "evaluations": dict(self.evaluations),
             "timing_s": dict(self.timing_s),
@@ -214,7 +245,7 @@ class _Session:
     def mean(self, protocol: Protocol) -> float:
         return self.cache[protocol].mean_risk
 
-    def plan(self, method: str, skipped: list[str], beam: list[Protocol] | None) -> Plan:
+    def plan(self, method: str, skipped: list[str], beam: list[Protocol] | None, prior: Protocol | None = None) -> Plan:
         dyn, ast = self.timers.get("dynamics"), self.timers.get("assistant")
         dyn_s, ast_s = (dyn.seconds if dyn else 0.0), (ast.seconds if ast else 0.0)
         evaluations = {
@@ -229,9 +260,13 @@ class _Session:
         settings = {**asdict(self.planner.settings), "action_set": list(self.planner.action_set)}
         if beam is not None:
             settings["final_beam"] = [str(p) for p in beam]
+        ranked = sorted(self.cache.values(), key=lambda r: (r.mean_risk, _order(r.protocol)))
+        separation = separation_of(ranked)
+        alpha = self.planner.settings.defer_alpha
+        defer = alpha is not None and prior is not None and separation is not None and separation["p"] >= alpha
         return Plan(
             method=method,
-            ranked=sorted(self.cache.values(), key=lambda r: (r.mean_risk, _order(r.protocol))),
+            ranked=ranked,
             evaluations=evaluations,
             timing_s={
                 "dynamics": round(dyn_s, 4),
@@ -243,6 +278,8 @@ class _Session:
             steps=self.steps,
             settings=settings,
             skipped_candidates=skipped,
+            separation=separation,
+            prior=self.cache[prior] if defer else None,
         )
 
 
@@ -339,7 +376,7 @@ class WorldModelPlanner:
                 if new_beam == beam:
                     break
                 beam = new_beam
-            return session.plan("beam_search", skipped, beam)
+            return session.plan("beam_search", skipped, beam, prior=start[0])
 
     def best_of_n(
         self, pre_window: np.ndarray, mask_window: np.ndarray, clinical: Mapping[str, Any] | None = None

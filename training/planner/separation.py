@@ -43,6 +43,16 @@ def anova_f(sample_risks: Sequence[Sequence[float]]) -> tuple[float, float]:
     return f, float(f_distribution.sf(f, k - 1, k * (t - 1)))
 
 
+def separation_text(separation: Mapping[str, float] | None) -> str:
+    """One line for reports: the test's result, or why there is none."""
+    if not separation:
+        return "separation not tested (fewer than 2 protocols x 2 samples)"
+    return (
+        f"separation of the top {separation['protocols']} protocols over {separation['samples']} samples: "
+        f"ANOVA F {separation['f']:.2f}, p {separation['p']:.3f}"
+    )
+
+
 def separation_report(evaluation: Mapping[str, Any], alpha: float = 0.05) -> dict[str, Any]:
     """Per case: F, p, whether the gate keeps the world model; regret (months) of the world model,
     the policy's top-1 and the gated planner, with bootstrap CIs over cases."""
