@@ -45,6 +45,7 @@ from .deid import Observation
 from .heuristic import Scorer
 from .policy import Policy
 from .prompts import split_action_set
+from .separation import anova_f
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,6 @@ SEPARATION_TOP = 5  # the ranked protocols whose sampled risks the separation te
 
 def separation_of(ranked: Sequence[RankedProtocol]) -> dict[str, float] | None:
     """One-way ANOVA (F, p) over the top protocols' sampled risks; None with fewer than 2 x 2 samples."""
-    from .separation import anova_f
-
     top = list(ranked[:SEPARATION_TOP])
     samples = {len(r.sample_risks) for r in top}
     if len(top) < 2 or len(samples) != 1 or min(samples) < 2:
