@@ -17,7 +17,6 @@ class CTVInferenceOperator(Operator):
 
     def __init__(self, fragment: Fragment, *args, bundle_path: Path, **kwargs) -> None:
         self.bundle_path = Path(bundle_path)
-        self._predictor = None  # built on first use: loading the language model takes seconds
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -27,12 +26,19 @@ class CTVInferenceOperator(Operator):
         spec.output("mask")
 
     def predictor(self):
-        if self._predictor is None:
-            from oncoplan.training.ctv.predict import CTVPredictor
+        """Loaded on first use (the language model takes seconds), then kept for the process."""
+        from oncoplan.training.ctv.predict import CTVPredictor
 
-            self._predictor = CTVPredictor(self.bundle_path, backends=("tensorrt", "onnxruntime", "torch"))
-            log.info("CTV bundle %s: U-Net on %s", self.bundle_path, self._predictor.backend)
-        return self._predictor
+        from .model_cache import cached
+
+        predictor = cached(
+            "ctv",
+            [self.bundle_path],
+            None,
+            lambda: CTVPredictor(self.bundle_path, backends=("tensorrt", "onnxruntime", "torch")),
+        )
+        log.info("CTV bundle %s: U-Net on %s", self.bundle_path, predictor.backend)
+        return predictor
 
     def compute(self, op_input, op_output, context) -> None:
         image = op_input.receive("image")

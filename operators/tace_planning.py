@@ -263,7 +263,6 @@ class TacePlanningOperator(Operator):
         self.bundles = {k: Path(v) for k, v in bundles.items()}
         self.settings = parse_settings(settings)
         check_bundles(self.bundles)  # before any DICOM is read: a missing checkpoint is one line
-        self._planner: TacePlanner | None = None  # built on first use (seconds of loading)
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -272,10 +271,18 @@ class TacePlanningOperator(Operator):
         spec.output("plan")
 
     def planner(self) -> TacePlanner:
-        if self._planner is None:
-            self._planner = TacePlanner(self.bundles, self.settings)
-            log.info("TACE bundles %s, settings %s", self._planner.versions, self.settings.label)
-        return self._planner
+        """Loaded on first use (seconds), then kept for the process (a warm worker's next study)."""
+        from .model_cache import cached
+
+        roles = sorted(self.bundles)
+        planner = cached(
+            "tace",
+            [self.bundles[r] for r in roles],
+            (tuple(roles), repr(self.settings)),
+            lambda: TacePlanner(self.bundles, self.settings),
+        )
+        log.info("TACE bundles %s, settings %s", planner.versions, self.settings.label)
+        return planner
 
     def compute(self, op_input, op_output, context) -> None:
         image = op_input.receive("image")

@@ -64,6 +64,11 @@ def job_states(spool: Path) -> dict[str, int]:
         ({"routes": [{"name": "x", "app": "nope", "destination": "pacs"}]}, "unknown app"),
         ({"routes": [{"name": "x", "app": "ctv", "destination": "elsewhere"}]}, "destination"),
         ({"routes": [{"name": "x", "command": ["true"], "destination": "pacs"}]}, "{input}"),
+        (
+            {"routes": [{"name": "x", "command": ["a", "{input}", "{output}"], "warm": True, "destination": "pacs"}]},
+            "warm",
+        ),
+        ({"routes": [{"name": "x", "app": "ctv", "warm": "yes", "destination": "pacs"}]}, "warm must be"),
     ],
 )
 def test_bad_configuration_is_one_line_naming_the_file(tmp_path: Path, change: dict, message: str) -> None:
@@ -332,33 +337,45 @@ def test_tls_association(tmp_path: Path, orthanc: Orthanc) -> None:
 
 # --- a real app behind the listener ----------------------------------------------------------
 def test_ctv_route_runs_the_contouring_app_and_orthanc_holds_rtstruct_and_seg(tmp_path: Path, orthanc: Orthanc) -> None:
-    """A breast CT study and its note (a text SR) arrive over DICOM; the CTV app's RTSTRUCT and
-    SEG land in Orthanc, in the same study."""
+    """Two breast CT studies and their notes (text SRs) arrive over DICOM; the CTV app's RTSTRUCT
+    and SEG land in Orthanc, each in its own study, both contoured by one warm app worker."""
     from oncoplan.training.synth.cohort import generate_cohort
 
     from .helpers import cohort_rows, text_sr
 
-    cohort = generate_cohort("breast", tmp_path / "c", 1, seed=61, size="small", progress=False)
-    ct = sorted((cohort / cohort_rows(cohort)[0]["image_dir"]).glob("*.dcm"))
-    text_sr(pydicom.dcmread(ct[0]), "N1, breast conserving surgery, left side").save_as(tmp_path / "note.dcm")
+    cohort = generate_cohort("breast", tmp_path / "c", 2, seed=61, size="small", progress=False)
+    files, studies = [], set()
+    for i, row in enumerate(cohort_rows(cohort)):
+        ct = sorted((cohort / row["image_dir"]).glob("*.dcm"))
+        text_sr(pydicom.dcmread(ct[0]), row["note"]).save_as(tmp_path / f"note{i}.dcm")
+        files += [*ct, tmp_path / f"note{i}.dcm"]
+        studies.add(str(pydicom.dcmread(ct[0]).StudyInstanceUID))
     port = free_port()
     config = listener_config(tmp_path, port, orthanc)
     raw = yaml.safe_load(config.read_text())
     raw["routes"] = [{"name": "ctv", "app": "ctv", "match": {"Modality": "^CT$"}, "destination": "pacs"}]
+    raw["workers"] = 1
     config.write_text(yaml.safe_dump(raw))
-    study_uid = str(pydicom.dcmread(ct[0]).StudyInstanceUID)
     with running(config):
-        assert set(send(port, [*ct, tmp_path / "note.dcm"])) == {SUCCESS}
+        assert set(send(port, files)) == {SUCCESS}
 
-        def written() -> set[str]:
-            return {
-                s["MainDicomTags"].get("Modality")
-                for s in orthanc.series()
-                if orthanc.get(f"/studies/{s['ParentStudy']}")["MainDicomTags"]["StudyInstanceUID"] == study_uid
-            }
+        def written() -> dict[str, set[str]]:
+            found: dict[str, set[str]] = {uid: set() for uid in studies}
+            for s in orthanc.series():
+                uid = orthanc.get(f"/studies/{s['ParentStudy']}")["MainDicomTags"]["StudyInstanceUID"]
+                if uid in found:
+                    found[uid].add(s["MainDicomTags"].get("Modality"))
+            return found
 
-        wait_for(lambda: {"RTSTRUCT", "SEG"} <= written(), 300, "RTSTRUCT and SEG in Orthanc", interval=1)
-    assert job_states(tmp_path / "spool") == {"done": 1}
+        wait_for(
+            lambda: all({"RTSTRUCT", "SEG"} <= m for m in written().values()),
+            300,
+            "RTSTRUCT and SEG of both studies in Orthanc",
+            interval=1,
+        )
+    assert job_states(tmp_path / "spool") == {"done": 2}
+    (log,) = (tmp_path / "spool" / "warm").glob("ctv-*.log")
+    assert log.read_text().count("warm worker") == 1  # one process served both studies
 
 
 def test_tace_route_delivers_sr_seg_and_encapsulated_pdf(tmp_path: Path, orthanc: Orthanc) -> None:

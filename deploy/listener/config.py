@@ -14,10 +14,12 @@ import yaml
 from oncoplan.errors import InputError
 
 # The apps the listener knows by name: the command that runs one study (placeholders filled per job).
+APP_PREFIX = (sys.executable, "-m", "oncoplan")
 APP_COMMANDS = {
-    "ctv": [sys.executable, "-m", "oncoplan", "contour", "-i", "{input}", "-o", "{output}"],
-    "tace": [sys.executable, "-m", "oncoplan", "plan", "-i", "{input}", "-o", "{output}"],
+    "ctv": [*APP_PREFIX, "contour", "-i", "{input}", "-o", "{output}"],
+    "tace": [*APP_PREFIX, "plan", "-i", "{input}", "-o", "{output}"],
 }
+APP_MODULES = {"ctv": "oncoplan.apps.ctv_contouring.app", "tace": "oncoplan.apps.tace_planner.app"}
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash or control chars
 
 
@@ -44,6 +46,7 @@ class Route:
     match: dict[str, str] = field(default_factory=dict)
     input: str = "study"
     timeout_s: float = 3600.0
+    warm: str | None = None  # an app route's module: it runs in a warm worker that preloads it
 
     def matches(self, series: dict[str, Any]) -> bool:
         return all(re.search(rx, str(series.get(key) or ""), re.IGNORECASE) for key, rx in self.match.items())
@@ -116,6 +119,11 @@ def _route(raw: dict[str, Any], i: int, destinations: dict[str, Peer]) -> Route:
             re.compile(rx)
         except re.error as exc:
             raise InputError(f"{where}.match.{key}: bad regular expression ({exc})") from None
+    warm = raw.get("warm", "app" in raw)
+    if not isinstance(warm, bool):
+        raise InputError(f"{where}: warm must be true or false")
+    if warm and "app" not in raw:
+        raise InputError(f"{where}: warm needs an app route (a command runs as its own process)")
     if raw.get("input", "study") not in ("study", "series"):
         raise InputError(f"{where}: input must be study or series")
     return Route(
@@ -125,6 +133,7 @@ def _route(raw: dict[str, Any], i: int, destinations: dict[str, Peer]) -> Route:
         match,
         raw.get("input", "study"),
         float(raw.get("timeout_s", 3600)),
+        APP_MODULES[raw["app"]] if warm else None,
     )
 
 

@@ -10,9 +10,10 @@ import threading
 from collections import defaultdict
 
 from . import health, logs, scp, sender
-from .config import ListenerConfig
+from .config import ListenerConfig, Route
 from .queue import Job, JobQueue
 from .spool import Spool, key
+from .warm import WarmApp
 from .worker import JobError, run_job
 
 
@@ -39,20 +40,34 @@ class Listener:
                     logs.event("study_complete", study=key(study), routes=names, jobs=jobs)
 
     def _work(self) -> None:
-        while not self._stop.is_set():
-            job = self.queue.claim_job()
-            if job is None:
-                self._stop.wait(self.config.poll_s)
-                continue
-            self._run(job)
+        warm: dict[str, WarmApp] = {}  # this thread's warm app per route
+        try:
+            while not self._stop.is_set():
+                job = self.queue.claim_job()
+                if job is None:
+                    self._stop.wait(self.config.poll_s)
+                    continue
+                self._run(job, warm)
+        finally:
+            for app in warm.values():
+                app.stop()
 
-    def _run(self, job: Job) -> None:
+    def _warm_app(self, route: Route, warm: dict[str, WarmApp]) -> WarmApp | None:
+        if route.warm is None:
+            return None
+        if route.name not in warm:
+            log = self.spool.root / "warm" / f"{route.name}-{threading.current_thread().name}.log"
+            warm[route.name] = WarmApp(route.warm, log)
+        return warm[route.name]
+
+    def _run(self, job: Job, warm: dict[str, WarmApp]) -> None:
         route = self.routes.get(job.route)
         logs.event("job_started", job=job.id, route=job.route, study=key(job.study_uid), attempt=job.attempts)
         try:
             if route is None:
                 raise JobError(f"route {job.route!r} is no longer configured")
-            results = run_job(self.spool.job_dir(job.id), route, self.queue, job.study_uid)
+            app = self._warm_app(route, warm)
+            results = run_job(self.spool.job_dir(job.id), route, self.queue, job.study_uid, app)
         except Exception as exc:  # one job's failure must never stop the worker
             state = self.queue.fail_job(
                 job, str(exc), self.config.max_attempts, self.config.retry_backoff_s, self.config.max_backoff_s

@@ -1,5 +1,6 @@
 """Runs one job: the study's files linked into a fresh input folder, the route's app in a child
-process (it dies with the listener, so a restart never finds a stray run), its DICOM results."""
+process (it dies with the listener, so a restart never finds a stray run) or in the route's warm
+app worker (warm.py), its DICOM results."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import Route
+from .config import APP_PREFIX, Route
 from .queue import JobQueue
 from .spool import key
+
+if TYPE_CHECKING:
+    from .warm import WarmApp
 
 
 class JobError(RuntimeError):
     """The app failed; the message is the reason recorded with the job."""
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     os.setsid()
@@ -51,31 +56,41 @@ def stage_input(queue: JobQueue, route: Route, study: str, folder: Path) -> int:
     return n
 
 
-def run_job(job_dir: Path, route: Route, queue: JobQueue, study: str) -> list[Path]:
-    """The DICOM files the route's app wrote for `study` (raises JobError on any failure)."""
+def _run_child(command: list[str], log_path: Path, timeout_s: float) -> int:
+    with open(log_path, "wb") as log:
+        try:
+            proc = subprocess.run(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+                preexec_fn=die_with_parent,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise JobError(f"app timed out after {timeout_s:.0f} s") from None
+        except OSError as exc:
+            raise JobError(f"cannot start the app ({exc})") from None
+    return proc.returncode
+
+
+def run_job(job_dir: Path, route: Route, queue: JobQueue, study: str, warm: WarmApp | None = None) -> list[Path]:
+    """The DICOM files the route's app wrote for `study` (raises JobError on any failure); with
+    `warm`, the route's oncoplan command runs in that warm worker instead of a new process."""
     shutil.rmtree(job_dir, ignore_errors=True)  # a run cut short by a crash starts clean
     input_dir, output_dir = job_dir / "input", job_dir / "output"
     input_dir.mkdir(parents=True)
     if stage_input(queue, route, study, input_dir) == 0:
         raise JobError("no instances to process")
     command = [a.replace("{input}", str(input_dir)).replace("{output}", str(output_dir)) for a in route.command]
-    with open(job_dir / "app.log", "wb") as log:
-        try:
-            proc = subprocess.run(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=route.timeout_s,
-                preexec_fn=_die_with_parent,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise JobError(f"app timed out after {route.timeout_s:.0f} s") from None
-        except OSError as exc:
-            raise JobError(f"cannot start the app ({exc})") from None
-    if proc.returncode != 0:
-        tail = (job_dir / "app.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
-        raise JobError(f"app exited with status {proc.returncode}: {tail[0][:500]}")
+    log = job_dir / "app.log"
+    if warm is not None:
+        status = warm.run(command[len(APP_PREFIX) :], log, route.timeout_s)
+    else:
+        status = _run_child(command, log, route.timeout_s)
+    if status != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        raise JobError(f"app exited with status {status}: {tail[0][:500]}")
     results = sorted(p for p in output_dir.rglob("*") if p.is_file() and is_dicom(p)) if output_dir.exists() else []
     if not results:
         raise JobError("app wrote no DICOM")

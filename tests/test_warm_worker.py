@@ -1,0 +1,90 @@
+"""The warm app worker (`python -m oncoplan.apps.worker`) and the listener's handle on it
+(deploy/listener/warm.py): studies one after another in one process, bad input, overruns, a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from highdicom.seg import segread
+
+from oncoplan.deploy.listener.warm import WarmApp
+from oncoplan.deploy.listener.worker import JobError
+
+from .helpers import cohort_rows
+
+NOTE = "N1, breast conserving surgery, left side"
+
+
+def _contour(breast_cohort: Path, case: int, out: Path) -> list[str]:
+    row = cohort_rows(breast_cohort)[case]
+    return ["contour", "-i", str(breast_cohort / row["image_dir"]), "-o", str(out), "--note", NOTE]
+
+
+def test_one_worker_contours_studies_in_turn_and_survives_bad_input(breast_cohort: Path, tmp_path: Path) -> None:
+    app = WarmApp("oncoplan.apps.ctv_contouring.app", tmp_path / "worker.log")
+    try:
+        assert app.run(_contour(breast_cohort, 0, tmp_path / "a"), tmp_path / "a.log", 600) == 0
+        pid = app.proc.pid
+        bad = ["contour", "-i", str(breast_cohort), "-o", str(tmp_path / "bad"), "--note", NOTE]
+        assert app.run(bad, tmp_path / "bad.log", 600) == 2
+        assert (tmp_path / "bad.log").read_text().strip().splitlines()[-1].startswith("oncoplan: error: ")
+        assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+        assert app.run(_contour(breast_cohort, 0, tmp_path / "b"), tmp_path / "b.log", 600) == 0
+        assert app.proc.pid == pid  # the same process: imports and models were kept
+    finally:
+        app.stop()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    first, again = (segread(tmp_path / d / "ctv_seg.dcm") for d in "ab")
+    assert first.pixel_array.any()
+    assert np.array_equal(first.pixel_array, again.pixel_array)  # a warm run is the same as a fresh one
+    assert (tmp_path / "worker.log").read_text().count("ready") == 1
+
+
+def test_a_job_past_its_time_kills_the_worker_and_the_next_job_gets_a_fresh_one(tmp_path: Path) -> None:
+    app = WarmApp(None, tmp_path / "worker.log")
+    slow = ["synth", "liver", "--out", str(tmp_path / "slow"), "--cases", "20", "--size", "small", "--quiet"]
+    with pytest.raises(JobError, match="timed out after 1 s"):
+        app.run(slow, tmp_path / "slow.log", 1.0)
+    assert app.proc is None
+    quick = ["synth", "breast", "--out", str(tmp_path / "quick"), "--cases", "1", "--size", "small", "--quiet"]
+    try:
+        assert app.run(quick, tmp_path / "quick.log", 600) == 0
+    finally:
+        app.stop()
+    assert (tmp_path / "quick" / "cohort.json").exists()
+    assert (tmp_path / "worker.log").read_text().count("ready") == 2
+
+
+def test_a_worker_killed_mid_job_fails_that_job_and_the_next_one_runs(tmp_path: Path) -> None:
+    app = WarmApp(None, tmp_path / "worker.log")
+    slow = ["synth", "liver", "--out", str(tmp_path / "slow"), "--cases", "20", "--size", "small", "--quiet"]
+    app._started()
+    threading.Timer(1.0, os.kill, (app.proc.pid, signal.SIGKILL)).start()
+    with pytest.raises(JobError, match=r"died \(exit status -9\)"):
+        app.run(slow, tmp_path / "slow.log", 600)
+    quick = ["synth", "breast", "--out", str(tmp_path / "quick"), "--cases", "1", "--size", "small", "--quiet"]
+    try:
+        assert app.run(quick, tmp_path / "quick.log", 600) == 0
+    finally:
+        app.stop()
+
+
+def test_the_worker_answers_a_malformed_job_and_goes_on(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    jobs = "not json\n" + json.dumps({"argv": ["synth", "--help"], "log": str(tmp_path / "h.log")}) + "\n"
+    done = subprocess.run(
+        [sys.executable, "-m", "oncoplan.apps.worker"], input=jobs, capture_output=True, text=True, timeout=120
+    )
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0
+    assert answers[0]["rc"] == 2 and "malformed job" in answers[0]["error"]
+    assert answers[1] == {"rc": 0}
+    assert "usage:" in (tmp_path / "h.log").read_text()
