@@ -111,11 +111,12 @@ class TacePlan:
 
 
 def check_bundles(bundles: dict[str, Path]) -> None:
-    """Each of the three bundles has its inference config and its weights (one line otherwise)."""
+    """Each of the three bundles has its inference config and the weights the planner loads (one line otherwise)."""
     from oncoplan.training.bundle_loading import bundle_parser
+    from oncoplan.training.planner.evaluate import planner_overrides
 
     for role, path in bundles.items():
-        ckpt = Path(bundle_parser(path).get_parsed_content("ckpt_path"))
+        ckpt = Path(bundle_parser(path, overrides=planner_overrides(role, path=path)).get_parsed_content("ckpt_path"))
         if not ckpt.is_file():
             raise InputError(f"{ckpt}: no weights for the {NAMES[role]} bundle; give -m MODELS with trained bundles")
 

@@ -236,10 +236,10 @@ def test_accelerated_world_model_simulates_like_eager(models, case, tmp_path: Pa
 
     world, _, _ = models
     nets = (world.dynamics, world.sampler, world.patch, world.assistant, world.window, 2, FAST.steps)
-    fast = WorldModel(*nets, micro_batch=1)
+    fast = WorldModel(*nets, micro_batch=1, anchor=world.anchor)  # anchored, as the planner samples
     backends = fast.accelerate(tmp_path, {"dynamics": ("onnxruntime",), "assistant": ("onnxruntime",)})
     assert all(b.startswith("onnxruntime") for b in backends.values()), backends
-    eager = WorldModel(*nets, micro_batch=None)
+    eager = WorldModel(*nets, micro_batch=None, anchor=world.anchor)
     protocols = np.asarray([Protocol.parse(p).multi_hot() for p in ("Cisplatin; Lipiodol", "Doxorubicin; PVA")])
     a = eager.simulate(case["pre"], case["mask"], protocols, 3)
     b = fast.simulate(case["pre"], case["mask"], protocols, 3)
@@ -265,15 +265,17 @@ def test_beam_search_valid_protocols_one_batch_per_step(models, case, monkeypatc
     assert plan.evaluations["simulations"] == FAST.samples * len(plan.ranked)
     # One batch per DDIM step, each run in micro-batches sized for the device (one call on a GPU).
     micro = world.micro_batch or FAST.samples * max(calls)
-    assert plan.evaluations["dynamics_forwards"] == FAST.steps * sum(-(-n * FAST.samples // micro) for n in calls)
+    steps = world.anchor.steps_left(FAST.steps)  # the planner samples anchored: the last steps only
+    assert plan.evaluations["dynamics_forwards"] == steps * sum(-(-n * FAST.samples // micro) for n in calls)
     for r in plan.ranked:
         p = r.protocol
         assert not conflicts(p.items) and set(p.items) <= set(ACTION_BASE)
         assert 1 <= len(p.drugs) <= 2 and 1 <= len(p.embolics) <= 2
         assert len(r.sample_risks) == FAST.samples and r.std_risk == pytest.approx(np.std(r.sample_risks))
     means = [r.mean_risk for r in plan.ranked]
-    assert means == sorted(means) and plan.best.protocol == plan.ranked[0].protocol
-    assert str(plan.best.protocol) == plan.settings["final_beam"][0]
+    assert means == sorted(means) and str(plan.ranked[0].protocol) == plan.settings["final_beam"][0]
+    # The recommendation: the world model's first, or the policy's when it did not separate (default gate).
+    assert plan.best == (plan.prior or plan.ranked[0]) and (plan.prior is None) == (plan.separation["p"] < 0.05)
     assert any("outside the search space" in s for s in plan.skipped_candidates)
     timing = plan.timing_s
     assert timing["dynamics"] > 0 and timing["assistant"] > 0 and timing["heuristic"] > 0

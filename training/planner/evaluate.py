@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from collections import Counter
@@ -65,6 +66,14 @@ DIFF_METRICS = ("f1", "jaccard", "regret_weeks")
 # The paper's planning table (MeWM, main text, F1 in %, real in-house HCC-TACE data): reference only.
 PAPER_F1 = {"MeWM": 64.08, "GPT-4o": 44.29}
 ACTION_SETS = ("site", "tcia", "full")
+# The planner's world model, unless overridden: sampling anchored to the pre-treatment layout at
+# strength 0.3 (tace_dynamics 0.4.2) and the assistant fine-tuned on such samples
+# (finetune_anchored.json) to read them; see the planner docs for the evaluation behind it.
+PLANNER_BUNDLE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "dynamics": {"anchor_strength": 0.3},
+    "assistant": {"model_name": "model_anchored.pt"},
+}
+log = logging.getLogger(__name__)
 HEURISTICS = ("response_cox", "survival_network")
 DEFAULT_HEURISTIC = "response_cox"
 TCIA_SET = TCIA_DRUGS + TCIA_EMBOLICS
@@ -365,6 +374,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     )
     if s.get("defer_alpha") is not None:
         search += f", deferring to the policy's candidate when the top protocols' ANOVA p >= {s['defer_alpha']}"
+    if report.get("bundle_overrides"):
+        search += ", bundle overrides " + json.dumps({k: v for k, v in report["bundle_overrides"].items() if v})
     lines = [
         "# TACE planning evaluation - SYNTHETIC cohort",
         "",
@@ -459,6 +470,24 @@ def parse_overrides(text: str | None, what: str) -> dict[str, Any]:
     return value
 
 
+def planner_overrides(
+    bundle: str,
+    overrides: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+    defaults: bool = True,
+    path: Path | None = None,
+) -> dict[str, Any]:
+    """A bundle's config overrides for the planner: `base`, then the planner's defaults (unless
+    `defaults` is false), then `overrides`. A default weights file that the bundle at `path` lacks
+    (a site's own bundle, trained without the fine-tune) is dropped with a warning."""
+    planner = dict(PLANNER_BUNDLE_OVERRIDES.get(bundle, {})) if defaults else {}
+    name = planner.get("model_name")
+    if name and path is not None and not (Path(path) / "models" / name).is_file():
+        log.warning("%s has no models/%s: the planner uses the bundle's own default weights", path, name)
+        del planner["model_name"]
+    return {**(base or {}), **planner, **dict(overrides or {})}
+
+
 def load_models(
     dynamics: Path,
     assistant: Path,
@@ -467,8 +496,11 @@ def load_models(
     settings: SearchSettings = SETTINGS["cpu"],
     device: str | None = None,
     heuristic: str = DEFAULT_HEURISTIC,
+    planner_defaults: bool = True,
 ):
-    """(world model, risk scorer, dynamics preprocessing) from the three bundles, on `device`
+    """(world model, risk scorer, dynamics preprocessing) from the three bundles (with
+    :data:`PLANNER_BUNDLE_OVERRIDES` under `overrides` unless `planner_defaults` is false: the
+    bundles as their configs say), on `device`
     (default: the first CUDA device if there is one, else the CPU). `heuristic` picks the scorer from
     the survival bundle: ``response_cox`` (its ``response_model``, :mod:`.response_heuristic`) or
     ``survival_network`` (its network, the paper's B.4, :mod:`.heuristic`).
@@ -482,9 +514,10 @@ def load_models(
 
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     place = {"device": f"$torch.device('{device}')"}  # every network of the world model on one device
-    over = {k: {**place, **dict((overrides or {}).get(k, {}))} for k in ("dynamics", "assistant", "survival")}
+    paths = {"dynamics": dynamics, "assistant": assistant, "survival": survival}
+    over = {k: planner_overrides(k, (overrides or {}).get(k), place, planner_defaults, p) for k, p in paths.items()}
     parsers = {}
-    for name, bundle in (("dynamics", dynamics), ("assistant", assistant), ("survival", survival)):
+    for name, bundle in paths.items():
         if not (Path(bundle) / "configs" / "inference.json").exists():
             raise InputError(f"{bundle}: not a bundle (no configs/inference.json)")
         parsers[name] = bundle_parser(bundle, overrides=over[name])
@@ -536,9 +569,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
     parser.add_argument("--samples", type=int, help="override T (simulated outcomes per protocol)")
     parser.add_argument("--steps", type=int, help="override the DDIM steps")
     parser.add_argument("--beam", type=int, help="override B")
-    parser.add_argument(
-        "--defer-alpha", type=float, help="recommend the policy's candidate when the top protocols' ANOVA p >= this"
+    defer = parser.add_mutually_exclusive_group()
+    defer.add_argument(
+        "--defer-alpha",
+        type=float,
+        help="recommend the policy's candidate when the top protocols' ANOVA p >= this (default 0.05)",
     )
+    defer.add_argument("--no-defer", action="store_true", help="always recommend the world model's pick")
     parser.add_argument("--limit", type=int, help="first N cases only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-bootstrap", type=int, default=1000)
@@ -548,6 +585,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         settings = SETTINGS[args.settings]
         names = ("samples", "steps", "beam", "defer_alpha")
         changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+        if args.no_defer:
+            changes["defer_alpha"] = None
         settings = replace(settings, seed=args.seed, **changes)
         overrides = overrides_from(args, ("dynamics", "assistant", "survival"))
         world, scorer, preprocessing = load_models(
@@ -568,6 +607,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
             args.n_bootstrap,
             not args.quiet,
         )
+        # What the world model ran with (the planner's defaults and --*-overrides), for the record.
+        report["bundle_overrides"] = {
+            k: planner_overrides(k, overrides.get(k), None, True, p)
+            for k, p in (("dynamics", args.dynamics), ("assistant", args.assistant), ("survival", args.survival))
+        }
         js, md = write_report(report, args.out)
     except (InputError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -304,6 +304,12 @@ class Anchor:
             out[layout[:, channel : channel + 1] > 0.5] = level
         return out
 
+    def steps_left(self, steps: int) -> int:
+        """How many of a `steps`-step schedule run from the anchored start (all of them at strength 1)."""
+        if self.strength >= 1.0:
+            return steps
+        return steps - min(steps - 1, round((1.0 - self.strength) * steps))
+
     def start(
         self, sampler, noise: torch.Tensor, pre: torch.Tensor, mask: torch.Tensor, layout: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,7 +318,7 @@ class Anchor:
         timesteps = sampler.timesteps
         if self.strength >= 1.0:
             return noise, timesteps
-        skip = min(len(timesteps) - 1, round((1.0 - self.strength) * len(timesteps)))
+        skip = len(timesteps) - self.steps_left(len(timesteps))
         return sampler.add_noise(self.image(pre, mask, layout), noise, timesteps[skip : skip + 1]), timesteps[skip:]
 
 

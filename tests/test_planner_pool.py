@@ -1,0 +1,40 @@
+"""Pooling planner evaluations (`python -m oncoplan.training.planner.pool`) on a shipped report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DOCS = Path(__file__).resolve().parents[1] / "training" / "planner" / "docs"
+GATED = DOCS / "planning_evaluation_heldout_int24_gated.json"
+
+
+def test_pooled_report_is_the_mean_over_every_case(tmp_path: Path) -> None:
+    other = json.loads(GATED.read_text())
+    other["cohort"] = "second"
+    for case in other["cases"]:  # a second cohort whose planner lost one month more on every case
+        case["methods"]["world_model"]["regret_months"] += 1.0
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    cmd = [sys.executable, "-m", "oncoplan.training.planner.pool", str(GATED), str(tmp_path / "b.json")]
+    done = subprocess.run([*cmd, "--out", str(tmp_path / "pooled")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    pooled = json.loads((tmp_path / "pooled" / "planning_evaluation.json").read_text())
+    single = json.loads(GATED.read_text())
+    assert pooled["n_cases"] == 48 and len({c["case_id"] for c in pooled["cases"]}) == 48
+    regrets = [c["methods"]["world_model"]["regret_months"] for c in single["cases"]]
+    assert np.isclose(pooled["methods"]["world_model"]["regret_months"][0], np.mean(regrets) + 0.5)
+    assert np.isclose(pooled["methods"]["gold"]["regret_months"][0], single["methods"]["gold"]["regret_months"][0])
+
+
+def test_runs_of_different_planners_are_refused_in_one_line(tmp_path: Path) -> None:
+    other = json.loads(GATED.read_text())
+    other["settings"]["samples"] = 5
+    (tmp_path / "t5.json").write_text(json.dumps(other))
+    cmd = [sys.executable, "-m", "oncoplan.training.planner.pool", str(GATED), str(tmp_path / "t5.json")]
+    done = subprocess.run([*cmd, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "settings differ" in done.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,65 @@
+"""Pool `oncoplan evaluate tace` runs of one planner on different held-out cohorts into one report
+(means, bootstrap CIs and paired differences over all their cases), for CIs that one cohort
+cannot narrow. The runs must share settings, search, action sets and heuristic.
+
+    python -m oncoplan.training.planner.pool RUN1/planning_evaluation.json RUN2/... --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from oncoplan.errors import InputError
+
+from .evaluate import summarise, write_report
+from .search import SearchSettings
+
+SAME = ("settings", "search", "action_sets", "heuristic", "bundle_overrides")
+
+
+def pool(reports: Sequence[dict[str, Any]], names: Sequence[str], n_bootstrap: int, seed: int) -> dict[str, Any]:
+    first = reports[0]
+    for name, report in zip(names[1:], reports[1:], strict=True):
+        differ = [k for k in SAME if report.get(k) != first.get(k)]
+        if differ:
+            raise InputError(f"{name}: not the same planner as {names[0]} ({', '.join(differ)} differ)")
+    cases = [{**c, "case_id": f"{r['cohort']}:{c['case_id']}"} for r in reports for c in r["cases"]]
+    prepared, cohorts = (" + ".join(str(r[k]) for r in reports) for k in ("prepared", "cohort"))
+    settings, train = SearchSettings(**first["settings"]), first.get("train_cohort")
+    report = summarise(
+        cases, settings, first["search"], first["action_sets"], prepared, cohorts, train, n_bootstrap, seed
+    )
+    return {**report, **{k: first.get(k) for k in ("heuristic", "bundle_overrides")}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m oncoplan.training.planner.pool", description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="planning_evaluation.json of each run")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--n-bootstrap", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        reports = []
+        for path in args.runs:
+            try:
+                reports.append(json.loads(path.read_text()))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{path}: cannot read the evaluation ({exc})") from None
+        report = pool(reports, [str(p) for p in args.runs], args.n_bootstrap, args.seed)
+        js, md = write_report(report, args.out)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(md.read_text())
+    print(f"wrote {js} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
