@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--settings",
         help="search size: cpu (default) | paper (MeWM: B=5, T=5, 25 DDIM steps) | a JSON object of search "
-        'fields over cpu, e.g. \'{"beam": 2, "samples": 1, "steps": 2, "action_set": "tcia"}\'',
+        'fields over cpu, e.g. \'{"beam": 2, "samples": 1, "steps": 2, "action_set": "tcia"}\'; '
+        "the plan defers to the policy's protocol when the world model does not separate its top protocols "
+        "(ANOVA p >= defer_alpha, default 0.05; '{\"defer_alpha\": null}' turns that off)",
     )
     plan.set_defaults(func=_plan)
 

@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `./run test` runs two workers: one thread each, before numpy/torch load
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
 from pathlib import Path
 
 import pytest

@@ -30,6 +30,16 @@ def test_pooled_report_is_the_mean_over_every_case(tmp_path: Path) -> None:
     assert np.isclose(pooled["methods"]["gold"]["regret_months"][0], single["methods"]["gold"]["regret_months"][0])
 
 
+def test_a_span_keeps_those_cases_only(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "oncoplan.training.planner.pool", f"{GATED}@13-24", "--out", str(tmp_path / "p")]
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    pooled = json.loads((tmp_path / "p" / "planning_evaluation.json").read_text())
+    single = json.loads(GATED.read_text())
+    assert [c["case_id"].split(":")[1] for c in pooled["cases"]] == [c["case_id"] for c in single["cases"][12:]]
+    bad = subprocess.run([*cmd[:3], f"{GATED}@0-30", "--out", str(tmp_path / "q")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "@A-B" in bad.stderr
+
+
 def test_runs_of_different_planners_are_refused_in_one_line(tmp_path: Path) -> None:
     other = json.loads(GATED.read_text())
     other["settings"]["samples"] = 5

@@ -2,7 +2,10 @@
 (means, bootstrap CIs and paired differences over all their cases), for CIs that one cohort
 cannot narrow. The runs must share settings, search, action sets and heuristic.
 
-    python -m oncoplan.training.planner.pool RUN1/planning_evaluation.json RUN2/... --out DIR
+    python -m oncoplan.training.planner.pool RUN1/planning_evaluation.json RUN2/...@13-24 --out DIR
+
+`PATH@A-B` keeps that run's cases A to B (1-based, in its order), e.g. the ones never looked at
+while a method was being designed.
 """
 
 from __future__ import annotations
@@ -37,21 +40,30 @@ def pool(reports: Sequence[dict[str, Any]], names: Sequence[str], n_bootstrap: i
     return {**report, **{k: first.get(k) for k in ("heuristic", "bundle_overrides")}}
 
 
+def read_run(spec: str) -> dict[str, Any]:
+    """A run's report, its cases cut to `@A-B` when the spec ends so."""
+    path, _, span = spec.partition("@")
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read the evaluation ({exc})") from None
+    if span:
+        first, _, last = span.partition("-")
+        if not (first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last) <= len(report["cases"])):
+            raise InputError(f"{spec}: cases must be @A-B with 1 <= A <= B <= {len(report['cases'])}")
+        report["cases"] = report["cases"][int(first) - 1 : int(last)]
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m oncoplan.training.planner.pool", description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="planning_evaluation.json of each run")
+    ap.add_argument("runs", nargs="+", help="planning_evaluation.json of each run, optionally @A-B (cases A to B)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n-bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
-        reports = []
-        for path in args.runs:
-            try:
-                reports.append(json.loads(path.read_text()))
-            except (OSError, ValueError) as exc:
-                raise InputError(f"{path}: cannot read the evaluation ({exc})") from None
-        report = pool(reports, [str(p) for p in args.runs], args.n_bootstrap, args.seed)
+        report = pool([read_run(r) for r in args.runs], args.runs, args.n_bootstrap, args.seed)
         js, md = write_report(report, args.out)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
