@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         f"--repeats {args.repeats}{' --plan ' + args.plan if args.plan else ''}`  ",
         f"Case: one generated small liver study (seed 4242), prepared at 3 mm; shipped bundles; dynamics patch "
         f"{world.patch}, assistant window {world.window}; {args.samples} samples x {args.steps} DDIM steps per "
-        f"protocol; median of {args.repeats} after a warm-up.  ",
+        f"protocol, of which the planner's anchored sampling (strength {world.anchor.strength}) runs the last "
+        f"{world.anchor.steps_left(args.steps)}; median of {args.repeats} after a warm-up.  ",
         f"Machine: {machine()}; torch threads {torch.get_num_threads()}.  ",
         f"Versions: {versions('torch', 'monai')}.",
         "",
