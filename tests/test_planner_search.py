@@ -208,6 +208,28 @@ def test_stage_ranking_scores_every_stage_against_the_truth(models, case) -> Non
     )
 
 
+def test_layout_readout_scores_what_the_renderer_was_asked_to_draw(models, case) -> None:
+    """`response_cox_layout` reads the residual viable volume from the layout (the response head's
+    prediction placed in the lesion), not from the segmented rendering: the stage ranking's layout
+    stage, and blind to what the assistant saw."""
+    from oncoplan.training.planner.stage_ranking import LAYOUT_STAGE, stage_ranking
+
+    world, _, _ = models
+    space = valid_protocols(("Cisplatin", "Doxorubicin", "Lipiodol", "LC Beads"), 1, 1)
+    layout = load_heuristic(BUNDLES["survival"], "response_cox_layout")
+    assert layout.name == "response_cox_layout"
+    sim = world.simulate(case["pre"], case["mask"], np.array([p.multi_hot() for p in space], dtype=np.float32), 0)
+    risk = layout(case["pre"], case["mask"], sim, list(space), case["row"])
+    assert risk.shape == sim.viable_fraction.shape and np.isfinite(risk).all()
+    blind = Simulation(sim.windows, np.zeros_like(sim.labels), sim.viable_fraction, sim.patch_slices, sim.response)
+    assert np.array_equal(layout(case["pre"], case["mask"], blind, list(space), case["row"]), risk)
+    cox = load_heuristic(BUNDLES["survival"])
+    report = stage_ranking(
+        world, {"response_cox": cox}, case["pre"], case["mask"], case["patient"], space, 0, case["row"]
+    )
+    assert np.allclose(report["scores"][LAYOUT_STAGE], risk.mean(1))
+
+
 # ---------------------------------------------------------------- searches
 
 

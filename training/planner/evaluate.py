@@ -74,7 +74,7 @@ PLANNER_BUNDLE_OVERRIDES: dict[str, dict[str, Any]] = {
     "assistant": {"model_name": "model_anchored.pt"},
 }
 log = logging.getLogger(__name__)
-HEURISTICS = ("response_cox", "survival_network")
+HEURISTICS = ("response_cox", "survival_network", "response_cox_layout")
 DEFAULT_HEURISTIC = "response_cox"
 TCIA_SET = TCIA_DRUGS + TCIA_EMBOLICS
 
@@ -547,7 +547,8 @@ def load_heuristic(survival: Path, heuristic: str = DEFAULT_HEURISTIC, overrides
         return RiskScorer.from_bundle(survival, dict(overrides or {}))
     parser = bundle_parser(survival, overrides=dict(overrides or {}))
     pixdim = parser.get_parsed_content("pixdim")
-    return ResponseRiskScorer.from_file(parser.get_parsed_content("response_model"), pixdim)
+    readout = "layout" if heuristic == "response_cox_layout" else "segmentation"
+    return ResponseRiskScorer.from_file(parser.get_parsed_content("response_model"), pixdim, readout)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.training.planner.evaluate") -> int:

@@ -222,13 +222,19 @@ class ResponseRiskScorer:
 
     name = "response_cox"
 
-    def __init__(self, model: ResponseCox, pixdim: Sequence[float]) -> None:
-        self.model = model
+    def __init__(self, model: ResponseCox, pixdim: Sequence[float], readout: str = "segmentation") -> None:
+        """`readout`: the residual viable volume as the assistant segments the rendered scan
+        (``segmentation``, MeWM), or as the compartment layout the renderer was asked to draw
+        (``layout``: the response head's prediction placed in the lesion, no rendering or reading)."""
+        if readout not in ("segmentation", "layout"):
+            raise ValueError(f"readout must be segmentation or layout, got {readout!r}")
+        self.model, self.readout = model, readout
+        self.name = "response_cox" if readout == "segmentation" else "response_cox_layout"
         self.voxel_cm3 = float(np.prod([float(v) for v in pixdim])) / 1000.0
 
     @classmethod
-    def from_file(cls, path: str | Path, pixdim: Sequence[float]) -> ResponseRiskScorer:
-        return cls(ResponseCox.load(path), pixdim)
+    def from_file(cls, path: str | Path, pixdim: Sequence[float], readout: str = "segmentation") -> ResponseRiskScorer:
+        return cls(ResponseCox.load(path), pixdim, readout)
 
     def __call__(
         self,
@@ -241,8 +247,11 @@ class ResponseRiskScorer:
         if len(protocols) != simulation.labels.shape[0]:
             raise ValueError(f"{len(protocols)} protocols for {simulation.labels.shape[0]} simulated ones")
         burden = self.burden_cm3(mask_window)
-        spatial = tuple(range(2, simulation.labels.ndim))
-        residual = np.count_nonzero(simulation.labels == LABELS["viable"], axis=spatial) * self.voxel_cm3
+        if self.readout == "layout":
+            residual = layout_viable_cm3(mask_window, simulation, self.voxel_cm3)
+        else:
+            spatial = tuple(range(2, simulation.labels.ndim))
+            residual = np.count_nonzero(simulation.labels == LABELS["viable"], axis=spatial) * self.voxel_cm3
         return self.risk(residual, protocols, burden, clinical)
 
     def burden_cm3(self, mask_window: np.ndarray) -> float:
@@ -291,3 +300,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def layout_viable_cm3(mask_window: np.ndarray, simulation: Simulation, voxel_cm3: float, seed: int = 0) -> np.ndarray:
+    """Viable volume (P, T) of the compartment layouts the renderer was conditioned on (seeded as the
+    renderer's, `seed`): the world model's response before rendering and segmentation."""
+    import torch
+
+    from ..tace.dynamics import layout_labels
+
+    n_protocols, samples = simulation.viable_fraction.shape
+    mask = torch.as_tensor(mask_window[simulation.patch_slices] > 0, dtype=torch.float32)[None, None]
+    maps = layout_labels(mask, torch.as_tensor(simulation.response, dtype=torch.float32), samples, seed)
+    viable = (maps == LABELS["viable"]).reshape(n_protocols, samples, -1).sum(-1)
+    return viable * voxel_cm3

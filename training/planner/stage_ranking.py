@@ -27,6 +27,7 @@ import numpy as np
 from ..actions import Protocol
 from ..synth import liver as L
 from ..tace.dynamics_eval import spearman
+from .response_heuristic import layout_viable_cm3
 
 HEURISTIC_STAGES = {"survival_network": "heuristic_risk", "response_cox": "response_cox_risk"}
 TRUE_RESPONSE_STAGE = "response_cox_on_true_response"  # the response heuristic fed the ground truth's residual
@@ -71,7 +72,7 @@ def stage_ranking(
         residual = np.array([patient.burden_cm3 * o.viable_fraction for o in outcomes])
         scores[TRUE_RESPONSE_STAGE] = cox.risk(residual, list(space), patient.burden_cm3, clinical)
         # What the world model meant to draw: the layout's viable voxels, before rendering and segmentation.
-        layout = _layout_viable_cm3(mask_window, sim, cox.voxel_cm3, seed)
+        layout = layout_viable_cm3(mask_window, sim, cox.voxel_cm3, seed)
         scores[LAYOUT_STAGE] = cox.risk(layout, list(space), cox.burden_cm3(mask_window), clinical).mean(1)
     out: dict[str, Any] = {
         "protocols": len(space),
@@ -88,20 +89,6 @@ def stage_ranking(
             "regret_weeks": L.regret_weeks(patient, space[int(np.argmin(score))], list(space)),
         }
     return out
-
-
-def _layout_viable_cm3(mask_window: np.ndarray, sim: Any, voxel_cm3: float, seed: int) -> np.ndarray:
-    """Viable volume (P, T) of the compartment layouts the renderer was conditioned on (same seeds)."""
-    import torch
-
-    from ..tace.dynamics import layout_labels
-    from ..tace.preprocess import LABELS
-
-    n_protocols, samples = sim.viable_fraction.shape
-    mask = torch.as_tensor(mask_window[sim.patch_slices] > 0, dtype=torch.float32)[None, None]
-    maps = layout_labels(mask, torch.as_tensor(sim.response, dtype=torch.float32), samples, seed)
-    viable = (maps == LABELS["viable"]).reshape(n_protocols, samples, -1).sum(-1)
-    return viable * voxel_cm3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
