@@ -191,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--settings",
         help="search size: cpu (default) | paper (MeWM: B=5, T=5, 25 DDIM steps) | a JSON object of search "
         'fields over cpu, e.g. \'{"beam": 2, "samples": 1, "steps": 2, "action_set": "tcia"}\'; '
-        "the plan defers to the policy's protocol when the world model does not separate its top protocols "
-        "(ANOVA p >= defer_alpha, default 0.05; '{\"defer_alpha\": null}' turns that off)",
+        "with '{\"defer_alpha\": 0.05}' the plan defers to the policy's protocol when the world model does not "
+        "separate its top protocols (ANOVA p >= 0.05)",
     )
     plan.set_defaults(func=_plan)
 
