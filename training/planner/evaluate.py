@@ -537,8 +537,9 @@ def load_models(
 
 
 def load_heuristic(survival: Path, heuristic: str = "response_cox", overrides: Mapping[str, Any] | None = None):
-    """The planner's scorer from the survival bundle: its ``response_model`` (``response_cox``) or its
-    network (``survival_network``)."""
+    """The planner's scorer from the survival bundle: its ``response_model`` on the segmented
+    simulations (``response_cox``, MeWM's read-out) or on the world model's predicted layout
+    (``response_cox_layout``, the planner's default), or its network (``survival_network``)."""
     from ..bundle_loading import bundle_parser
     from .heuristic import RiskScorer
     from .response_heuristic import ResponseRiskScorer
