@@ -8,7 +8,8 @@ Every piece comes from the bundles and `oncoplan.training`; this module only str
 3. a window of the assistant's ROI is cut around the tumor (:func:`window_around`) and the planner
    searches (:class:`WorldModelPlanner`: offline policy, dynamics + assistant world model, the
    planner's default heuristic: the survival bundle's response Cox model, with the training medians
-   for the clinical covariates a CT does not carry, on the world model's predicted layout; ``cpu`` settings by default, ``paper`` for MeWM's B=5, T=5);
+   for the clinical covariates a CT does not carry, on the world model's predicted layout; ``cpu``
+   settings by default, ``paper`` for MeWM's B=5, T=5);
 4. the top candidates are simulated again with the search's seed (the same noise, so the same
    outcomes) for the report, and the top protocol's simulated tumor (viable / necrosis / Lipiodol,
    the per-voxel majority over the T samples, inside the region the dynamics model regenerates) is
