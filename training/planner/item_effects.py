@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from oncoplan.errors import InputError
-
 from ..actions import Protocol
 
 
@@ -90,13 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write item_effects.json and .md here")
     args = ap.parse_args(argv)
     try:
-        try:
-            report = json.loads(args.stage_ranking.read_text())
-            effects = item_effects(report)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{args.stage_ranking}: not a stage_ranking report ({exc})") from None
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        effects = item_effects(json.loads(args.stage_ranking.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: {args.stage_ranking}: not a stage_ranking report ({exc})", file=sys.stderr)
         return 2
     md = markdown(effects, str(args.stage_ranking))
     print(md)
