@@ -26,6 +26,17 @@ APP = Path(__file__).resolve().parent / "listener_app.py"
 ORTHANC = shutil.which("Orthanc")
 
 
+def dcmtk(tool: str) -> str:
+    """dcmtk's `tool` (storescu, storescp, echoscu), never pynetdicom's Python apps of the same
+    names, which an activated virtual environment puts first on PATH."""
+    venv_bin = Path(sys.prefix) / "bin"
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if Path(d) != venv_bin)
+    found = shutil.which(tool, path=path)
+    if found is None:
+        raise FileNotFoundError(f"dcmtk's {tool} is not installed (Debian package dcmtk; ./run setup installs it)")
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ from oncoplan.deploy.listener.config import load_config
 from oncoplan.deploy.listener.service import Listener
 from oncoplan.errors import InputError
 
-from .pacs import ListenerProcess, Orthanc, free_port, listener_config, make_study, send, wait_for
+from .pacs import ListenerProcess, Orthanc, dcmtk, free_port, listener_config, make_study, send, wait_for
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
 
@@ -145,7 +145,7 @@ def test_storescu_studies_reach_orthanc_once_with_metrics_and_clean_logs(
         # Both studies in ONE association, sent by dcmtk's storescu.
         files = [str(p) for s in studies for p in s]
         subprocess.run(
-            ["storescu", "-aet", "STORESCU", "-aec", "ONCOPLAN", "127.0.0.1", str(port), *files],
+            [dcmtk("storescu"), "-aet", "STORESCU", "-aec", "ONCOPLAN", "127.0.0.1", str(port), *files],
             check=True,
             capture_output=True,
             timeout=60,
