@@ -315,3 +315,28 @@ def test_a_model_space_label_map_lands_at_its_physical_position(case: dict) -> N
     assert np.linalg.norm((volume.affine_ras() @ np.append(index, 1.0))[:3] - centre_ras[:3]) < 3.0
     voxel_mm3 = abs(np.linalg.det(volume.affine_ras()[:3, :3]))
     assert mask.sum() * voxel_mm3 == pytest.approx(labels.astype(bool).sum() * 216.0, rel=0.15)
+
+
+def test_a_warm_worker_plans_as_a_fresh_process_does(case: dict, models: Path, planned: Path, tmp_path: Path) -> None:
+    """Two plans in one warm worker (the listener's default for app routes), models kept between
+    them: each the same plan as the fresh `oncoplan plan` process's (`planned`)."""
+    from oncoplan.deploy.listener.config import APP_MODULES
+    from oncoplan.deploy.listener.warm import WarmApp
+
+    app = WarmApp(APP_MODULES["tace"], tmp_path / "worker.log")
+    argv = ["plan", "-i", str(case["dir"] / "pre"), "-m", str(models), "--settings", SETTINGS]
+    try:
+        for run in ("a", "b"):
+            assert app.run([*argv, "-o", str(tmp_path / run)], tmp_path / f"{run}.log", 600) == 0
+    finally:
+        app.stop()
+    fresh = json.loads((planned / "plan.json").read_text())
+    for run in ("a", "b"):
+        warm = json.loads((tmp_path / run / "plan.json").read_text())
+        assert sorted(p.name for p in (tmp_path / run).iterdir()) == OUTPUTS
+        assert [r["protocol"] for r in warm["ranked"]] == [r["protocol"] for r in fresh["ranked"]]
+        np.testing.assert_allclose(
+            [r["mean_risk"] for r in warm["ranked"]], [r["mean_risk"] for r in fresh["ranked"]], rtol=1e-4
+        )
+        assert warm["simulated_post_treatment_voxels"] == fresh["simulated_post_treatment_voxels"]
+    assert (tmp_path / "worker.log").read_text().count("ready") == 1
