@@ -4,7 +4,9 @@ PACS that receives the results, kill -9 of the listener, a destination that is d
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -69,6 +71,8 @@ def job_states(spool: Path) -> dict[str, int]:
             "warm",
         ),
         ({"routes": [{"name": "x", "app": "ctv", "warm": "yes", "destination": "pacs"}]}, "warm must be"),
+        ({"receivers": 0}, "receivers: a whole number"),
+        ({"receivers": 2, "port": 0}, "fixed port"),
     ],
 )
 def test_bad_configuration_is_one_line_naming_the_file(tmp_path: Path, change: dict, message: str) -> None:
@@ -183,6 +187,43 @@ def test_a_failing_app_is_retried_then_succeeds(tmp_path: Path, orthanc: Orthanc
 
 
 # --- load ------------------------------------------------------------------------------------
+def test_receiving_processes_share_the_port_and_one_killed_is_started_again(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+) -> None:
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc, receivers=3)
+    studies = [make_study(tmp_path / f"s{i}", seed=2000 + i, slices=2) for i in range(12)]
+    before = len(orthanc.results())
+    err: list[str] = []
+
+    def events() -> list[dict]:
+        err.append(capfd.readouterr().err)
+        return [json.loads(line) for line in "".join(err).splitlines() if line.startswith("{")]
+
+    def count(name: str) -> int:
+        return sum(e["event"] == name for e in events())
+
+    logs.setup()
+    with running(config) as listener:
+        wait_for(lambda: count("receiver_started") == 2, 60, "two more receiving processes")
+        with ThreadPoolExecutor(12) as pool:  # twelve associations at once
+            statuses = list(pool.map(lambda study: send(port, study), studies))
+        assert all(s == [SUCCESS, SUCCESS] for s in statuses)
+        pids = listener.status()["receiver_pids"]
+        os.kill(pids[1], signal.SIGKILL)
+        wait_for(lambda: count("receiver_started") == 3, 60, "the killed receiver started again")
+        assert listener.status()["receiver_pids"][1] != pids[1]
+        assert send(port, make_study(tmp_path / "late", seed=2100, slices=2)) == [SUCCESS, SUCCESS]
+        wait_for(lambda: len(orthanc.results()) == before + 13, 120, "13 results in Orthanc", interval=1)
+    accepted = [e for e in events() if e["event"] == "association_accepted"]
+    assert len(accepted) == 13
+    assert len({e["receiver"] for e in accepted}) >= 2  # the kernel spread them (all in one: p = 3^-11)
+    assert count("receiver_died") == 1
+    spool = tmp_path / "spool"
+    assert db_rows(spool, "SELECT COUNT(*) FROM instances") == [(26,)]
+    assert job_states(spool) == {"done": 13}
+
+
 def test_eight_concurrent_senders_of_ten_studies_each(tmp_path: Path, orthanc: Orthanc) -> None:
     port = free_port()
     ledger = tmp_path / "ledger.txt"

@@ -71,6 +71,7 @@ class ListenerConfig:
     quiet_period_s: float = 30.0
     min_free_mb: float = 500.0
     workers: int = 1
+    receivers: int = 1  # processes that accept associations on the port (SO_REUSEPORT when > 1)
     max_attempts: int = 3
     retry_backoff_s: float = 30.0
     max_backoff_s: float = 600.0
@@ -183,15 +184,22 @@ def _parse(raw: dict[str, Any], base: Path) -> ListenerConfig:
     workers, attempts = int(raw.get("workers", 1)), int(raw.get("max_attempts", 3))
     if workers < 1 or attempts < 1:
         raise InputError("workers and max_attempts must be at least 1")
+    receivers = raw.get("receivers", 1)
+    if not isinstance(receivers, int) or not 1 <= receivers <= 64:
+        raise InputError(f"receivers: a whole number of processes from 1 to 64, not {receivers!r}")
+    port = _port(raw.get("port", 11112), "port")
+    if receivers > 1 and port == 0:
+        raise InputError("receivers: more than one process needs a fixed port (port 0 picks one per process)")
     return ListenerConfig(
         ae_title=_ae(raw.get("ae_title", "ONCOPLAN"), "ae_title"),
-        port=_port(raw.get("port", 11112), "port"),
+        port=port,
         host=str(raw.get("host", "0.0.0.0")),
         spool=(base / str(raw["spool"])).absolute(),
         allowed_callers=tuple(_ae(c, "allowed_callers") for c in callers),
         routes=routes,
         destinations=destinations,
         workers=workers,
+        receivers=receivers,
         max_attempts=attempts,
         health_host=str(health.get("host", "127.0.0.1")),
         health_port=_port(health["port"], "health.port") if "port" in health else None,

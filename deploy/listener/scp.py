@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -31,6 +32,15 @@ class NoDelayServer(ThreadedAssociationServer):
         sock, address = super().get_request()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, address
+
+
+class SharedPortServer(NoDelayServer):
+    """The same, bound with SO_REUSEPORT: several receiving processes listen on one port and the
+    kernel spreads the connections over them."""
+
+    def server_bind(self) -> None:  # pynetdicom's own server_bind ignores socketserver's allow_reuse_port
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 class ReserveACSE(ACSE):
@@ -101,6 +111,10 @@ def handle_open(event: evt.Event, spool: Spool) -> None:
     event.assoc.acse = ReserveACSE(event.assoc, spool)
 
 
+def handle_accepted(event: evt.Event) -> None:
+    logs.event("association_accepted", caller=event.assoc.requestor.ae_title, receiver=os.getpid())
+
+
 def handle_rejected(event: evt.Event) -> None:
     logs.event(
         "association_rejected",
@@ -133,11 +147,13 @@ def start_scp(config: ListenerConfig, spool: Spool, queue: JobQueue) -> Threaded
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, partial(handle_store, spool=spool, queue=queue)),
+        (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_REJECTED, handle_rejected),
         (evt.EVT_CONN_OPEN, partial(handle_open, spool=spool)),
     ]
+    server_class = SharedPortServer if config.receivers > 1 else NoDelayServer
     server = ae.make_server(
-        (config.host, config.port), evt_handlers=handlers, ssl_context=_tls_context(config), server_class=NoDelayServer
+        (config.host, config.port), evt_handlers=handlers, ssl_context=_tls_context(config), server_class=server_class
     )
     ae._servers.append(server)  # as AE.start_server does, so server.shutdown() finds it
     threading.Thread(target=server.serve_forever, name="scp", daemon=True).start()

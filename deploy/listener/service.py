@@ -4,6 +4,7 @@ each a thread around the persistent queue. `Listener(config).serve()` is `oncopl
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -12,6 +13,7 @@ from collections import defaultdict
 from . import health, logs, scp, sender
 from .config import ListenerConfig, Route
 from .queue import Job, JobQueue
+from .receivers import Receivers
 from .spool import Spool, key
 from .warm import WarmApp
 from .worker import JobError, run_job
@@ -26,6 +28,7 @@ class Listener:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scp = None
+        self._receivers = Receivers(config)
         self._health = None
 
     # --- one loop per concern --------------------------------------------------------------
@@ -119,6 +122,7 @@ class Listener:
             "counts": self.queue.counts(),
             "latency": self.queue.latencies(),
             "spool_free_bytes": self.spool.free_bytes(),
+            "receiver_pids": [os.getpid(), *self._receivers.pids],
         }
 
     def start(self) -> None:
@@ -130,6 +134,7 @@ class Listener:
             t.start()
             self._threads.append(t)
         self._scp = scp.start_scp(self.config, self.spool, self.queue)
+        self._receivers.start()
         if self.config.health_port is not None:
             self._health = health.serve(self.config.health_host, self.config.health_port, self.status)
         logs.event(
@@ -138,9 +143,11 @@ class Listener:
             port=self.config.port,
             resumed_jobs=resumed,
             tls=self.config.tls is not None,
+            receivers=self.config.receivers,
         )
 
     def stop(self) -> None:
+        self._receivers.stop()
         if self._scp is not None:
             self._scp.shutdown()
         if self._health is not None:

@@ -53,7 +53,7 @@ def write_durably(path: Path, data: bytes) -> None:
 
 
 class Spool:
-    def __init__(self, root: Path, min_free_mb: float) -> None:
+    def __init__(self, root: Path, min_free_mb: float, clean_torn: bool = True) -> None:
         self.root = Path(root)
         self.min_free = int(min_free_mb * 1024 * 1024)
         self._free, self._free_at = 0, -1.0  # statvfs once per interval, not per instance
@@ -61,6 +61,8 @@ class Spool:
         self._counter = itertools.count()
         for sub in ("incoming", "quarantine", "jobs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if not clean_torn:  # another process shares the spool and may be writing right now
+            return
         for torn in (*self.root.glob("incoming/**/.*.partial"), *self.root.glob("quarantine/.*.partial")):
             torn.unlink(missing_ok=True)  # writes cut short by a crash; never acknowledged, never recorded
 

@@ -37,14 +37,16 @@ WHY = (
     "environment: storescu -> storescp went from {slow:.0f}/s (both as installed) to {fast:.0f}/s (both "
     "with TCP_NODELAY=1). The listener sets TCP_NODELAY on every accepted connection and on its own "
     "C-STORE sender, so the peer's setting no longer matters; what bounds one association instead is mostly CPU: "
-    "pynetdicom's Python work per PDU ({bare:.1f} ms a 512x512 instance when it stores nothing) and the "
+    "pynetdicom's Python work per PDU ({bare:.1f} ms an instance when it stores nothing) and the "
     "durability the listener owes before each success status (write, fsync, rename, directory fsync, a "
     "synchronous SQLite commit), {ours:.1f} ms in all, which storescp does not do."
 )
+RECEIVERS = {"listener-many": 2}  # receiving processes of the second listener (--receivers)
 LABELS = {
     "storescp": "storescp",
     "storescp-nodelay": "storescp TCP_NODELAY=1",
     "listener": "oncoplan listen",
+    "listener-many": "oncoplan listen, receivers: {n}",
     "pynetdicom": "pynetdicom, storing nothing",
 }
 CONCURRENCY = (
@@ -53,9 +55,10 @@ CONCURRENCY = (
     "association reactor's `time.sleep(0.001)`), and every wake-up takes the GIL, so eight "
     "associations mean some 16,000 wake-ups a second contending with the threads that have work. "
     "The SCP that stores nothing shows it is pynetdicom's, not the spool's: its rate falls as well when "
-    "the same instances come over eight associations instead of one. Scaling past one core's worth "
-    "would take several receiving processes (e.g. SO_REUSEPORT), which on a 2-core machine shared with "
-    "the senders would still not reach 5x."
+    "the same instances come over eight associations instead of one. `receivers: N` runs the SCP in N "
+    "processes on the port (SO_REUSEPORT), which takes the associations out of one interpreter; on a "
+    "2-core machine that also runs the senders it cannot reach 5x, on a server with more cores it scales "
+    "further."
 )
 
 
@@ -71,10 +74,26 @@ def _echo_ok(port: int, called: str) -> bool:
     return out.returncode == 0
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return [pid, *(p for kid in kids for p in _tree(kid))]
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # ended between listing and reading
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Receiver:
     def __init__(self, kind: str, root: Path) -> None:
         self.kind, self.root, self.port = kind, root, free_port()
-        self.called = {"listener": "ONCOPLAN", "pynetdicom": "NULLSCP"}.get(kind, "STORESCP")
+        self.called = "ONCOPLAN" if kind.startswith("listener") else "NULLSCP" if kind == "pynetdicom" else "STORESCP"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -82,7 +101,7 @@ class Receiver:
         store.mkdir(parents=True)
         if self.kind == "pynetdicom":
             cmd, env = [sys.executable, "-m", "tests.bench.null_scp", str(self.port)], _env(False)
-        elif self.kind == "listener":
+        elif self.kind.startswith("listener"):
             config = store / "listener.yaml"
             config.write_text(
                 yaml.safe_dump(
@@ -94,6 +113,7 @@ class Receiver:
                         "allowed_callers": ["STORESCU"],
                         "quiet_period_s": 3600,
                         "min_free_mb": 0,
+                        "receivers": RECEIVERS.get(self.kind, 1),
                         "destinations": {"none": {"ae_title": "NONE", "host": "127.0.0.1", "port": 1}},
                         "routes": [{"name": "none", "command": ["true", "{input}", "{output}"], "destination": "none"}],
                     }
@@ -103,14 +123,17 @@ class Receiver:
         else:
             cmd = [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(store), str(self.port)]
             env = _env(self.kind == "storescp-nodelay")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = store / "stderr.log"
+        with open(log, "wb") as err:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         wait_for(lambda: _echo_ok(self.port, self.called), 60, f"{self.kind} to answer")
+        extra = RECEIVERS.get(self.kind, 1) - 1  # time the receiving processes, not their start-up
+        wait_for(lambda: log.read_text().count('"receiver_started"') == extra, 60, "the receiving processes")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU the receiver process has used so far (Linux /proc)."""
+        """User + system CPU the receiver and its live child processes have used so far (Linux /proc)."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(_cpu_seconds(pid) for pid in _tree(self.proc.pid))
 
     def stop(self) -> None:
         if self.proc:
@@ -154,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=25)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--receivers", type=int, default=2, help="receiving processes of the second listener column")
     ap.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="oncoplan-ingest-"))
@@ -164,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         n = sum(map(len, studies))
         patterns = {"1 association": [[p for s in studies for p in s]], f"{args.studies} associations": studies}
-        receivers = ["storescp", "storescp-nodelay", "listener", "pynetdicom"]
+        RECEIVERS["listener-many"] = args.receivers
+        receivers = ["storescp", "storescp-nodelay", "listener", "listener-many", "pynetdicom"]
         rates: dict[tuple[str, str, bool], float] = {}
         cpu_ms: dict[tuple[str, str, bool], float] = {}  # receiver CPU per instance
         runs = [(r, pat, nd) for r in receivers for nd in (False, True) for pat in patterns]
@@ -187,22 +212,23 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         f"Command: `python -m tests.bench.ingest --studies {args.studies} --slices {args.slices} --size {args.size} "
-        f"--repeats {args.repeats}`  ",
+        f"--repeats {args.repeats} --receivers {args.receivers}`  ",
         f"Data: {n} CT instances of {args.size}x{args.size} (16-bit, {mb:.0f} MB in all), {args.studies} studies; "
         f"median of {args.repeats} repetitions, each into a fresh store.  ",
         f"Machine: {machine()}.  ",
         f"Versions: {versions('pynetdicom', 'pydicom')}, {tool_version([dcmtk('storescu'), '--version'])}.",
         "",
         "| sender (storescu) | pattern | storescp | storescp TCP_NODELAY=1 | oncoplan listen | listen / storescp "
-        "| pynetdicom, storing nothing |",
-        "|---|---|---|---|---|---|---|",
+        f"| oncoplan listen, receivers: {args.receivers} | pynetdicom, storing nothing |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for nodelay in (False, True):
         for pattern in patterns:
-            s, s_nd, ours, bare = (rates[(k, pattern, nodelay)] for k in receivers)
+            s, s_nd, ours, ours_n, bare = (rates[(k, pattern, nodelay)] for k in receivers)
             sender = "TCP_NODELAY=1" if nodelay else "as installed"
             lines.append(
-                f"| {sender} | {pattern} | {s:.0f}/s | {s_nd:.0f}/s | {ours:.0f}/s | {ours / s:.2f}x | {bare:.0f}/s |"
+                f"| {sender} | {pattern} | {s:.0f}/s | {s_nd:.0f}/s | {ours:.0f}/s | {ours / s:.2f}x "
+                f"| {ours_n:.0f}/s | {bare:.0f}/s |"
             )
     one, many = patterns
     lines += [
@@ -215,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in receivers:
         ratio = rates[(kind, many, False)] / rates[(kind, one, False)]
         single_ms, many_ms = cpu_ms[(kind, one, False)], cpu_ms[(kind, many, False)]
-        lines.append(f"| {LABELS[kind]} | {ratio:.2f}x | {single_ms:.1f} ms | {many_ms:.1f} ms |")
+        label = LABELS[kind].format(n=args.receivers)
+        lines.append(f"| {label} | {ratio:.2f}x | {single_ms:.1f} ms | {many_ms:.1f} ms |")
     lines += [
         "",
         WHY.format(
