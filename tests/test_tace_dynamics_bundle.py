@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from oncoplan.training.actions import ACTION_BASE
-from oncoplan.training.tace.dynamics import ResponseConditionedUNet, condition, multi_hot
+from oncoplan.training.tace.dynamics import HU_WINDOW, ResponseConditionedUNet, condition, multi_hot
 
 from .conftest import SHARED
 from .helpers import run_bundle, verify_metadata
@@ -139,6 +139,24 @@ def test_multi_gpu_config_runs_two_ranks_with_gloo(trained: dict[str, Path]) -> 
     args = ["--config_file", files, *_train_args(trained["prepared"], ddp, trained["tmp"] / "ddp_eval")]
     log = run_bundle(BUNDLE, args, launcher=torchrun)
     assert (ddp / "model.pt").exists(), log[-2000:]
+
+
+def _scalings(node: object) -> list[dict]:
+    """Every ScaleIntensityRanged transform in a parsed config."""
+    if isinstance(node, dict):
+        found = [node] if node.get("_target_") == "ScaleIntensityRanged" else []
+        return found + [t for v in node.values() for t in _scalings(v)]
+    return [t for v in node for t in _scalings(v)] if isinstance(node, list) else []
+
+
+def test_the_hu_window_is_one_value_in_configs_and_code() -> None:
+    """The inference config's `hu_window` (which its scaling references), the training config's
+    scaling and the code's HU_WINDOW (the anchor's default, the evaluation's read-out) agree."""
+    inference = json.loads((BUNDLE / "configs" / "inference.json").read_text())
+    train = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    assert tuple(inference["hu_window"]) == HU_WINDOW
+    assert [(t["a_min"], t["a_max"]) for t in _scalings(inference)] == [("@hu_window#0", "@hu_window#1")]
+    assert {(t["a_min"], t["a_max"]) for t in _scalings(train)} == {HU_WINDOW}
 
 
 def test_metadata_verifies_offline() -> None:

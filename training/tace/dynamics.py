@@ -267,6 +267,9 @@ def condition(pre: torch.Tensor, mask: torch.Tensor, layout: torch.Tensor) -> to
     return torch.cat([pre, mask.float(), layout.float().to(pre.device)], dim=1)
 
 
+HU_WINDOW = (-175.0, 600.0)  # the bundle's `hu_window` (HU mapped to -1..1); a test checks the configs agree
+
+
 class Anchor:
     """Start sampling from the layout painted at compartment level instead of from pure noise
     (SDEdit, Meng et al. 2022): every lesion voxel takes its compartment's typical intensity (the
@@ -283,7 +286,7 @@ class Anchor:
         self,
         strength: float = 1.0,
         levels_hu: Sequence[float] = (0.0, 0.0, 0.0),
-        hu_range: Sequence[float] = (-175.0, 600.0),
+        hu_range: Sequence[float] = HU_WINDOW,
     ) -> None:
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"anchor strength must be in (0, 1], got {strength}")

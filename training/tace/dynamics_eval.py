@@ -33,14 +33,12 @@ from ..metrics import bootstrap_ci
 from ..synth import liver as L
 from ..synth.write_liver import LIPIODOL_HU, PHASES, TISSUE_HU
 from .data import load_prepared
-from .dynamics import RESPONSE, multi_hot
+from .dynamics import HU_WINDOW, RESPONSE, multi_hot
 from .world_model import WorldModel, window_around
-
-HU_WINDOW = (-175.0, 600.0)  # the bundles' ScaleIntensityRanged window, [-1, 1] in model space
 
 
 def to_hu(scaled: np.ndarray) -> np.ndarray:
-    """Model-space intensities back to HU (inverse of the [-175, 600] -> [-1, 1] scaling)."""
+    """Model-space intensities back to HU (inverse of the bundle's HU_WINDOW -> [-1, 1] scaling)."""
     lo, hi = HU_WINDOW
     return (scaled + 1.0) / 2.0 * (hi - lo) + lo
 
