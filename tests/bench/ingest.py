@@ -41,7 +41,6 @@ WHY = (
     "durability the listener owes before each success status (write, fsync, rename, directory fsync, a "
     "synchronous SQLite commit), {ours:.1f} ms in all, which storescp does not do."
 )
-RECEIVERS = {"listener-many": 2}  # receiving processes of the second listener (--receivers)
 LABELS = {
     "storescp": "storescp",
     "storescp-nodelay": "storescp TCP_NODELAY=1",
@@ -91,8 +90,9 @@ def _cpu_seconds(pid: int) -> float:
 
 
 class Receiver:
-    def __init__(self, kind: str, root: Path) -> None:
+    def __init__(self, kind: str, root: Path, receivers: int = 1) -> None:
         self.kind, self.root, self.port = kind, root, free_port()
+        self.receivers = receivers  # the listener's receiving processes
         self.called = "ONCOPLAN" if kind.startswith("listener") else "NULLSCP" if kind == "pynetdicom" else "STORESCP"
         self.proc: subprocess.Popen | None = None
 
@@ -113,7 +113,7 @@ class Receiver:
                         "allowed_callers": ["STORESCU"],
                         "quiet_period_s": 3600,
                         "min_free_mb": 0,
-                        "receivers": RECEIVERS.get(self.kind, 1),
+                        "receivers": self.receivers,
                         "destinations": {"none": {"ae_title": "NONE", "host": "127.0.0.1", "port": 1}},
                         "routes": [{"name": "none", "command": ["true", "{input}", "{output}"], "destination": "none"}],
                     }
@@ -127,7 +127,7 @@ class Receiver:
         with open(log, "wb") as err:
             self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         wait_for(lambda: _echo_ok(self.port, self.called), 60, f"{self.kind} to answer")
-        extra = RECEIVERS.get(self.kind, 1) - 1  # time the receiving processes, not their start-up
+        extra = self.receivers - 1  # time the receiving processes, not their start-up
         wait_for(lambda: log.read_text().count('"receiver_started"') == extra, 60, "the receiving processes")
 
     def cpu_seconds(self) -> float:
@@ -188,13 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         n = sum(map(len, studies))
         patterns = {"1 association": [[p for s in studies for p in s]], f"{args.studies} associations": studies}
-        RECEIVERS["listener-many"] = args.receivers
         receivers = ["storescp", "storescp-nodelay", "listener", "listener-many", "pynetdicom"]
         rates: dict[tuple[str, str, bool], float] = {}
         cpu_ms: dict[tuple[str, str, bool], float] = {}  # receiver CPU per instance
         runs = [(r, pat, nd) for r in receivers for nd in (False, True) for pat in patterns]
         for rec_kind, pattern, nodelay in tqdm(runs, desc="ingest"):
-            receiver = Receiver(rec_kind, root)
+            receiver = Receiver(rec_kind, root, args.receivers if rec_kind == "listener-many" else 1)
             times, cpu = [], []
             for _ in range(args.repeats):
                 receiver.start()  # a fresh, empty store every repetition
