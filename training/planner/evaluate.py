@@ -592,9 +592,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         if args.no_defer:
             changes["defer_alpha"] = None
         settings = replace(settings, seed=args.seed, **changes)
-        overrides = overrides_from(args, ("dynamics", "assistant", "survival"))
+        given = overrides_from(args, ("dynamics", "assistant", "survival"))
+        # The planner's defaults under --*-overrides, once: what the world model runs with and the report records.
+        paths = {"dynamics": args.dynamics, "assistant": args.assistant, "survival": args.survival}
+        overrides = {k: planner_overrides(k, given.get(k), path=p) for k, p in paths.items()}
         world, scorer, preprocessing = load_models(
-            args.dynamics, args.assistant, args.survival, overrides, settings, heuristic=args.heuristic
+            args.dynamics,
+            args.assistant,
+            args.survival,
+            overrides,
+            settings,
+            heuristic=args.heuristic,
+            planner_defaults=False,
         )
         report = evaluate_planning(
             world,
@@ -611,11 +620,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
             args.n_bootstrap,
             not args.quiet,
         )
-        # What the world model ran with (the planner's defaults and --*-overrides), for the record.
-        report["bundle_overrides"] = {
-            k: planner_overrides(k, overrides.get(k), None, True, p)
-            for k, p in (("dynamics", args.dynamics), ("assistant", args.assistant), ("survival", args.survival))
-        }
+        report["bundle_overrides"] = overrides
         js, md = write_report(report, args.out)
     except (InputError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
