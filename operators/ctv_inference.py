@@ -29,13 +29,14 @@ class CTVInferenceOperator(Operator):
         """Loaded on first use (the language model takes seconds), then kept for the process."""
         from oncoplan.training.ctv.predict import CTVPredictor
 
+        from .inference_backend import BACKENDS
         from .model_cache import cached
 
         predictor = cached(
             "ctv",
             [self.bundle_path],
             None,
-            lambda: CTVPredictor(self.bundle_path, backends=("tensorrt", "onnxruntime", "torch")),
+            lambda: CTVPredictor(self.bundle_path, backends=BACKENDS),
         )
         log.info("CTV bundle %s: U-Net on %s", self.bundle_path, predictor.backend)
         return predictor

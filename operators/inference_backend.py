@@ -1,8 +1,8 @@
 """Runs a bundle's network on the fastest backend this machine has, and says which.
 
-Order: TensorRT (MONAI `trt_compile`, when CUDA and TensorRT are present); otherwise ONNX Runtime
-(CPU, or CUDA if its provider is installed) or eager PyTorch, whichever runs the network faster
-on this machine, timed on a few calls at start-up. What an export needs to know of a
+Order: TensorRT (MONAI `trt_compile`, when CUDA and TensorRT are present); otherwise OpenVINO
+(CPU), ONNX Runtime (CPU, or CUDA if its provider is installed) or eager PyTorch, whichever runs the
+network fastest on this machine, timed on a few calls at start-up. What an export needs to know of a
 network's forward (its tensor inputs by name, which axes vary) is a :class:`Signature`; one
 exists per network family here (segmentation U-Nets, the TACE dynamics UNet). Exports and
 engines are cached under a name that hashes the weights and the input shapes, so a changed
@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import torch
 
 log = logging.getLogger(__name__)
 Forward = Callable[..., torch.Tensor]
-BACKENDS = ("tensorrt", "onnxruntime", "torch")
+BACKENDS = ("tensorrt", "openvino", "onnxruntime", "torch")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,22 @@ def _bind(names: Sequence[str], args: tuple, kwargs: Mapping[str, object]) -> di
     return given
 
 
+def _feeds(
+    signature: Signature, args: tuple, kwargs: Mapping[str, object]
+) -> tuple[dict[str, np.ndarray], torch.device]:
+    """The call's inputs as float32 arrays by name, broadcast inputs repeated to the batch; and the
+    device the result goes back to."""
+    given = _bind(signature.names, args, kwargs)
+    first = given[signature.names[0]]
+    feeds = {}
+    for name in signature.names:
+        array = torch.as_tensor(given[name]).detach().cpu().float().numpy()
+        if name in signature.broadcast:
+            array = np.broadcast_to(array, (first.shape[0], *array.shape[1:])).copy()
+        feeds[name] = array
+    return feeds, first.device
+
+
 class OrtModule:
     """A network's forward through an ONNX Runtime session; called like the PyTorch module."""
 
@@ -109,17 +126,35 @@ class OrtModule:
         self.provider = self.session.get_providers()[0]
 
     def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor | None) -> torch.Tensor:
-        sig = self.signature
-        given = _bind(sig.names, args, kwargs)
-        first = given[sig.names[0]]
-        feeds = {}
-        for name in sig.names:
-            array = torch.as_tensor(given[name]).detach().cpu().float().numpy()
-            if name in sig.broadcast:
-                array = np.broadcast_to(array, (first.shape[0], *array.shape[1:])).copy()
-            feeds[name] = array
+        feeds, device = _feeds(self.signature, args, kwargs)
         (out,) = self.session.run(["out"], feeds)
-        return torch.from_numpy(out).to(first.device)
+        return torch.from_numpy(out).to(device)
+
+
+class OpenVinoModule:
+    """A network's forward through OpenVINO on the CPU, from the same ONNX export; called like the
+    PyTorch module. OpenVINO keeps oneDNN's blocked layouts from one convolution to the next and fuses
+    bias, norm and activation into them, where eager PyTorch reorders around every 3-D convolution
+    and ONNX Runtime's CPU convolution is im2col + GEMM. Latency hint (one call uses every core),
+    float32 throughout (no bf16/fp16 down-conversion, so the result stays at parity)."""
+
+    def __init__(self, onnx_path: Path, signature: Signature) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        self.model = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        self.signature = signature
+        self.device_name = core.get_property("CPU", "FULL_DEVICE_NAME")
+        self._local = threading.local()  # an infer request serves one call at a time: one per thread
+
+    def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor | None) -> torch.Tensor:
+        feeds, device = _feeds(self.signature, args, kwargs)
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.model.create_infer_request()
+        out = request.infer(feeds)[self.model.output(0)]
+        return torch.from_numpy(np.array(out, copy=True)).to(device)  # the request reuses its buffer
 
 
 def _key(module: torch.nn.Module, signature: Signature) -> str:
@@ -170,19 +205,40 @@ def _tensorrt(
     return compiled if hasattr(compiled, "_trt_compiler") else None
 
 
-def _median_call(forward: Forward, signature: Signature, device: torch.device, repeats: int = 3) -> float:
-    """Median seconds of `forward` on the signature's examples, after one warm-up call."""
-    examples = tuple(e.to(device) for e in signature.examples)
-    seconds = []
+def _race_inputs(signature: Signature, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The signature's examples with a seeded random first input: an all-zero image through instance
+    norm says little about whether two runtimes agree."""
+    first = torch.rand(signature.examples[0].shape, generator=torch.Generator().manual_seed(0))
+    return tuple(e.to(device) for e in (first, *signature.examples[1:]))
+
+
+def _median_call(forward: Forward, inputs: tuple[torch.Tensor, ...], repeats: int = 3) -> tuple[float, torch.Tensor]:
+    """(median seconds of `forward` on `inputs` after one warm-up call, the warm-up's output)."""
+    seconds, out = [], None
     with torch.no_grad():
         for i in range(repeats + 1):
             t0 = time.perf_counter()
-            forward(*examples)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            result = forward(*inputs)
+            if inputs[0].device.type == "cuda":
+                torch.cuda.synchronize(inputs[0].device)
             if i:
                 seconds.append(time.perf_counter() - t0)
-    return float(np.median(seconds))
+            else:
+                out = result
+    return float(np.median(seconds)), out
+
+
+# A racer whose output strays further from eager than this (relative to the output's scale) is out:
+# the parity tests hold the exported runtimes to 1e-4 on probabilities; this catches a broken runtime
+# (an op lowered wrongly by a new release) without tripping on float32 summation order.
+RACE_TOLERANCE = 1e-3
+
+
+def _agrees(out: torch.Tensor, reference: torch.Tensor) -> bool:
+    scale = max(1.0, float(reference.abs().max()))
+    return (
+        out.shape == reference.shape and float((out.float() - reference.float()).abs().max()) <= RACE_TOLERANCE * scale
+    )
 
 
 def select_backend(
@@ -194,9 +250,9 @@ def select_backend(
     race: bool = True,
 ) -> tuple[Forward, str]:
     """(forward, backend name): TensorRT if it is in `prefer` and works here; otherwise, with `race`,
-    the faster of ONNX Runtime and eager PyTorch timed on the signature's examples (which one wins
-    depends on the CPU: on this project's Intel build machine eager won for every network, on an AMD
-    one ONNX Runtime matched it), else the first of `prefer` that works. The race's winner is kept in
+    the fastest of OpenVINO, ONNX Runtime and eager PyTorch timed on the signature's shapes, among
+    those whose output agrees with eager's (which one wins depends on the network and the CPU), else
+    the first of `prefer` that works. The race's winner is kept in
     `cache_dir` per weights, shapes and machine, so later runs start without timing."""
     key = _key(module, signature)  # hashes every weight: once per selection
     record = _race_record(key, cache_dir, prefix, prefer) if race else None
@@ -225,6 +281,15 @@ def select_backend(
                 working.append((runner, f"onnxruntime ({runner.provider})"))
             except Exception as exc:
                 log.warning("ONNX Runtime unavailable for %s (%s); trying the next backend", prefix, exc)
+        elif name == "openvino":
+            if _device(module).type == "cuda":
+                log.info("OpenVINO skipped for %s: the network is on CUDA and OpenVINO runs here on the CPU", prefix)
+                continue
+            try:
+                runner = OpenVinoModule(export_onnx(module, signature, cache_dir, prefix, key), signature)
+                working.append((runner, "openvino (CPU)"))
+            except Exception as exc:
+                log.warning("OpenVINO unavailable for %s (%s); trying the next backend", prefix, exc)
         elif name == "torch":
             working.append((module, "torch (eager)"))
         else:
@@ -235,7 +300,20 @@ def select_backend(
         raise RuntimeError(f"none of the backends {list(prefer)} works on this machine")
     if len(working) == 1:
         return working[0]
-    timed = [(_median_call(forward, signature, _device(module)), forward, name) for forward, name in working]
+    inputs = _race_inputs(signature, _device(module))
+    with torch.no_grad():
+        reference = module(*inputs)
+    timed = []
+    for forward, name in working:
+        seconds, out = _median_call(forward, inputs)
+        if _agrees(out, reference):
+            timed.append((seconds, forward, name))
+        else:
+            log.warning(
+                "%s: %s left out, its output differs from eager PyTorch's beyond %g", prefix, name, RACE_TOLERANCE
+            )
+    if not timed:  # every racer strayed: the module itself is always right
+        return module, "torch (eager)"
     _, forward, name = min(timed, key=lambda t: t[0])
     log.info("%s: %s", prefix, ", ".join(f"{n} {t * 1e3:.1f} ms" for t, _, n in timed) + f" per call -> {name}")
     if record is not None:

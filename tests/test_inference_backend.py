@@ -1,4 +1,4 @@
-"""Accelerated backends: ONNX Runtime matches eager PyTorch (segmentation U-Nets, the TACE dynamics
+"""Accelerated backends: ONNX Runtime and OpenVINO match eager PyTorch (segmentation U-Nets, the TACE dynamics
 UNet, the whole world model); fallback order; cached exports."""
 
 from __future__ import annotations
@@ -13,14 +13,18 @@ import torch
 from oncoplan.operators.inference_backend import dynamics_signature, export_onnx, select_backend, unet_signature
 from oncoplan.training.ctv.network import ContextUNet
 
+EXPORTED = ("onnxruntime", "openvino")  # the runtimes that run the ONNX export
 
-def _parity(unet: torch.nn.Module, tmp_path: Path, context: torch.Tensor | None, roi=(32, 32, 16)) -> None:
+
+def _parity(
+    unet: torch.nn.Module, tmp_path: Path, context: torch.Tensor | None, backend: str, roi=(32, 32, 16)
+) -> None:
     torch.manual_seed(0)
     unet.eval()
     image = torch.rand(3, 1, *roi)  # a batch other than the export's
     signature = unet_signature(roi, getattr(unet, "text_dim", None))
-    forward, name = select_backend(unet, signature, tmp_path, prefer=("onnxruntime",))
-    assert name.startswith("onnxruntime")
+    forward, name = select_backend(unet, signature, tmp_path, prefer=(backend,))
+    assert name.startswith(backend)
     with torch.no_grad():
         eager = torch.softmax(unet(image) if context is None else unet(image, context), dim=1)
     ort = torch.softmax(forward(image) if context is None else forward(image, context), dim=1)
@@ -29,18 +33,21 @@ def _parity(unet: torch.nn.Module, tmp_path: Path, context: torch.Tensor | None,
     assert float(agree) >= 0.9999
 
 
-def test_onnxruntime_matches_eager_text_guided(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_exported_matches_eager_text_guided(tmp_path: Path, backend: str) -> None:
     torch.manual_seed(1)
     unet = ContextUNet(channels=(8, 16, 16, 32, 32), text_dim=24)
-    _parity(unet, tmp_path, torch.randn(1, 3, 24))  # token count other than the export's
+    _parity(unet, tmp_path, torch.randn(1, 3, 24), backend)  # token count other than the export's
 
 
-def test_onnxruntime_matches_eager_vision_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_exported_matches_eager_vision_only(tmp_path: Path, backend: str) -> None:
     torch.manual_seed(2)
-    _parity(ContextUNet(channels=(8, 16, 16, 32, 32), text_dim=None), tmp_path, None)
+    _parity(ContextUNet(channels=(8, 16, 16, 32, 32), text_dim=None), tmp_path, None, backend)
 
 
-def test_onnxruntime_matches_eager_tace_assistant(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_exported_matches_eager_tace_assistant(tmp_path: Path, backend: str) -> None:
     """The TACE assistant's DynUNet (instance norm, residual blocks) as the planner runs it."""
     from oncoplan.training.bundle_loading import bundle_parser
 
@@ -50,7 +57,7 @@ def test_onnxruntime_matches_eager_tace_assistant(tmp_path: Path) -> None:
     overrides = {"device": "$torch.device('cpu')", **TINY_TACE["tace_assistant"]}
     torch.manual_seed(3)
     unet = bundle_parser(bundle, overrides=overrides).get_parsed_content("network")
-    _parity(unet, tmp_path, None, roi=tuple(TINY_TACE["tace_assistant"]["roi_size"]))
+    _parity(unet, tmp_path, None, backend, roi=tuple(TINY_TACE["tace_assistant"]["roi_size"]))
 
 
 def test_export_is_cached_per_weights(tmp_path: Path) -> None:
@@ -91,15 +98,16 @@ def _tiny(name: str, seed: int) -> torch.nn.Module:
     return net.eval()
 
 
-def test_onnxruntime_matches_eager_tace_dynamics(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_exported_matches_eager_tace_dynamics(tmp_path: Path, backend: str) -> None:
     """One denoising step of the dynamics UNet as the DDIM sampler calls it: x batch 5, one timestep,
     context=None; every sample of every protocol rides on the result, so parity is on the noise."""
     from oncoplan.training.tace.dynamics import condition
 
     net = _tiny("tace_dynamics", 4)
     patch = (16, 16, 16)  # TINY_TACE's dynamics roi_size
-    forward, name = select_backend(net, dynamics_signature(net.input_channels, patch), tmp_path, ("onnxruntime",))
-    assert name.startswith("onnxruntime")
+    forward, name = select_backend(net, dynamics_signature(net.input_channels, patch), tmp_path, (backend,))
+    assert name.startswith(backend)
     torch.manual_seed(5)
     layout = (torch.rand(5, 3, *patch) > 0.7).float()
     cond = condition(torch.rand(5, 1, *patch), torch.rand(5, 1, *patch) > 0.5, layout)
@@ -107,25 +115,39 @@ def test_onnxruntime_matches_eager_tace_dynamics(tmp_path: Path) -> None:
     t = torch.Tensor((437,))
     with torch.no_grad():
         eager = net(x, timesteps=t, context=None)
-    ort = forward(x, timesteps=t, context=None)
-    assert eager.shape == ort.shape == (5, 1, *patch)
-    assert float((eager - ort).abs().max()) <= 1e-4 * max(1.0, float(eager.abs().max()))
+    out = forward(x, timesteps=t, context=None)
+    assert eager.shape == out.shape == (5, 1, *patch)
+    assert float((eager - out).abs().max()) <= 1e-4 * max(1.0, float(eager.abs().max()))
 
 
-def test_race_keeps_the_faster_of_onnxruntime_and_eager_and_logs_both(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_race_keeps_the_fastest_backend_and_logs_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="oncoplan.operators.inference_backend")
     unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None).eval()
     signature = unet_signature((32, 32, 16))
-    forward, name = select_backend(unet, signature, tmp_path, prefer=("onnxruntime", "torch"), prefix="tiny")
+    racers = ("openvino", "onnxruntime", "torch")
+    forward, name = select_backend(unet, signature, tmp_path, prefer=racers, prefix="tiny")
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("tiny:"))
-    timings = dict(re.findall(r"(onnxruntime \(\w+\)|torch \(eager\)) ([0-9.]+) ms", line))
-    assert set(timings) == {"onnxruntime (CPUExecutionProvider)", "torch (eager)"}, line
+    timings = dict(re.findall(r"(openvino \(CPU\)|onnxruntime \(\w+\)|torch \(eager\)) ([0-9.]+) ms", line))
+    assert set(timings) == {"openvino (CPU)", "onnxruntime (CPUExecutionProvider)", "torch (eager)"}, line
     assert name == min(timings, key=lambda k: float(timings[k])) and line.endswith(f"-> {name}")
     assert (forward is unet) == (name == "torch (eager)")
     caplog.clear()  # the next start on this machine reuses the decision without timing
-    _, again_name = select_backend(unet, signature, tmp_path, prefer=("onnxruntime", "torch"), prefix="tiny")
+    _, again_name = select_backend(unet, signature, tmp_path, prefer=racers, prefix="tiny")
     assert again_name == name and "timed earlier" in caplog.text and " ms" not in caplog.text
     first, first_name = select_backend(unet, signature, tmp_path, prefer=("torch", "onnxruntime"), race=False)
     assert first is unet and first_name == "torch (eager)"
+
+
+def test_race_leaves_out_a_backend_whose_output_differs_from_eager(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime release that lowers an op wrongly is fast and wrong: it must not win."""
+    from oncoplan.operators import inference_backend
+
+    right = inference_backend.OpenVinoModule.__call__
+    monkeypatch.setattr(inference_backend.OpenVinoModule, "__call__", lambda self, *a, **k: right(self, *a, **k) + 0.01)
+    caplog.set_level(logging.INFO, logger="oncoplan.operators.inference_backend")
+    unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None).eval()
+    forward, name = select_backend(unet, unet_signature((32, 32, 16)), tmp_path, ("openvino", "torch"), "tiny")
+    assert (forward, name) == (unet, "torch (eager)")
+    assert "openvino (CPU) left out, its output differs from eager PyTorch's" in caplog.text
