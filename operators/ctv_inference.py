@@ -29,14 +29,14 @@ class CTVInferenceOperator(Operator):
         """Loaded on first use (the language model takes seconds), then kept for the process."""
         from oncoplan.training.ctv.predict import CTVPredictor
 
-        from .inference_backend import BACKENDS
+        from .inference_backend import app_backends
         from .model_cache import cached
 
         predictor = cached(
             "ctv",
             [self.bundle_path],
             None,
-            lambda: CTVPredictor(self.bundle_path, backends=BACKENDS),
+            lambda: CTVPredictor(self.bundle_path, backends=app_backends()),
         )
         log.info("CTV bundle %s: U-Net on %s", self.bundle_path, predictor.backend)
         return predictor

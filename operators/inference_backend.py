@@ -28,6 +28,19 @@ import torch
 log = logging.getLogger(__name__)
 Forward = Callable[..., torch.Tensor]
 BACKENDS = ("tensorrt", "openvino", "onnxruntime", "torch")
+BACKENDS_ENV = "ONCOPLAN_BACKENDS"
+
+
+def app_backends() -> tuple[str, ...]:
+    """The backends the apps consider: `BACKENDS`, or those named in $ONCOPLAN_BACKENDS (comma
+    separated, e.g. ``torch`` to keep a site on eager PyTorch, ``openvino`` to run one runtime)."""
+    from oncoplan.errors import InputError
+
+    named = tuple(n.strip() for n in os.environ.get(BACKENDS_ENV, "").split(",") if n.strip())
+    unknown = [n for n in named if n not in BACKENDS]
+    if unknown:
+        raise InputError(f"{BACKENDS_ENV}: unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    return named or BACKENDS
 
 
 @dataclass(frozen=True)
@@ -152,15 +165,18 @@ class OpenVinoModule:
         self.model = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
         self.signature = signature
         self.device_name = core.get_property("CPU", "FULL_DEVICE_NAME")
-        self._local = threading.local()  # an infer request serves one call at a time: one per thread
+        # One request serves one call at a time, and one call already uses every core: calls from
+        # several threads take turns. (Not a request per thread in a threading.local: Holoscan runs
+        # each compute() on a fresh Python thread state and deletes it after, and an OpenVINO object
+        # released inside that deletion crashes the interpreter.)
+        self._request = self.model.create_infer_request()
+        self._turn = threading.Lock()
 
     def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor | None) -> torch.Tensor:
         feeds, device = _feeds(self.signature, args, kwargs)
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.model.create_infer_request()
-        out = request.infer(feeds)[self.model.output(0)]
-        return torch.from_numpy(np.array(out, copy=True)).to(device)  # the request reuses its buffer
+        with self._turn:
+            out = np.array(self._request.infer(feeds)[self.model.output(0)], copy=True)  # the request reuses its buffer
+        return torch.from_numpy(out).to(device)
 
 
 def _key(module: torch.nn.Module, signature: Signature) -> str:

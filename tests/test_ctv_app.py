@@ -41,13 +41,30 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def contoured(study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The app on eager PyTorch (the reference the exported runtimes are held to)."""
     out = tmp_path_factory.mktemp("ctvapp_out") / "out"
-    run_app(CTVContouringApp, study, out, BUNDLE)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ONCOPLAN_BACKENDS", "torch")
+        run_app(CTVContouringApp, study, out, BUNDLE)
     return out
 
 
 def _ct(study: Path) -> list[pydicom.Dataset]:
     return [pydicom.dcmread(p) for p in sorted(study.glob("*.dcm"))]
+
+
+def _seg_mask(path: Path, ct: list[pydicom.Dataset]) -> np.ndarray:
+    """The SEG's first segment as a boolean volume in the CT's slice order."""
+    return (
+        hd.seg.segread(path)
+        .get_pixels_by_source_instance(
+            source_sop_instance_uids=[ds.SOPInstanceUID for ds in sort_slices(ct)],
+            segment_numbers=[1],
+            ignore_spatial_locations=True,
+            assert_missing_frames_are_empty=True,
+        )[..., 0]
+        .astype(bool)
+    )
 
 
 def test_app_writes_rtstruct_and_seg_that_agree(study: Path, contoured: Path) -> None:
@@ -63,13 +80,7 @@ def test_app_writes_rtstruct_and_seg_that_agree(study: Path, contoured: Path) ->
     seg = hd.seg.segread(contoured / "ctv_seg.dcm")
     assert "research use only" in seg.SeriesDescription.lower()
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
-    uids = [ds.SOPInstanceUID for ds in sort_slices(ct)]
-    seg_mask = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=uids,
-        segment_numbers=[1],
-        ignore_spatial_locations=True,
-        assert_missing_frames_are_empty=True,
-    )[..., 0].astype(bool)
+    seg_mask = _seg_mask(contoured / "ctv_seg.dcm", ct)
     assert contour_mask.sum() > 0
     dice = 2 * (contour_mask & seg_mask).sum() / (contour_mask.sum() + seg_mask.sum())
     assert dice >= 0.98
@@ -198,18 +209,34 @@ def test_cli_bad_input_and_bad_note_leave_nothing(study: Path, tmp_path: Path) -
     assert list(out.iterdir()) == []
 
 
-def test_monai_deploy_exec_with_holoscan_variables(study: Path, tmp_path: Path) -> None:
-    """The card's command, paths from the HOLOSCAN_* variables as a MAP runner passes them."""
+def test_monai_deploy_exec_with_holoscan_variables(study: Path, contoured: Path, tmp_path: Path) -> None:
+    """The card's command, paths from the HOLOSCAN_* variables as a MAP runner passes them; the U-Net
+    on OpenVINO inside the Holoscan graph (each compute() on its own Python thread state: an OpenVINO
+    object released with one crashed the process), marking the voxels eager PyTorch marks."""
     out = tmp_path / "out"
     env = {
         **os.environ,
         "HOLOSCAN_INPUT_PATH": str(study),
         "HOLOSCAN_OUTPUT_PATH": str(out),
         "HOLOSCAN_MODEL_PATH": str(BUNDLE),
+        "ONCOPLAN_BACKENDS": "openvino",
     }
     exe = Path(sys.executable).with_name("monai-deploy")
     r = subprocess.run([str(exe), "exec", "ctv_contouring"], capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "U-Net on openvino (CPU)" in r.stderr + r.stdout
     assert sorted(p.name for p in out.iterdir()) == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    ct = _ct(study)
+    eager, openvino = _seg_mask(contoured / "ctv_seg.dcm", ct), _seg_mask(out / "ctv_seg.dcm", ct)
+    assert eager.sum() > 0 and np.count_nonzero(eager != openvino) <= 0.001 * eager.sum()
+    bad = subprocess.run(
+        [str(exe), "exec", "ctv_contouring"],
+        capture_output=True,
+        text=True,
+        env={**env, "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "bad"), "ONCOPLAN_BACKENDS": "tensorflow"},
+        check=False,
+    )
+    assert bad.returncode == 2 and "ONCOPLAN_BACKENDS: unknown backend(s) ['tensorflow']" in bad.stderr
+    assert not (tmp_path / "bad").exists() or list((tmp_path / "bad").iterdir()) == []
     bad = subprocess.run([str(exe), "exec", "no_such_app"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "unknown app" in bad.stderr

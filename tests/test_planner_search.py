@@ -218,10 +218,13 @@ def test_layout_readout_scores_what_the_renderer_was_asked_to_draw(models, case)
     space = valid_protocols(("Cisplatin", "Doxorubicin", "Lipiodol", "LC Beads"), 1, 1)
     layout = load_heuristic(BUNDLES["survival"], "response_cox_layout")
     assert layout.name == "response_cox_layout"
-    sim = world.simulate(case["pre"], case["mask"], np.array([p.multi_hot() for p in space], dtype=np.float32), 0)
+    sim = world.simulate(case["pre"], case["mask"], np.array([p.multi_hot() for p in space], dtype=np.float32), 7)
+    assert sim.seed == 7  # the read-out draws the layouts again from the renderer's seed
     risk = layout(case["pre"], case["mask"], sim, list(space), case["row"])
     assert risk.shape == sim.viable_fraction.shape and np.isfinite(risk).all()
-    blind = Simulation(sim.windows, np.zeros_like(sim.labels), sim.viable_fraction, sim.patch_slices, sim.response)
+    blind = Simulation(
+        sim.windows, np.zeros_like(sim.labels), sim.viable_fraction, sim.patch_slices, sim.response, sim.seed
+    )
     assert np.array_equal(layout(case["pre"], case["mask"], blind, list(space), case["row"]), risk)
     cox = load_heuristic(BUNDLES["survival"])
     report = stage_ranking(

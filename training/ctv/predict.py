@@ -23,7 +23,7 @@ class CTVPredictor:
         backends: tuple[str, ...] = ("torch",),
     ) -> None:
         """`backends`: preference order for the U-Net (see oncoplan.operators.inference_backend);
-        the app asks for ("tensorrt", "onnxruntime", "torch"), evaluation runs eager PyTorch."""
+        the app asks for all of `BACKENDS`, evaluation runs eager PyTorch."""
         from ..bundle_loading import bundle_parser, load_network
 
         self.bundle = Path(bundle_dir)

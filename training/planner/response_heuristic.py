@@ -217,15 +217,19 @@ def fit_table(x: pd.DataFrame, event: np.ndarray, time: np.ndarray, trained_on: 
 # ---------------------------------------------------------------- scoring simulations
 
 
-def layout_viable_cm3(mask_window: np.ndarray, simulation: Simulation, voxel_cm3: float, seed: int = 0) -> np.ndarray:
-    """Viable volume (P, T) of the compartment layouts the renderer was conditioned on (seeded as the
-    renderer's, `seed`): the world model's response before rendering and segmentation."""
+def layout_viable_cm3(
+    mask_window: np.ndarray, simulation: Simulation, voxel_cm3: float, seed: int | None = None
+) -> np.ndarray:
+    """Viable volume (P, T) of the compartment layouts the renderer was conditioned on (drawn again
+    from `seed`, by default the simulation's own): the world model's response before rendering and
+    segmentation."""
     import torch
 
     from ..tace.dynamics import layout_labels
 
     n_protocols, samples = simulation.viable_fraction.shape
     mask = torch.as_tensor(mask_window[simulation.patch_slices] > 0, dtype=torch.float32)[None, None]
+    seed = simulation.seed if seed is None else seed
     maps = layout_labels(mask, torch.as_tensor(simulation.response, dtype=torch.float32), samples, seed)
     viable = (maps == LABELS["viable"]).reshape(n_protocols, samples, -1).sum(-1)
     return viable * voxel_cm3

@@ -72,7 +72,7 @@ def stage_ranking(
         residual = np.array([patient.burden_cm3 * o.viable_fraction for o in outcomes])
         scores[TRUE_RESPONSE_STAGE] = cox.risk(residual, list(space), patient.burden_cm3, clinical)
         # What the world model meant to draw: the layout's viable voxels, before rendering and segmentation.
-        layout = layout_viable_cm3(mask_window, sim, cox.voxel_cm3, seed)
+        layout = layout_viable_cm3(mask_window, sim, cox.voxel_cm3)
         scores[LAYOUT_STAGE] = cox.risk(layout, list(space), cox.burden_cm3(mask_window), clinical).mean(1)
     out: dict[str, Any] = {
         "protocols": len(space),

@@ -55,7 +55,7 @@ def case_fidelity(world: WorldModel, pre_window: np.ndarray, mask_window: np.nda
     finally:
         world.samples = samples
     lesion = torch.as_tensor(mask_window[sim.patch_slices] > 0, dtype=torch.float32)[None, None]
-    meant = layout_labels(lesion, torch.as_tensor(sim.response), 1, seed)  # (P, *patch), 0 outside the lesion
+    meant = layout_labels(lesion, torch.as_tensor(sim.response), 1, sim.seed)  # (P, *patch), 0 outside the lesion
     read = sim.labels[:, 0][(slice(None), *sim.patch_slices)]
     inside = meant > 0
     viable = LABELS["viable"]

@@ -101,7 +101,7 @@ def render_pairs(
         case_seed = int(rng.integers(2**31))
         sim = world.simulate(pre_window, mask_window, np.array([p.multi_hot() for p in chosen], np.float32), case_seed)
         lesion = torch.as_tensor(mask_window[sim.patch_slices], dtype=torch.float32)[None, None]
-        drawn = layout_labels(lesion, torch.as_tensor(sim.response), 1, case_seed)
+        drawn = layout_labels(lesion, torch.as_tensor(sim.response), 1, sim.seed)
         window_affine = affine.copy()
         window_affine[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
         for k, protocol in enumerate(chosen):

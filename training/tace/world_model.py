@@ -71,13 +71,15 @@ def micro_batched(forward: Callable[..., torch.Tensor], size: int | None) -> Cal
 class Simulation:
     """Simulated outcomes: windows (P, T, *window), label maps (P, T, *window), viable fraction (P, T)
     as the assistant segments it, and the response head's prediction per protocol (P, len(RESPONSE)),
-    which the renderer drew from."""
+    which the renderer drew from; `seed`: the one the renderer drew its layouts with (a read-out of
+    those layouts draws them again from it)."""
 
     windows: np.ndarray
     labels: np.ndarray
     viable_fraction: np.ndarray
     patch_slices: tuple[slice, ...]
     response: np.ndarray
+    seed: int = 0
 
 
 def window_around(volume: np.ndarray, mask: np.ndarray, size: tuple[int, ...], fill: float = -1.0):
@@ -129,15 +131,15 @@ class WorldModel:
     def accelerate(self, cache: Path, prefer: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
         """Run both networks on the fastest backend here (see `select_backend`); returns the backend
         of each. `prefer`: the backends to consider per network ("dynamics", "assistant"), default
-        all. Exports are cached in `cache`, keyed by weights and shapes."""
+        `app_backends()`. Exports are cached in `cache`, keyed by weights and shapes."""
         from oncoplan.operators.inference_backend import (
-            BACKENDS,
+            app_backends,
             dynamics_signature,
             select_backend,
             unet_signature,
         )
 
-        order = {"dynamics": BACKENDS, "assistant": BACKENDS, **dict(prefer or {})}
+        order = {"dynamics": app_backends(), "assistant": app_backends(), **dict(prefer or {})}
         dynamics_forward, dyn = select_backend(
             self.dynamics,
             dynamics_signature(self.dynamics.input_channels, self.patch),
@@ -215,6 +217,7 @@ class WorldModel:
             fractions,
             patch,
             responses.cpu().numpy(),
+            seed,
         )
 
 
