@@ -24,6 +24,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -47,7 +48,7 @@ STAGE_NOTES = {
     "start-up": "process start to the first operator, less stages timed before it: imports, graph construction",
     "input check": "OncoPlan's check of the input folder before the graph",
     "load": "loader, selector, series-to-volume (+ note)",
-    "model setup": "stock: TorchScript load + bundle config parse; OncoPlan: bundle, LM, backend (ORT or eager)",
+    "model setup": "stock: TorchScript load + bundle config parse; OncoPlan: bundle, LM, backend (race's pick)",
     "preprocess": "inference operator up to the inferer",
     "inference": "sliding-window inferer (+ OncoPlan's text encoder)",
     "postprocess": "inference operator after the inferer",
@@ -201,6 +202,9 @@ def child(kind: str, args: list[str]) -> int:
     return rc
 
 
+LIBRARIES = ("torch", "monai", "monai-deploy-app-sdk", "holoscan-cu13", "onnxruntime", "openvino", "highdicom")
+
+
 def _launch(kind: str, args: list[str], log: Path) -> dict[str, float]:
     """Wall seconds of one pipeline process, with its start-up and stages (exclusive seconds)."""
     times = log.with_suffix(".json")
@@ -347,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"run {i} {kind}: {result['wall']:.1f} s", file=sys.stderr)
         files = {k: sorted((root / "out" / f"{k}{args.repeats}").glob("*.dcm")) for k in KINDS}
         valid, dice, shape = _checks(study, files)
+        ran_on = re.findall(r"U-Net on (.+)", (root / f"oncoplan{args.repeats}.log").read_text())
     finally:
         warm.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -364,13 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         f"CT {shape} (slices x rows x columns); each pipeline in its own process, alternating, median of "
         f"{args.repeats} after one untimed warm-up each.  ",
         f"Machine: {machine()}.  ",
-        f"Versions: {versions('torch', 'monai', 'monai-deploy-app-sdk', 'holoscan-cu13', 'onnxruntime', 'highdicom')}, "
-        f"{tool_version(['dciodvfy', '-version'])}.  ",
+        f"Versions: {versions(*LIBRARIES)}, {tool_version(['dciodvfy', '-version'])}.  ",
         "Stock: the SDK's canonical graph (DICOMSeriesToVolumeOperator -> MonaiBundleInferenceOperator -> "
         "DICOMSegmentationWriterOperator) on the **vision-only** variant of `bundles/ctv_llmseg` (same U-Net, "
         "preprocessing and sliding-window inferer; the stock operator cannot feed a note), TorchScript from "
         "`monai.bundle ckpt_export` (traced), eager PyTorch on the CPU. OncoPlan: the CTV app as shipped, "
-        "**text-guided** (it also runs the text encoder) and writing RTSTRUCT + SEG: strictly more work.",
+        "**text-guided** (it also runs the text encoder) and writing RTSTRUCT + SEG: strictly more work; "
+        f"its U-Net ran on {ran_on[-1].strip() if ran_on else 'an unlogged backend'} (the start-up race's pick).",
         "",
         "| pipeline | writes | wall (median) | dciodvfy errors / warnings |",
         "|---|---|---|---|",

@@ -168,29 +168,31 @@ class Plan:
 
 
 class _ForwardTimer:
-    """Wall time and call count of a module's forward passes (hooks; removed on close)."""
+    """Wall time and call count of one world-model network's forward passes, on whichever backend runs
+    it (module hooks would miss an exported runtime): the world model's callable is wrapped for the
+    session and given back on close."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.seconds, self.calls, self._t0 = 0.0, 0, 0.0
-        self._cuda = any(p.is_cuda for p in module.parameters())
-        self._handles = [module.register_forward_pre_hook(self._start), module.register_forward_hook(self._stop)]
+    def __init__(self, world_model: Any, name: str) -> None:
+        self.seconds, self.calls = 0.0, 0
+        self._world, self._name, self._forward = world_model, name, world_model.backends[name]
+        self._cuda = getattr(world_model, "device", torch.device("cpu")).type == "cuda"
+        world_model.use(**{name: self._timed})
 
     def _sync(self) -> None:
         if self._cuda:
             torch.cuda.synchronize()
 
-    def _start(self, *_: Any) -> None:
+    def _timed(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         self._sync()
-        self._t0 = time.perf_counter()
-
-    def _stop(self, *_: Any) -> None:
+        t0 = time.perf_counter()
+        out = self._forward(*args, **kwargs)
         self._sync()
-        self.seconds += time.perf_counter() - self._t0
+        self.seconds += time.perf_counter() - t0
         self.calls += 1
+        return out
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
+        self._world.use(**{self._name: self._forward})
 
 
 class _Session:
@@ -208,10 +210,9 @@ class _Session:
         self.calls, self.simulations = 0, 0
         self.simulate_s, self.heuristic_s = 0.0, 0.0
         self.steps: list[dict[str, Any]] = []
+        backends = getattr(planner.world_model, "backends", {})
         self.timers = {
-            name: _ForwardTimer(module)
-            for name in ("dynamics", "assistant")
-            if isinstance(module := getattr(planner.world_model, name, None), torch.nn.Module)
+            name: _ForwardTimer(planner.world_model, name) for name in ("dynamics", "assistant") if name in backends
         }
         self._heuristic_forwards = getattr(planner.scorer, "forwards", None)
         self._t0 = time.perf_counter()

@@ -122,11 +122,15 @@ class WorldModel:
         # Candidates are batched together; each network call takes `micro_batch` of them at a time.
         self.micro_batch = default_micro_batch(self.device) if micro_batch == "auto" else micro_batch
         # What runs the networks: the modules themselves until `accelerate` picks faster backends.
-        self._use(self.dynamics, self.assistant)
+        self.backends: dict[str, Callable[..., torch.Tensor]] = {}
+        self.use(dynamics=self.dynamics, assistant=self.assistant)
 
-    def _use(self, dynamics: Callable[..., torch.Tensor], assistant: Callable[..., torch.Tensor]) -> None:
-        self.dynamics_forward = micro_batched(dynamics, self.micro_batch)
-        self.assistant_forward = micro_batched(assistant, self.micro_batch)
+    def use(self, **forwards: Callable[..., torch.Tensor]) -> None:
+        """Run the named networks ("dynamics", "assistant") through these callables: a backend's
+        forward, or a wrapper of one (the search's timers). Each call takes `micro_batch` at a time."""
+        self.backends.update(forwards)
+        self.dynamics_forward = micro_batched(self.backends["dynamics"], self.micro_batch)
+        self.assistant_forward = micro_batched(self.backends["assistant"], self.micro_batch)
 
     def accelerate(self, cache: Path, prefer: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
         """Run both networks on the fastest backend here (see `select_backend`); returns the backend
@@ -150,7 +154,7 @@ class WorldModel:
         assistant_forward, ast = select_backend(
             self.assistant, unet_signature(self.window), cache, order["assistant"], "tace_assistant"
         )
-        self._use(dynamics_forward, assistant_forward)
+        self.use(dynamics=dynamics_forward, assistant=assistant_forward)
         return {"dynamics": dyn, "assistant": ast}
 
     @classmethod
