@@ -164,7 +164,6 @@ class OpenVinoModule:
         }
         self.model = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
         self.signature = signature
-        self.device_name = core.get_property("CPU", "FULL_DEVICE_NAME")
         # One request serves one call at a time, and one call already uses every core: calls from
         # several threads take turns. (Not a request per thread in a threading.local: Holoscan runs
         # each compute() on a fresh Python thread state and deletes it after, and an OpenVINO object
@@ -274,8 +273,8 @@ def select_backend(
     """(forward, backend name): TensorRT if it is in `prefer` and works here; otherwise, with `race`,
     the fastest of OpenVINO, ONNX Runtime and eager PyTorch timed on the signature's shapes, among
     those whose output agrees with eager's (which one wins depends on the network and the CPU), else
-    the first of `prefer` that works. The race's winner is kept in
-    `cache_dir` per weights, shapes and machine, so later runs start without timing."""
+    the first of `prefer` that works. The race's winner is kept in `cache_dir` per weights, shapes
+    and machine, so later runs start without timing."""
     key = _key(module, signature)  # hashes every weight: once per selection
     record = _race_record(key, cache_dir, prefix, prefer) if race else None
     if record is not None and record.exists():
