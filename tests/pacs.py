@@ -140,10 +140,16 @@ def make_study(folder: Path, seed: int, slices: int = 3, size: int = 16, patient
     return paths
 
 
-def send(port: int, files: list[Path], calling: str = "SENDER", called: str = "ONCOPLAN") -> list[int | None]:
-    """C-STORE `files` over one association (pynetdicom): the status of each, None where none came."""
+def send(
+    port: int, files: list[Path], calling: str = "SENDER", called: str = "ONCOPLAN", timeout_s: float | None = None
+) -> list[int | None]:
+    """C-STORE `files` over one association (pynetdicom): the status of each, None where none came.
+    `timeout_s`: how long to wait for each response (pynetdicom's default 30 s when None; a peer that
+    dies mid-store costs the sender that long)."""
     datasets = [pydicom.dcmread(f) for f in files]
     ae = AE(ae_title=calling)
+    if timeout_s is not None:
+        ae.dimse_timeout = timeout_s
     contexts = {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}
     ae.requested_contexts = [build_context(s, [t]) for s, t in sorted(contexts)]
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
