@@ -136,6 +136,67 @@ def test_unknown_caller_is_refused_and_bad_instances_are_quarantined(tmp_path: P
         assert job_states(spool) == {}
 
 
+@contextmanager
+def locked_state_file(spool: Path, seconds: float):
+    """Another process's write transaction on the listener's state file, held for `seconds`."""
+    blocker = sqlite3.connect(spool / "queue.sqlite", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(seconds, lambda: blocker.execute("COMMIT"))
+    release.start()
+    try:
+        yield
+    finally:
+        release.join()
+        blocker.close()
+
+
+def _events(capfd: pytest.CaptureFixture) -> list[dict]:
+    return [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+
+
+def test_a_stalled_store_is_logged_with_where_the_time_went(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state file's write lock held elsewhere for 1.5 s: the instance is still acknowledged, and
+    `store_slow` says the time went to recording it, not to writing the file."""
+    from oncoplan.deploy.listener import scp
+
+    monkeypatch.setattr(scp, "SLOW_STORE_S", 1.0)
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc)
+    study = make_study(tmp_path / "s", seed=12, slices=1)
+    logs.setup()
+    with running(config), locked_state_file(tmp_path / "spool", 1.5):
+        assert send(port, study) == [SUCCESS]
+    slow = [e for e in _events(capfd) if e["event"] == "store_slow"]
+    assert len(slow) == 1 and slow[0]["caller"] == "SENDER", slow
+    assert slow[0]["record_s"] >= 1.0 > slow[0]["write_s"]
+
+
+def test_a_state_file_locked_past_its_timeout_stops_no_loop(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Locked for 4 s with a 0.5 s busy timeout: the job workers meet "database is locked" each time they
+    look for a job. They log `loop_error` and go on (a loop thread that died of it stopped its concern for
+    good, silently: so it was before): a study sent afterwards is completed, run and delivered."""
+    from oncoplan.deploy.listener import queue
+
+    monkeypatch.setattr(queue, "BUSY_TIMEOUT_S", 0.5)
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc)
+    study = make_study(tmp_path / "s", seed=13)
+    before = len(orthanc.results())
+    logs.setup()
+    with running(config):
+        with locked_state_file(tmp_path / "spool", 4.0):
+            pass  # leaving waits for the release: the loops run into the lock meanwhile
+        errors = {e["loop"] for e in _events(capfd) if e["event"] == "loop_error"}
+        assert "worker-0" in errors, errors  # claiming a job writes; completion and delivery only read till now
+        assert {"complete", "deliver", "clean-up", "worker-0"} <= {t.name for t in threading.enumerate()}
+        assert send(port, study) == [SUCCESS] * 3
+        wait_for(lambda: len(orthanc.results()) == before + 1, 60, "the result of a study sent after the lock")
+
+
 # --- the normal path, the real Orthanc, the health endpoint --------------------------------
 def test_storescu_studies_reach_orthanc_once_with_metrics_and_clean_logs(
     tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
@@ -285,6 +346,22 @@ def test_kill_9_while_receiving_and_while_running_loses_nothing_and_repeats_noth
     assert not list(spool.rglob("*.partial")), "a torn file was left in the spool"
     for (path,) in db_rows(spool, "SELECT path FROM instances"):
         pydicom.dcmread(path).pixel_array  # every acknowledged instance reads whole  # noqa: B018
+
+
+def test_a_child_that_outlived_its_parent_before_asking_to_die_with_it_leaves_at_once(tmp_path: Path) -> None:
+    """The fork-to-prctl window: a parent killed there sends no death signal ever, and the app would
+    finish a job the restarted listener runs again (a CI run once saw a study processed twice). A child
+    whose parent is not the one that started it (here: told another pid) exits before running anything."""
+    from functools import partial
+
+    from oncoplan.deploy.listener.worker import ORPHANED, die_with_parent
+
+    marker = tmp_path / "ran"
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    orphan = subprocess.run(command, preexec_fn=partial(die_with_parent, 0), check=False)  # pid 0: nobody's parent
+    assert orphan.returncode == ORPHANED and not marker.exists()
+    child = subprocess.run(command, preexec_fn=partial(die_with_parent, os.getpid()), check=False)
+    assert child.returncode == 0 and marker.exists()
 
 
 def test_results_wait_for_a_destination_that_is_down(tmp_path: Path) -> None:

@@ -59,11 +59,16 @@ class Delivery:
     attempts: int
 
 
+# How long a transaction waits for another process's write lock before it fails (and is logged:
+# the receiving processes, the listener's loops and a health probe share the file).
+BUSY_TIMEOUT_S = 30.0
+
+
 class JobQueue:
     """Thread-safe access to the state file; one connection, one lock, short transactions."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)

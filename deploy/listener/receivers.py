@@ -25,9 +25,9 @@ from .worker import die_with_parent
 RESTART_PAUSE_S = (1.0, 60.0)  # the first and the longest wait before a dead receiver is started again
 
 
-def receive(config: ListenerConfig) -> None:  # pragma: no cover - runs in the child
-    """A receiving process: the SCP until SIGTERM (or the listener's death: PR_SET_PDEATHSIG)."""
-    die_with_parent()
+def receive(config: ListenerConfig, listener: int) -> None:  # pragma: no cover - runs in the child
+    """A receiving process of the `listener` (pid): the SCP until SIGTERM or the listener's death."""
+    die_with_parent(listener)
     logs.setup()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -56,7 +56,7 @@ class Receivers:
         self._watch: threading.Thread | None = None
 
     def _spawn(self) -> mp.process.BaseProcess:
-        proc = self._context.Process(target=receive, args=(self.config,), name="receiver", daemon=True)
+        proc = self._context.Process(target=receive, args=(self.config, os.getpid()), name="receiver", daemon=True)
         proc.start()
         return proc
 

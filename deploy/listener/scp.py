@@ -7,6 +7,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from functools import partial
 
 from pydicom.dataset import Dataset
@@ -21,6 +22,9 @@ from .queue import SERIES_KEYS, JobQueue
 from .spool import Spool, SpoolFull, key
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
+# A C-STORE whose durable write and record take longer than this is logged with where the time went:
+# senders give up after their DIMSE timeout (pynetdicom's 30 s), so a stall should explain itself first.
+SLOW_STORE_S = 5.0
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
@@ -96,13 +100,18 @@ def handle_store(event: evt.Event, spool: Spool, queue: JobQueue) -> int:
             where = spool.quarantine(raw, f"from {caller}: {reason}")
             logs.event("quarantined", logging.WARNING, caller=caller, reason=reason, file=where.name)
             return CANNOT_UNDERSTAND
+        t0 = time.perf_counter()
         path = spool.store(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, raw)
     except (SpoolFull, OSError) as exc:
         logs.event("spool_full", logging.ERROR, caller=caller, error=str(exc))
         return OUT_OF_RESOURCES
     attrs = {k: str(ds.get(k, "") or "") for k in SERIES_KEYS}
+    t1 = time.perf_counter()
     if not queue.record_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, path, attrs):
         logs.event("late_instance", logging.WARNING, study=key(ds.StudyInstanceUID), caller=caller)
+    t2 = time.perf_counter()
+    if t2 - t0 > SLOW_STORE_S:
+        logs.event("store_slow", logging.WARNING, caller=caller, write_s=round(t1 - t0, 2), record_s=round(t2 - t1, 2))
     return SUCCESS
 
 

@@ -9,6 +9,8 @@ import shutil
 import signal
 import threading
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 
 from . import health, logs, scp, sender
 from .config import ListenerConfig, Route
@@ -32,25 +34,41 @@ class Listener:
         self._health = None
 
     # --- one loop per concern --------------------------------------------------------------
-    def _complete_studies(self) -> None:
+    def _forever(self, step: Callable[[], bool], pause_s: float) -> None:
+        """Run `step` until stop, pausing `pause_s` after each step that found nothing to do. An error
+        (the state file locked past its busy timeout, a disk that failed a write) is logged and the loop
+        goes on: a thread that died of one bad moment would stop its concern for good, silently."""
+        while not self._stop.is_set():
+            try:
+                busy = step()
+            except Exception as exc:
+                loop = threading.current_thread().name
+                logs.event("loop_error", logging.ERROR, loop=loop, error=f"{type(exc).__name__}: {exc}")
+                busy = False
+            if not busy:
+                self._stop.wait(pause_s)
+
+    def _complete_studies(self) -> bool:
         """A study with no new instance for the quiet period is complete: route it once."""
-        while not self._stop.wait(self.config.poll_s):
-            for study in self.queue.quiet_studies(self.config.quiet_period_s):
-                series = self.queue.study_series(study).values()
-                names = [r.name for r in self.config.routes if any(r.matches(s) for s in series)]
-                jobs = self.queue.route_study(study, names, self.config.quiet_period_s)
-                if jobs is not None:
-                    logs.event("study_complete", study=key(study), routes=names, jobs=jobs)
+        for study in self.queue.quiet_studies(self.config.quiet_period_s):
+            series = self.queue.study_series(study).values()
+            names = [r.name for r in self.config.routes if any(r.matches(s) for s in series)]
+            jobs = self.queue.route_study(study, names, self.config.quiet_period_s)
+            if jobs is not None:
+                logs.event("study_complete", study=key(study), routes=names, jobs=jobs)
+        return False
 
     def _work(self) -> None:
         warm: dict[str, WarmApp] = {}  # this thread's warm app per route
-        try:
-            while not self._stop.is_set():
-                job = self.queue.claim_job()
-                if job is None:
-                    self._stop.wait(self.config.poll_s)
-                    continue
+
+        def one_job() -> bool:
+            job = self.queue.claim_job()
+            if job is not None:
                 self._run(job, warm)
+            return job is not None
+
+        try:
+            self._forever(one_job, self.config.poll_s)
         finally:
             for app in warm.values():
                 app.stop()
@@ -80,31 +98,31 @@ class Listener:
         self.queue.finish_job(job, results, route.destination)
         logs.event("job_done", job=job.id, route=job.route, results=len(results))
 
-    def _deliver(self) -> None:
-        while not self._stop.wait(self.config.poll_s):
-            due = self.queue.due_deliveries()
-            by_destination = defaultdict(list)
-            for d in due:
-                by_destination[d.destination].append(d)
-            for name, batch in by_destination.items():
-                peer = self.config.destinations[name]
-                try:
-                    outcome = sender.send(peer, self.config.ae_title, [d.path for d in batch])
-                except Exception as exc:  # unreadable result, network error: retry later
-                    outcome = {d.path: f"{type(exc).__name__}: {exc}" for d in batch}
-                for d in batch:
-                    error = outcome.get(d.path, "not sent")
-                    if error is None:
-                        self.queue.delivered(d)
-                        logs.event("result_sent", job=d.job_id, destination=name)
-                    else:
-                        self.queue.delivery_failed(d, error, self.config.retry_backoff_s, self.config.max_backoff_s)
-                        logs.event("result_not_sent", logging.WARNING, job=d.job_id, destination=name, error=error)
+    def _deliver(self) -> bool:
+        due = self.queue.due_deliveries()
+        by_destination = defaultdict(list)
+        for d in due:
+            by_destination[d.destination].append(d)
+        for name, batch in by_destination.items():
+            peer = self.config.destinations[name]
+            try:
+                outcome = sender.send(peer, self.config.ae_title, [d.path for d in batch])
+            except Exception as exc:  # unreadable result, network error: retry later
+                outcome = {d.path: f"{type(exc).__name__}: {exc}" for d in batch}
+            for d in batch:
+                error = outcome.get(d.path, "not sent")
+                if error is None:
+                    self.queue.delivered(d)
+                    logs.event("result_sent", job=d.job_id, destination=name)
+                else:
+                    self.queue.delivery_failed(d, error, self.config.retry_backoff_s, self.config.max_backoff_s)
+                    logs.event("result_not_sent", logging.WARNING, job=d.job_id, destination=name, error=error)
+        return False
 
-    def _clean_up(self) -> None:
+    def _clean_up(self) -> bool:
         """Retention: a finished study's instances and job folders go after `retention_days`."""
-        while not self._stop.wait(max(self.config.poll_s, 60.0)):
-            self.purge_finished()
+        self.purge_finished()
+        return False
 
     def purge_finished(self) -> int:
         studies = self.queue.finished_studies(self.config.retention_days * 86400)
@@ -127,7 +145,12 @@ class Listener:
 
     def start(self) -> None:
         resumed = self.queue.recover()
-        loops = [("complete", self._complete_studies), ("deliver", self._deliver), ("clean-up", self._clean_up)]
+        poll, hourly = self.config.poll_s, max(self.config.poll_s, 60.0)
+        loops = [
+            ("complete", partial(self._forever, self._complete_studies, poll)),
+            ("deliver", partial(self._forever, self._deliver, poll)),
+            ("clean-up", partial(self._forever, self._clean_up, hourly)),
+        ]
         loops += [(f"worker-{i}", self._work) for i in range(self.config.workers)]
         for name, target in loops:
             t = threading.Thread(target=target, name=name, daemon=True)

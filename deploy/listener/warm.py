@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 from .worker import JobError, die_with_parent
@@ -29,7 +30,11 @@ class WarmApp:
             command += ["--preload", self.preload]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, preexec_fn=die_with_parent
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                preexec_fn=partial(die_with_parent, os.getpid()),
             )
         return self.proc
 

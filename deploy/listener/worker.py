@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,9 +25,19 @@ class JobError(RuntimeError):
     """The app failed; the message is the reason recorded with the job."""
 
 
-def die_with_parent() -> None:  # pragma: no cover - runs in the child
+ORPHANED = 137  # the exit status of a child whose parent died before it could ask to die with it
+
+
+def die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    """In a child of `parent` (its pid, taken before the fork): SIGKILL when that parent dies
+    (PR_SET_PDEATHSIG), in a session of its own. A parent that died between the fork and this request
+    sends no signal ever, so the child checks it still has that parent and otherwise leaves at once: an
+    orphaned app would finish a job the restarted listener runs again, an orphaned receiver would keep
+    taking associations on the port."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(ORPHANED)
     os.setsid()
 
 
@@ -64,7 +75,7 @@ def _run_child(command: list[str], log_path: Path, timeout_s: float) -> int:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 timeout=timeout_s,
-                preexec_fn=die_with_parent,
+                preexec_fn=partial(die_with_parent, os.getpid()),
                 check=False,
             )
         except subprocess.TimeoutExpired:
