@@ -176,9 +176,10 @@ def test_a_stalled_store_is_logged_with_where_the_time_went(
 def test_a_state_file_locked_past_its_timeout_stops_no_loop(
     tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Locked for 4 s with a 0.5 s busy timeout: the job workers meet "database is locked" each time they
-    look for a job. They log `loop_error` and go on (a loop thread that died of it stopped its concern for
-    good, silently: so it was before): a study sent afterwards is completed, run and delivered."""
+    """Locked for 4 s with a 0.5 s busy timeout: an instance arriving then is refused (0xA700, logged
+    `record_failed`), and the job workers meet "database is locked" each time they look for a job. They
+    log `loop_error` and go on (a loop thread that died of it stopped its concern for good, silently: so
+    it was before): a study sent afterwards is completed, run and delivered."""
     from oncoplan.deploy.listener import queue
 
     monkeypatch.setattr(queue, "BUSY_TIMEOUT_S", 0.5)
@@ -189,8 +190,11 @@ def test_a_state_file_locked_past_its_timeout_stops_no_loop(
     logs.setup()
     with running(config):
         with locked_state_file(tmp_path / "spool", 4.0):
-            pass  # leaving waits for the release: the loops run into the lock meanwhile
-        errors = {e["loop"] for e in _events(capfd) if e["event"] == "loop_error"}
+            # An instance that cannot be recorded is refused as out of resources (the sender may resend).
+            assert send(port, study[:1]) == [OUT_OF_RESOURCES]
+        events = _events(capfd)
+        assert any(e["event"] == "record_failed" and "locked" in e["error"] for e in events)
+        errors = {e["loop"] for e in events if e["event"] == "loop_error"}
         assert "worker-0" in errors, errors  # claiming a job writes; completion and delivery only read till now
         assert {"complete", "deliver", "clean-up", "worker-0"} <= {t.name for t in threading.enumerate()}
         assert send(port, study) == [SUCCESS] * 3

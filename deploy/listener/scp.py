@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -107,7 +108,12 @@ def handle_store(event: evt.Event, spool: Spool, queue: JobQueue) -> int:
         return OUT_OF_RESOURCES
     attrs = {k: str(ds.get(k, "") or "") for k in SERIES_KEYS}
     t1 = time.perf_counter()
-    if not queue.record_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, path, attrs):
+    try:
+        recorded = queue.record_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, path, attrs)
+    except sqlite3.Error as exc:  # e.g. locked past the busy timeout: the sender may resend; the file is kept
+        logs.event("record_failed", logging.ERROR, caller=caller, error=f"{type(exc).__name__}: {exc}")
+        return OUT_OF_RESOURCES
+    if not recorded:
         logs.event("late_instance", logging.WARNING, study=key(ds.StudyInstanceUID), caller=caller)
     t2 = time.perf_counter()
     if t2 - t0 > SLOW_STORE_S:
