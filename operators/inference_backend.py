@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from oncoplan.errors import InputError
+
 log = logging.getLogger(__name__)
 Forward = Callable[..., torch.Tensor]
 BACKENDS = ("tensorrt", "openvino", "onnxruntime", "torch")
@@ -34,8 +36,6 @@ BACKENDS_ENV = "ONCOPLAN_BACKENDS"
 def app_backends() -> tuple[str, ...]:
     """The backends the apps consider: `BACKENDS`, or those named in $ONCOPLAN_BACKENDS (comma
     separated, e.g. ``torch`` to keep a site on eager PyTorch, ``openvino`` to run one runtime)."""
-    from oncoplan.errors import InputError
-
     named = tuple(n.strip() for n in os.environ.get(BACKENDS_ENV, "").split(",") if n.strip())
     unknown = [n for n in named if n not in BACKENDS]
     if unknown:

@@ -175,7 +175,7 @@ class _ForwardTimer:
     def __init__(self, world_model: Any, name: str) -> None:
         self.seconds, self.calls = 0.0, 0
         self._world, self._name, self._forward = world_model, name, world_model.backends[name]
-        self._cuda = getattr(world_model, "device", torch.device("cpu")).type == "cuda"
+        self._cuda = world_model.device.type == "cuda"
         world_model.use(**{name: self._timed})
 
     def _sync(self) -> None:

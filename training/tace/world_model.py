@@ -143,7 +143,8 @@ class WorldModel:
             unet_signature,
         )
 
-        order = {"dynamics": app_backends(), "assistant": app_backends(), **dict(prefer or {})}
+        everything = app_backends()
+        order = {"dynamics": everything, "assistant": everything, **dict(prefer or {})}
         dynamics_forward, dyn = select_backend(
             self.dynamics,
             dynamics_signature(self.dynamics.input_channels, self.patch),
