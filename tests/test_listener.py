@@ -13,7 +13,7 @@ import sys
 import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pydicom
@@ -199,6 +199,39 @@ def test_a_state_file_locked_past_its_timeout_stops_no_loop(
         assert {"complete", "deliver", "clean-up", "worker-0"} <= {t.name for t in threading.enumerate()}
         assert send(port, study) == [SUCCESS] * 3
         wait_for(lambda: len(orthanc.results()) == before + 1, 60, "the result of a study sent after the lock")
+
+
+def test_a_job_done_while_the_state_file_is_locked_is_recorded_when_it_frees(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process takes the state file's write lock for 3 s (busy timeout 0.5 s) just as a job's
+    app has finished: the worker retries (`record_retry`) and the job is recorded done and its result
+    delivered, once. Before, the error went up to the worker loop: the job stayed `running` and its
+    result unsent until the listener restarted, which then ran the job again."""
+    from oncoplan.deploy.listener import queue
+
+    monkeypatch.setattr(queue, "BUSY_TIMEOUT_S", 0.5)
+    spool = tmp_path / "spool"
+    finish_job, locks, locked = queue.JobQueue.finish_job, ExitStack(), []
+
+    def locked_first(self: queue.JobQueue, *args: object) -> None:
+        if not locked:  # the first job to finish meets the lock
+            locked.append(locks.enter_context(locked_state_file(spool, 3.0)))
+        finish_job(self, *args)
+
+    monkeypatch.setattr(queue.JobQueue, "finish_job", locked_first)
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc)
+    study = make_study(tmp_path / "s", seed=14)
+    before = len(orthanc.results())
+    logs.setup()
+    with locks, running(config):
+        assert send(port, study) == [SUCCESS] * 3
+        wait_for(lambda: job_states(spool) == {"done": 1}, 60, "the job to be recorded done")
+        wait_for(lambda: len(orthanc.results()) == before + 1, 60, "the job's result in the PACS")
+    retries = [e for e in _events(capfd) if e["event"] == "record_retry"]
+    assert retries and {e["what"] for e in retries} == {"job_done"}, retries
+    assert len(orthanc.results()) == before + 1
 
 
 # --- the normal path, the real Orthanc, the health endpoint --------------------------------

@@ -7,10 +7,12 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
+from typing import TypeVar
 
 from . import health, logs, scp, sender
 from .config import ListenerConfig, Route
@@ -19,6 +21,8 @@ from .receivers import Receivers
 from .spool import Spool, key
 from .warm import WarmApp
 from .worker import JobError, run_job
+
+T = TypeVar("T")
 
 
 class Listener:
@@ -47,6 +51,19 @@ class Listener:
                 busy = False
             if not busy:
                 self._stop.wait(pause_s)
+
+    def _until_recorded(self, what: str, write: Callable[[], T]) -> T:
+        """A state change that follows work already done (a job's results, a delivery's outcome) is
+        retried while the state file stays locked or unwritable: left to the loop, the work would be
+        lost (a job left `running` till the next start, a result sent twice). Stopping gives up; the
+        next start's recovery then runs the job again."""
+        while True:
+            try:
+                return write()
+            except sqlite3.OperationalError as exc:
+                logs.event("record_retry", logging.WARNING, what=what, error=str(exc))
+                if self._stop.wait(self.config.poll_s):
+                    raise
 
     def _complete_studies(self) -> bool:
         """A study with no new instance for the quiet period is complete: route it once."""
@@ -90,12 +107,12 @@ class Listener:
             app = self._warm_app(route, warm)
             results = run_job(self.spool.job_dir(job.id), route, self.queue, job.study_uid, app)
         except Exception as exc:  # one job's failure must never stop the worker
-            state = self.queue.fail_job(
-                job, str(exc), self.config.max_attempts, self.config.retry_backoff_s, self.config.max_backoff_s
-            )
+            c = self.config
+            fail = partial(self.queue.fail_job, job, str(exc), c.max_attempts, c.retry_backoff_s, c.max_backoff_s)
+            state = self._until_recorded("job_failed", fail)
             logs.event("job_failed", logging.ERROR, job=job.id, route=job.route, error=str(exc), now=state)
             return
-        self.queue.finish_job(job, results, route.destination)
+        self._until_recorded("job_done", partial(self.queue.finish_job, job, results, route.destination))
         logs.event("job_done", job=job.id, route=job.route, results=len(results))
 
     def _deliver(self) -> bool:
@@ -112,10 +129,12 @@ class Listener:
             for d in batch:
                 error = outcome.get(d.path, "not sent")
                 if error is None:
-                    self.queue.delivered(d)
+                    self._until_recorded("result_sent", partial(self.queue.delivered, d))
                     logs.event("result_sent", job=d.job_id, destination=name)
                 else:
-                    self.queue.delivery_failed(d, error, self.config.retry_backoff_s, self.config.max_backoff_s)
+                    c = self.config
+                    failed = partial(self.queue.delivery_failed, d, error, c.retry_backoff_s, c.max_backoff_s)
+                    self._until_recorded("result_not_sent", failed)
                     logs.event("result_not_sent", logging.WARNING, job=d.job_id, destination=name, error=error)
         return False
 
