@@ -120,6 +120,30 @@ def test_exported_matches_eager_tace_dynamics(tmp_path: Path, backend: str) -> N
     assert float((eager - out).abs().max()) <= 1e-4 * max(1.0, float(eager.abs().max()))
 
 
+def test_openvino_compiles_the_dynamics_unet_per_shape_up_to_its_bound(tmp_path: Path) -> None:
+    """The dynamics UNet's signature asks for static shapes: each batch size met is compiled as its own
+    static network, up to STATIC_SHAPES_MAX; every further size shares one dynamic-shape network. All at
+    parity with eager."""
+    from oncoplan.operators.inference_backend import STATIC_SHAPES_MAX, OpenVinoModule
+
+    net = _tiny("tace_dynamics", 6)
+    patch = (16, 16, 16)
+    forward, _ = select_backend(net, dynamics_signature(net.input_channels, patch), tmp_path, ("openvino",))
+    assert isinstance(forward, OpenVinoModule)
+    batches = (2, 3, 1, 2, 4, 5, 6)
+    t = torch.Tensor((300,))
+    for b in batches:
+        x = torch.randn(b, net.input_channels, *patch)
+        with torch.no_grad():
+            eager = net(x, timesteps=t, context=None)
+        out = forward(x, timesteps=t, context=None)
+        assert out.shape == eager.shape
+        assert float((eager - out).abs().max()) <= 1e-4 * max(1.0, float(eager.abs().max())), b
+    static = [dict(k)["x"][0] for k in forward.compiled_shapes if k is not None]
+    assert STATIC_SHAPES_MAX == 4 and static == [2, 3, 1, 4]
+    assert forward.compiled_shapes[-1] is None  # 5 and 6 ran on the dynamic-shape network
+
+
 def test_race_keeps_the_fastest_backend_and_logs_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="oncoplan.operators.inference_backend")
     unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None).eval()
