@@ -16,8 +16,8 @@ from monai.transforms import Compose
 
 from oncoplan.training.bundle_loading import bundle_parser
 from oncoplan.training.tace.data import load_prepared, segmentation_items
-from oncoplan.training.tace.dynamics import layout_labels, multi_hot
-from oncoplan.training.tace.rendered_pairs import hu_scale, main, pair_labels, to_hu
+from oncoplan.training.tace.dynamics import layout_labels, multi_hot, to_hu
+from oncoplan.training.tace.rendered_pairs import hu_scale, main, pair_labels
 from oncoplan.training.tace.world_model import WorldModel, window_around
 
 from .helpers import run_bundle, tiny_tace_models

@@ -270,6 +270,13 @@ def condition(pre: torch.Tensor, mask: torch.Tensor, layout: torch.Tensor) -> to
 HU_WINDOW = (-175.0, 600.0)  # the bundle's `hu_window` (HU mapped to -1..1); a test checks the configs agree
 
 
+def to_hu(image: np.ndarray, scale: tuple[float, float, float, float] = (*HU_WINDOW, -1.0, 1.0)) -> np.ndarray:
+    """Model-space intensities back to HU: the inverse of ScaleIntensityRanged(a_min, a_max, b_min,
+    b_max) given as `scale`; by default the bundle's HU_WINDOW -> [-1, 1]."""
+    a_min, a_max, b_min, b_max = scale
+    return (a_min + (image - b_min) * (a_max - a_min) / (b_max - b_min)).astype(np.float32)
+
+
 class Anchor:
     """Start sampling from the layout painted at compartment level instead of from pure noise
     (SDEdit, Meng et al. 2022): every lesion voxel takes its compartment's typical intensity (the

@@ -33,14 +33,8 @@ from ..metrics import bootstrap_ci
 from ..synth import liver as L
 from ..synth.write_liver import LIPIODOL_HU, PHASES, TISSUE_HU
 from .data import load_prepared
-from .dynamics import HU_WINDOW, RESPONSE, multi_hot
+from .dynamics import RESPONSE, multi_hot, to_hu
 from .world_model import WorldModel, window_around
-
-
-def to_hu(scaled: np.ndarray) -> np.ndarray:
-    """Model-space intensities back to HU (inverse of the bundle's HU_WINDOW -> [-1, 1] scaling)."""
-    lo, hi = HU_WINDOW
-    return (scaled + 1.0) / 2.0 * (hi - lo) + lo
 
 
 def intensity_viable_fraction(window: np.ndarray, lesion: np.ndarray, phase: str) -> float:

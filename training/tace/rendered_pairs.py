@@ -31,7 +31,7 @@ from oncoplan.errors import InputError
 
 from ..actions import ACTION_BASE
 from .data import load_prepared
-from .dynamics import layout_labels
+from .dynamics import layout_labels, to_hu
 from .world_model import WorldModel, window_around
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
@@ -46,11 +46,6 @@ def hu_scale(preprocessing) -> tuple[float, float, float, float]:
             s = transform.scaler
             return float(s.a_min), float(s.a_max), float(s.b_min), float(s.b_max)
     raise InputError("the dynamics preprocessing has no ScaleIntensityRanged: cannot write renderings in HU")
-
-
-def to_hu(image: np.ndarray, scale: tuple[float, float, float, float]) -> np.ndarray:
-    a_min, a_max, b_min, b_max = scale
-    return (a_min + (image - b_min) * (a_max - a_min) / (b_max - b_min)).astype(np.float32)
 
 
 def pair_labels(label_window: np.ndarray, lesion_labels: np.ndarray, patch: tuple[slice, ...]) -> np.ndarray:
