@@ -219,6 +219,34 @@ def test_selector_takes_the_pre_treatment_pvp_series(case: dict, tmp_path: Path)
     with pytest.raises(InputError, match="no pre-treatment contrast CT") as err:
         selector.filter(rules, studies)
     assert "\n" not in str(err.value)
+    # A portal-venous series that says it is of the chest is no candidate: the arterial one is taken.
+    chest_pvp = tmp_path / "chest_pvp"
+    shutil.copytree(case["dir"] / "pre", chest_pvp)
+    _set_body_part(chest_pvp / series["pre_PVP_series"].name, "Chest")
+    assert _selected(chest_pvp) == (_uid(series["pre_AP_series"]), "AP")
+
+
+def _set_body_part(folder: Path, part: str) -> None:
+    for f in folder.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.BodyPartExamined = part
+        ds.save_as(f)
+
+
+def test_a_ct_of_another_region_is_refused_before_any_model_runs(case: dict, models: Path, tmp_path: Path) -> None:
+    """A chest CT sent to the TACE planner (here the liver study relabelled BREAST and CHEST, as a breast RT
+    planning CT is): the assistant would find a "liver" and a "tumor" in it and the plan would look as
+    sure as any. Exit 2, one line naming the body part, nothing written."""
+    chest = tmp_path / "chest"
+    shutil.copytree(case["dir"] / "pre", chest)
+    for i, folder in enumerate(sorted(p for p in chest.iterdir() if p.is_dir())):
+        _set_body_part(folder, ("BREAST", "CHEST")[i % 2])
+    out = tmp_path / "out"
+    r = _cli("plan", "-i", str(chest), "-o", str(out), "-m", str(models), "--settings", SETTINGS)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("oncoplan: error:") and "BodyPartExamined is BREAST, CHEST" in last, last
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_bad_input_and_missing_weights_exit_2_and_leave_nothing(
