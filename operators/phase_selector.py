@@ -10,16 +10,13 @@ order of preference (PVP, else AP; see ``TACE_RULES``).
 When the input holds several studies of one patient, the earliest (StudyDate, StudyTime) is the
 pre-treatment study, as in the indexer. One series is emitted: the first selection that matched.
 
-A CT whose BodyPartExamined names a region that cannot hold the whole liver (a chest or breast RT
-planning CT, a head, a pelvis) is no candidate: the assistant, trained on liver CTs, would find a
-"liver" and a "tumor" in it anyway and the plan would look as sure as any. A CT that names no body
-part (real studies often do not) or any other one stays a candidate.
+A CT whose BodyPartExamined names a region without the liver (a chest or breast RT planning CT, a
+head, a pelvis) is no candidate (`body_region.py`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 
 from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
@@ -28,27 +25,10 @@ from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSel
 from oncoplan.errors import InputError
 from oncoplan.training.tace.tcia_index import CTSeries, dicom_seconds, resolve_phases
 
+from .body_region import first_instance, series_with
+
 log = logging.getLogger(__name__)
 PHASE_ATTRIBUTE = "ContrastPhase"
-# BodyPartExamined values (DICOM PS3.16 Annex L terms, upper case without spaces, '_' or '-') of
-# regions that do not hold the whole liver.
-# fmt: off
-NOT_THE_LIVER = frozenset({
-    "HEAD", "BRAIN", "SKULL", "NECK", "HEADNECK", "CSPINE", "TSPINE", "LSPINE", "SSPINE", "CHEST", "THORAX",
-    "LUNG", "HEART", "BREAST", "PELVIS", "EXTREMITY", "ARM", "LEG", "KNEE", "ANKLE", "FOOT", "HAND", "WRIST",
-    "ELBOW", "SHOULDER", "HIP",
-})
-# fmt: on
-
-
-def region_without_the_liver(series: DICOMSeries) -> str | None:
-    """The series' BodyPartExamined if it names a region that cannot hold the liver, else None."""
-    part = re.sub(r"[\s_\-]", "", str(_first(series).get("BodyPartExamined", "") or "")).upper()
-    return part if part in NOT_THE_LIVER else None
-
-
-def _first(series: DICOMSeries):
-    return series.get_sop_instances()[0].get_native_sop_instance()
 
 
 def _ct_series(series: DICOMSeries) -> CTSeries:
@@ -74,7 +54,7 @@ def _ct_series(series: DICOMSeries) -> CTSeries:
 
 
 def _study_key(study) -> tuple[str, float]:
-    ds = _first(study.get_all_series()[0])
+    ds = first_instance(study.get_all_series()[0])
     return str(ds.get("StudyDate", "") or "99999999"), dicom_seconds(ds.get("StudyTime")) or 0.0
 
 
@@ -95,28 +75,15 @@ class ContrastPhaseSelectorOperator(DICOMSeriesSelectorOperator):
         studies = [s for s in dicom_study_list or [] if any(_is_ct(x) for x in s.get_all_series())]
         if not studies:
             raise InputError("input: no CT series in the study")
-        patients = {str(_first(s.get_all_series()[0]).get("PatientID", "")) for s in studies}
+        patients = {str(first_instance(s.get_all_series()[0]).get("PatientID", "")) for s in studies}
         if len(patients) > 1:
             raise InputError(f"input: studies of {len(patients)} patients; give one patient's studies per run")
         pre = min(studies, key=_study_key)
         if len(studies) > 1:
             log.info("%d CT studies: the earliest (%s) is the pre-treatment study", len(studies), _study_key(pre)[0])
-        candidates, elsewhere = [], {}
-        for series in (s for s in pre.get_all_series() if _is_ct(s)):
-            region = region_without_the_liver(series)
-            if region is None:
-                candidates.append(series)
-            else:
-                elsewhere[series.SeriesDescription or series.SeriesInstanceUID] = region
-        if elsewhere:
-            log.info("not of the liver (BodyPartExamined): %s", elsewhere)
-        if not candidates:
-            regions = ", ".join(sorted(set(elsewhere.values())))
-            raise InputError(
-                f"input: no CT of the liver: BodyPartExamined is {regions}; "
-                "TACE planning needs an abdominal CT that holds the whole liver"
-            )
-        ct = {str(s.SeriesInstanceUID): _ct_series(s) for s in candidates}
+        ct = {
+            str(s.SeriesInstanceUID): _ct_series(s) for s in series_with(filter(_is_ct, pre.get_all_series()), "liver")
+        }
         chosen = resolve_phases(ct.values())
         self._phases = {s.uid: phase for phase, s in chosen.items()}
         for s in ct.values():
@@ -133,4 +100,4 @@ class ContrastPhaseSelectorOperator(DICOMSeriesSelectorOperator):
 
 
 def _is_ct(series: DICOMSeries) -> bool:
-    return str(series.Modality or _first(series).get("Modality", "")).upper() == "CT"
+    return str(series.Modality or first_instance(series).get("Modality", "")).upper() == "CT"

@@ -209,6 +209,56 @@ def test_cli_bad_input_and_bad_note_leave_nothing(study: Path, tmp_path: Path) -
     assert list(out.iterdir()) == []
 
 
+def _relabelled(study: Path, folder: Path, body_part: str, new_series: bool = False) -> Path:
+    """A copy of the study's CT whose BodyPartExamined says `body_part` (as another series if `new_series`)."""
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True)
+    series_uid = generate_uid()
+    for path in sorted(study.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.BodyPartExamined = body_part
+        if new_series:
+            ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, 1
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(folder / path.name)
+    return folder
+
+
+def test_a_ct_of_another_region_is_passed_over_or_refused(study: Path, tmp_path: Path) -> None:
+    """The breast CTV model finds a "CTV" in an abdominal CT too: a series whose BodyPartExamined names a
+    region without the breast is passed over for one that may hold it, and a study with none is refused:
+    exit 2, one line naming the region, nothing written."""
+    from monai.deploy.core import Fragment
+    from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+    from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+
+    from oncoplan.operators.body_region import OrganSeriesSelectorOperator
+    from oncoplan.operators.series_rules import CT_RULES
+
+    both = tmp_path / "both"
+    shutil.copytree(study, both / "chest")
+    _relabelled(study, both / "abdomen", "ABDOMEN", new_series=True)
+    fragment = Fragment()
+    studies = DICOMDataLoaderOperator(fragment, name="loader").load_data_to_studies(both.absolute())
+    selector = OrganSeriesSelectorOperator(fragment, rules=CT_RULES, organ="breast", name="selector")
+    rules = json.loads(CT_RULES)
+    (every,) = DICOMSeriesSelectorOperator.filter(selector, rules, studies, all_matched=True)
+    assert len(every.selected_series) == 2  # the SDK's rules match both
+    (selected,) = selector.filter(rules, studies)
+    (one,) = selected.selected_series
+    assert str(one.series.SeriesInstanceUID) == str(_ct(study)[0].SeriesInstanceUID)
+
+    abdomen = _relabelled(study, tmp_path / "abdomen", "Abdomen")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "oncoplan", "contour", "-i", str(abdomen), "-o", str(out), "--note", NOTE]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("oncoplan: error:") and "no CT of the breast: BodyPartExamined is ABDOMEN" in last, last
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_monai_deploy_exec_with_holoscan_variables(study: Path, contoured: Path, tmp_path: Path) -> None:
     """The card's command, paths from the HOLOSCAN_* variables as a MAP runner passes them; the U-Net
     on OpenVINO inside the Holoscan graph (each compute() on its own Python thread state: an OpenVINO

@@ -9,9 +9,9 @@ from typing import ClassVar
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
-from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 
+from oncoplan.operators.body_region import OrganSeriesSelectorOperator
 from oncoplan.operators.clinical_note import ClinicalNoteOperator
 from oncoplan.operators.ctv_inference import CTVInferenceOperator
 from oncoplan.operators.ctv_writers import CTVRTStructWriterOperator, CTVSegWriterOperator
@@ -33,7 +33,9 @@ class CTVContouringApp(Application):
         inp, out = Path(ctx.input_path), Path(ctx.output_path)
 
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=inp, name="study_loader")
-        selector = DICOMSeriesSelectorOperator(self, rules=CT_RULES, all_matched=True, name="ct_selector")
+        selector = OrganSeriesSelectorOperator(
+            self, rules=CT_RULES, organ="breast", all_matched=True, name="ct_selector"
+        )
         to_volume = DICOMSeriesToVolumeOperator(self, name="ct_volume")
         note = ClinicalNoteOperator(self, CountCondition(self, 1), input_folder=inp, note=self.note, name="note")
         ctv = CTVInferenceOperator(self, bundle_path=bundle_path(ctx.model_path, "ctv_llmseg"), name="ctv_llmseg")
