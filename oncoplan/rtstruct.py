@@ -25,7 +25,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from skimage.draw import polygon as fill_polygon
 from skimage.measure import approximate_polygon, find_contours
 
@@ -283,12 +283,27 @@ def rtstruct_dataset(
     return ds
 
 
+# Explicit VR gives a DS value a 2-byte length: ContourData of more than ~2,700 points (a body
+# outline, a ragged contour) does not fit, and pydicom would write it as UN, which no TPS reads.
+EXPLICIT_VR_MAX_LENGTH = 0xFFFE
+
+
+def _fits_explicit_vr(ds: Dataset) -> bool:
+    return all(
+        len("\\".join(str(v) for v in contour.ContourData)) <= EXPLICIT_VR_MAX_LENGTH
+        for roi in ds.get("ROIContourSequence", [])
+        for contour in roi.get("ContourSequence", [])
+    )
+
+
 def write_rtstruct(ds: Dataset, path: str | Path) -> Path:
-    """Save as Explicit VR Little Endian Part-10; the file appears only when complete."""
+    """Save as Explicit VR Little Endian Part-10, or Implicit VR Little Endian (4-byte lengths; the
+    transfer syntax every DICOM application accepts) when a contour is too long for explicit VR. The
+    file appears only when complete."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian if _fits_explicit_vr(ds) else ImplicitVRLittleEndian
     ds.file_meta = meta
     path = Path(path)
     with atomic_path(path) as tmp:

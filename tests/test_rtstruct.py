@@ -128,6 +128,36 @@ def test_written_files_pass_dciodvfy_for_feet_first(tmp_path: Path) -> None:
     assert problems(path) == []
 
 
+@pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy (dicom3tools) not installed")
+def test_a_contour_too_long_for_explicit_vr_is_written_implicit_and_exact(tmp_path: Path) -> None:
+    """A square with a one-pixel tooth every other pixel on each side: one contour of ~4,200 points, whose
+    ContourData is over 64 KB, more than explicit VR's 2-byte length holds (pydicom would write it as
+    UN). The file goes out as Implicit VR Little Endian, valid, and reads back exact; a small contour
+    stays explicit."""
+    grid, ct = _series("HFS", (2.0, 0.5, 0.5), shape=(3, 560, 560))
+    mask = np.zeros(grid.shape, dtype=bool)
+    mask[1, 20:540, 20:540] = True
+    for side in (mask[1, 19, 20:540], mask[1, 540, 20:540], mask[1, 20:540, 19], mask[1, 20:540, 540]):
+        side[::2] = True
+    order = _sorted_order(ct)
+    ragged = rtstruct_dataset(ct, [ROI("Ragged", mask[order])])
+    (contour,) = ragged.ROIContourSequence[0].ContourSequence
+    assert len("\\".join(map(str, contour.ContourData))) > 0xFFFF
+    path = write_rtstruct(ragged, tmp_path / "ragged.dcm")
+    written = pydicom.dcmread(path)
+    assert written.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+    assert written.ROIContourSequence[0].ContourSequence[0]["ContourData"].VR == "DS"
+    assert problems(path) == []
+    assert np.array_equal(read_rtstruct(path, ct)["Ragged"], mask[order])
+    small = write_rtstruct(
+        rtstruct_dataset(
+            ct, [ROI("Small", _ball(grid, grid.to_world(np.array([[1.0, 200.0, 200.0]]))[0], 20.0)[order])]
+        ),
+        tmp_path / "small.dcm",
+    )
+    assert pydicom.dcmread(small).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+
+
 def test_bad_input_is_refused(tmp_path: Path) -> None:
     _, ct = _series("HFS", (2.5, 1.0, 1.0))
     with pytest.raises(ValueError, match="mask shape"):
