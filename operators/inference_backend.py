@@ -376,9 +376,22 @@ def select_backend(
 
 
 def _race_record(key: str, cache_dir: Path, prefix: str, prefer: Sequence[str]) -> Path:
-    """Where the race's winner is kept: per weights and shapes (`key`), candidates and machine."""
-    machine = hashlib.sha256(f"{platform.platform()}|{_cpu_name()}|{torch.get_num_threads()}|{list(prefer)}".encode())
-    return Path(cache_dir) / f"{prefix}_{key}_{machine.hexdigest()[:8]}.race.json"
+    """Where the race's winner is kept: per weights and shapes (`key`), candidates, machine and the
+    versions of what raced (a new runtime or a new way of compiling can change the winner)."""
+    machine = f"{platform.platform()}|{_cpu_name()}|{torch.get_num_threads()}|{list(prefer)}|{_versions()}"
+    return Path(cache_dir) / f"{prefix}_{key}_{hashlib.sha256(machine.encode()).hexdigest()[:8]}.race.json"
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "-"
+
+    return ",".join(f"{name} {of(name)}" for name in ("oncoplan", "torch", "openvino", "onnxruntime"))
 
 
 def _cpu_name() -> str:

@@ -158,6 +158,13 @@ def test_race_keeps_the_fastest_backend_and_logs_each(tmp_path: Path, caplog: py
     caplog.clear()  # the next start on this machine reuses the decision without timing
     _, again_name = select_backend(unet, signature, tmp_path, prefer=racers, prefix="tiny")
     assert again_name == name and "timed earlier" in caplog.text and " ms" not in caplog.text
+    caplog.clear()  # another version of a runtime (or of OncoPlan) races again
+    from oncoplan.operators import inference_backend
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inference_backend, "_versions", lambda: "openvino 2099.1")
+        select_backend(unet, signature, tmp_path, prefer=racers, prefix="tiny")
+    assert "timed earlier" not in caplog.text and " ms" in caplog.text
     first, first_name = select_backend(unet, signature, tmp_path, prefer=("torch", "onnxruntime"), race=False)
     assert first is unet and first_name == "torch (eager)"
 
