@@ -105,10 +105,31 @@ class TacePlan:
     spacing_mm: tuple[float, ...]
     bundles: dict[str, str]  # bundle name -> version
     timing_s: dict[str, float] = field(default_factory=dict)
+    segmented_cm3: dict[str, float] = field(default_factory=dict)  # the assistant's liver (tumor in) and tumor
 
     @property
     def best(self):
         return self.plan.best
+
+    @property
+    def segmentation_warning(self) -> str | None:
+        return liver_volume_warning(self.segmented_cm3.get("liver", 0.0))
+
+
+# Whole-liver volumes of adults, tumor included: cirrhotic livers shrink towards the lower end, large
+# HCCs and hepatomegaly reach the upper one. A segmentation outside says the CT does not hold the whole
+# liver or the assistant went wrong (it finds a "liver" in a chest CT too): the plan is flagged.
+ADULT_LIVER_CM3 = (700.0, 4000.0)
+
+
+def liver_volume_warning(liver_cm3: float) -> str | None:
+    lo, hi = ADULT_LIVER_CM3
+    if lo <= liver_cm3 <= hi:
+        return None
+    return (
+        f"the segmented liver measures {liver_cm3:.0f} cm3, outside the adult range {lo:.0f}-{hi:.0f} cm3: "
+        "check that the CT holds the whole liver and that the segmentation is right before reading this plan"
+    )
 
 
 def check_bundles(bundles: dict[str, Path]) -> None:
@@ -216,6 +237,10 @@ class TacePlanner:
         mask = np.isin(labels, TUMOR_LABELS)
         if not mask.any():
             raise InputError(f"{volume.where}: the assistant model finds no liver tumor; there is nothing to plan")
+        voxel_cm3 = float(np.prod(self.spacing)) / 1000.0
+        segmented = {"liver": float((labels > 0).sum()) * voxel_cm3, "tumor": float(mask.sum()) * voxel_cm3}
+        if (warning := liver_volume_warning(segmented["liver"])) is not None:
+            log.warning("%s: %s", volume.where, warning)
         t1 = time.perf_counter()
         pre_window, mask_window, start = window_around(pre, mask, tuple(self.world.window))
         policy = OfflinePolicy(self.settings.action_set, None, s.drug_horizon, s.embolic_horizon)
@@ -246,6 +271,7 @@ class TacePlanner:
             spacing_mm=self.spacing,
             bundles=self.versions,
             timing_s={"segmentation": t1 - t0, "search": t2 - t1, "outcomes": t3 - t2},
+            segmented_cm3=segmented,
         )
 
 

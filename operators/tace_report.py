@@ -39,6 +39,8 @@ def _text_page(fig, plan: TacePlan) -> None:
         f"horizons {s.drug_horizon} drugs / {s.embolic_horizon} embolics ({plan.settings.label})",
         f"Protocols evaluated: {len(plan.plan.ranked)}; models: "
         + ", ".join(f"{k} {v}" for k, v in plan.bundles.items()),
+        f"Assistant segmentation: liver {plan.segmented_cm3.get('liver', 0):.0f} cm3 (tumor included), "
+        f"tumor {plan.segmented_cm3.get('tumor', 0):.0f} cm3",
         "",
         f"Chosen protocol: {best.protocol}  (pick: {plan.plan.pick}; {separation_text(plan.plan.separation)})",
         f"Predicted risk: {best.mean_risk:.4f} +/- {best.std_risk:.4f} (mean +/- SD over {len(best.sample_risks)} "
@@ -48,6 +50,9 @@ def _text_page(fig, plan: TacePlan) -> None:
     fig.text(0.06, 0.915, DISCLAIMER, fontsize=7.5, color="#b00000", va="top", wrap=True)
     wrapped = [part for line in lines for part in (textwrap.wrap(line, 95) or [""])]
     fig.text(0.06, 0.875, "\n".join(wrapped), fontsize=8, va="top", family="monospace", linespacing=1.5)
+    if plan.segmentation_warning:
+        warning = "\n".join(textwrap.wrap(f"Warning: {plan.segmentation_warning}", 95))
+        fig.text(0.06, 0.715, warning, fontsize=8, color="#b00000", weight="bold", va="top", family="monospace")
 
 
 def _risk_chart(ax, plan: TacePlan) -> None:
@@ -92,7 +97,7 @@ def render_report(plan: TacePlan) -> bytes:
     with PdfPages(buffer, metadata=meta) as pdf:
         fig = Figure(figsize=(8.27, 11.69))
         _text_page(fig, plan)
-        _risk_chart(fig.add_axes((0.4, 0.08, 0.54, 0.58)), plan)
+        _risk_chart(fig.add_axes((0.4, 0.08, 0.54, 0.56)), plan)
         pdf.savefig(fig)
 
         fig = Figure(figsize=(8.27, 11.69))

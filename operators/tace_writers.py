@@ -108,8 +108,10 @@ def plan_sr(plan: TacePlan, series_number: int = 901) -> hd.sr.ComprehensiveSR:
         f"seed {s.seed} ({plan.settings.label}); pre-treatment series {ct[0].SeriesInstanceUID} ({plan.phase}); "
         f"pick: {plan.plan.pick}, {separation_text(plan.plan.separation)}"
     )
+    warning = [_text(codes.DCM.Comment, f"Warning: {plan.segmentation_warning}")] if plan.segmentation_warning else []
     items = [
         _text(codes.DCM.Comment, RESEARCH_NOTE),
+        *warning,
         hd.sr.CodeContentItem(codes.DCM.ProcedureReported, codes.SCT.TranscatheterTherapyForEmbolization, CONTAINS),
         _text(codes.DCM.AlgorithmName, algorithm),
         _text(SEARCH, settings),
@@ -149,6 +151,10 @@ def plan_json(plan: TacePlan) -> dict:
         "bundles": plan.bundles,
         "stage_timing_s": {k: round(v, 3) for k, v in plan.timing_s.items()},
         "simulated_post_treatment_voxels": {SEGMENTS[k].label: int((plan.post_labels == k).sum()) for k in SEGMENTS},
+        "segmentation": {
+            **{f"{k}_cm3": round(v, 1) for k, v in plan.segmented_cm3.items()},
+            "warning": plan.segmentation_warning,
+        },
         **plan.plan.to_dict(),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,9 @@ def test_demo_writes_both_studies_and_reruns(tmp_path: Path) -> None:
     assert "ctv_rtstruct.dcm" in first.stdout
     planned = {p.name for p in (out / "liver" / "tace_output").iterdir()}
     assert {"plan.json", "tace_plan_sr.dcm", "tace_post_seg.dcm", "tace_report_pdf.dcm", "report.pdf"} <= planned
+    # The shipped assistant on a generated liver study: a liver of adult size, so no warning.
+    segmentation = json.loads((out / "liver" / "tace_output" / "plan.json").read_text())["segmentation"]
+    assert 700 <= segmentation["liver_cm3"] <= 4000 and segmentation["warning"] is None, segmentation
     again = _demo(out)
     assert again.returncode == 0, again.stderr
 

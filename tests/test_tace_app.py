@@ -21,6 +21,7 @@ import pydicom
 import pytest
 
 from oncoplan.errors import InputError
+from oncoplan.operators.tace_planning import ADULT_LIVER_CM3, liver_volume_warning
 from oncoplan.training.planner.search import PAPER_SETTINGS
 from oncoplan.training.synth.cohort import generate_cohort
 
@@ -80,6 +81,21 @@ def test_plan_writes_sr_seg_pdf_and_json(planned: Path) -> None:
     assert len(risks) >= 2 and risks == sorted(risks)
     assert plan["best"] == plan["ranked"][0]
     assert plan["settings"]["beam"] == 2 and plan["settings"]["samples"] == 1 and plan["settings"]["steps"] == 2
+    # The assistant's volumes, and a warning exactly when the liver is outside the adult range (random
+    # weights here: either may hold).
+    seg = plan["segmentation"]
+    assert seg["liver_cm3"] >= seg["tumor_cm3"] > 0
+    assert seg["warning"] == liver_volume_warning(seg["liver_cm3"])
+
+
+def test_a_liver_outside_the_adult_range_is_flagged() -> None:
+    lo, hi = ADULT_LIVER_CM3
+    assert (
+        liver_volume_warning(1500.0) is None and liver_volume_warning(lo) is None and liver_volume_warning(hi) is None
+    )
+    for cm3 in (303.0, hi + 1):
+        warning = liver_volume_warning(cm3)
+        assert warning is not None and f"{cm3:.0f} cm3" in warning and "whole liver" in warning
 
 
 @pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy (dicom3tools) not installed")
@@ -111,9 +127,11 @@ def test_sr_holds_the_ranked_protocols_and_references_the_pvp_series(planned: Pa
     (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
     assert [s.SeriesInstanceUID for s in evidence.ReferencedSeriesSequence] == [ct.SeriesInstanceUID]
     assert len(evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence) == len(list(pvp.glob("*.dcm")))
-    (comment,) = _children(sr, "121106")
-    assert "RESEARCH USE ONLY" in comment.TextValue
+    comments = [c.TextValue for c in _children(sr, "121106")]
+    assert "RESEARCH USE ONLY" in comments[0]
     plan = json.loads((planned / "plan.json").read_text())
+    warning = plan["segmentation"]["warning"]  # the liver volume's, when outside the adult range
+    assert comments[1:] == ([f"Warning: {warning}"] if warning else [])
     (chosen,) = _children(sr, "TACE-CHOSEN")
     candidates = _children(sr, "TACE-CANDIDATE")
     assert len(candidates) == len(plan["ranked"])
