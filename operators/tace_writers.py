@@ -216,7 +216,7 @@ class TacePlanJSONWriterOperator(_PlanWriter):
     def write(self, plan: TacePlan) -> list[Path]:
         path = self.output_folder / "plan.json"
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(plan_json(plan), indent=1, default=_jsonable))
+            tmp.write_text(json.dumps(_finite(plan_json(plan)), indent=1, default=_jsonable, allow_nan=False))
         return [path]
 
 
@@ -224,3 +224,15 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _finite(value):
+    """`value` with every non-finite float as None: strict JSON (RFC 8259 has no NaN or Infinity, and
+    strict parsers, JavaScript's among them, reject a file that holds one)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return None
+    return value

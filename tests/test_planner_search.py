@@ -38,6 +38,7 @@ from oncoplan.training.planner.search import (
     separation_of,
     valid_protocols,
 )
+from oncoplan.training.planner.separation import separation_text
 from oncoplan.training.synth import liver as L
 from oncoplan.training.tace.data import load_prepared
 from oncoplan.training.tace.dynamics_eval import model_space_case
@@ -325,6 +326,13 @@ def test_separation_of_the_top_protocols() -> None:
     noise = separation_of(ranked((1.0, 2.0), (1.1, 2.1), (0.9, 1.9)))
     assert noise is not None and noise["p"] > 0.5
     assert separation_of(ranked((1.0,), (2.0,))) is None  # T = 1: no within-protocol spread to compare
+    assert not apart["exact"] and not noise["exact"]
+    # Each protocol's samples with one risk (the layout read-out): no noise to test against. F and p are
+    # None, not an infinite F with p = 0 that would read as certainty (and is not JSON).
+    exact = separation_of(ranked((1.0, 1.0), (2.0, 2.0)))
+    assert exact == {"f": None, "p": None, "protocols": 2, "samples": 2, "exact": True}
+    assert "no sampling noise" in separation_text(exact) and "ANOVA" not in separation_text(exact)
+    json.dumps(exact, allow_nan=False)
 
 
 @pytest.mark.parametrize("p", [0.9, 0.001])
@@ -334,7 +342,8 @@ def test_beam_search_defers_to_the_policy_only_without_separation(models, case, 
     import oncoplan.training.planner.search as search
 
     world, scorer, _ = models
-    monkeypatch.setattr(search, "separation_of", lambda ranked: {"f": 1.0, "p": p, "protocols": 2, "samples": 2})
+    separation = {"f": 1.0, "p": p, "protocols": 2, "samples": 2, "exact": False}
+    monkeypatch.setattr(search, "separation_of", lambda ranked: separation)
     policy = OfflinePolicy(TCIA_SET, max_drugs=2)
     planner = WorldModelPlanner(world, scorer, policy, replace(FAST, defer_alpha=0.05))
     prior = planner.initial_candidates()[0][0]

@@ -73,9 +73,13 @@ def planned(case: dict, models: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON (RFC 8259)")
+
+
 def test_plan_writes_sr_seg_pdf_and_json(planned: Path) -> None:
     assert sorted(p.name for p in planned.iterdir()) == OUTPUTS
-    plan = json.loads((planned / "plan.json").read_text())
+    plan = json.loads((planned / "plan.json").read_text(), parse_constant=_not_json)  # strict: no NaN/Infinity
     assert plan["research_use_only"] and plan["phase"] == "PVP"
     risks = [r["mean_risk"] for r in plan["ranked"]]
     assert len(risks) >= 2 and risks == sorted(risks)
@@ -86,6 +90,13 @@ def test_plan_writes_sr_seg_pdf_and_json(planned: Path) -> None:
     seg = plan["segmentation"]
     assert seg["liver_cm3"] >= seg["tumor_cm3"] > 0
     assert seg["warning"] == liver_volume_warning(seg["liver_cm3"])
+
+
+def test_plan_json_holds_no_nan_or_infinity() -> None:
+    from oncoplan.operators.tace_writers import _finite
+
+    value = {"a": [1.0, float("nan")], "b": np.float32("inf"), "c": ({"d": -float("inf")}, 2), "e": "x"}
+    assert _finite(value) == {"a": [1.0, None], "b": None, "c": [{"d": None}, 2], "e": "x"}
 
 
 def test_a_liver_outside_the_adult_range_is_flagged() -> None:

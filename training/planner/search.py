@@ -32,6 +32,7 @@ noise, so differences between candidates come from the protocol (common random n
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -117,14 +118,24 @@ class RankedProtocol:
 SEPARATION_TOP = 5  # the ranked protocols whose sampled risks the separation test compares
 
 
-def separation_of(ranked: Sequence[RankedProtocol]) -> dict[str, float] | None:
-    """One-way ANOVA (F, p) over the top protocols' sampled risks; None with fewer than 2 x 2 samples."""
+def separation_of(ranked: Sequence[RankedProtocol]) -> dict[str, Any] | None:
+    """One-way ANOVA (F, p) over the top protocols' sampled risks; None with fewer than 2 x 2 samples.
+    `exact`: every protocol's samples have the same risk while the protocols differ (a read-out that no
+    sampling noise reaches, such as the layout one), so there is no noise to test against: F and p are
+    None (not an infinite F and p = 0, which would read as certainty) and the ranking follows the means."""
     top = list(ranked[:SEPARATION_TOP])
     samples = {len(r.sample_risks) for r in top}
     if len(top) < 2 or len(samples) != 1 or min(samples) < 2:
         return None
     f, p = anova_f([r.sample_risks for r in top])
-    return {"f": f, "p": p, "protocols": len(top), "samples": min(samples)}
+    exact = math.isinf(f)
+    return {
+        "f": None if exact else f,
+        "p": None if exact else p,
+        "protocols": len(top),
+        "samples": min(samples),
+        "exact": exact,
+    }
 
 
 @dataclass
@@ -264,7 +275,8 @@ class _Session:
         ranked = sorted(self.cache.values(), key=lambda r: (r.mean_risk, _order(r.protocol)))
         separation = separation_of(ranked)
         alpha = self.planner.settings.defer_alpha
-        defer = alpha is not None and prior is not None and separation is not None and separation["p"] >= alpha
+        noise = separation is not None and not separation["exact"]  # exact: nothing to defer on
+        defer = alpha is not None and prior is not None and noise and separation["p"] >= alpha
         return Plan(
             method=method,
             ranked=ranked,

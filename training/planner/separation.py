@@ -47,6 +47,11 @@ def separation_text(separation: Mapping[str, float] | None) -> str:
     """One line for reports: the test's result, or why there is none."""
     if not separation:
         return "separation not tested (fewer than 2 protocols x 2 samples)"
+    if separation.get("exact"):
+        return (
+            f"the top {separation['protocols']} protocols' {separation['samples']} samples each have one risk: "
+            "no sampling noise reaches the read-out, so no test; the ranking follows the predicted responses"
+        )
     return (
         f"separation of the top {separation['protocols']} protocols over {separation['samples']} samples: "
         f"ANOVA F {separation['f']:.2f}, p {separation['p']:.3f}"
