@@ -9,6 +9,7 @@ answer does a stub stand in for the scoring interface (the ground-truth linear p
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -376,6 +377,28 @@ def test_beam_search_with_the_default_response_heuristic(models, case) -> None:
     for r in worse.ranked:
         shift = 2 * coef["Child-Pugh"] + 2 * len(r.protocol.drugs) * coef["drugs x Child-Pugh"]
         assert r.mean_risk - base[r.protocol] == pytest.approx(shift)
+
+
+def test_a_layout_read_out_search_renders_nothing_and_ranks_as_if_it_did(models, case) -> None:
+    """The planner's default heuristic reads the layouts the renderer is conditioned on, never the
+    renderings: the search asks the world model for the response head's prediction only (no dynamics or
+    assistant call), and every protocol gets the risks it gets when everything is rendered."""
+    world, _, _ = models
+    layout = load_heuristic(BUNDLES["survival"], "response_cox_layout")
+    assert layout.reads_renderings is False
+    clinical = case["row"].to_dict()
+
+    def search(scorer):
+        planner = WorldModelPlanner(world, scorer, OfflinePolicy(TCIA_SET, max_drugs=2), FAST)
+        return planner.beam_search(case["pre"], case["mask"], clinical=clinical)
+
+    fast = search(layout)
+    rendering = copy.copy(layout)
+    rendering.reads_renderings = True
+    full = search(rendering)
+    assert fast.evaluations["dynamics_forwards"] == fast.evaluations["assistant_forwards"] == 0
+    assert full.evaluations["dynamics_forwards"] > 0 and full.evaluations["assistant_forwards"] > 0
+    assert [r.to_dict() for r in fast.ranked] == [r.to_dict() for r in full.ranked]
 
 
 def test_beam_children_add_one_item_within_horizons(models) -> None:

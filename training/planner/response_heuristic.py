@@ -227,7 +227,7 @@ def layout_viable_cm3(
 
     from ..tace.dynamics import layout_labels
 
-    n_protocols, samples = simulation.viable_fraction.shape
+    n_protocols, samples = len(simulation.response), simulation.samples
     mask = torch.as_tensor(mask_window[simulation.patch_slices] > 0, dtype=torch.float32)[None, None]
     seed = simulation.seed if seed is None else seed
     maps = layout_labels(mask, torch.as_tensor(simulation.response, dtype=torch.float32), samples, seed)
@@ -248,6 +248,9 @@ class ResponseRiskScorer:
             raise ValueError(f"readout must be segmentation or layout, got {readout!r}")
         self.model, self.readout = model, readout
         self.name = "response_cox" if readout == "segmentation" else "response_cox_layout"
+        # The layout read-out needs only the response head's prediction: a search scoring with it asks
+        # the world model for no rendering (WorldModel.respond).
+        self.reads_renderings = readout == "segmentation"
         self.voxel_cm3 = float(np.prod([float(v) for v in pixdim])) / 1000.0
 
     @classmethod
@@ -262,8 +265,8 @@ class ResponseRiskScorer:
         protocols: Sequence[Protocol],
         clinical: Mapping[str, Any] | None = None,
     ) -> np.ndarray:
-        if len(protocols) != simulation.labels.shape[0]:
-            raise ValueError(f"{len(protocols)} protocols for {simulation.labels.shape[0]} simulated ones")
+        if len(protocols) != len(simulation.response):
+            raise ValueError(f"{len(protocols)} protocols for {len(simulation.response)} simulated ones")
         burden = self.burden_cm3(mask_window)
         if self.readout == "layout":
             residual = layout_viable_cm3(mask_window, simulation, self.voxel_cm3)

@@ -240,12 +240,16 @@ class _Session:
         planner = self.planner
         matrix = np.asarray([p.multi_hot() for p in new], dtype=np.float32)
         t0 = time.perf_counter()
-        sim = planner.world_model.simulate(self.pre, self.mask, matrix, planner.settings.seed)
+        world, seed = planner.world_model, planner.settings.seed
+        if getattr(planner.scorer, "reads_renderings", True):
+            sim = world.simulate(self.pre, self.mask, matrix, seed)
+        else:  # a read-out of the layouts: the renderings would be made and never looked at
+            sim = world.respond(matrix, seed)
         t1 = time.perf_counter()
         risks = np.asarray(planner.scorer(self.pre, self.mask, sim, new, self.clinical), dtype=np.float64)
         t2 = time.perf_counter()
-        if risks.shape != (len(new), sim.windows.shape[1]):
-            raise ValueError(f"the scorer returned shape {risks.shape}, expected {(len(new), sim.windows.shape[1])}")
+        if risks.shape != (len(new), sim.samples):
+            raise ValueError(f"the scorer returned shape {risks.shape}, expected {(len(new), sim.samples)}")
         self.calls += 1
         self.simulations += risks.size
         self.simulate_s += t1 - t0

@@ -72,14 +72,20 @@ class Simulation:
     """Simulated outcomes: windows (P, T, *window), label maps (P, T, *window), viable fraction (P, T)
     as the assistant segments it, and the response head's prediction per protocol (P, len(RESPONSE)),
     which the renderer drew from; `seed`: the one the renderer drew its layouts with (a read-out of
-    those layouts draws them again from it)."""
+    those layouts draws them again from it). From :meth:`WorldModel.respond` only the response, the
+    patch, the seed and `samples` are there: nothing was rendered or segmented."""
 
-    windows: np.ndarray
-    labels: np.ndarray
-    viable_fraction: np.ndarray
+    windows: np.ndarray | None
+    labels: np.ndarray | None
+    viable_fraction: np.ndarray | None
     patch_slices: tuple[slice, ...]
     response: np.ndarray
     seed: int = 0
+    samples: int = 0  # T; taken from the renderings when there are some
+
+    def __post_init__(self) -> None:
+        if self.viable_fraction is not None:
+            self.samples = int(self.viable_fraction.shape[1])
 
 
 def window_around(volume: np.ndarray, mask: np.ndarray, size: tuple[int, ...], fill: float = -1.0):
@@ -185,16 +191,30 @@ class WorldModel:
             anchor=dyn.get_parsed_content("anchor") if "anchor" in dyn else None,
         )
 
+    def _patch(self) -> tuple[slice, ...]:
+        """The centre of the window that the renderer regenerates."""
+        lo = [(w - p) // 2 for w, p in zip(self.window, self.patch, strict=True)]
+        return tuple(slice(a, a + p) for a, p in zip(lo, self.patch, strict=True))
+
+    @torch.no_grad()
+    def respond(self, protocols: np.ndarray, seed: int = 0) -> Simulation:
+        """The response head's prediction for every protocol (rows of a multi-hot matrix): what
+        :meth:`simulate` conditions its renderer on, without rendering or segmenting anything. Enough
+        for a read-out of the layouts (the planner's default heuristic), at a fraction of the cost."""
+        return Simulation(None, None, None, self._patch(), self._responses(protocols).cpu().numpy(), seed, self.samples)
+
+    def _responses(self, protocols: np.ndarray) -> torch.Tensor:
+        return self.dynamics.response(torch.as_tensor(protocols, dtype=torch.float32).to(self.device))
+
     @torch.no_grad()
     def simulate(self, pre_window: np.ndarray, mask_window: np.ndarray, protocols: np.ndarray, seed: int = 0):
         """Simulate every protocol (rows of a multi-hot matrix) `samples` times and segment the results.
         The dynamics model's response head turns each protocol into the response its renderer draws."""
-        lo = [(w - p) // 2 for w, p in zip(self.window, self.patch, strict=True)]
-        patch = tuple(slice(a, a + p) for a, p in zip(lo, self.patch, strict=True))
+        patch = self._patch()
         pre = torch.as_tensor(pre_window[patch], dtype=torch.float32)[None, None].to(self.device)
         mask = torch.as_tensor(mask_window[patch] > 0, dtype=torch.float32)[None, None].to(self.device)
         self.sampler.set_timesteps(self.steps)
-        responses = self.dynamics.response(torch.as_tensor(protocols, dtype=torch.float32).to(self.device))
+        responses = self._responses(protocols)
         posts = simulate(
             self.dynamics_forward,
             pre,
