@@ -398,6 +398,7 @@ def test_a_layout_read_out_search_renders_nothing_and_ranks_as_if_it_did(models,
     full = search(rendering)
     assert fast.evaluations["dynamics_forwards"] == fast.evaluations["assistant_forwards"] == 0
     assert full.evaluations["dynamics_forwards"] > 0 and full.evaluations["assistant_forwards"] > 0
+    assert fast.evaluations["rendered"] == 0 and full.evaluations["rendered"] == full.evaluations["simulations"] > 0
     assert [r.to_dict() for r in fast.ranked] == [r.to_dict() for r in full.ranked]
 
 

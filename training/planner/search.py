@@ -218,7 +218,7 @@ class _Session:
     ) -> None:
         self.planner, self.pre, self.mask, self.clinical = planner, pre_window, mask_window, clinical
         self.cache: dict[Protocol, RankedProtocol] = {}
-        self.calls, self.simulations = 0, 0
+        self.calls, self.simulations, self.rendered = 0, 0, 0  # outcomes scored; of them rendered
         self.simulate_s, self.heuristic_s = 0.0, 0.0
         self.steps: list[dict[str, Any]] = []
         backends = getattr(planner.world_model, "backends", {})
@@ -241,10 +241,9 @@ class _Session:
         matrix = np.asarray([p.multi_hot() for p in new], dtype=np.float32)
         t0 = time.perf_counter()
         world, seed = planner.world_model, planner.settings.seed
-        if getattr(planner.scorer, "reads_renderings", True):
-            sim = world.simulate(self.pre, self.mask, matrix, seed)
-        else:  # a read-out of the layouts: the renderings would be made and never looked at
-            sim = world.respond(matrix, seed)
+        # A read-out of the layouts needs no rendering: it would be made and never looked at.
+        render = getattr(planner.scorer, "reads_renderings", True)
+        sim = world.simulate(self.pre, self.mask, matrix, seed) if render else world.respond(matrix, seed)
         t1 = time.perf_counter()
         risks = np.asarray(planner.scorer(self.pre, self.mask, sim, new, self.clinical), dtype=np.float64)
         t2 = time.perf_counter()
@@ -252,6 +251,7 @@ class _Session:
             raise ValueError(f"the scorer returned shape {risks.shape}, expected {(len(new), sim.samples)}")
         self.calls += 1
         self.simulations += risks.size
+        self.rendered += risks.size if render else 0
         self.simulate_s += t1 - t0
         self.heuristic_s += t2 - t1
         for p, r in zip(new, risks, strict=True):
@@ -267,6 +267,7 @@ class _Session:
         evaluations = {
             "protocols": len(self.cache),
             "simulations": self.simulations,
+            "rendered": self.rendered,
             "world_model_calls": self.calls,
             "dynamics_forwards": dyn.calls if dyn else 0,
             "assistant_forwards": ast.calls if ast else 0,
