@@ -39,15 +39,19 @@ def test_gate_keeps_a_separating_world_model_and_defers_otherwise(tmp_path, caps
         "cases": [
             _case("A", [[1.0, 1.01], [2.0, 2.01], [3.0, 3.01]], world=0.0, policy=4.0),  # separated: kept
             _case("B", [[1.0, 2.0], [1.1, 2.1], [0.9, 1.9]], world=9.0, policy=1.0),  # noise: deferred
+            _case("C", [[1.0, 1.0], [2.0, 2.0]], world=2.0, policy=5.0),  # one risk per protocol: no test, kept
         ]
     }
     report = separation_report(evaluation, alpha=0.05)
-    assert [r["world_model_kept"] for r in report["cases"]] == [True, False]
-    assert [r["gated"] for r in report["cases"]] == [0.0, 1.0]
-    assert report["summary_regret_months"]["gated"][0] == pytest.approx(0.5)
+    assert [r["world_model_kept"] for r in report["cases"]] == [True, False, True]
+    assert [r["gated"] for r in report["cases"]] == [0.0, 1.0, 2.0]
+    assert report["cases"][2]["f"] is None and report["cases"][2]["p"] is None
+    json.dumps(report["cases"], allow_nan=False)
+    assert report["summary_regret_months"]["gated"][0] == pytest.approx(1.0)
     path = tmp_path / "planning_evaluation.json"
     path.write_text(json.dumps(evaluation))
     assert main([str(path)]) == 0
-    assert "gated: 0.50" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "gated: 1.00" in out and "C: no noise, no test" in out
     path.write_text("{}")
     assert main([str(path)]) == 2
