@@ -51,8 +51,10 @@ def _text_page(fig, plan: TacePlan) -> None:
     wrapped = [part for line in lines for part in (textwrap.wrap(line, 95) or [""])]
     fig.text(0.06, 0.875, "\n".join(wrapped), fontsize=8, va="top", family="monospace", linespacing=1.5)
     if plan.segmentation_warning:
+        # under the text block (8 pt lines at 1.5 spacing) and a little gap
+        below = 0.875 - (len(wrapped) + 0.6) * 8 * 1.5 / (fig.get_figheight() * 72)
         warning = "\n".join(textwrap.wrap(f"Warning: {plan.segmentation_warning}", 95))
-        fig.text(0.06, 0.715, warning, fontsize=8, color="#b00000", weight="bold", va="top", family="monospace")
+        fig.text(0.06, below, warning, fontsize=8, color="#b00000", weight="bold", va="top", family="monospace")
 
 
 def _risk_chart(ax, plan: TacePlan) -> None:
@@ -60,8 +62,13 @@ def _risk_chart(ax, plan: TacePlan) -> None:
     y = np.arange(len(ranked))[::-1]
     means = [r.mean_risk for r in ranked]
     spread = [r.std_risk for r in ranked]
-    colours = ["#d62728" if r is plan.best else "#4c72b0" for r in ranked]
-    ax.barh(y, means, xerr=spread, color=colours, alpha=0.8, capsize=3, ecolor="black")
+    # A forest plot (estimate and spread per row): risks are log-hazards on no fixed scale, so bars
+    # from zero would say nothing and be clipped by the limits.
+    for yi, r in zip(y, ranked, strict=True):
+        colour = "#d62728" if r is plan.best else "#4c72b0"
+        ax.errorbar(r.mean_risk, yi, xerr=r.std_risk, fmt="o", color=colour, ecolor=colour, capsize=3, markersize=6)
+    ax.grid(axis="x", color="#dddddd", linewidth=0.6)
+    ax.set_ylim(-0.7, len(ranked) - 0.3)
     ax.set_yticks(y, [f"{i + 1}. {r.protocol}" for i, r in enumerate(ranked)], fontsize=7)
     lo = min(m - e for m, e in zip(means, spread, strict=True))
     hi = max(m + e for m, e in zip(means, spread, strict=True))
