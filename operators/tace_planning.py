@@ -113,7 +113,8 @@ class TacePlan:
 
     @property
     def segmentation_warning(self) -> str | None:
-        return liver_volume_warning(self.segmented_cm3.get("liver", 0.0))
+        liver = self.segmented_cm3.get("liver")
+        return None if liver is None else liver_volume_warning(liver)
 
 
 # Whole-liver volumes of adults, tumor included: cirrhotic livers shrink towards the lower end, large
