@@ -106,6 +106,7 @@ class TacePlan:
     bundles: dict[str, str]  # bundle name -> version
     timing_s: dict[str, float] = field(default_factory=dict)
     segmented_cm3: dict[str, float] = field(default_factory=dict)  # the assistant's liver (tumor in) and tumor
+    model_timing_s: dict[str, float] = field(default_factory=dict)  # per network, over the whole plan
 
     @property
     def best(self):
@@ -227,6 +228,16 @@ class TacePlanner:
         return np.asarray(image[0].cpu(), dtype=np.float32), labels, np.asarray(image.affine, dtype=float)
 
     def plan(self, volume: CTVolume, phase: str) -> TacePlan:
+        """The plan of one CT, with the time each network took over all of it (the study's
+        segmentation, the search, the outcomes of the top candidates), on whichever backend ran it."""
+        from oncoplan.training.planner.search import ForwardTimer
+
+        with ForwardTimer(self.world, "dynamics") as dynamics, ForwardTimer(self.world, "assistant") as assistant:
+            plan = self._plan(volume, phase)
+        plan.model_timing_s = {"dynamics": dynamics.seconds, "assistant": assistant.seconds}
+        return plan
+
+    def _plan(self, volume: CTVolume, phase: str) -> TacePlan:
         from oncoplan.training.planner.policy import OfflinePolicy
         from oncoplan.training.planner.search import WorldModelPlanner
         from oncoplan.training.tace.preprocess import TUMOR_LABELS

@@ -150,6 +150,7 @@ def plan_json(plan: TacePlan) -> dict:
         "settings_name": plan.settings.label,
         "bundles": plan.bundles,
         "stage_timing_s": {k: round(v, 3) for k, v in plan.timing_s.items()},
+        "model_timing_s": {k: round(v, 3) for k, v in plan.model_timing_s.items()},
         "simulated_post_treatment_voxels": {SEGMENTS[k].label: int((plan.post_labels == k).sum()) for k in SEGMENTS},
         "segmentation": {
             **{f"{k}_cm3": round(v, 1) for k, v in plan.segmented_cm3.items()},

@@ -87,6 +87,9 @@ def test_plan_writes_sr_seg_pdf_and_json(planned: Path) -> None:
     assert plan["settings"]["beam"] == 2 and plan["settings"]["samples"] == 1 and plan["settings"]["steps"] == 2
     # The assistant's volumes, and a warning exactly when the liver is outside the adult range (random
     # weights here: either may hold).
+    # Each network's time over the whole plan: the assistant segmented the study, the dynamics UNet
+    # rendered the top candidates' outcomes.
+    assert plan["model_timing_s"]["assistant"] > 0 and plan["model_timing_s"]["dynamics"] > 0
     seg = plan["segmentation"]
     assert seg["liver_cm3"] >= seg["tumor_cm3"] > 0
     assert seg["warning"] == liver_volume_warning(seg["liver_cm3"])

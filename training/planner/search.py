@@ -178,7 +178,7 @@ class Plan:
         }
 
 
-class _ForwardTimer:
+class ForwardTimer:
     """Wall time and call count of one world-model network's forward passes, on whichever backend runs
     it (module hooks would miss an exported runtime): the world model's callable is wrapped for the
     session and given back on close."""
@@ -205,6 +205,12 @@ class _ForwardTimer:
     def close(self) -> None:
         self._world.use(**{self._name: self._forward})
 
+    def __enter__(self) -> ForwardTimer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
 
 class _Session:
     """One case's search: the cache of scored protocols, the counters and the model timers."""
@@ -223,7 +229,7 @@ class _Session:
         self.steps: list[dict[str, Any]] = []
         backends = getattr(planner.world_model, "backends", {})
         self.timers = {
-            name: _ForwardTimer(planner.world_model, name) for name in ("dynamics", "assistant") if name in backends
+            name: ForwardTimer(planner.world_model, name) for name in ("dynamics", "assistant") if name in backends
         }
         self._heuristic_forwards = getattr(planner.scorer, "forwards", None)
         self._t0 = time.perf_counter()
