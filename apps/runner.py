@@ -46,7 +46,8 @@ def _run_graph(app_cls, argv: list[str], app_kwargs: dict) -> None:
 
 def run_app(app_cls, input_path: Path, output_path: Path, model_path: Path | None, **app_kwargs) -> list[Path]:
     """Run the app's graph on one study; returns the files it wrote into `output_path`."""
-    check_input_folder(input_path, single_series=getattr(app_cls, "single_series", True))
+    # The series rules the app's selector applies, so a study it cannot use is one line before the graph.
+    check_input_folder(input_path, app_cls.organ, app_kwargs.get("series"))
     # No -m: the shipped bundles (each app finds its own under MODELS/<bundle name>).
     models = Path(model_path or BUNDLES)
     if hasattr(app_cls, "check_models"):  # missing weights are one line before the graph starts

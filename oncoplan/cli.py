@@ -10,6 +10,11 @@ from typing import NoReturn
 
 from .errors import InputError
 
+SERIES_HELP = (
+    "the series to work on, by SeriesInstanceUID or SeriesNumber, instead of the one the series rules choose "
+    "(also $ONCOPLAN_SERIES; README: Series selection)"
+)
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -49,7 +54,7 @@ def _contour(args: argparse.Namespace) -> int:
     from .apps.ctv_contouring.app import CTVContouringApp
     from .apps.runner import run_app
 
-    for path in run_app(CTVContouringApp, args.input, args.output, args.model, note=args.note):
+    for path in run_app(CTVContouringApp, args.input, args.output, args.model, note=args.note, series=args.series):
         print(path)
     print("RESEARCH USE ONLY - not for clinical use.")
     return 0
@@ -61,7 +66,9 @@ def _plan(args: argparse.Namespace) -> int:
     from .operators.tace_planning import parse_settings
 
     parse_settings(args.settings)  # a bad value is one line before any DICOM is read
-    for path in run_app(TacePlannerApp, args.input, args.output, args.model, settings=args.settings):
+    for path in run_app(
+        TacePlannerApp, args.input, args.output, args.model, settings=args.settings, series=args.series
+    ):
         print(path)
     print("RESEARCH USE ONLY - not for clinical use.")
     return 0
@@ -172,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     contour.add_argument("-o", "--output", type=Path, required=True, help="folder for the DICOM written")
     contour.add_argument("--note", help='clinical note, e.g. "N1, breast conserving surgery, left side"')
     contour.add_argument("-m", "--model", type=Path, help="CTV bundle folder (default: the shipped one)")
+    contour.add_argument("--series", metavar="UID|NUMBER", help=SERIES_HELP)
     contour.set_defaults(func=_contour)
 
     plan = sub.add_parser(
@@ -194,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with '{\"defer_alpha\": 0.05}' the plan defers to the policy's protocol when the world model does not "
         "separate its top protocols (ANOVA p >= 0.05)",
     )
+    plan.add_argument("--series", metavar="UID|NUMBER", help=SERIES_HELP)
     plan.set_defaults(func=_plan)
 
     package = sub.add_parser(

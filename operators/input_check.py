@@ -1,7 +1,16 @@
-"""The input folder, checked before a graph starts: each problem is one line naming the file."""
+"""The input folder, checked before a graph starts: each problem is one line naming the file.
+
+A PACS or a CD export sends more than the series an app works on: DICOMDIR, nested folders, files
+without extension, other series and objects, and files a viewer leaves behind (thumbs.db,
+.DS_Store, the viewer itself). Non-DICOM files are skipped with a log line; every DICOM file must be
+complete; the series rules (series_rules.py) choose the series as the app's selector will; and one
+slice of every candidate series is decoded, so a transfer syntax no installed decoder reads is one
+line naming the file before the graph starts, never a traceback inside it.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pydicom
@@ -9,8 +18,9 @@ from pydicom.errors import InvalidDicomError
 
 from oncoplan.errors import InputError
 
-from .ct_volume import check_geometry
+from .series_rules import Choice, SeriesInfo, choose, passed_over
 
+log = logging.getLogger(__name__)
 IGNORED = {"clinical.json", "DICOMDIR"}  # side files an input folder may carry
 
 
@@ -35,31 +45,49 @@ def check_dicom_file(path: Path) -> pydicom.Dataset:
     return ds
 
 
-def check_input_folder(folder: str | Path, modality: str = "CT", single_series: bool = True) -> list[pydicom.Dataset]:
-    """Every file under `folder` must be DICOM and complete, and at least one must be `modality`.
+def check_decodable(ds: pydicom.Dataset, path: Path | str) -> None:
+    """Decode the pixel data once: InputError naming the file and its transfer syntax if no decoder can."""
+    try:
+        ds.pixel_array  # noqa: B018 - decoding is the check
+    except Exception as exc:  # missing plugin, corrupt codestream: pydicom raises many types
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        name = f"{syntax.name} ({syntax})" if syntax else "no transfer syntax"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: cannot decode its pixel data, transfer syntax {name}: {reason}") from None
 
-    With `single_series` there must be exactly one `modality` series, with sound geometry; without it
-    (a multi-phase study) the app's selector picks the series and the volume check judges its geometry.
-    """
+
+def dicom_files(folder: Path) -> dict[Path, pydicom.Dataset]:
+    """Every DICOM file under `folder` (any nesting, any name), checked; other files skipped with a log line."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in IGNORED):
+        try:
+            out[path] = check_dicom_file(path)
+        except InputError as exc:
+            if not str(exc).endswith("not a DICOM file"):
+                raise
+            log.info("skipped %s: not a DICOM file", path.relative_to(folder))
+    return out
+
+
+def check_input_folder(folder: str | Path, organ: str = "breast", series: str | None = None) -> Choice:
+    """The folder holds complete DICOM and a decodable series the `organ` app's rules choose (or `series`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: input folder does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in IGNORED and not p.name.startswith("."))
-    if not files:
+    if not any(p.is_file() for p in folder.rglob("*")):
         raise InputError(f"{folder}: input folder is empty")
-    datasets = [check_dicom_file(p) for p in files]
-    series: dict[str, list[pydicom.Dataset]] = {}
-    for ds in datasets:
-        if ds.get("Modality") == modality:
-            series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
-    if not series:
-        found = sorted({str(ds.get("Modality", "?")) for ds in datasets})
-        raise InputError(f"{folder}: no {modality} series (found modalities {', '.join(found)})")
-    if not single_series:
-        return datasets
-    if len(series) > 1:
-        sizes = ", ".join(f"{uid} ({len(v)} slices)" for uid, v in series.items())
-        raise InputError(f"{folder}: {len(series)} candidate {modality} series ({sizes}); give one series per run")
-    ((uid, slices),) = series.items()
-    check_geometry(slices, f"{folder}: {modality} series {uid}")
-    return datasets
+    files = dicom_files(folder)
+    if not files:
+        raise InputError(f"{folder}: no DICOM file in the input folder")
+    by_series: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    for path, ds in files.items():
+        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
+    infos = {uid: SeriesInfo.of([ds for _, ds in items]) for uid, items in by_series.items()}
+    try:
+        choice = choose(list(infos.values()), organ, series)
+    except InputError as exc:
+        raise InputError(f"{folder}: {str(exc).removeprefix('input: ')}") from None
+    for uid, info in infos.items():
+        if info.uid == choice.series.uid or not passed_over(info, organ):
+            check_decodable(by_series[uid][0][1], by_series[uid][0][0])
+    return choice

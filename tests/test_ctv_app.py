@@ -136,9 +136,10 @@ def _broken_copies(study: Path, root: Path) -> dict[str, tuple[Path, str]]:
     empty = root / "empty"
     empty.mkdir(parents=True)
     cases["empty"] = (empty, "empty")
-    d = copy("non_dicom")
+    d = root / "non_dicom"
+    d.mkdir()
     (d / "notes.txt").write_text("hello")
-    cases["non_dicom"] = (d, "not a DICOM file")
+    cases["non_dicom"] = (d, "no DICOM file")
     d = copy("truncated")
     data = (d / files[3].name).read_bytes()
     (d / files[3].name).write_bytes(data[: len(data) // 2])
@@ -149,13 +150,13 @@ def _broken_copies(study: Path, root: Path) -> dict[str, tuple[Path, str]]:
     ds.Modality = "MR"
     ds.save_as(d / "mr.dcm")
     cases["no_ct"] = (d, "no CT series")
-    d = copy("two_series")
-    for f in files[:4]:
+    d = copy("two_series")  # a second series no rule tells from the first (same slices, kernel, coverage)
+    for f in files:
         ds = pydicom.dcmread(f)
         ds.SeriesInstanceUID = "1.2.3.4.5"
         ds.SOPInstanceUID = pydicom.uid.generate_uid()
         ds.save_as(d / f"other_{f.name}")
-    cases["two_series"] = (d, "2 candidate CT series")
+    cases["two_series"] = (d, "2 candidate CT series that the selection rules cannot tell apart")
     d = root / "single"
     d.mkdir()
     shutil.copy(files[0], d / files[0].name)
@@ -231,21 +232,16 @@ def test_a_ct_of_another_region_is_passed_over_or_refused(study: Path, tmp_path:
     exit 2, one line naming the region, nothing written."""
     from monai.deploy.core import Fragment
     from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
-    from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 
-    from oncoplan.operators.body_region import OrganSeriesSelectorOperator
-    from oncoplan.operators.series_rules import CT_RULES
+    from oncoplan.operators.series_selector import RuleSeriesSelectorOperator
 
     both = tmp_path / "both"
     shutil.copytree(study, both / "chest")
     _relabelled(study, both / "abdomen", "ABDOMEN", new_series=True)
     fragment = Fragment()
     studies = DICOMDataLoaderOperator(fragment, name="loader").load_data_to_studies(both.absolute())
-    selector = OrganSeriesSelectorOperator(fragment, rules=CT_RULES, organ="breast", name="selector")
-    rules = json.loads(CT_RULES)
-    (every,) = DICOMSeriesSelectorOperator.filter(selector, rules, studies, all_matched=True)
-    assert len(every.selected_series) == 2  # the SDK's rules match both
-    (selected,) = selector.filter(rules, studies)
+    selector = RuleSeriesSelectorOperator(fragment, organ="breast", name="selector")
+    (selected,) = selector.filter(None, studies)
     (one,) = selected.selected_series
     assert str(one.series.SeriesInstanceUID) == str(_ct(study)[0].SeriesInstanceUID)
 

@@ -211,13 +211,12 @@ def _studies(folder: Path):
     from monai.deploy.core import Fragment
     from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 
-    from oncoplan.operators.phase_selector import ContrastPhaseSelectorOperator
-    from oncoplan.operators.series_rules import TACE_RULES
+    from oncoplan.operators.series_selector import RuleSeriesSelectorOperator
 
     fragment = Fragment()
     loader = DICOMDataLoaderOperator(fragment, name="loader")
-    selector = ContrastPhaseSelectorOperator(fragment, rules=TACE_RULES, name="selector")
-    return selector, json.loads(TACE_RULES), loader.load_data_to_studies(folder.absolute())
+    selector = RuleSeriesSelectorOperator(fragment, organ="liver", name="selector")
+    return selector, None, loader.load_data_to_studies(folder.absolute())
 
 
 def _selected(folder: Path) -> tuple[str, str]:

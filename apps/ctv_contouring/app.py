@@ -11,21 +11,23 @@ from monai.deploy.core import Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 
-from oncoplan.operators.body_region import OrganSeriesSelectorOperator
 from oncoplan.operators.clinical_note import ClinicalNoteOperator
 from oncoplan.operators.ctv_inference import CTVInferenceOperator
 from oncoplan.operators.ctv_writers import CTVRTStructWriterOperator, CTVSegWriterOperator
-from oncoplan.operators.series_rules import CT_RULES, bundle_path
+from oncoplan.operators.series_rules import bundle_path, series_override
+from oncoplan.operators.series_selector import RuleSeriesSelectorOperator
 
 
 class CTVContouringApp(Application):
     """DICOM in -> series selection -> volume -> LLMSeg (image + note) -> RTSTRUCT + SEG."""
 
     # `python -m` / `monai-deploy exec` options -> constructor keywords (apps/runner.py)
-    cli_options: ClassVar[dict[str, str]] = {"--note": "note"}
+    cli_options: ClassVar[dict[str, str]] = {"--note": "note", "--series": "series"}
+    organ = "breast"  # the series rules of this app (series_rules.py)
 
-    def __init__(self, *args, note: str | None = None, **kwargs) -> None:
+    def __init__(self, *args, note: str | None = None, series: str | None = None, **kwargs) -> None:
         self.note = note or os.environ.get("ONCOPLAN_NOTE")
+        self.series = series_override(series)  # --series, else $ONCOPLAN_SERIES
         super().__init__(*args, **kwargs)
 
     def compose(self) -> None:
@@ -33,9 +35,7 @@ class CTVContouringApp(Application):
         inp, out = Path(ctx.input_path), Path(ctx.output_path)
 
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=inp, name="study_loader")
-        selector = OrganSeriesSelectorOperator(
-            self, rules=CT_RULES, organ="breast", all_matched=True, name="ct_selector"
-        )
+        selector = RuleSeriesSelectorOperator(self, organ=self.organ, series=self.series, name="ct_selector")
         to_volume = DICOMSeriesToVolumeOperator(self, name="ct_volume")
         note = ClinicalNoteOperator(self, CountCondition(self, 1), input_folder=inp, note=self.note, name="note")
         ctv = CTVInferenceOperator(self, bundle_path=bundle_path(ctx.model_path, "ctv_llmseg"), name="ctv_llmseg")

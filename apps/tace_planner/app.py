@@ -11,8 +11,8 @@ from monai.deploy.core import Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 
-from oncoplan.operators.phase_selector import ContrastPhaseSelectorOperator
-from oncoplan.operators.series_rules import TACE_RULES, bundle_path
+from oncoplan.operators.series_rules import bundle_path, series_override
+from oncoplan.operators.series_selector import RuleSeriesSelectorOperator
 from oncoplan.operators.tace_planning import SETTINGS_ENV, TacePlanningOperator, check_bundles, parse_settings
 from oncoplan.operators.tace_writers import (
     TacePlanJSONWriterOperator,
@@ -26,11 +26,12 @@ class TacePlannerApp(Application):
     """DICOM in -> pre-treatment PVP (else AP) series -> volume -> world-model planning -> SR + SEG + PDF + JSON."""
 
     # `python -m` / `monai-deploy exec` options -> constructor keywords (apps/runner.py)
-    cli_options: ClassVar[dict[str, str]] = {"--settings": "settings"}
-    single_series = False  # a multi-phase study: the selector picks the series
+    cli_options: ClassVar[dict[str, str]] = {"--settings": "settings", "--series": "series"}
+    organ = "liver"  # the series rules of this app (series_rules.py): pre-treatment study, PVP else AP
 
-    def __init__(self, *args, settings: str | None = None, **kwargs) -> None:
+    def __init__(self, *args, settings: str | None = None, series: str | None = None, **kwargs) -> None:
         self.settings = settings or os.environ.get(SETTINGS_ENV)
+        self.series = series_override(series)  # --series, else $ONCOPLAN_SERIES
         super().__init__(*args, **kwargs)
         parse_settings(self.settings)  # a bad value is one line before the graph is built
 
@@ -49,7 +50,9 @@ class TacePlannerApp(Application):
         bundles = self.bundles(ctx.model_path)
 
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=inp, name="study_loader")
-        selector = ContrastPhaseSelectorOperator(self, rules=TACE_RULES, name="pre_treatment_ct_selector")
+        selector = RuleSeriesSelectorOperator(
+            self, organ=self.organ, series=self.series, name="pre_treatment_ct_selector"
+        )
         to_volume = DICOMSeriesToVolumeOperator(self, name="ct_volume")
         planner = TacePlanningOperator(self, bundles=bundles, settings=self.settings, name="tace_planner")
         sr = TacePlanSRWriterOperator(self, output_folder=out, name="plan_sr_writer")

@@ -148,7 +148,8 @@ def _run_stock(argv: list[str]) -> None:
     from monai.deploy.operators.monai_bundle_inference_operator import IOMapping, MonaiBundleInferenceOperator
     from pydicom.sr.codedict import codes
 
-    from oncoplan.operators.series_rules import CT_RULES
+    # The SDK example's own kind of JSON rules (OncoPlan's apps choose by operators/series_rules.py).
+    ct_rules = '{"selections": [{"name": "CT", "conditions": {"Modality": "(?i)^CT$"}}]}'
 
     class StockSegApp(Application):
         def compose(self) -> None:
@@ -156,7 +157,7 @@ def _run_stock(argv: list[str]) -> None:
             loader = DICOMDataLoaderOperator(
                 self, CountCondition(self, 1), input_folder=Path(ctx.input_path), name="loader"
             )
-            selector = DICOMSeriesSelectorOperator(self, rules=CT_RULES, name="selector")
+            selector = DICOMSeriesSelectorOperator(self, rules=ct_rules, name="selector")
             to_volume = DICOMSeriesToVolumeOperator(self, name="volume")
             infer = MonaiBundleInferenceOperator(
                 self,
