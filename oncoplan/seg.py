@@ -30,6 +30,19 @@ class SegmentSpec:
     label: str
     category: Code
     type: Code
+    color: tuple[int, int, int] | None = None  # RGB 0-255; None: the next colour of PALETTE
+
+
+# Display colours (RGB) of segments that name none: viewers otherwise pick their own, and two viewers of
+# one SEG then disagree. Written as RecommendedDisplayCIELabValue, converted by highdicom.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (255, 0, 0),
+    (0, 160, 255),
+    (255, 200, 0),
+    (0, 200, 80),
+    (200, 0, 255),
+    (255, 120, 0),
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ def seg_dataset(
             algorithm_identification=identification,
             tracking_uid=hd.UID() if uid is None else _derived(uid, "segment", spec.label),
             tracking_id=spec.label,
+            display_color=hd.color.CIELabColor.from_rgb(*(spec.color or PALETTE[(i - 1) % len(PALETTE)])),
         )
         for i, (_, spec) in enumerate(keep, start=1)
     ]

@@ -14,8 +14,8 @@ from oncoplan.seg import Algorithm, SegmentSpec, seg_dataset, write_seg
 from .file_writer import FileWriterOperator
 
 log = logging.getLogger(__name__)
-CTV_SEGMENT = SegmentSpec("CTV", codes.SCT.Tissue, codes.SCT.ClinicalTargetVolume)
-CTV_COLOR = (255, 128, 0)
+CTV_COLOR = (255, 128, 0)  # the same in the RTSTRUCT and the SEG
+CTV_SEGMENT = SegmentSpec("CTV", codes.SCT.Tissue, codes.SCT.ClinicalTargetVolume, CTV_COLOR)
 DESCRIPTION = "OncoPlan CTV (research use only)"
 
 
