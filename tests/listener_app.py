@@ -2,7 +2,7 @@
 the heavy ones): reads the study it is given and writes one derived CT instance per study,
 with UIDs derived from the study so a rerun writes the same instance.
 
-    python tests/listener_app.py IN OUT [--sleep S] [--fail-once MARKER] [--ledger FILE]
+    python tests/listener_app.py IN OUT [--sleep S] [--fail-once MARKER] [--ledger FILE] [--bad-result]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def main() -> int:
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--fail-once", type=Path, help="fail if this marker is absent (and create it)")
     ap.add_argument("--ledger", type=Path, help="append the study UID here when done")
+    ap.add_argument("--bad-result", action="store_true", help="also write a result whose SOP UID is 200 characters")
     args = ap.parse_args()
     if args.fail_once and not args.fail_once.exists():
         args.fail_once.touch()
@@ -43,6 +44,9 @@ def main() -> int:
     ds.ImageComments = f"{len(cts)} CT instances received"
     args.output.mkdir(parents=True, exist_ok=True)
     ds.save_as(args.output / "result.dcm", enforce_file_format=True)
+    if args.bad_result:  # a second result no PACS will take: its UID is not a UID (PS3.5 9.1: at most 64)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1." + "2" * 198
+        ds.save_as(args.output / "bad.dcm", enforce_file_format=True)
     if args.ledger:
         with open(args.ledger, "a") as fh:
             fh.write(study + "\n")

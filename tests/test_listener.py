@@ -132,7 +132,7 @@ def test_unknown_caller_is_refused_and_bad_instances_are_quarantined(tmp_path: P
             delattr(sr, tag)
         sr.save_as(tmp_path / "sr.dcm")
         assert send(port, [tmp_path / "sr.dcm"]) == [SUCCESS]
-        wait_for(lambda: db_rows(spool, "SELECT state FROM studies") == [("unrouted",)], 20, "the SR study to close")
+        wait_for(lambda: db_rows(spool, "SELECT state FROM studies") == [("complete",)], 20, "the SR study to close")
         assert job_states(spool) == {}
 
 
@@ -380,6 +380,7 @@ def test_kill_9_while_receiving_and_while_running_loses_nothing_and_repeats_noth
         {str(pydicom.dcmread(s[0]).StudyInstanceUID) for s in (first, big)}
     ), "processed twice or never"
     assert db_rows(spool, "SELECT COUNT(*) FROM instances") == [(63,)]
+    assert sorted(db_rows(spool, "SELECT inputs FROM jobs WHERE state = 'done'")) == [(3,), (60,)]
     assert not list(spool.rglob("*.partial")), "a torn file was left in the spool"
     for (path,) in db_rows(spool, "SELECT path FROM instances"):
         pydicom.dcmread(path).pixel_array  # every acknowledged instance reads whole  # noqa: B018
@@ -391,7 +392,7 @@ def test_a_child_that_outlived_its_parent_before_asking_to_die_with_it_leaves_at
     whose parent is not the one that started it (here: told another pid) exits before running anything."""
     from functools import partial
 
-    from oncoplan.deploy.listener.worker import ORPHANED, die_with_parent
+    from oncoplan.deploy.listener.processes import ORPHANED, die_with_parent
 
     marker = tmp_path / "ran"
     command = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
@@ -572,20 +573,3 @@ def test_tace_route_delivers_sr_seg_and_encapsulated_pdf(tmp_path: Path, orthanc
 
         wait_for(lambda: {"SR", "SEG", "DOC"} <= written(), 300, "SR, SEG and PDF in Orthanc", interval=1)
     assert job_states(tmp_path / "spool") == {"done": 1}
-
-
-def test_retention_removes_finished_studies_and_a_resend_is_not_run_again(tmp_path: Path, orthanc: Orthanc) -> None:
-    port = free_port()
-    config = listener_config(tmp_path, port, orthanc, retention_days=0)
-    spool = tmp_path / "spool"
-    study = make_study(tmp_path / "s", seed=900)
-    before = len(orthanc.results())
-    with running(config) as listener:
-        assert send(port, study) == [SUCCESS] * 3
-        wait_for(lambda: len(orthanc.results()) == before + 1, 60, "the result")
-        wait_for(lambda: db_rows(spool, "SELECT state FROM deliveries") == [("sent",)], 30, "the delivery recorded")
-        assert listener.purge_finished() == 1
-        assert not any((spool / "incoming").iterdir()) and not any((spool / "jobs").iterdir())
-        assert send(port, study) == [SUCCESS] * 3  # the same study again: stored, recognised, not re-run
-        assert db_rows(spool, "SELECT state, late_instances FROM studies") == [("purged", 3)]
-    assert job_states(spool) == {"done": 1}

@@ -47,6 +47,9 @@ class Route:
     input: str = "study"
     timeout_s: float = 3600.0
     warm: str | None = None  # an app route's module: it runs in a warm worker that preloads it
+    # Run after a job ended abnormally (timeout, or found running after a restart) and before it runs
+    # again: ends what the command started outside its own process tree (a container, a cluster Job).
+    stop: tuple[str, ...] = ()
 
     def matches(self, series: dict[str, Any]) -> bool:
         return all(re.search(rx, str(series.get(key) or ""), re.IGNORECASE) for key, rx in self.match.items())
@@ -80,6 +83,13 @@ class ListenerConfig:
     tls: TLS | None = None
     poll_s: float = 0.5
     retention_days: float = 7.0  # a finished, delivered study's files are deleted after this
+    max_associations: int = 64  # at once, all callers together
+    max_associations_per_peer: int = 16  # at once from one IP address (connections being set up included)
+    association_timeout_s: float = 15.0  # from TCP connect to an accepted association (TLS handshake included)
+    pdu_timeout_s: float = 30.0  # a PDU that stops arriving part-way for this long ends the association
+    max_instance_mb: float = 1024.0  # a larger instance ends its association (it is received into a file)
+    quarantine_max_mb: float = 1024.0  # beyond this the reason is logged but the bytes are not kept
+    quarantine_days: float = 30.0  # quarantined files are deleted after this
 
     @property
     def database(self) -> Path:
@@ -112,6 +122,9 @@ def _route(raw: dict[str, Any], i: int, destinations: dict[str, Peer]) -> Route:
         command = [str(a) for a in raw["command"]]
     if not any("{input}" in a for a in command) or not any("{output}" in a for a in command):
         raise InputError(f"{where}: the command must contain {{input}} and {{output}}")
+    stop = raw.get("stop") or []
+    if not isinstance(stop, list) or not all(isinstance(a, str | int | float) for a in stop):
+        raise InputError(f"{where}.stop: a command as a list of arguments (placeholder {{job}})")
     if raw.get("destination") not in destinations:
         raise InputError(f"{where}: destination {raw.get('destination')!r} is not in destinations")
     match = {str(k): str(v) for k, v in (raw.get("match") or {}).items()}
@@ -135,6 +148,7 @@ def _route(raw: dict[str, Any], i: int, destinations: dict[str, Peer]) -> Route:
         raw.get("input", "study"),
         float(raw.get("timeout_s", 3600)),
         APP_MODULES[raw["app"]] if warm else None,
+        tuple(str(a) for a in stop),
     )
 
 
@@ -176,7 +190,19 @@ def _parse(raw: dict[str, Any], base: Path) -> ListenerConfig:
     health = raw.get("health") or {}
     numbers = {
         k: float(raw[k])
-        for k in ("quiet_period_s", "min_free_mb", "retry_backoff_s", "max_backoff_s", "poll_s", "retention_days")
+        for k in (
+            "quiet_period_s",
+            "min_free_mb",
+            "retry_backoff_s",
+            "max_backoff_s",
+            "poll_s",
+            "retention_days",
+            "association_timeout_s",
+            "pdu_timeout_s",
+            "max_instance_mb",
+            "quarantine_max_mb",
+            "quarantine_days",
+        )
         if k in raw
     }
     if any(v < 0 for v in numbers.values()):
@@ -187,6 +213,10 @@ def _parse(raw: dict[str, Any], base: Path) -> ListenerConfig:
     receivers = raw.get("receivers", 1)
     if not isinstance(receivers, int) or not 1 <= receivers <= 64:
         raise InputError(f"receivers: a whole number of processes from 1 to 64, not {receivers!r}")
+    limits = {k: raw[k] for k in ("max_associations", "max_associations_per_peer") if k in raw}
+    for name, value in limits.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10000:
+            raise InputError(f"{name}: a whole number of associations from 1 to 10000, not {value!r}")
     port = _port(raw.get("port", 11112), "port")
     if receivers > 1 and port == 0:
         raise InputError("receivers: more than one process needs a fixed port (port 0 picks one per process)")
@@ -204,5 +234,6 @@ def _parse(raw: dict[str, Any], base: Path) -> ListenerConfig:
         health_host=str(health.get("host", "127.0.0.1")),
         health_port=_port(health["port"], "health.port") if "port" in health else None,
         tls=tls,
+        **limits,
         **numbers,
     )

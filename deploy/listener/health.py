@@ -16,6 +16,11 @@ def prometheus(status: dict) -> str:
     lines += [
         "# TYPE oncoplan_instances_received counter",
         f"oncoplan_instances_received {status['counts']['instances']['received']}",
+        *(
+            line
+            for name, n in sorted(status["counts"].get("events", {}).items())
+            for line in (f"# TYPE oncoplan_{name} counter", f"oncoplan_{name} {n}")
+        ),
         "# TYPE oncoplan_spool_free_bytes gauge",
         f"oncoplan_spool_free_bytes {status['spool_free_bytes']}",
     ]

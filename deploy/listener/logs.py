@@ -1,13 +1,29 @@
-"""Structured (JSON-lines) logs. Callers pass spool keys and job ids, never UIDs, names or dates of patients."""
+"""Structured (JSON-lines) logs. Callers pass spool keys and job ids, never UIDs, names or dates of
+patients; what libraries say (pydicom's warnings, pynetdicom's errors) is captured into the same
+stream as one line each, with UIDs, dates and quoted values blanked, since such messages quote the
+data they complain about."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
 LOGGER = logging.getLogger("oncoplan.listener")
+LIBRARIES = ("pydicom", "pynetdicom", "py.warnings")
+# A UID of five or more components (an IPv4 address has four), or any digits-and-dots run longer than
+# an IPv4 address; the DICOM standard's own UIDs (SOP classes, transfer syntaxes) are kept.
+_UID = re.compile(r"(?<![\w.])(?!1\.2\.840\.10008\.)(?:\d+(?:\.\d+){4,}|\d[\d.]{15,})(?![\w.])")
+_DATE = re.compile(r"(?<!\d)(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def scrub(text: str, quoted: bool = False) -> str:
+    """`text` without UIDs and dates (and, with `quoted`, without quoted values)."""
+    text = _DATE.sub("<date>", _UID.sub("<uid>", text))
+    return _QUOTED.sub("<value>", text) if quoted else text
 
 
 class JsonLines(logging.Formatter):
@@ -15,9 +31,16 @@ class JsonLines(logging.Formatter):
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
             "level": record.levelname.lower(),
-            "event": record.getMessage(),
         }
-        entry.update(getattr(record, "fields", {}))
+        if record.name == LOGGER.name:
+            entry["event"] = record.getMessage()
+            fields = getattr(record, "fields", {})
+            entry.update({k: scrub(v) if isinstance(v, str) else v for k, v in fields.items()})
+        else:  # a library's message: its first line only (no traceback), values blanked
+            message = record.getMessage().strip().splitlines() or [""]
+            if record.exc_info and record.exc_info[1] is not None:
+                message = [f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}".splitlines()[0]]
+            entry.update(event="library_message", library=record.name, message=scrub(message[0], quoted=True)[:300])
         return json.dumps(entry, default=str)
 
 
@@ -27,6 +50,12 @@ def setup(level: int = logging.INFO) -> None:
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(level)
     LOGGER.propagate = False
+    logging.captureWarnings(True)
+    for name in LIBRARIES:
+        library = logging.getLogger(name)
+        library.handlers[:] = [handler]
+        library.setLevel(logging.WARNING)
+        library.propagate = False
 
 
 def event(name: str, level: int = logging.INFO, **fields) -> None:

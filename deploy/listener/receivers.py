@@ -18,9 +18,9 @@ import threading
 
 from . import logs, scp
 from .config import ListenerConfig
+from .processes import die_with_parent
 from .queue import JobQueue
 from .spool import Spool
-from .worker import die_with_parent
 
 RESTART_PAUSE_S = (1.0, 60.0)  # the first and the longest wait before a dead receiver is started again
 
@@ -32,7 +32,8 @@ def receive(config: ListenerConfig, listener: int) -> None:  # pragma: no cover 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        spool = Spool(config.spool, config.min_free_mb, clean_torn=False)  # the listener cleaned at its start
+        # clean_torn=False: the listener cleaned at its start, and others may be writing now.
+        spool = Spool(config.spool, config.min_free_mb, clean_torn=False, quarantine_max_mb=config.quarantine_max_mb)
         queue = JobQueue(config.database)
         server = scp.start_scp(config, spool, queue)
     except Exception as exc:  # one line for the log; the listener starts another after a pause

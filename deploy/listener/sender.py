@@ -1,20 +1,27 @@
-"""Sends results to their destination by C-STORE; a result counts as delivered only on a
-success or warning status from the destination."""
+"""Sends results to their destination by C-STORE; a result counts as delivered only on a success or
+warning status from the destination. Each file's outcome is its own: one that cannot be read, has an
+invalid UID or is refused fails alone, never the files batched with it."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context
 
+from . import logs
 from .config import Peer
+from .scp import valid_uid
 
 
-class DeliveryError(RuntimeError):
-    pass
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    final: bool = False  # it can never be sent as it is (unreadable, invalid UIDs): not retried
 
 
 def _acknowledged(status) -> bool:
@@ -22,11 +29,24 @@ def _acknowledged(status) -> bool:
     return code is not None and (code == 0x0000 or 0xB000 <= code <= 0xBFFF)
 
 
-def send(peer: Peer, calling_ae: str, files: Iterable[Path], timeout_s: float = 60) -> dict[Path, str | None]:
-    """C-STORE each file over one association: {file: None if acknowledged, else the reason}."""
-    datasets = {Path(f): dcmread(f) for f in files}
+def _load(path: Path) -> Dataset | Failure:
+    try:
+        ds = dcmread(path)
+    except Exception as exc:
+        return Failure(f"cannot read the result ({type(exc).__name__})", final=True)
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not valid_uid(str(ds.get(keyword, "") or "")):
+            return Failure(f"the result's {keyword} is not a valid UID", final=True)
+    return ds
+
+
+def send(peer: Peer, calling_ae: str, files: Iterable[Path], timeout_s: float = 60) -> dict[Path, Failure | None]:
+    """C-STORE each file over one association: {file: None if acknowledged, else the Failure}."""
+    loaded = {Path(f): _load(Path(f)) for f in files}
+    out: dict[Path, Failure | None] = {f: ds for f, ds in loaded.items() if isinstance(ds, Failure)}
+    datasets = {f: ds for f, ds in loaded.items() if isinstance(ds, Dataset)}
     if not datasets:
-        return {}
+        return out
     contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets.values()}
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
@@ -34,18 +54,22 @@ def send(peer: Peer, calling_ae: str, files: Iterable[Path], timeout_s: float = 
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "destination unreachable"
-        return {f: f"{reason} ({peer.ae_title}@{peer.host}:{peer.port})" for f in datasets}
+        return out | {f: Failure(f"{reason} ({peer.ae_title}@{peer.host}:{peer.port})") for f in datasets}
     sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    out: dict[Path, str | None] = {}
     try:
         for f, ds in datasets.items():
             if not assoc.is_established:
-                out[f] = "association lost"
+                out[f] = Failure("association lost")
                 continue
-            status = assoc.send_c_store(ds)
-            out[f] = None if _acknowledged(status) else f"status 0x{getattr(status, 'Status', 0xFFFF):04X}"
+            try:
+                status = assoc.send_c_store(ds)
+            except Exception as exc:  # e.g. no accepted presentation context for it: this file only
+                out[f] = Failure(f"{type(exc).__name__}: {logs.scrub(str(exc), quoted=True)}"[:500])
+                continue
+            ok = _acknowledged(status)
+            out[f] = None if ok else Failure(f"status 0x{getattr(status, 'Status', 0xFFFF):04X}")
     finally:
         if assoc.is_established:
             assoc.release()

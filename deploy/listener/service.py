@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sqlite3
@@ -20,7 +21,7 @@ from .queue import Job, JobQueue
 from .receivers import Receivers
 from .spool import Spool, key
 from .warm import WarmApp
-from .worker import JobError, run_job
+from .worker import JobError, run_job, stop_job
 
 T = TypeVar("T")
 
@@ -28,7 +29,7 @@ T = TypeVar("T")
 class Listener:
     def __init__(self, config: ListenerConfig) -> None:
         self.config = config
-        self.spool = Spool(config.spool, config.min_free_mb)
+        self.spool = Spool(config.spool, config.min_free_mb, quarantine_max_mb=config.quarantine_max_mb)
         self.queue = JobQueue(config.database)
         self.routes = {r.name: r for r in config.routes}
         self._stop = threading.Event()
@@ -66,20 +67,25 @@ class Listener:
                     raise
 
     def _complete_studies(self) -> bool:
-        """A study with no new instance for the quiet period is complete: route it once."""
+        """A study with no new instance for the quiet period is complete: each route that wants it gets a
+        job for this generation, with the series it takes (the whole study, or the matched series)."""
         for study in self.queue.quiet_studies(self.config.quiet_period_s):
-            series = self.queue.study_series(study).values()
-            names = [r.name for r in self.config.routes if any(r.matches(s) for s in series)]
-            jobs = self.queue.route_study(study, names, self.config.quiet_period_s)
+            series = self.queue.study_series(study)
+            routes = {}
+            for route in self.config.routes:
+                matched = [uid for uid, attrs in series.items() if route.matches(attrs)]
+                if matched:
+                    routes[route.name] = matched if route.input == "series" else list(series)
+            jobs = self.queue.route_study(study, routes, self.config.quiet_period_s)
             if jobs is not None:
-                logs.event("study_complete", study=key(study), routes=names, jobs=jobs)
+                logs.event("study_complete", study=key(study), routes=list(routes), jobs=jobs)
         return False
 
     def _work(self) -> None:
         warm: dict[str, WarmApp] = {}  # this thread's warm app per route
 
         def one_job() -> bool:
-            job = self.queue.claim_job()
+            job = self.queue.claim_job(secrets.token_hex(12))
             if job is not None:
                 self._run(job, warm)
             return job is not None
@@ -105,8 +111,11 @@ class Listener:
             if route is None:
                 raise JobError(f"route {job.route!r} is no longer configured")
             app = self._warm_app(route, warm)
-            results = run_job(self.spool.job_dir(job.id), route, self.queue, job.study_uid, app)
+            results = run_job(self.spool.job_dir(job.id), route, self.queue, job, app)
         except Exception as exc:  # one job's failure must never stop the worker
+            left = stop_job(route, job)  # nothing of a failed or timed-out run may go on beside its retry
+            if left:
+                logs.event("job_not_stopped", logging.ERROR, job=job.id, route=job.route, error=left)
             c = self.config
             fail = partial(self.queue.fail_job, job, str(exc), c.max_attempts, c.retry_backoff_s, c.max_backoff_s)
             state = self._until_recorded("job_failed", fail)
@@ -116,6 +125,8 @@ class Listener:
         logs.event("job_done", job=job.id, route=job.route, results=len(results))
 
     def _deliver(self) -> bool:
+        """Each result's outcome is its own: one that cannot be sent fails alone (for good when it can
+        never be sent), and one the destination acknowledged is recorded sent and never sent again."""
         due = self.queue.due_deliveries()
         by_destination = defaultdict(list)
         for d in due:
@@ -124,23 +135,34 @@ class Listener:
             peer = self.config.destinations[name]
             try:
                 outcome = sender.send(peer, self.config.ae_title, [d.path for d in batch])
-            except Exception as exc:  # unreadable result, network error: retry later
-                outcome = {d.path: f"{type(exc).__name__}: {exc}" for d in batch}
+            except Exception as exc:  # e.g. the network failed between files: each unsent one is retried
+                outcome = {d.path: sender.Failure(f"{type(exc).__name__}: {exc}") for d in batch}
             for d in batch:
-                error = outcome.get(d.path, "not sent")
-                if error is None:
+                failure = outcome.get(d.path, sender.Failure("not sent"))
+                if failure is None:
                     self._until_recorded("result_sent", partial(self.queue.delivered, d))
                     logs.event("result_sent", job=d.job_id, destination=name)
-                else:
-                    c = self.config
-                    failed = partial(self.queue.delivery_failed, d, error, c.retry_backoff_s, c.max_backoff_s)
-                    self._until_recorded("result_not_sent", failed)
-                    logs.event("result_not_sent", logging.WARNING, job=d.job_id, destination=name, error=error)
+                    continue
+                c = self.config
+                failed = partial(
+                    self.queue.delivery_failed, d, failure.reason, c.retry_backoff_s, c.max_backoff_s, failure.final
+                )
+                self._until_recorded("result_not_sent", failed)
+                level = logging.ERROR if failure.final else logging.WARNING
+                logs.event(
+                    "result_not_sent", level, job=d.job_id, destination=name, error=failure.reason, final=failure.final
+                )
+                if failure.final:
+                    self.queue.count("deliveries_failed")
         return False
 
     def _clean_up(self) -> bool:
-        """Retention: a finished study's instances and job folders go after `retention_days`."""
+        """Retention: a finished study's instances and job folders go after `retention_days`; quarantined
+        files after `quarantine_days`."""
         self.purge_finished()
+        removed = self.spool.clean(self.config.quarantine_days)
+        if removed:
+            logs.event("quarantine_cleaned", files=removed)
         return False
 
     def purge_finished(self) -> int:
@@ -162,8 +184,17 @@ class Listener:
             "receiver_pids": [os.getpid(), *self._receivers.pids],
         }
 
+    def _end_interrupted(self) -> None:
+        """Jobs found running at start belonged to a listener that died: whatever is left of them (a
+        process tree that escaped, a container, a cluster Job) is ended before they run again."""
+        for job in self.queue.interrupted_jobs():
+            left = stop_job(self.routes.get(job.route), job)
+            logs.event("job_interrupted", logging.WARNING if left is None else logging.ERROR, job=job.id, error=left)
+
     def start(self) -> None:
+        self._end_interrupted()
         resumed = self.queue.recover()
+        reopened = self.queue.restarted()
         poll, hourly = self.config.poll_s, max(self.config.poll_s, 60.0)
         loops = [
             ("complete", partial(self._forever, self._complete_studies, poll)),
@@ -184,6 +215,7 @@ class Listener:
             ae_title=self.config.ae_title,
             port=self.config.port,
             resumed_jobs=resumed,
+            receiving_studies=reopened,
             tls=self.config.tls is not None,
             receivers=self.config.receivers,
         )

@@ -1,9 +1,11 @@
 """The durable spool: an instance is on disk (written, fsynced, renamed) before the sender hears success.
 
 Layout under the spool root:
-  incoming/<study>/<series>/<sop>.dcm  received instances (names are hashes of the UIDs)
-  quarantine/<time>-<n>.dcm + .txt     what could not be stored, with the reason
-  jobs/<job id>/                       scratch and results of each job
+  receiving/<tmp>.dcm                      instances as they arrive (pynetdicom writes them in chunks)
+  incoming/<study>/<series>/<sop>.<digest>.dcm  received instances (names are hashes of the UIDs and
+                                           of the content, so a conflicting resend never overwrites)
+  quarantine/<time>-<n>.dcm + .txt         what could not be stored, with the reason (quota, retention)
+  jobs/<job id>/                           scratch and results of each job
 """
 
 from __future__ import annotations
@@ -28,7 +30,23 @@ def key(uid: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:20]
 
 
+def digest_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -52,22 +70,47 @@ def write_durably(path: Path, data: bytes) -> None:
         raise
 
 
+def move_durably(src: Path, path: Path) -> None:
+    """Move the finished file `src` (on the spool's file system) to `path`: whole or absent after a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _fsync_file(src)
+    os.replace(src, path)
+    _fsync_dir(path.parent)
+
+
 class Spool:
-    def __init__(self, root: Path, min_free_mb: float, clean_torn: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        min_free_mb: float,
+        clean_torn: bool = True,
+        quarantine_max_mb: float = 1024.0,
+    ) -> None:
         self.root = Path(root)
         self.min_free = int(min_free_mb * 1024 * 1024)
+        self.quarantine_max = int(quarantine_max_mb * 1024 * 1024)
         self._free, self._free_at = 0, -1.0  # statvfs once per interval, not per instance
         self.largest = 0  # the largest instance stored so far: the room a new association needs
         self._counter = itertools.count()
-        for sub in ("incoming", "quarantine", "jobs"):
+        for sub in ("incoming", "quarantine", "jobs", "receiving"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         if not clean_torn:  # another process shares the spool and may be writing right now
             return
-        for torn in (*self.root.glob("incoming/**/.*.partial"), *self.root.glob("quarantine/.*.partial")):
-            torn.unlink(missing_ok=True)  # writes cut short by a crash; never acknowledged, never recorded
+        torn = (
+            *self.root.glob("incoming/**/.*.partial"),
+            *self.root.glob("quarantine/.*.partial"),
+            *self.receiving.iterdir(),
+        )
+        for path in torn:
+            path.unlink(missing_ok=True)  # writes cut short by a crash; never acknowledged, never recorded
 
-    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return self.root / "incoming" / key(study_uid) / key(series_uid) / f"{key(sop_uid)}.dcm"
+    @property
+    def receiving(self) -> Path:
+        """Where pynetdicom writes arriving datasets: on the spool's file system, so storing is a rename."""
+        return self.root / "receiving"
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str, digest: str) -> Path:
+        return self.root / "incoming" / key(study_uid) / key(series_uid) / f"{key(sop_uid)}.{digest[:16]}.dcm"
 
     def study_dir(self, study_uid: str) -> Path:
         return self.root / "incoming" / key(study_uid)
@@ -85,27 +128,50 @@ class Spool:
         self._free -= size
         return self._free >= self.min_free
 
-    def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
-        """Durably store one encoded instance (a resend of the same SOP instance replaces it)."""
-        if not self.has_room(len(data)):
+    def store(self, received: Path, study_uid: str, series_uid: str, sop_uid: str, digest: str) -> Path:
+        """Durably keep the received file `received` as this instance (a new name per content)."""
+        size = received.stat().st_size
+        if not self.has_room(0):  # the file already takes its room: the reserve must still be left
             raise SpoolFull(errno.ENOSPC, f"spool below its {self.min_free // 2**20} MB reserve")
-        path = self.instance_path(study_uid, series_uid, sop_uid)
+        path = self.instance_path(study_uid, series_uid, sop_uid, digest)
         try:
-            write_durably(path, data)
+            move_durably(received, path)
         except OSError:
             self._free_at = -1.0  # re-read the free space next time
             raise
-        self.largest = max(self.largest, len(data))
+        self.largest = max(self.largest, size)
         return path
 
-    def quarantine(self, data: bytes, reason: str) -> Path:
-        """Keep what could not be stored, with the reason beside it, for a person to look at."""
+    def quarantine_bytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.root / "quarantine").iterdir() if p.is_file())
+
+    def quarantine(self, source: Path | bytes, reason: str) -> Path | None:
+        """Keep what could not be stored, with the reason beside it, for a person to look at. Nothing is
+        kept (None) when that would pass the quarantine's quota or the spool's free-space reserve: a flood
+        of malformed instances must not fill the disk that good studies need."""
+        size = source.stat().st_size if isinstance(source, Path) else len(source)
+        if self.quarantine_bytes() + size > self.quarantine_max or not self.has_room(size + 4096):
+            return None
         stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{next(self._counter)}"
         path = self.root / "quarantine" / f"{stem}.dcm"
         try:
-            write_durably(path, data)
+            if isinstance(source, Path):
+                move_durably(source, path)
+            else:
+                write_durably(path, source)
             write_durably(path.with_suffix(".txt"), (reason + "\n").encode())
         except OSError:
             path.unlink(missing_ok=True)  # a full disk must not also leave a torn quarantine file
-            raise
+            return None
         return path
+
+    def clean(self, quarantine_days: float) -> int:
+        """Quarantined files older than `quarantine_days`, and arrivals abandoned for a day (a transfer cut
+        off mid-instance), are deleted: the number removed."""
+        now, removed = time.time(), 0
+        for folder, age in ((self.root / "quarantine", quarantine_days * 86400), (self.receiving, 86400.0)):
+            for path in folder.iterdir():
+                if path.is_file() and now - path.stat().st_mtime > age:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed

@@ -13,7 +13,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from .worker import JobError, die_with_parent
+from .processes import die_with_parent
+from .worker import JobError
 
 
 class WarmApp:

@@ -1,44 +1,31 @@
-"""Runs one job: the study's files linked into a fresh input folder, the route's app in a child
-process (it dies with the listener, so a restart never finds a stray run) or in the route's warm
-app worker (warm.py), its DICOM results."""
+"""Runs one job: the instances the job was created with linked into a fresh input folder, the route's
+app as a process tree under the supervisor of processes.py (it dies with the listener and takes every
+process of the job with it) or in the route's warm app worker (warm.py), its DICOM results."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
 import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import APP_PREFIX, Route
-from .queue import JobQueue
+from .processes import die_with_parent, end_tree
+from .queue import Job, JobQueue
 from .spool import key
 
 if TYPE_CHECKING:
     from .warm import WarmApp
 
+STOP_TIMEOUT_S = 120.0  # a route's stop command (docker rm -f, kubectl delete job) gets this long
+
 
 class JobError(RuntimeError):
     """The app failed; the message is the reason recorded with the job."""
-
-
-ORPHANED = 137  # the exit status of a child whose parent died before it could ask to die with it
-
-
-def die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
-    """In a child of `parent` (its pid, taken before the fork): SIGKILL when that parent dies
-    (PR_SET_PDEATHSIG), in a session of its own. A parent that died between the fork and this request
-    sends no signal ever, so the child checks it still has that parent and otherwise leaves at once: an
-    orphaned app would finish a job the restarted listener runs again, an orphaned receiver would keep
-    taking associations on the port."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(ORPHANED)
-    os.setsid()
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -55,50 +42,85 @@ def is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def stage_input(queue: JobQueue, route: Route, study: str, folder: Path) -> int:
-    """Link the study's instances (or only the series the route matched) into `folder`."""
-    n = 0
-    for series, attrs in queue.study_series(study).items():
-        if route.input == "series" and not route.matches(attrs):
-            continue
-        for src in queue.series_files(series):
-            _link(src, folder / key(series) / src.name)
-            n += 1
-    return n
+def stage_input(queue: JobQueue, job: Job, folder: Path) -> int:
+    """Link exactly the instances the job was created with into `folder`: instances that arrived
+    later belong to the study's next generation and its own job, never to this one."""
+    inputs = queue.job_inputs(job.id)
+    for series, src in inputs:
+        if not src.is_file():
+            raise JobError("an input instance is no longer in the spool")
+        _link(src, folder / key(series) / src.name)
+    return len(inputs)
 
 
-def _run_child(command: list[str], log_path: Path, timeout_s: float) -> int:
+def fill(command: tuple[str, ...], job: Job, input_dir: Path | None = None, output_dir: Path | None = None) -> list:
+    values = {"{job}": str(job.id), "{input}": str(input_dir or ""), "{output}": str(output_dir or "")}
+    out = []
+    for arg in command:
+        for placeholder, value in values.items():
+            arg = arg.replace(placeholder, value)
+        out.append(arg)
+    return out
+
+
+def stop_job(route: Route | None, job: Job) -> str | None:
+    """End everything of `job` still running: its process tree (by token) and, through the route's
+    `stop` command, what it started elsewhere. None, or why it could not be confirmed."""
+    problems = []
+    if not end_tree(job.token):
+        problems.append("processes of the job survived SIGKILL")
+    if route is not None and route.stop:
+        try:
+            proc = subprocess.run(fill(route.stop, job), capture_output=True, timeout=STOP_TIMEOUT_S, check=False)
+            if proc.returncode != 0:
+                problems.append(f"stop command exited with status {proc.returncode}")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            problems.append(f"stop command failed ({type(exc).__name__})")
+    return "; ".join(problems) or None
+
+
+def _run_tree(command: list[str], token: str, log_path: Path, timeout_s: float) -> int:
+    """`command` under the supervisor (processes.py): on timeout the whole tree is ended, not only the
+    supervisor's direct child."""
+    supervised = [sys.executable, "-m", "oncoplan.deploy.listener.processes", token, *command]
     with open(log_path, "wb") as log:
         try:
-            proc = subprocess.run(
-                command,
+            proc = subprocess.Popen(
+                supervised,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                timeout=timeout_s,
-                preexec_fn=partial(die_with_parent, os.getpid()),
-                check=False,
+                # SIGTERM, not SIGKILL, on the listener's death: the supervisor catches it and ends the tree.
+                preexec_fn=partial(die_with_parent, os.getpid(), signal.SIGTERM),
             )
-        except subprocess.TimeoutExpired:
-            raise JobError(f"app timed out after {timeout_s:.0f} s") from None
         except OSError as exc:
             raise JobError(f"cannot start the app ({exc})") from None
-    return proc.returncode
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # the supervisor ends the tree
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            end_tree(token)
+            raise JobError(f"app timed out after {timeout_s:.0f} s") from None
 
 
-def run_job(job_dir: Path, route: Route, queue: JobQueue, study: str, warm: WarmApp | None = None) -> list[Path]:
-    """The DICOM files the route's app wrote for `study` (raises JobError on any failure); with
+def run_job(job_dir: Path, route: Route, queue: JobQueue, job: Job, warm: WarmApp | None = None) -> list[Path]:
+    """The DICOM files the route's app wrote for `job` (raises JobError on any failure); with
     `warm`, the route's oncoplan command runs in that warm worker instead of a new process."""
     shutil.rmtree(job_dir, ignore_errors=True)  # a run cut short by a crash starts clean
     input_dir, output_dir = job_dir / "input", job_dir / "output"
     input_dir.mkdir(parents=True)
-    if stage_input(queue, route, study, input_dir) == 0:
+    if stage_input(queue, job, input_dir) == 0:
         raise JobError("no instances to process")
-    command = [a.replace("{input}", str(input_dir)).replace("{output}", str(output_dir)) for a in route.command]
+    command = fill(route.command, job, input_dir, output_dir)
     log = job_dir / "app.log"
     if warm is not None:
         status = warm.run(command[len(APP_PREFIX) :], log, route.timeout_s)
     else:
-        status = _run_child(command, log, route.timeout_s)
+        status = _run_tree(command, job.token, log, route.timeout_s)
     if status != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
         raise JobError(f"app exited with status {status}: {tail[0][:500]}")

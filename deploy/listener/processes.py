@@ -1,0 +1,98 @@
+"""Process trees of the listener's jobs: each job's command runs under a small supervisor that dies
+with the listener and takes the whole tree with it, so a job never outlives the listener that owns it.
+
+Why a supervisor: the kernel's parent-death signal (PR_SET_PDEATHSIG) reaches only the direct child.
+A route whose command is a wrapper (`sh -c ...`, `docker run`, a script around `kubectl`) leaves the
+real work in a grandchild, which used to survive a kill -9 of the listener and finish a job that the
+restarted listener then ran again. Every process of a job carries the job's token in its environment
+(ONCOPLAN_JOB), inherited by whatever it starts, even a child that leaves the process group; ending
+a job is ending every process that carries its token. Work started outside the tree (a container
+run by the engine's daemon, a cluster Job) is ended by the route's `stop` command.
+
+    python -m oncoplan.deploy.listener.processes TOKEN COMMAND...   (the supervisor; used by worker.py)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TOKEN_VARIABLE = "ONCOPLAN_JOB"
+ORPHANED = 137  # the exit status of a child whose parent died before it could ask to die with it
+
+
+def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:  # pragma: no cover - runs in the child
+    """In a child of `parent` (its pid, taken before the fork): `sig` when that parent dies
+    (PR_SET_PDEATHSIG), in a session of its own. A parent that died between the fork and this request
+    sends no signal ever, so the child checks it still has that parent and otherwise leaves at once: an
+    orphaned app would finish a job the restarted listener runs again, an orphaned receiver would keep
+    taking associations on the port."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(ORPHANED)
+    os.setsid()
+
+
+def members(token: str) -> list[int]:
+    """Pids of the live processes that carry `token` (readable environments only: our own user's)."""
+    mark, found = f"{TOKEN_VARIABLE}={token}".encode(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or another user's
+            continue
+        if mark in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def end_tree(token: str, timeout_s: float = 10.0) -> bool:
+    """SIGKILL every process carrying `token` until none is left: True when none is (zombies excepted)."""
+    if not token:
+        return True
+    end = time.monotonic() + timeout_s
+    while True:
+        pids = members(token)
+        if not pids:
+            return True
+        if time.monotonic() > end:
+            return False
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def supervise(token: str, command: list[str]) -> int:  # pragma: no cover - runs as its own process
+    """Run `command` with the token in its environment; end its whole tree when it exits (stragglers a
+    wrapper left behind) or when this supervisor is told to stop (SIGTERM: the listener died or the
+    job timed out)."""
+
+    def stop(signum: int, _frame: object) -> None:
+        end_tree(token)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    env = dict(os.environ, **{TOKEN_VARIABLE: token})
+    try:
+        proc = subprocess.Popen(command, env=env)
+    except OSError as exc:
+        print(f"cannot start the route's command ({exc})", file=sys.stderr)
+        return 126
+    status = proc.wait()
+    end_tree(token)
+    return status if status >= 0 else 128 - status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(supervise(sys.argv[1], sys.argv[2:]))

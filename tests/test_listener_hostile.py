@@ -1,0 +1,471 @@
+"""The listener as a hospital gateway, against what a sloppy or hostile network sends: one patient per
+job, no partial studies, no denial of service, exactly once for every route (a real Orthanc receives
+the results; senders are pynetdicom, dcmtk's storescu and raw sockets)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+from pydicom.uid import JPEGLosslessSV1, generate_uid
+from pynetdicom import AE
+
+from oncoplan.deploy.listener import logs
+from oncoplan.deploy.listener.config import load_config
+from oncoplan.deploy.listener.service import Listener
+from oncoplan.deploy.listener.spool import Spool
+
+from .pacs import APP, ListenerProcess, Orthanc, dcmtk, free_port, listener_config, make_study, send, wait_for
+
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, INVALID_UID, CONFLICT = 0x0000, 0xA700, 0xC210, 0xC212, 0xC213
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):
+    pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    yield pacs
+    pacs.stop()
+
+
+@contextmanager
+def running(config_path: Path):
+    listener = Listener(load_config(config_path))
+    listener.start()
+    try:
+        yield listener
+    finally:
+        listener.stop()
+
+
+def rows(spool: Path, sql: str) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(spool / "queue.sqlite") as db:
+        return db.execute(sql).fetchall()
+
+
+def events(capfd: pytest.CaptureFixture, seen: list[str]) -> list[dict]:
+    seen.append(capfd.readouterr().err)
+    return [json.loads(line) for line in "".join(seen).splitlines() if line.startswith("{")]
+
+
+def rewrite(files: list[Path], folder: Path, new_sop: bool = True, **changes) -> list[Path]:
+    """Copies of `files` with `changes` (keyword -> value) and, by default, new SOP Instance UIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        if new_sop:
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = folder / f"{i:03d}.dcm"
+        ds.save_as(path)
+        out.append(path)
+    return out
+
+
+def with_route(config: Path, **route) -> Path:
+    raw = yaml.safe_load(config.read_text())
+    raw["routes"] = [raw["routes"][0] | route]
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+# --- one patient per job ------------------------------------------------------------------------
+def test_another_patients_instances_reusing_a_series_or_study_uid_are_refused_and_never_mixed_in(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+) -> None:
+    """Bob's instances carry Alice's SeriesInstanceUID (a sloppy anonymiser), or Alice's StudyInstanceUID:
+    refused (0xC213) and quarantined with the reason, counted; Alice's job sees her 3 instances only."""
+    port, spool = free_port(), tmp_path / "spool"
+    config = listener_config(tmp_path, port, orthanc)
+    alice = make_study(tmp_path / "alice", seed=3000, patient="Alice^Anna")
+    bob = make_study(tmp_path / "bob", seed=3001, slices=2, patient="Bob^Bert")
+    first = pydicom.dcmread(alice[0])
+    bob_in_alices_series = rewrite(bob, tmp_path / "b1", SeriesInstanceUID=first.SeriesInstanceUID)
+    bob_in_alices_study = rewrite(bob[:1], tmp_path / "b2", StudyInstanceUID=first.StudyInstanceUID)
+    before = len(orthanc.results())
+    logs.setup()
+    with running(config) as listener:
+        assert send(port, alice) == [SUCCESS] * 3
+        assert send(port, bob_in_alices_series) == [CONFLICT] * 2
+        assert send(port, bob_in_alices_study) == [CONFLICT]
+        wait_for(lambda: len(orthanc.results()) == before + 1, 60, "Alice's result")
+        counted = listener.status()["counts"]["events"]
+    assert rows(spool, "SELECT inputs, state FROM jobs") == [(3, "done")]
+    (job_dir,) = (spool / "jobs").iterdir()
+    result = pydicom.dcmread(job_dir / "output" / "result.dcm")
+    assert result.ImageComments == "3 CT instances received" and result.PatientName == "Alice^Anna"
+    reasons = sorted(p.read_text() for p in (spool / "quarantine").glob("*.txt"))
+    assert sum("Series Instance UID already held in another study" in r for r in reasons) == 2, reasons
+    assert sum("patient" in r for r in reasons) == 1, reasons
+    assert counted["instances_conflicting"] == 3
+    err = capfd.readouterr().err
+    assert err.count('"event": "conflict"') == 3
+    assert not any(name in err for name in ("Alice", "Bob", "P03000", "P03001", str(first.StudyInstanceUID)))
+
+
+def test_a_sop_instance_resent_with_other_content_or_elsewhere_is_refused_and_the_stored_one_kept(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    port, spool = free_port(), tmp_path / "spool"
+    config = listener_config(tmp_path, port, orthanc, quiet_period_s=30)
+    study = make_study(tmp_path / "s", seed=3100)
+    original = pydicom.dcmread(study[0]).pixel_array.copy()
+    changed = rewrite(study[:1], tmp_path / "changed", new_sop=False, PixelData=bytes(len(original.tobytes())))
+    elsewhere = rewrite(
+        study[:1],
+        tmp_path / "elsewhere",
+        new_sop=False,
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+    )
+    with running(config) as listener:
+        assert send(port, study) == [SUCCESS] * 3
+        assert send(port, study[:1]) == [SUCCESS]  # the same bytes again: acknowledged, nothing changes
+        assert send(port, changed) == [CONFLICT]
+        assert send(port, elsewhere) == [CONFLICT]
+        counted = listener.status()["counts"]["events"]
+    assert counted["instances_duplicate"] == 1 and counted["instances_conflicting"] == 2
+    stored = [Path(p) for (p,) in rows(spool, "SELECT path FROM instances")]
+    assert len(stored) == 3 and len(list((spool / "incoming").rglob("*.dcm"))) == 3
+    sop = str(pydicom.dcmread(study[0]).SOPInstanceUID)
+    (held,) = [p for p in stored if pydicom.dcmread(p).SOPInstanceUID == sop]
+    assert (pydicom.dcmread(held).pixel_array == original).all()
+    reasons = " ".join(p.read_text() for p in (spool / "quarantine").glob("*.txt"))
+    assert "resent with different content" in reasons and "SOP Instance UID already held in another study" in reasons
+
+
+# --- complete when complete -------------------------------------------------------------------------
+def test_completion_counts_from_the_restart_and_a_late_instance_reruns_the_whole_study(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    """3 of 6 instances, then the listener is down for longer than the quiet period: after the restart
+    the study is not taken as complete at once. The rest arrives; the job sees 5. A sixth instance
+    arriving while that job runs stays out of it, and reopens the study: a second job sees all 6."""
+    port, spool = free_port(), tmp_path / "spool"
+    config = listener_config(tmp_path, port, orthanc, app_args=["--sleep", "2"], quiet_period_s=2.0)
+    study = make_study(tmp_path / "s", seed=3200, slices=6)
+    with running(config):
+        assert send(port, study[:3]) == [SUCCESS] * 3
+    time.sleep(3.0)  # down longer than the quiet period (as after a crash)
+    with running(config) as listener:
+        time.sleep(1.0)
+        assert rows(spool, "SELECT COUNT(*) FROM jobs") == [(0,)], "a partial study was taken as complete"
+        assert send(port, study[3:5]) == [SUCCESS] * 2
+        wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("running",)], 30, "the job to run")
+        assert send(port, study[5:]) == [SUCCESS]  # late: while the job runs
+        wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("done",), ("done",)], 60, "both generations")
+        counted = listener.status()["counts"]["events"]
+    assert rows(spool, "SELECT generation, inputs FROM jobs ORDER BY id") == [(1, 5), (2, 6)]
+    comments = [pydicom.dcmread(spool / "jobs" / str(j) / "output" / "result.dcm").ImageComments for j in (1, 2)]
+    assert comments == ["5 CT instances received", "6 CT instances received"]
+    assert counted["instances_late"] == 1
+
+
+def test_a_study_resent_after_retention_is_deleted_again_and_not_rerun(tmp_path: Path, orthanc: Orthanc) -> None:
+    port, spool = free_port(), tmp_path / "spool"
+    config = listener_config(tmp_path, port, orthanc, retention_days=0)
+    study = make_study(tmp_path / "s", seed=3300)
+    before = len(orthanc.results())
+    with running(config) as listener:
+        assert send(port, study) == [SUCCESS] * 3
+        wait_for(lambda: len(orthanc.results()) == before + 1, 60, "the result")
+        wait_for(lambda: rows(spool, "SELECT state FROM deliveries") == [("sent",)], 30, "the delivery recorded")
+        assert listener.purge_finished() == 1
+        assert send(port, study) == [SUCCESS] * 3  # resent after retention: kept again, for a while
+        wait_for(lambda: rows(spool, "SELECT state FROM studies") == [("complete",)], 20, "the resend to settle")
+        assert listener.purge_finished() == 1  # ... and deleted again (no PHI kept for ever)
+        assert not list((spool / "incoming").rglob("*.dcm"))
+    assert rows(spool, "SELECT COUNT(*) FROM jobs") == [(1,)]
+
+
+# --- exactly once, whatever the route's process tree -----------------------------------------------
+def wrapped(ledger: Path, sleep: float) -> list[str]:
+    """A route command behind `sh -c`: the real work is a grandchild of the listener."""
+    script = f'"{sys.executable}" "{APP}" "$0" "$1" --sleep {sleep} --ledger "{ledger}"'
+    return ["sh", "-c", script, "{input}", "{output}"]
+
+
+def test_a_wrapped_app_dies_with_the_listener_and_the_study_runs_once(tmp_path: Path, orthanc: Orthanc) -> None:
+    port, ledger = free_port(), tmp_path / "ledger.txt"
+    config = with_route(listener_config(tmp_path, port, orthanc), command=wrapped(ledger, 4))
+    spool = tmp_path / "spool"
+    before = len(orthanc.results())
+    listener = ListenerProcess(config, port).start()
+    try:
+        assert send(port, make_study(tmp_path / "s", seed=3400)) == [SUCCESS] * 3
+        wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("running",)], 30, "the job to run")
+        time.sleep(1.0)  # the app is running under its wrapper
+        listener.kill9()
+        time.sleep(6.0)  # longer than the app takes: an orphan would have finished by now
+        assert not ledger.exists(), "the wrapped app outlived the listener"
+        listener.start()
+        wait_for(lambda: len(orthanc.results()) == before + 1, 60, "the result after the restart")
+    finally:
+        listener.stop()
+    assert len(ledger.read_text().split()) == 1
+
+
+def test_a_timed_out_wrapped_job_is_ended_whole_on_every_attempt(tmp_path: Path, orthanc: Orthanc) -> None:
+    port, ledger = free_port(), tmp_path / "ledger.txt"
+    config = listener_config(tmp_path, port, orthanc, max_attempts=2)
+    with_route(config, command=wrapped(ledger, 3), timeout_s=1)
+    spool = tmp_path / "spool"
+    with running(config):
+        assert send(port, make_study(tmp_path / "s", seed=3500)) == [SUCCESS] * 3
+        wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("failed",)], 60, "the job to fail twice")
+    time.sleep(4.0)
+    assert not ledger.exists(), "a timed-out job ran to completion anyway"
+
+
+def test_a_routes_stop_command_ends_what_the_job_started_outside_its_tree(tmp_path: Path, orthanc: Orthanc) -> None:
+    """A route whose command has something else run the work (as `docker run` has the engine's daemon):
+    here a process started with a clean environment, outside the job's tree. The route's `stop` command
+    ends it when the job times out."""
+    port, pids = free_port(), tmp_path / "pids"
+    pids.mkdir()
+    outside = f'env -i sleep 300 & echo $! > "{pids}/{{job}}"; wait'
+    config = listener_config(tmp_path, port, orthanc, max_attempts=1)
+    with_route(
+        config,
+        command=["sh", "-c", outside, "{input}", "{output}"],
+        stop=["sh", "-c", f'kill -9 "$(cat "{pids}/{{job}}")"'],
+        timeout_s=1,
+    )
+    with running(config):
+        assert send(port, make_study(tmp_path / "s", seed=3600)) == [SUCCESS] * 3
+        wait_for(lambda: rows(tmp_path / "spool", "SELECT state FROM jobs") == [("failed",)], 60, "the timeout")
+    pid = int((pids / "1").read_text())
+    wait_for(
+        lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+        10,
+        "the process started outside the tree to end",
+    )
+
+
+# --- deliveries are isolated ------------------------------------------------------------------------
+def test_an_undeliverable_result_fails_alone(tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture) -> None:
+    """Each job writes a good result and one with a 200-character SOP UID: the good ones reach Orthanc
+    once, the bad ones are recorded failed for good (not retried in lockstep with the rest)."""
+    port, spool = free_port(), tmp_path / "spool"
+    config = listener_config(tmp_path, port, orthanc, app_args=["--bad-result"])
+    before = len(orthanc.results())
+    logs.setup()
+    with running(config):
+        for seed in (3700, 3701):
+            assert send(port, make_study(tmp_path / f"s{seed}", seed=seed)) == [SUCCESS] * 3
+        wait_for(lambda: len(orthanc.results()) == before + 2, 60, "both good results")
+        wait_for(
+            lambda: sorted(rows(spool, "SELECT state FROM deliveries")) == [("failed",)] * 2 + [("sent",)] * 2,
+            30,
+            "the deliveries recorded",
+        )
+    failed = [e for e in events(capfd, []) if e["event"] == "result_not_sent"]
+    assert len(failed) == 2 and all(e["final"] and "not a valid UID" in e["error"] for e in failed)
+    assert "2222222222" not in capfd.readouterr().err
+
+
+# --- bounded resources, clean refusals ----------------------------------------------------------------
+ASSOCIATE_RQ_START = bytes([0x01, 0x00, 0x00, 0x00, 0x00, 0xCD, 0x00, 0x01, 0x00, 0x00])  # 10 of 211 bytes
+
+
+def test_silent_connections_neither_block_an_allowed_sender_nor_outlive_the_association_timeout(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+) -> None:
+    """20 connections from another address, each sending 10 bytes of an A-ASSOCIATE-RQ and then nothing:
+    4 are let in (the per-peer limit) and cut after the 2 s association timeout, 16 are refused at once;
+    an allowed sender meanwhile stores its study; each refusal and cut is one line with its reason."""
+    port = free_port()
+    config = listener_config(
+        tmp_path, port, orthanc, max_associations=8, max_associations_per_peer=4, association_timeout_s=2
+    )
+    seen: list[str] = []
+    logs.setup()
+    with running(config) as listener:
+        silent = []
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0), timeout=5)
+            with suppress(OSError):
+                s.sendall(ASSOCIATE_RQ_START)
+            silent.append(s)
+        assert send(port, make_study(tmp_path / "s", seed=3800), timeout_s=10) == [SUCCESS] * 3
+        wait_for(
+            lambda: sum(e["event"] == "association_aborted" for e in events(capfd, seen)) >= 4, 20, "the silent cut"
+        )
+        counted = listener.status()["counts"]["events"]
+        for s in silent:
+            s.close()
+    log = events(capfd, seen)
+    refused = [e for e in log if e["event"] == "connection_refused"]
+    cut = [e for e in log if e["event"] == "association_aborted"]
+    assert len(refused) == 16 and all(e["reason"] == "per-peer limit (4)" for e in refused)
+    assert len(cut) == 4 and all(e["reason"] == "no association within 2 s" for e in cut), cut
+    assert counted["associations_refused"] == 16
+    assert not any(e["event"] == "association_refused" and e.get("caller") == "SENDER" for e in log)
+
+
+def test_an_idle_tcp_connection_does_not_block_tls_associations(tmp_path: Path, orthanc: Orthanc) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc, tls={"cert": str(cert), "key": str(key)}, association_timeout_s=3)
+    with running(config):
+        idle = socket.create_connection(("127.0.0.1", port))  # TCP only: no ClientHello, ever
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ae = AE(ae_title="SENDER")
+        ae.acse_timeout = ae.network_timeout = 5
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", port, ae_title="ONCOPLAN", tls_args=(ctx, "localhost"))
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+        time.sleep(4)
+        idle.settimeout(2)
+        assert idle.recv(10) == b"", "the idle connection was not closed after the association timeout"
+        idle.close()
+
+
+def test_a_call_to_another_ae_title_is_refused_with_its_reason(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+) -> None:
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc)
+    logs.setup()
+    with running(config):
+        assert send(port, make_study(tmp_path / "s", seed=3900), called="SOMEONE_ELSE") == [None] * 3
+        assert send(port, make_study(tmp_path / "t", seed=3901), calling="INTRUDER") == [None] * 3
+    refused = {e["reason"] for e in events(capfd, []) if e["event"] == "association_refused"}
+    assert refused == {"called AE title is not ours", "calling AE title not allowed"}
+
+
+@pytest.mark.parametrize(
+    ("uid", "why"),
+    [
+        ("../../x", "path"),
+        ("1." + "2" * 198, "200 characters"),
+        ("1.2.abc.4", "letters"),
+        ("1.2.3\x004.5", "a NUL inside"),
+        ("1.02.3", "a leading zero"),
+        (["1.2.3", "1.2.4"], "two values"),
+    ],
+)
+def test_a_study_uid_that_is_not_a_uid_is_refused_and_quarantined(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture, uid: object, why: str
+) -> None:
+    port, spool = free_port(), tmp_path / "spool"
+    config = listener_config(tmp_path, port, orthanc)
+    logs.setup()  # pydicom's complaints about the bad value, here and in the listener, are captured and blanked
+    bad = rewrite(make_study(tmp_path / "s", seed=4000, slices=1), tmp_path / "bad", StudyInstanceUID=uid)
+    with running(config):
+        assert send(port, bad) == [INVALID_UID], why
+    (reason,) = [p.read_text() for p in (spool / "quarantine").glob("*.txt")]
+    assert "StudyInstanceUID" in reason
+    assert rows(spool, "SELECT COUNT(*) FROM instances") == [(0,)]
+    assert not list((spool / "incoming").rglob("*.dcm")) and not list((spool / "receiving").iterdir())
+    err = capfd.readouterr().err
+    assert any(json.loads(line)["event"] == "quarantined" for line in err.splitlines() if line.startswith("{"))
+    assert "2222222222" not in err and "abc" not in err
+
+
+def test_an_instance_over_the_size_limit_is_refused_and_the_association_goes_on(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    port, spool = free_port(), tmp_path / "spool"
+    config = listener_config(tmp_path, port, orthanc, max_instance_mb=1)
+    big = make_study(tmp_path / "big", seed=4100, slices=1, size=1024)  # 2 MB of pixels
+    small = make_study(tmp_path / "small", seed=4101, slices=1)
+    with running(config) as listener:
+        assert send(port, big + small) == [OUT_OF_RESOURCES, SUCCESS]
+        assert listener.status()["counts"]["events"]["instances_too_large"] == 1
+    assert not list((spool / "receiving").iterdir())
+    assert rows(spool, "SELECT COUNT(*) FROM instances") == [(1,)]
+
+
+def test_the_quarantine_keeps_to_its_quota_and_its_retention(tmp_path: Path, orthanc: Orthanc) -> None:
+    port, spool = free_port(), tmp_path / "spool"
+    config = listener_config(tmp_path, port, orthanc, quarantine_max_mb=0.001)  # 1 KB
+    study = make_study(tmp_path / "s", seed=4200, slices=1)
+    short = pydicom.dcmread(study[0])
+    short.PixelData = short.PixelData[:100]
+    short.save_as(tmp_path / "short.dcm")
+    with running(config) as listener:
+        assert send(port, [tmp_path / "short.dcm"]) == [CANNOT_UNDERSTAND]  # refused all the same
+        assert listener.status()["counts"]["events"]["instances_quarantined"] == 1
+    assert not list((spool / "quarantine").iterdir())  # over the quota: the reason logged, the bytes not kept
+    keeper = Spool(tmp_path / "other", 0)
+    kept = keeper.quarantine(b"x" * 100, "a reason")
+    assert kept is not None and keeper.clean(quarantine_days=1) == 0
+    old = time.time() - 2 * 86400
+    for p in (kept, kept.with_suffix(".txt")):
+        os.utime(p, (old, old))
+    assert keeper.clean(quarantine_days=1) == 2 and not list((tmp_path / "other" / "quarantine").iterdir())
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="iproute2's ss is not installed")
+def test_the_listen_backlog_takes_a_burst_of_senders(tmp_path: Path, orthanc: Orthanc) -> None:
+    port = free_port()
+    with running(listener_config(tmp_path, port, orthanc)):
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    backlog = int(out.split()[2])  # Send-Q of a listening socket is its backlog
+    assert backlog >= 128, out
+
+
+# --- compressed transfer syntaxes ---------------------------------------------------------------------
+def test_a_pacs_sending_jpeg_lossless_only_is_served_and_the_study_kept_as_sent(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    port, spool = free_port(), tmp_path / "spool"
+    config = listener_config(tmp_path, port, orthanc)
+    plain = make_study(tmp_path / "s", seed=4300)
+    jpeg = []
+    for i, f in enumerate(plain):
+        out = tmp_path / "jpeg" / f"{i}.dcm"
+        out.parent.mkdir(exist_ok=True)
+        subprocess.run([dcmtk("dcmcjpeg"), str(f), str(out)], check=True, capture_output=True)
+        jpeg.append(out)
+    assert pydicom.dcmread(jpeg[0]).file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    before = len(orthanc.results())
+    with running(config):
+        assert send(port, jpeg[:2]) == [SUCCESS] * 2  # pynetdicom proposing JPEG Lossless SV1 only
+        subprocess.run(
+            [dcmtk("storescu"), "-xs", "-aet", "STORESCU", "-aec", "ONCOPLAN", "127.0.0.1", str(port), str(jpeg[2])],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_for(lambda: len(orthanc.results()) == before + 1, 60, "the result")
+    for (path,) in rows(spool, "SELECT path FROM instances"):
+        ds = pydicom.dcmread(path)
+        assert ds.file_meta.TransferSyntaxUID == JPEGLosslessSV1  # stored as sent, not transcoded
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
