@@ -29,9 +29,19 @@ def _positive_int(text: str) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from .training.synth.cohort import generate_cohort
 
+    syntax = args.transfer_syntax
+    if syntax or args.pacs:
+        from .training.synth.pacs import TRANSFER_SYNTAXES
+
+        if syntax and syntax not in TRANSFER_SYNTAXES:  # one line before anything is generated
+            raise InputError(f"unknown --transfer-syntax {syntax!r}; choose {', '.join(TRANSFER_SYNTAXES)}")
     out = generate_cohort(
         args.kind, args.out, args.cases, args.seed, args.site, args.size, not args.quiet, args.protocols
     )
+    if syntax or args.pacs:
+        from .training.synth.pacs import EXTRAS, pacs_shape_cohort
+
+        pacs_shape_cohort(out, args.kind, syntax, EXTRAS if args.pacs else ())
     print(out)
     return 0
 
@@ -144,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="practice",
         help="liver: practice (physicians' regimens, the 'gold') | random (uniform over the conflict-free "
         "action space, for training the world models)",
+    )
+    synth.add_argument(
+        "--pacs",
+        action="store_true",
+        help="shape each planning study as a PACS sends it: a topogram, a 2x-thick reconstruction, a coronal "
+        "reformat, a dose screen capture and a dose SR beside the planning series (for the apps and the demo)",
+    )
+    synth.add_argument(
+        "--transfer-syntax",
+        help="compress the planning study's CT images (dcmtk): jpeg-lossless-sv1 | jpeg-lossless | jpeg-ls | rle",
     )
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)

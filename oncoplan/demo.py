@@ -1,6 +1,7 @@
 """The main job on an embedded default: one synthetic study of each workflow.
 
-The demo generates a breast RT study and a liver TACE study (DICOM CT + ground truth), runs
+The demo generates a breast RT study and a liver TACE study (DICOM CT + ground truth), shaped as a
+PACS sends them (training/synth/pacs.py), runs
 the CTV contouring app on the breast study (note from its clinical.json) and the TACE planning
 app on the liver study's pre-treatment CT (search settings `cpu` unless told otherwise), and
 lists the files written.
@@ -35,6 +36,7 @@ def _plan(study: Path, out: Path, settings: str | None) -> None:
 
 def run_demo(out: Path, size: str = "full", settings: str | None = None) -> int:
     from .training.synth.cohort import generate_cohort
+    from .training.synth.pacs import pacs_shape_cohort
 
     out = Path(out)
     for kind in ("breast", "liver"):
@@ -46,6 +48,9 @@ def run_demo(out: Path, size: str = "full", settings: str | None = None) -> int:
                 raise InputError(f"{target}: exists and is not an earlier demo output; choose another --out")
             shutil.rmtree(target)
         generate_cohort(kind, target, cases=1, seed=0, site="internal", size=size)
+        # Shaped as a PACS sends it (topogram, second reconstruction, reformat, dose objects): the apps'
+        # log names the series they chose and each one they passed over.
+        pacs_shape_cohort(target, kind)
         case = next(p for p in sorted(target.iterdir()) if p.is_dir())
         print(f"{kind}: synthetic study in {case} (DICOM CT under dicom/, ground truth under labels/)")
         if kind == "breast":

@@ -131,9 +131,10 @@ def test_each_extra_series_kind_is_passed_over(extra: str, study: Path, tmp_path
         assert reason.startswith(REASONS[extra]), reason
     else:
         assert not choice.passed and choice.why == "thinnest slices of 2 candidates"
+    caplog.clear()
     with caplog.at_level("INFO"):
         choice.log()
-    logged = [r.getMessage() for r in caplog.records]
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("oncoplan")]
     assert logged[0].startswith("CT series chosen: series 2")
     assert not [m for m in logged if UID.search(m)], "log lines carry no UID"
 
@@ -217,3 +218,29 @@ def test_a_compressed_pacs_liver_study_is_planned_on_the_pre_treatment_pvp_serie
     if dciodvfy_available():
         for p in out.glob("*.dcm"):
             assert problems(p) == [], p.name
+
+
+@needs_dcmtk
+def test_synth_pacs_writes_pacs_shaped_compressed_studies(tmp_path: Path) -> None:
+    out = tmp_path / "cohort"
+    cmd = [sys.executable, "-m", "oncoplan", "synth", "breast", "--out", str(out), "--cases", "1", "--size", "small"]
+    r = subprocess.run(
+        [*cmd, "--quiet", "--pacs", "--transfer-syntax", "jpeg-lossless-sv1"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = out / cohort_rows(out)[0]["image_dir"]
+    assert sorted(p.name for p in study.iterdir() if p.is_dir()) == sorted(EXTRAS)
+    planning = pydicom.dcmread(next(study.glob("*.dcm")))
+    assert planning.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    choice = check_input_folder(study, "breast")
+    assert choice.series.uid == planning.SeriesInstanceUID and len(choice.passed) == 4
+
+
+@pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy (dicom3tools) not installed")
+def test_the_extra_series_pass_dciodvfy(study: Path, tmp_path: Path) -> None:
+    folder = _pacs_copy(study, tmp_path / "pacs")
+    for name in EXTRAS:
+        found = problems(sorted((folder / name).iterdir())[0])
+        if name == "coronal_mpr":  # GE's REFORMATTED is no defined term of CT ImageType value 3
+            found = [p for p in found if "REFORMATTED" not in p]
+        assert found == [], name

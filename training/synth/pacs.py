@@ -87,7 +87,8 @@ def pacs_series(ct_files: Iterable[Path], extras: Iterable[str] = EXTRAS) -> dic
             ds.AcquisitionTime = "000001"
             projection = volume.mean(axis=1)[::-1]
             out[name] = [_plane(ds, projection, top, coronal_iop, (gap, col_mm))]
-            for keyword in ("SliceThickness", "SpacingBetweenSlices"):
+            ds.SliceThickness = ""  # Type 2: a projection has none
+            for keyword in ("SpacingBetweenSlices", "RescaleType"):
                 delattr(ds, keyword)
         elif name == "thick_recon":  # the same acquisition, slices twice as thick (pairs averaged)
             thick = []
@@ -101,7 +102,7 @@ def pacs_series(ct_files: Iterable[Path], extras: Iterable[str] = EXTRAS) -> dic
             mpr = []
             for j, r in enumerate(range(0, volume.shape[1], 8)):
                 ds = _new(first, name, int(first.SeriesNumber) + 200, "COR MPR", j)
-                ds.ImageType = ["DERIVED", "SECONDARY", "MPR"]
+                ds.ImageType = ["DERIVED", "SECONDARY", "REFORMATTED"]  # as GE writes it (no defined term: a warning)
                 position = top + r * row_mm * iop[3:]
                 mpr.append(_plane(ds, volume[::-1, r, :], position, coronal_iop, (gap, col_mm)))
             out[name] = mpr
@@ -114,16 +115,26 @@ def pacs_series(ct_files: Iterable[Path], extras: Iterable[str] = EXTRAS) -> dic
     return out
 
 
+_SC_KEEP = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "PatientIdentityRemoved", "DeidentificationMethod", "StudyInstanceUID", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription", "Modality", "SeriesInstanceUID",
+    "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime", "OperatorsName", "Manufacturer",
+    "ManufacturerModelName", "InstitutionName", "SoftwareVersions", "SOPInstanceUID", "InstanceNumber",
+    "ContentDate", "ContentTime", "ImageComments",
+)  # fmt: skip
+
+
 def _dose_screen(ct: Dataset) -> Dataset:
     """The scanner's dose page as a Secondary Capture with Modality CT, as GE and Siemens send it."""
-    ds = _new(ct, "dose_screen", 999, "Dose Report", 0)
-    for keyword in list(ds.dir()):
-        if keyword in {"ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-                       "SpacingBetweenSlices", "RescaleIntercept", "RescaleSlope", "RescaleType", "KVP",
-                       "ConvolutionKernel", "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
-                       "FrameOfReferenceUID", "PositionReferenceIndicator", "AcquisitionNumber",
-                       "ContrastBolusAgent", "ContrastBolusRoute"}:  # fmt: skip
-            delattr(ds, keyword)
+    full = _new(ct, "dose_screen", 999, "Dose Report", 0)
+    ds = Dataset()  # only the Secondary Capture IOD's modules: copied patient, study, series, equipment
+    ds.file_meta = full.file_meta
+    for keyword in _SC_KEEP:
+        if keyword in full:
+            setattr(ds, keyword, full.data_element(keyword).value)
+    ds.PatientOrientation = ""
+    ds.BodyPartExamined = full.get("BodyPartExamined", "") or "CHEST"  # unpaired: no Laterality needed
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     ds.ImageType = ["DERIVED", "SECONDARY", "SCREEN SAVE"]
     ds.ConversionType = "WSD"
@@ -201,3 +212,30 @@ def cd_layout(study: Path, out: Path) -> Path:
     (out / "VIEWER.EXE").write_bytes(b"MZ\x90\x00 a DICOM viewer for Windows")
     (out / "AUTORUN.INF").write_text("[autorun]\nopen=VIEWER.EXE\n")
     return out
+
+
+def pacs_shape_cohort(cohort: Path, kind: str, transfer_syntax: str | None = None, extras=EXTRAS) -> None:
+    """`synth ... --pacs`: each case's planning study gets the extra series (beside its planning CT, in the
+    study folder) and, with `transfer_syntax`, its CT images compressed. Breast: the planning CT; liver: the
+    pre-treatment study around its portal-venous (else arterial) series. For the apps and the demo: the
+    training loaders read one series per folder and want the plain cohort."""
+    import csv
+
+    with open(Path(cohort) / "cohort.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        if kind == "breast":
+            ct_dir = study_dir = Path(cohort) / row["image_dir"]
+        else:
+            ct_dir = Path(cohort) / (row.get("pre_PVP_series") or row["pre_AP_series"])
+            study_dir = ct_dir.parent
+        if extras:
+            write_pacs_series(sorted(ct_dir.glob("*.dcm")), study_dir, extras)
+        if transfer_syntax:
+            images = [p for p in study_dir.rglob("*.dcm") if _is_ct_image(p)]
+            transcode(images, transfer_syntax)
+
+
+def _is_ct_image(path: Path) -> bool:
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    return str(ds.get("SOPClassUID", "")) == "1.2.840.10008.5.1.4.1.1.2"
