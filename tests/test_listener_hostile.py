@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -469,3 +470,49 @@ def test_a_pacs_sending_jpeg_lossless_only_is_served_and_the_study_kept_as_sent(
         ds = pydicom.dcmread(path)
         assert ds.file_meta.TransferSyntaxUID == JPEGLosslessSV1  # stored as sent, not transcoded
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+
+
+def captured_associate_rq() -> bytes:
+    """The A-ASSOCIATE-RQ PDU pynetdicom sends, as bytes (to be altered as a broken sender would)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    ae = AE(ae_title="SENDER")
+    ae.acse_timeout = ae.network_timeout = 2
+    ae.add_requested_context("1.2.840.10008.1.1")
+    caller = threading.Thread(target=ae.associate, args=("127.0.0.1", server.getsockname()[1]), daemon=True)
+    caller.start()
+    conn, _ = server.accept()
+    conn.settimeout(5)
+    data = b""
+    while len(data) < 6 or len(data) < 6 + int.from_bytes(data[2:6], "big"):
+        data += conn.recv(65536)
+    conn.close()
+    server.close()
+    caller.join()
+    return data
+
+
+@pytest.mark.parametrize(
+    "calling",
+    [b"\x1b[31mODD\\AE\x07\x00\x00\x00\x00", b"SENDER\xff\xfe\xfd\x80      "],
+    ids=["control", "non-ascii"],
+)
+def test_an_association_request_with_an_odd_ae_title_ends_in_one_line_with_its_reason(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture, calling: bytes
+) -> None:
+    port, seen = free_port(), []
+    request = bytearray(captured_associate_rq())
+    assert len(calling) == 16
+    request[26:42] = calling  # the calling AE title field of the A-ASSOCIATE-RQ
+    logs.setup()
+    with running(listener_config(tmp_path, port, orthanc)):
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(bytes(request))
+            s.recv(1024)  # A-ASSOCIATE-RJ or A-ABORT, then the close
+        wait_for(
+            lambda: [e for e in events(capfd, seen) if e["event"] in ("association_aborted", "association_refused")],
+            10,
+            "the line saying how it ended",
+        )
+        time.sleep(0.5)
+    ended = [e for e in events(capfd, seen) if e["event"] in ("association_aborted", "association_refused")]
+    assert len(ended) == 1 and ended[0]["reason"], ended

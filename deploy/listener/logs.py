@@ -10,6 +10,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 
 LOGGER = logging.getLogger("oncoplan.listener")
 LIBRARIES = ("pydicom", "pynetdicom", "py.warnings")
@@ -40,13 +41,28 @@ class JsonLines(logging.Formatter):
             message = record.getMessage().strip().splitlines() or [""]
             if record.exc_info and record.exc_info[1] is not None:
                 message = [f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}".splitlines()[0]]
-            entry.update(event="library_message", library=record.name, message=scrub(message[0], quoted=True)[:300])
+            entry.update(
+                event="library_message",
+                library=record.name,
+                thread=record.threadName,
+                message=scrub(message[0], quoted=True)[:300],
+            )
         return json.dumps(entry, default=str)
+
+
+# Callables that may take a library's record for themselves (True: it is not logged on its own line); the
+# SCP uses this to fold what pynetdicom says inside an association into that association's closing line.
+CAPTURES: list[Callable[[logging.LogRecord], bool]] = []
+
+
+def _not_captured(record: logging.LogRecord) -> bool:
+    return record.name == LOGGER.name or not any(capture(record) for capture in CAPTURES)
 
 
 def setup(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())
+    handler.addFilter(_not_captured)
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(level)
     LOGGER.propagate = False

@@ -173,22 +173,28 @@ def _cut(assoc: Association, why: str) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-class AssociationLog(logging.Filter):
-    """pynetdicom's complaints from inside an association (an undecodable PDU, an odd AE title, a socket
-    timeout) become the `detail` of that association's one closing line instead of lines of their own."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        thread = threading.current_thread()
-        assoc = thread.assoc if isinstance(thread, DULServiceProvider) else thread
-        if not isinstance(assoc, Association) or record.levelno < logging.WARNING:
-            return True
-        conn = connection(assoc)
-        if conn.detail is None:
-            text = record.getMessage().strip().splitlines() or [""]
-            if record.exc_info and record.exc_info[1] is not None:
-                text = [f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"]
-            conn.detail = logs.scrub(text[0], quoted=True)[:200]
+def capture_association_log(record: logging.LogRecord) -> bool:
+    """What pynetdicom says from inside an association (an undecodable PDU, an odd AE title, a socket
+    timeout) becomes the `detail` of that association's one closing line instead of lines of its own;
+    an error before the association was accepted ends the connection at once."""
+    thread = threading.current_thread()
+    assoc = thread.assoc if isinstance(thread, DULServiceProvider) else thread
+    if not record.name.startswith("pynetdicom") or not isinstance(assoc, Association):
         return False
+    if record.levelno < logging.WARNING:
+        return True
+    conn = connection(assoc)
+    if conn.detail is None:
+        text = record.getMessage().strip().splitlines() or [""]
+        if record.exc_info and record.exc_info[1] is not None:
+            text = [f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"]
+        conn.detail = logs.scrub(text[0], quoted=True)[:200]
+    if not conn.accepted and record.levelno >= logging.ERROR:
+        _cut(assoc, "protocol error before the association was accepted")
+    return True
+
+
+logs.CAPTURES.append(capture_association_log)
 
 
 class GuardedACSE(ACSE):
@@ -223,7 +229,8 @@ class ArrivingFile:
     association goes on. pynetdicom calls `NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")`
     from its module namespace, where start_scp puts `arriving_files(limit)` (pinned version; tested)."""
 
-    def __init__(self, limit: int, **kwargs) -> None:
+    def __init__(self, folder: Path, limit: int, **kwargs) -> None:
+        kwargs["dir"] = folder
         self._fh = tempfile.NamedTemporaryFile(**kwargs)  # noqa: SIM115 - pynetdicom closes and unlinks it
         self.name, self.file = self._fh.name, self
         self.limit, self.written = limit, 0
@@ -260,8 +267,8 @@ class ArrivingFile:
         return getattr(self._fh, name)
 
 
-def arriving_files(limit: int):
-    return partial(ArrivingFile, limit)
+def arriving_files(folder: Path, limit: int):
+    return partial(ArrivingFile, folder, limit)
 
 
 # --- handlers: one job each -------------------------------------------------------------------
@@ -323,7 +330,10 @@ def handle_store(event: evt.Event, spool: Spool, queue: JobQueue) -> int:
         logs.event("store_slow", logging.WARNING, caller=caller, write_s=round(t1 - t0, 2), record_s=round(t2 - t1, 2))
     if outcome.recorded is Recorded.CONFLICT:
         source = None if held_before else path
-        return _refuse(spool, queue, source, caller, Refusal(outcome.conflict or "conflict", CONFLICT), "conflict")
+        status = _refuse(spool, queue, source, caller, Refusal(outcome.conflict or "conflict", CONFLICT), "conflict")
+        if source is not None:
+            source.unlink(missing_ok=True)  # not kept by the quarantine (its quota): it must not stay in incoming/
+        return status
     if outcome.recorded in (Recorded.DUPLICATE, Recorded.RESTORED):
         _count(queue, "instances_duplicate")
     elif outcome.recorded is Recorded.LATE:
@@ -395,14 +405,24 @@ def handle_close(event: evt.Event, queue: JobQueue) -> None:
 
 
 # --- the server -------------------------------------------------------------------------------
-class GuardedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with what a hospital network needs: Nagle off (the small
-    C-STORE-RSP goes out at once instead of waiting on the peer's delayed ACK), a listen backlog for
-    bursts, a read timeout on every connection (pynetdicom's ARTIM and network timeouts never fire while
-    its reader blocks inside a half-sent PDU), the TLS handshake off the accept thread and bounded in time
-    (one silent TLS peer blocked every other), and a limit of connections per peer address."""
+class NoDelayServer(ThreadedAssociationServer):
+    """Association server that turns off Nagle on each connection (small PDUs such as the C-STORE-RSP go
+    out at once instead of waiting on the peer's delayed ACK, ~40 ms on Linux), with a listen backlog
+    for bursts (socketserver's default of 5 made a burst of 20 senders wait on SYN retries)."""
 
-    request_queue_size = 128  # socketserver's default of 5 made a burst of 20 senders wait on SYN retries
+    request_queue_size = 128
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock, address = self.socket.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+
+class GuardedServer(NoDelayServer):
+    """The listener's server, with what a hospital network needs besides: a read timeout on every
+    connection (pynetdicom's ARTIM and network timeouts never fire while its reader blocks inside a
+    half-sent PDU), the TLS handshake off the accept thread and bounded in time (one silent TLS peer
+    blocked every other), and a limit of connections per peer address."""
 
     def __init__(self, *args, limits: ListenerConfig, queue: JobQueue, **kwargs) -> None:
         self.limits, self.queue = limits, queue
@@ -411,8 +431,7 @@ class GuardedServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        sock, address = self.socket.accept()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock, address = super().get_request()
         sock.settimeout(self.limits.pdu_timeout_s)
         if self.ssl_context:  # the handshake runs in the connection's own thread (process_request_thread)
             sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
@@ -481,14 +500,10 @@ def start_scp(config: ListenerConfig, spool: Spool, queue: JobQueue) -> Threaded
     as sent (compressed ones included: a PACS set to send JPEG Lossless only is served; nothing is
     transcoded)."""
     # Datasets arrive into files on the spool's file system (so storing one is a rename), never whole in
-    # memory: pynetdicom's chunked receive writes them with tempfile, into the spool's receiving/.
+    # memory: pynetdicom's chunked receive, into the spool's receiving/. Both settings are pynetdicom's
+    # process-wide ones; this process runs one SCP.
     _config.STORE_RECV_CHUNKED_DATASET = True
-    tempfile.tempdir = str(spool.receiving)
-    dimse_messages.NamedTemporaryFile = arriving_files(int(config.max_instance_mb * 2**20))
-    watch = AssociationLog()
-    pynetdicom_log = logging.getLogger("pynetdicom")
-    if not any(isinstance(f, AssociationLog) for f in pynetdicom_log.filters):
-        pynetdicom_log.addFilter(watch)
+    dimse_messages.NamedTemporaryFile = arriving_files(spool.receiving, int(config.max_instance_mb * 2**20))
     ae = AE(ae_title=config.ae_title)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
