@@ -108,7 +108,7 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 def _pixel_problem(ds: Dataset, size: int) -> str | None:
     """Pixel data shorter than its own header says (a truncated dataset is refused, not stored torn)."""
-    raw = ds.get_item("PixelData")
+    raw = ds.get_item("PixelData", keep_deferred=True)
     if raw is None or str(getattr(ds.file_meta, "TransferSyntaxUID", "")) not in UNCOMPRESSED:
         return None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
