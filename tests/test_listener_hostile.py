@@ -516,3 +516,28 @@ def test_an_association_request_with_an_odd_ae_title_ends_in_one_line_with_its_r
         time.sleep(0.5)
     ended = [e for e in events(capfd, seen) if e["event"] in ("association_aborted", "association_refused")]
     assert len(ended) == 1 and ended[0]["reason"], ended
+
+
+def test_a_pdu_that_stops_part_way_ends_its_association_after_the_pdu_timeout(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+) -> None:
+    """An allowed caller's association is accepted, then a P-DATA-TF PDU announces 1,000 bytes and sends
+    10: the read timeout ends it (pynetdicom's own timers never fire while its reader waits inside a PDU)."""
+    port, seen = free_port(), []
+    request = bytearray(captured_associate_rq())
+    request[10:26] = b"ONCOPLAN".ljust(16)  # the called AE title field
+    logs.setup()
+    with running(listener_config(tmp_path, port, orthanc, pdu_timeout_s=2)):
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(bytes(request))
+            assert s.recv(1)[0] == 0x02  # A-ASSOCIATE-AC
+            s.sendall(bytes([0x04, 0x00]) + (1000).to_bytes(4, "big") + b"\x00" * 10)
+            t0 = time.monotonic()
+            while s.recv(65536):  # until the listener closes the connection
+                pass
+            waited = time.monotonic() - t0
+        wait_for(
+            lambda: [e for e in events(capfd, seen) if e["event"] == "association_aborted"], 10, "the closing line"
+        )
+    (ended,) = [e for e in events(capfd, seen) if e["event"] == "association_aborted"]
+    assert ended["accepted"] and ended["caller"] == "SENDER" and waited < 15, (ended, waited)
