@@ -29,19 +29,20 @@ def _positive_int(text: str) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from .training.synth.cohort import generate_cohort
 
-    syntax = args.transfer_syntax
+    syntax, finish = args.transfer_syntax, None
     if syntax or args.pacs:
-        from .training.synth.pacs import TRANSFER_SYNTAXES
+        from .training.synth.pacs import EXTRAS, check_transfer_syntax, pacs_shape_cohort
 
-        if syntax and syntax not in TRANSFER_SYNTAXES:  # one line before anything is generated
-            raise InputError(f"unknown --transfer-syntax {syntax!r}; choose {', '.join(TRANSFER_SYNTAXES)}")
+        if syntax:  # an unknown syntax or a missing encoder is one line before anything is generated
+            check_transfer_syntax(syntax)
+        extras = EXTRAS if args.pacs else ()
+
+        def finish(scratch: Path) -> None:  # on the scratch cohort: a failure part-way leaves nothing
+            pacs_shape_cohort(scratch, args.kind, syntax, extras)
+
     out = generate_cohort(
-        args.kind, args.out, args.cases, args.seed, args.site, args.size, not args.quiet, args.protocols
+        args.kind, args.out, args.cases, args.seed, args.site, args.size, not args.quiet, args.protocols, finish
     )
-    if syntax or args.pacs:
-        from .training.synth.pacs import EXTRAS, pacs_shape_cohort
-
-        pacs_shape_cohort(out, args.kind, syntax, EXTRAS if args.pacs else ())
     print(out)
     return 0
 
@@ -163,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument(
         "--transfer-syntax",
-        help="compress the planning study's CT images (dcmtk): jpeg-lossless-sv1 | jpeg-lossless | jpeg-ls | rle",
+        help="compress the planning study's CT images: jpeg-lossless-sv1 | jpeg-lossless | jpeg-ls | rle (dcmtk) | "
+        "jpeg2000 (lossless, GDCM)",
     )
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)

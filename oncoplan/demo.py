@@ -47,10 +47,11 @@ def run_demo(out: Path, size: str = "full", settings: str | None = None) -> int:
             if not (meta.is_file() and json.loads(meta.read_text()).get("kind") == kind):
                 raise InputError(f"{target}: exists and is not an earlier demo output; choose another --out")
             shutil.rmtree(target)
-        generate_cohort(kind, target, cases=1, seed=0, site="internal", size=size)
         # Shaped as a PACS sends it (topogram, second reconstruction, reformat, dose objects): the apps'
         # log names the series they chose and each one they passed over.
-        pacs_shape_cohort(target, kind)
+        generate_cohort(
+            kind, target, 1, 0, "internal", size, finish=lambda cohort, kind=kind: pacs_shape_cohort(cohort, kind)
+        )
         case = next(p for p in sorted(target.iterdir()) if p.is_dir())
         print(f"{kind}: synthetic study in {case} (DICOM CT under dicom/, ground truth under labels/)")
         if kind == "breast":

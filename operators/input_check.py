@@ -3,18 +3,24 @@
 A PACS or a CD export sends more than the series an app works on: DICOMDIR, nested folders, files
 without extension, other series and objects, and files a viewer leaves behind (thumbs.db,
 .DS_Store, the viewer itself). Non-DICOM files are skipped with a log line; every DICOM file must be
-complete; the series rules (series_rules.py) choose the series as the app's selector will; and one
-slice of every candidate series is decoded, so a transfer syntax no installed decoder reads is one
-line naming the file before the graph starts, never a traceback inside it.
+complete; the series rules (series_rules.py) choose the series as the app's selector will; every
+slice of the chosen series and one slice of every other candidate series are decoded, so a transfer
+syntax no installed decoder reads, or one corrupt slice, is one line naming the file before the graph
+starts, never a traceback inside it (decoding the demo's full-size study twice: BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import pixel_array
 
 from oncoplan.errors import InputError
 
@@ -45,15 +51,45 @@ def check_dicom_file(path: Path) -> pydicom.Dataset:
     return ds
 
 
-def check_decodable(ds: pydicom.Dataset, path: Path | str) -> None:
-    """Decode the pixel data once: InputError naming the file and its transfer syntax if no decoder can."""
+@contextmanager
+def _library_stderr():
+    """What C libraries (libjpeg inside GDCM, OpenJPEG, CharLS) write to file descriptor 2 meanwhile, kept
+    out of the terminal: an error is one line, ours. Yields a list that holds those lines afterwards."""
+    said: list[str] = []
     try:
-        ds.pixel_array  # noqa: B018 - decoding is the check
-    except Exception as exc:  # missing plugin, corrupt codestream: pydicom raises many types
-        syntax = ds.file_meta.get("TransferSyntaxUID")
-        name = f"{syntax.name} ({syntax})" if syntax else "no transfer syntax"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: cannot decode its pixel data, transfer syntax {name}: {reason}") from None
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (captured by a test runner): nothing to fold
+        yield said
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            sink.seek(0)
+            said.extend(line for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def check_decodable(ds: pydicom.Dataset, path: Path | str) -> None:
+    """Decode the pixel data once (not kept): InputError naming the file, its transfer syntax and what the
+    decoder said if it cannot (no decoder for the syntax, a corrupt codestream)."""
+    with _library_stderr() as said:
+        try:
+            pixel_array(ds)
+            return
+        except Exception as exc:  # missing plugin, corrupt codestream: pydicom raises many types
+            error = exc
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    name = f"{syntax.name} ({syntax})" if syntax else "no transfer syntax"
+    # pydicom's words and each plugin's, on one line
+    reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    if said:
+        reason = f"{reason} ({said[0].strip()})"
+    raise InputError(f"{path}: cannot decode its pixel data, transfer syntax {name}: {reason}")
 
 
 def dicom_files(folder: Path) -> dict[Path, pydicom.Dataset]:
@@ -87,7 +123,9 @@ def check_input_folder(folder: str | Path, organ: str = "breast", series: str | 
         choice = choose(list(infos.values()), organ, series)
     except InputError as exc:
         raise InputError(f"{folder}: {str(exc).removeprefix('input: ')}") from None
-    for uid, info in infos.items():
-        if info.uid == choice.series.uid or not passed_over(info, organ):
+    for path, ds in by_series[choice.series.uid]:  # every slice the graph will decode
+        check_decodable(ds, path)
+    for uid, info in infos.items():  # and one of every other candidate (a --series run may name it)
+        if uid != choice.series.uid and not passed_over(info, organ):
             check_decodable(by_series[uid][0][1], by_series[uid][0][0])
     return choice

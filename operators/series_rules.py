@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 #    regular expression a site sets for its naming), a soft-tissue kernel (not lung, bone or sharp), the
 #    thinnest slices, the longest coverage. Two candidates equal on all of these are refused: one line
 #    listing them and how to pick one.
+# Several studies of the patient in one folder (a planning CT and an older diagnostic CT, say): CTV
+# contouring works in the most recent study (StudyDate, StudyTime) that has a candidate series, and
+# passes over the earlier studies' series; studies that no date and time order (one lacks them, or two
+# share them) are refused: one line listing each study's candidates and how to pick one with --series.
 # TACE planning first takes the earliest study of the patient (pre-treatment), keeps the best
 # reconstruction of each acquisition (series sharing frame of reference and acquisition time) by
 # rule 3, then the contrast phase (phase_selector.py): portal-venous, else arterial.
@@ -236,10 +240,8 @@ def choose(series: Sequence[SeriesInfo], organ: str, override: str | None = None
         return Choice(_named(series, name, organ), f"named by --series / ${SERIES_ENV}")
     if organ == "liver":  # TACE: the pre-treatment (earliest) study of the patient
         pre = min({(*s.study_key, s.study_uid) for s in ct})
-        if len({s.study_uid for s in ct}) > 1:
-            log.info(
-                "%d CT studies: the earliest (%s) is the pre-treatment study", len({s.study_uid for s in ct}), pre[0]
-            )
+        if len({s.study_uid for s in ct}) > 1:  # no date in a log line
+            log.info("%d CT studies: the earliest is the pre-treatment study", len({s.study_uid for s in ct}))
         ct = [s for s in ct if s.study_uid == pre[2]]
     others = [(s, r) for s in series if s.modality != "CT" and (r := passed_over(s, organ))]
     passed = [(s, r) for s in ct if (r := passed_over(s, organ))]
@@ -260,8 +262,40 @@ def choose(series: Sequence[SeriesInfo], organ: str, override: str | None = None
         from .phase_selector import choose_phase
 
         return choose_phase(candidates, passed + others)
+    candidates, earlier = most_recent_study(candidates)
     chosen, why = best_of(candidates)
-    return Choice(chosen, why, passed + others)
+    if earlier:
+        studies = len({s.study_uid for s, _ in earlier}) + 1
+        why = f"{why}, in the most recent of {studies} studies with a candidate series"
+    return Choice(chosen, why, passed + earlier + others)
+
+
+UNDATED = "99999999"  # SeriesInfo.study_key of a study without StudyDate
+
+
+def most_recent_study(candidates: Sequence[SeriesInfo]) -> tuple[list[SeriesInfo], list[tuple[SeriesInfo, str]]]:
+    """The candidates of the most recent study (StudyDate, StudyTime), and the earlier studies' candidates with
+    why they are passed over; InputError, one line, when dates and times do not order the studies."""
+    studies: dict[str, list[SeriesInfo]] = {}
+    for s in candidates:
+        studies.setdefault(s.study_uid, []).append(s)
+    if len(studies) == 1:
+        return list(candidates), []
+    ranked = sorted(studies.values(), key=lambda ss: ss[0].study_key, reverse=True)
+    undated = [ss for ss in ranked if ss[0].study_key[0] == UNDATED]
+    if undated or ranked[0][0].study_key == ranked[1][0].study_key:
+        problem = "one without StudyDate" if undated else "the two most recent at the same StudyDate and StudyTime"
+        listing = "; ".join(
+            f"study {str(ss[0].datasets[0].get('StudyDescription', '') or '').strip()!r}: "
+            + ", ".join(_pick_hint(s, candidates) for s in ss)
+            for ss in ranked
+        )
+        raise InputError(
+            f"input: {len(studies)} CT studies of the patient have a candidate series and no date orders them "
+            f"({problem}): {listing}; pick one with --series (or ${SERIES_ENV}) UID or NUMBER"
+        )
+    reason = "an earlier study (the most recent study with a candidate series is the one worked on)"
+    return ranked[0], [(s, reason) for ss in ranked[1:] for s in ss]
 
 
 TACE_BUNDLES = ("tace_assistant", "tace_dynamics", "tace_survival")

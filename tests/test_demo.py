@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pydicom
 
 # A small search keeps the test short; the plumbing is the demo's (`cpu` is its default).
 SETTINGS = '{"beam": 1, "samples": 1, "steps": 2, "drug_horizon": 1, "embolic_horizon": 1}'
@@ -16,7 +19,7 @@ def _demo(out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 
-def test_demo_writes_both_studies_and_reruns(tmp_path: Path) -> None:
+def test_demo_writes_both_studies_logs_the_series_chosen_and_why_and_reruns(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     first = _demo(out)
     assert first.returncode == 0, first.stderr
@@ -32,6 +35,19 @@ def test_demo_writes_both_studies_and_reruns(tmp_path: Path) -> None:
     # The shipped assistant on a generated liver study: a liver of adult size, so no warning.
     segmentation = json.loads((out / "liver" / "tace_output" / "plan.json").read_text())["segmentation"]
     assert 700 <= segmentation["liver_cm3"] <= 4000 and segmentation["warning"] is None, segmentation
+    # Its studies come as a PACS sends them: the log names the series each app chose and why, and each
+    # series passed over and why, by number and description (never a UID or a date).
+    log = first.stderr
+    breast = re.search(r"CT series chosen: series 2 'RT SIM CHEST 3D' \(\d+ images, [\d.]+ mm\): (.+)", log)
+    assert breast and breast.group(1) == "thinnest slices of 2 candidates", log[-3000:]
+    for reason in ("localizer", "derived or secondary series", "not a CT image", "SR object"):
+        assert re.search(rf"passed over series \d+ '[^']*' \(.*\): {reason}", log), reason
+    assert re.search(r"CT series chosen: series \d+ '[^']*' \(.*\): PVP phase \(.+\)", log), log[-3000:]
+    assert "another reconstruction of the acquisition" in log
+    dates = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyDate) for p in (out / "liver").rglob("*.dcm")}
+    dates |= {str(pydicom.dcmread(p, stop_before_pixels=True).StudyDate) for p in (out / "breast").rglob("*.dcm")}
+    chosen = [line for line in log.splitlines() if "series chosen" in line or "passed over" in line]
+    assert not [line for line in chosen if re.search(r"\b\d+(\.\d+){4,}\b", line) or any(d in line for d in dates)]
     again = _demo(out)
     assert again.returncode == 0, again.stderr
 

@@ -3,6 +3,7 @@ on the right series, or refused with one line; never a traceback. A conformance 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -244,3 +245,141 @@ def test_the_extra_series_pass_dciodvfy(study: Path, tmp_path: Path) -> None:
         if name == "coronal_mpr":  # GE's REFORMATTED is no defined term of CT ImageType value 3
             found = [p for p in found if "REFORMATTED" not in p]
         assert found == [], name
+
+
+def _synth_cli(out: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "oncoplan", "synth", "breast", "--out", str(out), "--cases", "1", "--size", "small"]
+    return subprocess.run([*cmd, "--quiet", *extra], capture_output=True, text=True, env=env, check=False)
+
+
+def _one_line_nothing_written(r: subprocess.CompletedProcess, out: Path, *words: str) -> None:
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("oncoplan: error:"), r.stderr[-3000:]
+    assert all(w in lines[0] for w in words), lines[0]
+    assert not out.exists() and list(out.parent.iterdir()) == [], "nothing half-written, no scratch folder left"
+
+
+def test_synth_pacs_that_fails_part_way_leaves_no_cohort_one_line_exit_2(tmp_path: Path) -> None:
+    """The PACS shaping runs on the scratch cohort: an encoder failing on the first image (after the cohort and
+    its extra series are written) leaves no cohort; so do a missing encoder and an unknown syntax."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "dcmcjpeg").write_text("#!/bin/sh\necho 'E: simulated encoder failure' >&2\nexit 1\n")
+    (fake / "dcmcjpeg").chmod(0o755)
+    (tmp_path / "run").mkdir()
+    env = {**os.environ, "PATH": f"{fake}:{os.environ.get('PATH', '')}"}
+    out = tmp_path / "run" / "cohort"
+    r = _synth_cli(out, "--pacs", "--transfer-syntax", "jpeg-lossless-sv1", env=env)
+    _one_line_nothing_written(r, out, "dcmcjpeg", "simulated encoder failure", ".dcm")
+    r = _synth_cli(out, "--pacs", "--transfer-syntax", "jpeg-ls", env={**os.environ, "PATH": str(fake)})
+    _one_line_nothing_written(r, out, "dcmcjpls", "jpeg-ls")
+    r = _synth_cli(out, "--pacs", "--transfer-syntax", "htj2k")
+    _one_line_nothing_written(r, out, "unknown --transfer-syntax", "jpeg2000")
+
+
+def test_transfer_syntax_jpeg2000_is_lossless_jpeg_2000_with_every_other_attribute_kept(
+    study: Path, tmp_path: Path
+) -> None:
+    folder = shutil.copytree(study, tmp_path / "j2k")
+    transcode(sorted(folder.glob("*.dcm")), "jpeg2000")
+    for path in sorted(study.glob("*.dcm"))[:3]:
+        a, b = pydicom.dcmread(path), pydicom.dcmread(folder / path.name)
+        assert b.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+        assert np.array_equal(a.pixel_array, b.pixel_array)
+        assert {e.tag: e.value for e in a if e.keyword != "PixelData"} == {
+            e.tag: e.value for e in b if e.keyword != "PixelData"
+        }
+        if dciodvfy_available():
+            assert problems(folder / path.name) == [], path.name
+
+
+def _corrupt_frame(path: Path) -> None:
+    """Cut the compressed image of one slice to a third (a transfer broken off, a bad disk)."""
+    from pydicom.encaps import encapsulate, get_frame
+
+    ds = pydicom.dcmread(path)
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[: len(frame) // 3]])
+    ds.save_as(path)
+
+
+@needs_dcmtk
+def test_a_corrupt_middle_slice_is_one_line_naming_it_exit_2_nothing_written(study: Path, tmp_path: Path) -> None:
+    """Every slice of the chosen series is decoded by the input check, not only the first: a corrupt slice in
+    the middle is refused before the graph, never a traceback inside the SDK's volume operator."""
+    folder = shutil.copytree(study, tmp_path / "corrupt")
+    files = sorted(folder.glob("*.dcm"))
+    transcode(files, "jpeg-lossless-sv1")
+    middle = files[len(files) // 2]
+    _corrupt_frame(middle)
+    with pytest.raises(InputError, match=re.escape(str(middle)) + ": cannot decode") as err:
+        check_input_folder(folder, "breast")
+    assert "\n" not in str(err.value)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "oncoplan", "contour", "-i", str(folder), "-o", str(out), "--note", NOTE]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("oncoplan: error:") and middle.name in last and "cannot decode" in last, last
+    assert "JPEG Lossless" in last
+    assert [line for line in r.stderr.splitlines() if "Corrupt JPEG" in line] in ([], [last]), "the decoder's own words"
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def _another_study(study: Path, folder: Path, date: str, time: str, number: int = 7) -> Path:
+    """The study's CT again as another study of the same patient (e.g. an older diagnostic CT)."""
+    folder.mkdir(parents=True)
+    study_uid, series_uid = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    for f in sorted(study.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber = study_uid, series_uid, number
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.StudyDate, ds.StudyTime, ds.StudyDescription = date, time, "CT CHEST DIAGNOSTIC"
+        ds.save_as(folder / f.name)
+    return folder
+
+
+def _selector_choice(folder: Path) -> str:
+    """The series the apps' selector (inside the graph) emits for the folder."""
+    from types import SimpleNamespace
+
+    from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+
+    from oncoplan.operators.series_selector import RuleSeriesSelectorOperator
+
+    loader = DICOMDataLoaderOperator.__new__(DICOMDataLoaderOperator)  # the SDK's loading, without a graph
+    loader._must_load, loader._logger = True, logging.getLogger("test")
+    studies = loader.load_data_to_studies(folder)
+    (selected,) = RuleSeriesSelectorOperator.filter(SimpleNamespace(organ="breast", series=None), None, studies)
+    return str(selected.selected_series[0].series.SeriesInstanceUID)
+
+
+def test_several_breast_studies_of_the_patient_the_most_recent_with_a_candidate_is_contoured(
+    study: Path, tmp_path: Path
+) -> None:
+    planning = pydicom.dcmread(next(study.glob("*.dcm")))
+    folder = tmp_path / "studies"
+    shutil.copytree(study, folder / "planning")
+    older = _another_study(study, folder / "diagnostic", "20000101", "080000")
+    choice = check_input_folder(folder, "breast")
+    assert choice.series.uid == planning.SeriesInstanceUID == _selector_choice(folder)
+    assert choice.why.endswith("in the most recent of 2 studies with a candidate series"), choice.why
+    assert [(s.number, r.split(" (")[0]) for s, r in choice.passed] == [(7, "an earlier study")]
+    # A later study wins, whichever folder it is in.
+    shutil.rmtree(older)
+    _another_study(study, folder / "diagnostic", "29990101", "080000")
+    assert check_input_folder(folder, "breast").series.number == 7
+
+
+def test_several_breast_studies_no_date_orders_are_refused_with_how_to_pick_one(study: Path, tmp_path: Path) -> None:
+    planning = pydicom.dcmread(next(study.glob("*.dcm")))
+    folder = tmp_path / "studies"
+    shutil.copytree(study, folder / "planning")
+    _another_study(study, folder / "other", str(planning.StudyDate), str(planning.StudyTime))
+    with pytest.raises(InputError, match="2 CT studies of the patient") as err:
+        check_input_folder(folder, "breast")
+    text = str(err.value)
+    assert "\n" not in text and "--series" in text and "'CT CHEST DIAGNOSTIC': series 7" in text
+    assert check_input_folder(folder, "breast", "7").series.number == 7

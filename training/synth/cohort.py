@@ -36,8 +36,11 @@ def generate_cohort(
     size: str = "full",
     progress: bool = True,
     protocols: str = "practice",
+    finish: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write `cases` synthetic cases of `kind` and DIR/cohort.csv; returns the cohort folder."""
+    """Write `cases` synthetic cases of `kind` and DIR/cohort.csv; returns the cohort folder. `finish` (e.g. the
+    PACS shaping of `synth --pacs`) runs on the complete cohort in its scratch folder, before the rename: if
+    it fails, nothing is left."""
     if kind not in KINDS:
         raise InputError(f"unknown cohort kind {kind!r}; choose breast or liver")
     if cases < 1:
@@ -61,4 +64,6 @@ def generate_cohort(
             writer.writerows(rows)
         meta = {"kind": kind, "cases": cases, "seed": seed, "site": site, "size": size, "synthetic": True, **options}
         (scratch / "cohort.json").write_text(json.dumps(meta, indent=1))
+        if finish is not None:
+            finish(scratch)
     return Path(out)

@@ -20,6 +20,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from oncoplan.errors import InputError
+
 
 def stable_uid(*parts: object) -> str:
     """A UID derived from its parts (pydicom's root: generate_uid ignores entropy_srcs when prefix is None)."""
@@ -27,12 +29,15 @@ def stable_uid(*parts: object) -> str:
 
 
 EXTRAS = ("topogram", "thick_recon", "coronal_mpr", "dose_screen", "dose_sr")
-# Transfer syntaxes a PACS sends and the dcmtk command that writes each (dcmtk is what ./run installs).
+# Transfer syntaxes a PACS sends and the command that writes each: dcmtk (what ./run installs), except JPEG
+# 2000, which dcmtk cannot encode: python-gdcm (BSD-3; its wheel bundles OpenJPEG, BSD-2), already our decoder.
+GDCM = "python-gdcm"
 TRANSFER_SYNTAXES: dict[str, list[str]] = {
     "jpeg-lossless-sv1": ["dcmcjpeg", "--encode-lossless-sv1"],  # 1.2.840.10008.1.2.4.70, the PACS favourite
     "jpeg-lossless": ["dcmcjpeg", "--encode-lossless"],  # 1.2.840.10008.1.2.4.57
     "jpeg-ls": ["dcmcjpls", "--encode-lossless"],  # 1.2.840.10008.1.2.4.80
     "rle": ["dcmcrle"],  # 1.2.840.10008.1.2.5
+    "jpeg2000": [GDCM],  # 1.2.840.10008.1.2.4.90 (JPEG 2000 lossless only)
 }
 
 
@@ -184,17 +189,70 @@ def write_pacs_series(ct_files: Iterable[Path], folder: Path, extras: Iterable[s
     return written
 
 
-def transcode(files: Iterable[Path], syntax: str) -> None:
-    """Re-encode DICOM files in place in a compressed transfer syntax (dcmtk)."""
+def check_transfer_syntax(syntax: str) -> None:
+    """InputError (one line) unless `syntax` is known and the tool that writes it is installed."""
     if syntax not in TRANSFER_SYNTAXES:
-        raise ValueError(f"unknown transfer syntax {syntax!r}; choose from {', '.join(TRANSFER_SYNTAXES)}")
+        raise InputError(f"unknown --transfer-syntax {syntax!r}; choose {', '.join(TRANSFER_SYNTAXES)}")
+    tool = TRANSFER_SYNTAXES[syntax][0]
+    if tool == GDCM:
+        try:
+            import gdcm  # noqa: F401
+        except ImportError:
+            raise InputError(f"--transfer-syntax {syntax} needs {GDCM} (pip install -e .)") from None
+    elif shutil.which(tool) is None:
+        raise InputError(f"--transfer-syntax {syntax} needs {tool} (dcmtk); ./run setup installs it")
+
+
+def transcode(files: Iterable[Path], syntax: str) -> None:
+    """Re-encode DICOM files in place in a compressed transfer syntax (dcmtk, or GDCM for JPEG 2000); an
+    encoder that fails is InputError, one line naming the file."""
+    check_transfer_syntax(syntax)
     command = TRANSFER_SYNTAXES[syntax]
-    if shutil.which(command[0]) is None:
-        raise RuntimeError(f"{command[0]} (dcmtk) is needed for --transfer-syntax {syntax}; ./run setup installs it")
     for path in files:
         tmp = path.with_name(path.name + ".tmp")
-        subprocess.run([*command, str(path), str(tmp)], check=True, capture_output=True)
-        tmp.replace(path)
+        try:
+            if command[0] == GDCM:
+                _jpeg2000(path, tmp)
+            else:
+                done = subprocess.run([*command, str(path), str(tmp)], capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    said = (done.stderr or done.stdout).strip().splitlines()
+                    why = said[-1] if said else f"exit status {done.returncode}"
+                    raise InputError(f"{path}: {command[0]} could not write {syntax}: {why}")
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _jpeg2000(path: Path, out: Path) -> None:
+    """JPEG 2000 lossless (1.2.840.10008.1.2.4.90) by GDCM. Only GDCM's compressed pixel data is kept: every
+    other attribute stays as written (GDCM's writer would add RescaleType US to a CT in HU)."""
+    import gdcm
+    from pydicom.uid import JPEG2000Lossless
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEG2000Lossless))
+    if not reader.Read():
+        raise InputError(f"{path}: GDCM cannot read it to write jpeg2000")
+    change.SetInput(reader.GetImage())
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(out))
+    writer.SetFile(reader.GetFile())
+    if not change.Change():
+        raise InputError(f"{path}: GDCM could not encode jpeg2000")
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise InputError(f"{out}: GDCM could not write it")
+    ds = pydicom.dcmread(path)
+    before = ds.pixel_array
+    ds.PixelData = pydicom.dcmread(out).PixelData  # encapsulated: basic offset table and one fragment per frame
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.save_as(out, enforce_file_format=True)
+    if not np.array_equal(pydicom.dcmread(out).pixel_array, before):  # lossless, or nothing
+        raise InputError(f"{path}: GDCM's jpeg2000 did not decode to the same pixels")
 
 
 def cd_layout(study: Path, out: Path) -> Path:
@@ -218,9 +276,12 @@ def pacs_shape_cohort(cohort: Path, kind: str, transfer_syntax: str | None = Non
     """`synth ... --pacs`: each case's planning study gets the extra series (beside its planning CT, in the
     study folder) and, with `transfer_syntax`, its CT images compressed. Breast: the planning CT; liver: the
     pre-treatment study around its portal-venous (else arterial) series. For the apps and the demo: the
-    training loaders read one series per folder and want the plain cohort."""
+    training loaders read one series per folder and want the plain cohort. `synth` and the demo run it on the
+    scratch cohort (generate_cohort's `finish`), so a failure part-way leaves no cohort at all."""
     import csv
 
+    if transfer_syntax:
+        check_transfer_syntax(transfer_syntax)
     with open(Path(cohort) / "cohort.csv") as fh:
         rows = list(csv.DictReader(fh))
     for row in rows:
@@ -233,7 +294,10 @@ def pacs_shape_cohort(cohort: Path, kind: str, transfer_syntax: str | None = Non
             write_pacs_series(sorted(ct_dir.glob("*.dcm")), study_dir, extras)
         if transfer_syntax:
             images = [p for p in study_dir.rglob("*.dcm") if _is_ct_image(p)]
-            transcode(images, transfer_syntax)
+            try:
+                transcode(images, transfer_syntax)
+            except InputError as exc:  # name the file within the cohort, not in its scratch folder
+                raise InputError(str(exc).replace(f"{Path(cohort)}/", "")) from None
 
 
 def _is_ct_image(path: Path) -> bool:
