@@ -12,10 +12,6 @@ starts, never a traceback inside it (decoding the demo's full-size study twice: 
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -51,44 +47,19 @@ def check_dicom_file(path: Path) -> pydicom.Dataset:
     return ds
 
 
-@contextmanager
-def _library_stderr():
-    """What C libraries (libjpeg inside GDCM, OpenJPEG, CharLS) write to file descriptor 2 meanwhile, kept
-    out of the terminal: an error is one line, ours. Yields a list that holds those lines afterwards."""
-    said: list[str] = []
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stderr (captured by a test runner): nothing to fold
-        yield said
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), fd)
-        try:
-            yield said
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-            sink.seek(0)
-            said.extend(line for line in sink.read().decode(errors="replace").splitlines() if line.strip())
-
-
 def check_decodable(ds: pydicom.Dataset, path: Path | str) -> None:
     """Decode the pixel data once (not kept): InputError naming the file, its transfer syntax and what the
-    decoder said if it cannot (no decoder for the syntax, a corrupt codestream)."""
-    with _library_stderr() as said:
-        try:
-            pixel_array(ds)
-            return
-        except Exception as exc:  # missing plugin, corrupt codestream: pydicom raises many types
-            error = exc
+    decoder said if it cannot (no decoder for the syntax, a corrupt codestream). File descriptor 2 is left
+    alone: redirecting it while other threads run (the warm worker) would swallow their output."""
+    try:
+        pixel_array(ds)
+        return
+    except Exception as exc:  # missing plugin, corrupt codestream: pydicom raises many types
+        error = exc
     syntax = ds.file_meta.get("TransferSyntaxUID")
     name = f"{syntax.name} ({syntax})" if syntax else "no transfer syntax"
     # pydicom's words and each plugin's, on one line
     reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-    if said:
-        reason = f"{reason} ({said[0].strip()})"
     raise InputError(f"{path}: cannot decode its pixel data, transfer syntax {name}: {reason}")
 
 

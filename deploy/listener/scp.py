@@ -152,6 +152,7 @@ class Connection:
     accepted: bool = False
     ended: str | None = None  # how it ended when that was not a release: the reason logged
     detail: str | None = None  # what pynetdicom said went wrong, captured from its log
+    logged: bool = False  # its closing line was written
     timer: threading.Timer | None = field(default=None, repr=False)
 
 
@@ -179,8 +180,8 @@ def capture_association_log(record: logging.LogRecord) -> bool:
     an error before the association was accepted ends the connection at once."""
     thread = threading.current_thread()
     assoc = thread.assoc if isinstance(thread, DULServiceProvider) else thread
-    if not record.name.startswith("pynetdicom") or not isinstance(assoc, Association):
-        return False
+    if not record.name.startswith("pynetdicom") or not isinstance(assoc, Association) or not assoc.is_acceptor:
+        return False  # only what is said inside the associations we accept (not our own deliveries')
     if record.levelno < logging.WARNING:
         return True
     conn = connection(assoc)
@@ -357,6 +358,17 @@ def handle_open(event: evt.Event, spool: Spool, queue: JobQueue, timeout_s: floa
     conn.timer = threading.Timer(timeout_s, expire)
     conn.timer.daemon = True
     conn.timer.start()
+    # pynetdicom does not signal EVT_CONN_CLOSE on every abnormal path (a peer gone before the association
+    # was set up), so the association's own thread writes the closing line when it ends, if none was.
+    assoc, run = event.assoc, event.assoc.run
+
+    def run_then_close() -> None:
+        try:
+            run()
+        finally:
+            _closing_line(assoc, queue)
+
+    assoc.run = run_then_close  # type: ignore[method-assign]
 
 
 def handle_accepted(event: evt.Event) -> None:
@@ -384,24 +396,29 @@ def handle_released(event: evt.Event) -> None:
     conn.ended = conn.ended or "released"
 
 
-def handle_close(event: evt.Event, queue: JobQueue) -> None:
-    """One line for any connection that ended other than by release or refusal, with its reason."""
-    conn = connection(event.assoc)
+def _closing_line(assoc: Association, queue: JobQueue) -> None:
+    """One line for a connection that ended other than by release or refusal, with its reason (once)."""
+    conn = connection(assoc)
     if conn.timer is not None:
         conn.timer.cancel()
-    if conn.ended in ("released", "refused"):
+    if conn.logged or conn.ended in ("released", "refused"):
         return
-    reason = conn.ended or ("aborted" if event.assoc.is_aborted else "connection closed")
+    conn.logged = True
+    reason = conn.ended or ("aborted" if assoc.is_aborted else "connection closed")
     logs.event(
         "association_aborted",
         logging.WARNING,
-        caller=event.assoc.requestor.ae_title if conn.accepted else None,
+        caller=assoc.requestor.ae_title if conn.accepted else None,
         address=conn.address,
         reason=reason,
         detail=conn.detail,
         accepted=conn.accepted,
     )
     _count(queue, "associations_aborted")
+
+
+def handle_close(event: evt.Event, queue: JobQueue) -> None:
+    _closing_line(event.assoc, queue)
 
 
 # --- the server -------------------------------------------------------------------------------
