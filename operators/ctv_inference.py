@@ -7,7 +7,7 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from .ct_volume import from_selected_series
+from oncoplan.operators.ct_volume import from_selected_series
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,9 @@ class CTVInferenceOperator(Operator):
 
     def predictor(self):
         """Loaded on first use (the language model takes seconds), then kept for the process."""
+        from oncoplan.operators.inference_backend import app_backends
+        from oncoplan.operators.model_cache import cached
         from oncoplan.training.ctv.predict import CTVPredictor
-
-        from .inference_backend import app_backends
-        from .model_cache import cached
 
         predictor = cached(
             "ctv",

@@ -8,10 +8,9 @@ from pathlib import Path
 from pydicom.sr.codedict import codes
 
 from oncoplan import __version__
+from oncoplan.operators.file_writer import FileWriterOperator
 from oncoplan.rtstruct import ROI, rtstruct_dataset, sorted_order, write_rtstruct
 from oncoplan.seg import Algorithm, SegmentSpec, seg_dataset, write_seg
-
-from .file_writer import FileWriterOperator
 
 log = logging.getLogger(__name__)
 CTV_COLOR = (255, 128, 0)  # the same in the RTSTRUCT and the SEG

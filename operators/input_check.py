@@ -19,8 +19,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
 from oncoplan.errors import InputError
-
-from .series_rules import Choice, SeriesInfo, choose, passed_over
+from oncoplan.operators.series_rules import Choice, SeriesInfo, choose, passed_over
 
 log = logging.getLogger(__name__)
 IGNORED = {"clinical.json", "DICOMDIR"}  # side files an input folder may carry

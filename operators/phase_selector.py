@@ -18,9 +18,8 @@ import logging
 from collections.abc import Sequence
 
 from oncoplan.errors import InputError
+from oncoplan.operators.series_rules import Choice, SeriesInfo, best_of
 from oncoplan.training.tace.tcia_index import CTSeries, dicom_seconds, resolve_phases
-
-from .series_rules import Choice, SeriesInfo, best_of
 
 log = logging.getLogger(__name__)
 PREFERRED = ("PVP", "AP")  # the phases TACE planning works on, in order of preference

@@ -14,9 +14,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from oncoplan.errors import InputError
-
-from .body_region import no_ct_of, region_of
-from .ct_volume import check_geometry
+from oncoplan.operators.body_region import no_ct_of, region_of
+from oncoplan.operators.ct_volume import check_geometry
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +258,7 @@ def choose(series: Sequence[SeriesInfo], organ: str, override: str | None = None
             + f"; name one with --series (or ${SERIES_ENV}) if it is right"
         )
     if organ == "liver":
-        from .phase_selector import choose_phase
+        from oncoplan.operators.phase_selector import choose_phase
 
         return choose_phase(candidates, passed + others)
     candidates, earlier = most_recent_study(candidates)

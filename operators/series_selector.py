@@ -5,7 +5,7 @@ from __future__ import annotations
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 
-from .series_rules import SeriesInfo, choose
+from oncoplan.operators.series_rules import SeriesInfo, choose
 
 
 class RuleSeriesSelectorOperator(DICOMSeriesSelectorOperator):

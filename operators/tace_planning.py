@@ -30,9 +30,8 @@ import torch
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from oncoplan.errors import InputError
-
-from .ct_volume import CTVolume, from_selected_series
-from .onto_grid import support_box
+from oncoplan.operators.ct_volume import CTVolume, from_selected_series
+from oncoplan.operators.onto_grid import support_box
 
 log = logging.getLogger(__name__)
 SETTINGS_ENV = "ONCOPLAN_TACE_SETTINGS"
@@ -201,7 +200,7 @@ class TacePlanner:
         parser = bundle_parser(self.bundles["assistant"], overrides=overrides)
         self.preprocessing = parser.get_parsed_content("preprocessing").transforms[1:]  # no loader: in memory
         self.inferer = parser.get_parsed_content("inferer")
-        from .inference_backend import cache_dir
+        from oncoplan.operators.inference_backend import cache_dir
 
         # The fastest backend here for the dynamics UNet (every DDIM step of every candidate) and the
         # assistant (the study's sliding windows and every simulated window): one export each.
@@ -312,7 +311,7 @@ class TacePlanningOperator(Operator):
 
     def planner(self) -> TacePlanner:
         """Loaded on first use (seconds), then kept for the process (a warm worker's next study)."""
-        from .model_cache import cached
+        from oncoplan.operators.model_cache import cached
 
         roles = sorted(self.bundles)
         planner = cached(

@@ -26,11 +26,10 @@ from pydicom.sr.coding import Code
 from oncoplan import __version__
 from oncoplan.encapsulated_pdf import encapsulated_pdf, write_encapsulated_pdf
 from oncoplan.fsio import atomic_path
+from oncoplan.operators.file_writer import FileWriterOperator
+from oncoplan.operators.tace_planning import TacePlan
 from oncoplan.seg import RESEARCH_USE, Algorithm, SegmentSpec, seg_dataset, write_seg
 from oncoplan.training.planner.separation import separation_text
-
-from .file_writer import FileWriterOperator
-from .tace_planning import TacePlan
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "OncoPlan MeWM TACE planner"
@@ -201,7 +200,7 @@ class TaceReportWriterOperator(_PlanWriter):
     """Writes the PDF report as ``report.pdf`` and as ``tace_report_pdf.dcm`` (Encapsulated PDF)."""
 
     def write(self, plan: TacePlan) -> list[Path]:
-        from .tace_report import render_report
+        from oncoplan.operators.tace_report import render_report
 
         pdf = render_report(plan)
         path = self.output_folder / "report.pdf"

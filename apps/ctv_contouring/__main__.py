@@ -1,5 +1,4 @@
+from oncoplan.apps.ctv_contouring.app import CTVContouringApp
 from oncoplan.apps.runner import exit_now, main
-
-from .app import CTVContouringApp
 
 exit_now(main(CTVContouringApp))

@@ -1,5 +1,4 @@
 from oncoplan.apps.runner import exit_now, main
-
-from .app import TacePlannerApp
+from oncoplan.apps.tace_planner.app import TacePlannerApp
 
 exit_now(main(TacePlannerApp))

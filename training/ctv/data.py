@@ -20,9 +20,8 @@ import pandas as pd
 
 from oncoplan.errors import InputError
 from oncoplan.fsio import atomic_path
-
-from ..dicom_series import read_ct_series
-from .notes import note_from_row
+from oncoplan.training.ctv.notes import note_from_row
+from oncoplan.training.dicom_series import read_ct_series
 
 
 def _atomic_write_image(image, path: Path) -> None:

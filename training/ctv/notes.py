@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from oncoplan.errors import InputError
-
-from ..synth.breast import N_STAGES, SIDES, SURGERY_TEXT
+from oncoplan.training.synth.breast import N_STAGES, SIDES, SURGERY_TEXT
 
 _SURGERY_ALIASES = {
     "bcs": "BCS",

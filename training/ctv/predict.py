@@ -24,7 +24,7 @@ class CTVPredictor:
     ) -> None:
         """`backends`: preference order for the U-Net (see oncoplan.operators.inference_backend);
         the app asks for all of `BACKENDS`, evaluation runs eager PyTorch."""
-        from ..bundle_loading import bundle_parser, load_network
+        from oncoplan.training.bundle_loading import bundle_parser, load_network
 
         self.bundle = Path(bundle_dir)
         parser = bundle_parser(self.bundle, overrides={"text_guided": text_guided, **(overrides or {})})

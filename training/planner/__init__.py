@@ -7,9 +7,9 @@ refinement), :mod:`.deid` (de-identified observations and the outgoing-request g
 Heavy clients (openai, transformers, torch) are imported only when a backend uses them.
 """
 
-from .deid import Observation, PrivacyError, build_observation, check_outgoing
-from .parsing import AnswerRejected, parse_answer, parse_report, report_keywords
-from .policy import (
+from oncoplan.training.planner.deid import Observation, PrivacyError, build_observation, check_outgoing
+from oncoplan.training.planner.parsing import AnswerRejected, parse_answer, parse_report, report_keywords
+from oncoplan.training.planner.policy import (
     Candidate,
     LLMConfig,
     OfflinePolicy,
@@ -18,8 +18,8 @@ from .policy import (
     TransformersPolicy,
     make_policy,
 )
-from .prior import Prior
-from .rules import RefinementReport, Removal, refine
+from oncoplan.training.planner.prior import Prior
+from oncoplan.training.planner.rules import RefinementReport, Removal, refine
 
 __all__ = [
     "AnswerRejected",

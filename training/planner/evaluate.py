@@ -42,10 +42,9 @@ from typing import Any
 import numpy as np
 
 from oncoplan.errors import InputError
-
-from ..actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS, Protocol
-from ..metrics import bootstrap_ci
-from .search import SETTINGS, SearchSettings, WorldModelPlanner
+from oncoplan.training.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS, Protocol
+from oncoplan.training.metrics import bootstrap_ci
+from oncoplan.training.planner.search import SETTINGS, SearchSettings, WorldModelPlanner
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = ROOT / "bundles"
@@ -138,7 +137,7 @@ def _cohort_rows(cohort: Path) -> dict[str, dict[str, Any]]:
 
 def ground_truth_patient(cohort: Path, case_id: str, row: Mapping[str, Any]):
     """The ground-truth patient of a synthetic case (its truth.json and its cohort.csv row)."""
-    from ..synth import liver as L
+    from oncoplan.training.synth import liver as L
 
     truth = cohort / case_id / "truth.json"
     if not truth.exists():
@@ -152,8 +151,8 @@ def site_practice(
     """(most common protocol of a site, practice prior of a site): from a training cohort's
     ``chemotherapy`` column (rows of the same site where it has a ``site`` column), else the
     synthetic practice table."""
-    from ..synth.liver import PRACTICE
-    from .prior import Prior
+    from oncoplan.training.planner.prior import Prior
+    from oncoplan.training.synth.liver import PRACTICE
 
     if train_cohort is None:
 
@@ -198,11 +197,11 @@ def evaluate_planning(
     """Every method on every case (module doc); returns the report written by :func:`write_report`."""
     from tqdm import tqdm
 
-    from ..synth import liver as L
-    from ..tace.data import load_prepared
-    from ..tace.dynamics_eval import model_space_case
-    from ..tace.world_model import window_around
-    from .policy import OfflinePolicy
+    from oncoplan.training.planner.policy import OfflinePolicy
+    from oncoplan.training.synth import liver as L
+    from oncoplan.training.tace.data import load_prepared
+    from oncoplan.training.tace.dynamics_eval import model_space_case
+    from oncoplan.training.tace.world_model import window_around
 
     if search not in ("beam", "best_of_n"):
         raise InputError(f"unknown search {search!r}; choose beam or best_of_n")
@@ -511,8 +510,8 @@ def load_models(
     """
     import torch
 
-    from ..bundle_loading import bundle_parser
-    from ..tace.world_model import WorldModel
+    from oncoplan.training.bundle_loading import bundle_parser
+    from oncoplan.training.tace.world_model import WorldModel
 
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     place = {"device": f"$torch.device('{device}')"}  # every network of the world model on one device
@@ -540,9 +539,9 @@ def load_heuristic(survival: Path, heuristic: str = "response_cox", overrides: M
     """The planner's scorer from the survival bundle: its ``response_model`` on the segmented
     simulations (``response_cox``, MeWM's read-out) or on the world model's predicted layout
     (``response_cox_layout``, the planner's default), or its network (``survival_network``)."""
-    from ..bundle_loading import bundle_parser
-    from .heuristic import RiskScorer
-    from .response_heuristic import ResponseRiskScorer
+    from oncoplan.training.bundle_loading import bundle_parser
+    from oncoplan.training.planner.heuristic import RiskScorer
+    from oncoplan.training.planner.response_heuristic import ResponseRiskScorer
 
     if heuristic not in HEURISTICS:
         raise InputError(f"unknown heuristic {heuristic!r}; choose {', '.join(HEURISTICS)}")

@@ -29,11 +29,11 @@ from typing import Protocol as TypingProtocol
 import numpy as np
 import torch
 
-from ..bundle_loading import bundle_parser, load_network
+from oncoplan.training.bundle_loading import bundle_parser, load_network
 
 if TYPE_CHECKING:
-    from ..actions import Protocol
-    from ..tace.world_model import Simulation
+    from oncoplan.training.actions import Protocol
+    from oncoplan.training.tace.world_model import Simulation
 
 TUMOR_LABEL = 2  # assistant / prepared label maps: 0 background, 1 liver, >= 2 tumor compartments
 
@@ -82,7 +82,7 @@ class RiskScorer:
         seed: int = 0,
         pixdim: Sequence[float] | None = None,
     ) -> None:
-        from ..tace.survival import BagInferer
+        from oncoplan.training.tace.survival import BagInferer
 
         if patches < 1 or batch_size < 1:
             raise ValueError("patches and batch_size must be at least 1")

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..actions import ACTION_BASE, DRUGS, EMBOLICS, Protocol, canonical
+from oncoplan.training.actions import ACTION_BASE, DRUGS, EMBOLICS, Protocol, canonical
 
 KEYWORDS_KEY = "keywords"
 DRUGS_KEY = "Chemotherapy Drugs"

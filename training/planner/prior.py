@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..actions import ACTION_BASE, Protocol
+from oncoplan.training.actions import ACTION_BASE, Protocol
 
 EXACT_WEIGHT = 0.9
 ALPHA = 0.5
@@ -64,7 +64,7 @@ class Prior:
     @classmethod
     def from_practice(cls, site: str | None = None) -> Prior:
         """The synthetic cohort's site practice (``internal``, ``external``), or both sites pooled."""
-        from ..synth.liver import PRACTICE
+        from oncoplan.training.synth.liver import PRACTICE
 
         sites = [site] if site is not None else sorted(PRACTICE)
         if any(s not in PRACTICE for s in sites):

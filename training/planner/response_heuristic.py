@@ -41,15 +41,14 @@ import numpy as np
 
 from oncoplan.errors import InputError
 from oncoplan.fsio import atomic_path
-
-from ..tace.preprocess import LABELS
-from ..tace.survival_baselines import CHILD_PUGH
+from oncoplan.training.tace.preprocess import LABELS
+from oncoplan.training.tace.survival_baselines import CHILD_PUGH
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..actions import Protocol
-    from ..tace.world_model import Simulation
+    from oncoplan.training.actions import Protocol
+    from oncoplan.training.tace.world_model import Simulation
 
 RESPONSE = "ln(1 + residual viable cm3)"
 REGIMEN = ("drugs", "drugs x Child-Pugh", "absolute alcohol")
@@ -159,7 +158,7 @@ def training_table(cohort: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.nda
     volume is measured on each case's post-treatment label map (``post_labels`` of ``cohort.csv``)."""
     import pandas as pd
 
-    from ..tace.survival_baselines import label_burden, load_synthetic
+    from oncoplan.training.tace.survival_baselines import label_burden, load_synthetic
 
     cohort = Path(cohort)
     data = load_synthetic(cohort)
@@ -196,7 +195,7 @@ def fit(cohorts: Sequence[str | Path]) -> ResponseCox:
 
 def fit_table(x: pd.DataFrame, event: np.ndarray, time: np.ndarray, trained_on: Sequence[str] = ()) -> ResponseCox:
     """Fit on a table with the FEATURES columns (a pandas DataFrame), events (bool) and times."""
-    from ..tace.survival_baselines import _fit
+    from oncoplan.training.tace.survival_baselines import _fit
 
     event = np.asarray(event, dtype=bool)
     if int(event.sum()) < 2 * len(FEATURES):
@@ -225,7 +224,7 @@ def layout_viable_cm3(
     segmentation."""
     import torch
 
-    from ..tace.dynamics import layout_labels
+    from oncoplan.training.tace.dynamics import layout_labels
 
     n_protocols, samples = len(simulation.response), simulation.samples
     mask = torch.as_tensor(mask_window[simulation.patch_slices] > 0, dtype=torch.float32)[None, None]

@@ -20,8 +20,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from ..actions import ACTION_BASE, Protocol, conflicts
-from .prior import Prior
+from oncoplan.training.actions import ACTION_BASE, Protocol, conflicts
+from oncoplan.training.planner.prior import Prior
 
 
 @dataclass(frozen=True)

@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..actions import ACTION_BASE, Protocol, conflicts
-from .deid import Observation
-from .heuristic import Scorer
-from .policy import Policy
-from .prompts import split_action_set
-from .separation import anova_f
+from oncoplan.training.actions import ACTION_BASE, Protocol, conflicts
+from oncoplan.training.planner.deid import Observation
+from oncoplan.training.planner.heuristic import Scorer
+from oncoplan.training.planner.policy import Policy
+from oncoplan.training.planner.prompts import split_action_set
+from oncoplan.training.planner.separation import anova_f
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def _order(protocol: Protocol) -> tuple[int, ...]:
 
 def valid_protocols(action_set: Iterable[str], max_drugs: int = 2, max_embolics: int = 2) -> list[Protocol]:
     """Every conflict-free protocol over `action_set` with 1..max_drugs drugs and 1..max_embolics embolics."""
-    from ..synth.liver import protocol_space
+    from oncoplan.training.synth.liver import protocol_space
 
     drugs, embolics = split_action_set(action_set)
     return [p for p in protocol_space(drugs, embolics, max_drugs, max_embolics) if not conflicts(p.items)]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import bootstrap_ci
+from oncoplan.training.metrics import bootstrap_ci
 
 
 def anova_f(sample_risks: Sequence[Sequence[float]]) -> tuple[float, float]:

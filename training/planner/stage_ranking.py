@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ..actions import Protocol
-from ..synth import liver as L
-from ..tace.dynamics_eval import spearman
-from .response_heuristic import layout_viable_cm3
+from oncoplan.training.actions import Protocol
+from oncoplan.training.planner.response_heuristic import layout_viable_cm3
+from oncoplan.training.synth import liver as L
+from oncoplan.training.tace.dynamics_eval import spearman
 
 HEURISTIC_STAGES = {"survival_network": "heuristic_risk", "response_cox": "response_cox_risk"}
 TRUE_RESPONSE_STAGE = "response_cox_on_true_response"  # the response heuristic fed the ground truth's residual
@@ -94,10 +94,7 @@ def stage_ranking(
 def main(argv: Sequence[str] | None = None) -> int:
     from dataclasses import replace
 
-    from ..tace.data import load_prepared
-    from ..tace.dynamics_eval import model_space_case
-    from ..tace.world_model import window_around
-    from .evaluate import (
+    from oncoplan.training.planner.evaluate import (
         BUNDLES,
         _cohort_rows,
         action_set_for,
@@ -107,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_models,
         overrides_from,
     )
-    from .search import SETTINGS, valid_protocols
+    from oncoplan.training.planner.search import SETTINGS, valid_protocols
+    from oncoplan.training.tace.data import load_prepared
+    from oncoplan.training.tace.dynamics_eval import model_space_case
+    from oncoplan.training.tace.world_model import window_around
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prepared", type=Path, required=True, help="prepared held-out cohort")

@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .geometry import Grid
-from .shapes import Region, Shape, finish_ct, rasterise, smooth_field
+from oncoplan.training.synth.geometry import Grid
+from oncoplan.training.synth.shapes import Region, Shape, finish_ct, rasterise, smooth_field
 
 SIDES = ("left", "right")
 N_STAGES = ("N0", "N1mi", "N1", "N2", "N3")

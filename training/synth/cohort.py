@@ -11,8 +11,7 @@ from tqdm import tqdm
 
 from oncoplan.errors import InputError
 from oncoplan.fsio import atomic_output_dir
-
-from .scan import SIZES
+from oncoplan.training.synth.scan import SIZES
 
 KINDS = ("breast", "liver")
 SITES = ("internal", "external")
@@ -21,9 +20,9 @@ PROTOCOLS = ("practice", "random")
 
 def _writer(kind: str) -> Callable[..., dict[str, object]]:
     if kind == "breast":
-        from .write_breast import write_case
+        from oncoplan.training.synth.write_breast import write_case
     else:
-        from .write_liver import write_case
+        from oncoplan.training.synth.write_liver import write_case
     return write_case
 
 

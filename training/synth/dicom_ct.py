@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from .geometry import Grid
+from oncoplan.training.synth.geometry import Grid
 
 RESEARCH_ONLY = "RESEARCH USE ONLY - SYNTHETIC"
 _INTERCEPT = -1024

@@ -14,9 +14,8 @@ from pydicom.sr.coding import Code
 
 from oncoplan.seg import SegmentSpec, seg_dataset
 from oncoplan.seg import write_seg as write_seg_file
-
-from .dicom_ct import RESEARCH_ONLY, stable_uid
-from .geometry import Grid
+from oncoplan.training.synth.dicom_ct import RESEARCH_ONLY, stable_uid
+from oncoplan.training.synth.geometry import Grid
 
 
 def save_nifti(array: np.ndarray, grid: Grid, path: Path) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..actions import DRUG_CLASS, DRUG_CLASSES, DRUGS, EMBOLICS, Protocol, conflicts
+from oncoplan.training.actions import DRUG_CLASS, DRUG_CLASSES, DRUGS, EMBOLICS, Protocol, conflicts
 
 POTENCY = {
     "Raltitrexed": 0.30,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import Grid
+from oncoplan.training.synth.geometry import Grid
 
 SIZES = ("full", "small")
 # "small" keeps anatomy and rules but images them on a coarse grid (tests, CPU training).

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .geometry import Grid
+from oncoplan.training.synth.geometry import Grid
 
 Points = np.ndarray  # (..., 3) float32 millimetres
 

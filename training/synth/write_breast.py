@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from pydicom.sr.codedict import codes
 
-from . import breast as B
-from .dicom_ct import Patient, Series, Study, ct_datasets, stable_uid, write_datasets
-from .labels import ANATOMY, CTV_CODE, SegmentSpec, save_label_map, save_nifti, write_seg
-from .scan import sample_grid
+from oncoplan.training.synth import breast as B
+from oncoplan.training.synth.dicom_ct import Patient, Series, Study, ct_datasets, stable_uid, write_datasets
+from oncoplan.training.synth.labels import ANATOMY, CTV_CODE, SegmentSpec, save_label_map, save_nifti, write_seg
+from oncoplan.training.synth.scan import sample_grid
 
 _SEG_TYPES = {
     "body": codes.DCM.ExternalBodyModel,

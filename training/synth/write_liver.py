@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from pydicom.sr.codedict import codes
 
-from ..actions import Protocol
-from . import liver as L
-from .dicom_ct import Patient, Series, Study, ct_datasets, stable_uid, write_datasets
-from .labels import ANATOMY, MORPH, SegmentSpec, save_label_map, write_seg
-from .scan import sample_grid
-from .shapes import Region, Shape, finish_ct, rasterise, rotation, smooth_field
+from oncoplan.training.actions import Protocol
+from oncoplan.training.synth import liver as L
+from oncoplan.training.synth.dicom_ct import Patient, Series, Study, ct_datasets, stable_uid, write_datasets
+from oncoplan.training.synth.labels import ANATOMY, MORPH, SegmentSpec, save_label_map, write_seg
+from oncoplan.training.synth.scan import sample_grid
+from oncoplan.training.synth.shapes import Region, Shape, finish_ct, rasterise, rotation, smooth_field
 
 NON_CONTRAST = ("PRE LIVER", "Recon 2: PRE LIVER", "Recon 2: PRE LIVER", "PRE", "Recon 2: PRE", "PRE CONTRAST", "")
 CONTRAST_PAIRS = (  # (AP, PVP) descriptions seen in series_index.csv

@@ -78,7 +78,7 @@ def dynamics_items(prepared: Sources, fraction: float = 1.0, seed: int = 0) -> l
     """
     import nibabel as nib
 
-    from .preprocess import lesion_response
+    from oncoplan.training.tace.preprocess import lesion_response
 
     def labels(path: object) -> np.ndarray:
         return np.asarray(nib.load(str(path)).dataobj)

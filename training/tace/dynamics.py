@@ -36,8 +36,8 @@ from monai.engines.utils import DiffusionPrepareBatch, VPredictionPrepareBatch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-from ..actions import ACTION_BASE, Protocol
-from .layout import COMPARTMENTS, compartments, lesion_layout
+from oncoplan.training.actions import ACTION_BASE, Protocol
+from oncoplan.training.tace.layout import COMPARTMENTS, compartments, lesion_layout
 
 IMAGE_CONDITIONS = 2  # pre-treatment patch, tumor mask
 RESPONSE = ("viable share", "necrosis share", "Lipiodol share", "volume ratio")  # preprocess.lesion_response

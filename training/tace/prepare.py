@@ -33,10 +33,9 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from oncoplan.errors import InputError
-
-from ..actions import ACTION_BASE, Protocol
-from ..metrics import bootstrap_ci
-from . import preprocess as P
+from oncoplan.training.actions import ACTION_BASE, Protocol
+from oncoplan.training.metrics import bootstrap_ci
+from oncoplan.training.tace import preprocess as P
 
 PHASES = ("PVP", "AP")  # model input: the first phase present in both studies
 

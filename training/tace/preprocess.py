@@ -20,8 +20,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from oncoplan.errors import InputError
-
-from ..dicom_series import read_ct_series
+from oncoplan.training.dicom_series import read_ct_series
 
 # Model label values (one definition for every TACE bundle).
 LABELS: dict[str, int] = {"liver": 1, "viable": 2, "necrosis": 3, "lipiodol": 4}

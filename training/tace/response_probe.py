@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from ..metrics import bootstrap_ci
-from ..synth import liver as L
-from .data import dynamics_items, load_prepared
-from .dynamics import fit_ridge, multi_hot, predict
-from .dynamics_eval import candidate_protocols, ground_truth
+from oncoplan.training.metrics import bootstrap_ci
+from oncoplan.training.synth import liver as L
+from oncoplan.training.tace.data import dynamics_items, load_prepared
+from oncoplan.training.tace.dynamics import fit_ridge, multi_hot, predict
+from oncoplan.training.tace.dynamics_eval import candidate_protocols, ground_truth
 
 
 def training_pairs(sources: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:

@@ -28,8 +28,7 @@ from monai.transforms import Compose, Randomizable
 from torch import nn
 
 from oncoplan.errors import InputError
-
-from .data import load_prepared, subset
+from oncoplan.training.tace.data import load_prepared, subset
 
 WEEKS_PER_MONTH = 4.345
 FIVE_YEARS_MONTHS = 60.0

@@ -112,8 +112,7 @@ import numpy as np
 import pandas as pd
 
 from oncoplan.errors import InputError
-
-from ..actions import ACTION_BASE, Protocol
+from oncoplan.training.actions import ACTION_BASE, Protocol
 
 CLINICAL_CSV = Path(__file__).resolve().parents[2].parent / "shared/data/hcc_tace_seg/clinical.csv"
 ALPHA = 0.1
@@ -509,8 +508,8 @@ def sample_rows(cases: int, seed: int, site: str = "internal", protocols: str = 
     """The tabular rows `oncoplan synth liver` writes for `seed` (``write_liver.draw_clinical``, the
     draw `write_case` makes before any image), plus ``burden_cm3`` from the lesions; no image is
     rendered and no oracle is searched."""
-    from ..synth.cohort import PROTOCOLS, SITES
-    from ..synth.write_liver import draw_clinical
+    from oncoplan.training.synth.cohort import PROTOCOLS, SITES
+    from oncoplan.training.synth.write_liver import draw_clinical
 
     if cases < 1:
         raise InputError(f"sample: CASES must be at least 1 (got {cases})")

@@ -468,7 +468,7 @@ def _matches(description: str, pattern: str) -> bool:
 
 def choose_seg(study: Study, preference: Sequence[str], sop_series: dict[str, str]) -> SegSeries | None:
     """The study's DICOM-SEG by `preference` (see the module doc); sets ``note`` on rejected ones."""
-    from .preprocess import segment_label
+    from oncoplan.training.tace.preprocess import segment_label
 
     phase_of = {s.uid: s.phase for s in study.ct.values()}
     order = {"PVP": 0, "AP": 1, "NC": 2}
@@ -734,8 +734,7 @@ def build_index(
 ) -> list[PatientResult]:
     """Index `dicom` into the cohort folder `out` (all or nothing); returns every patient's result."""
     from oncoplan.fsio import atomic_output_dir
-
-    from ..tcia_clinical import load_clinical
+    from oncoplan.training.tcia_clinical import load_clinical
 
     dicom, clinical_csv = Path(dicom), Path(clinical_csv)
     preference = [p.strip() for p in seg_preference if p.strip()]

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..bundle_loading import bundle_parser, load_network
-from .dynamics import Anchor, simulate
-from .preprocess import LABELS, TUMOR_LABELS, viable_fraction
-from .transforms import keep_largest_organ
+from oncoplan.training.bundle_loading import bundle_parser, load_network
+from oncoplan.training.tace.dynamics import Anchor, simulate
+from oncoplan.training.tace.preprocess import LABELS, TUMOR_LABELS, viable_fraction
+from oncoplan.training.tace.transforms import keep_largest_organ
 
 LESION_MARGIN = 1  # voxels around the pre-treatment tumor mask still read as lesion (registration slack)
 
