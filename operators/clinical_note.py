@@ -19,8 +19,8 @@ from pathlib import Path
 import pydicom
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from oncoplan.ctv.notes import note_from_row, parse_note
 from oncoplan.errors import InputError
-from oncoplan.training.ctv.notes import note_from_row, parse_note
 
 SR_MODALITY = "SR"
 log = logging.getLogger(__name__)

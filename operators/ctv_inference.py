@@ -27,9 +27,9 @@ class CTVInferenceOperator(Operator):
 
     def predictor(self):
         """Loaded on first use (the language model takes seconds), then kept for the process."""
-        from oncoplan.operators.inference_backend import app_backends
+        from oncoplan.ctv.predict import CTVPredictor
         from oncoplan.operators.model_cache import cached
-        from oncoplan.training.ctv.predict import CTVPredictor
+        from oncoplan.runtime.backends import app_backends
 
         predictor = cached(
             "ctv",

@@ -2,7 +2,7 @@
 
 A liver study holds several CT series (non-contrast, arterial, portal-venous) whose
 SeriesDescriptions are messy ("Recon 3: LIVER 3 PHASE (AP)" is portal-venous, "C-A-P" says
-nothing). The phase of each series comes from :func:`oncoplan.training.tace.tcia_index.resolve_phases`
+nothing). The phase of each series comes from :func:`oncoplan.tace.phases.resolve_phases`
 (description, then bolus timing, then order), the rules the TCIA indexer derived from the real
 collection. TACE planning takes the portal-venous series, else the arterial one.
 
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from oncoplan.errors import InputError
 from oncoplan.operators.series_rules import Choice, SeriesInfo, best_of
-from oncoplan.training.tace.tcia_index import CTSeries, dicom_seconds, resolve_phases
+from oncoplan.tace.phases import CTSeries, dicom_seconds, resolve_phases
 
 log = logging.getLogger(__name__)
 PREFERRED = ("PVP", "AP")  # the phases TACE planning works on, in order of preference

@@ -31,7 +31,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from oncoplan.errors import InputError
 from oncoplan.operators.ct_volume import CTVolume, from_selected_series
-from oncoplan.operators.onto_grid import support_box
+from oncoplan.runtime.grid import support_box
 
 log = logging.getLogger(__name__)
 SETTINGS_ENV = "ONCOPLAN_TACE_SETTINGS"
@@ -43,7 +43,7 @@ NAMES = {"assistant": "tace_assistant", "dynamics": "tace_dynamics", "survival":
 class PlanSettings:
     """The search size and the action set the policy may choose from."""
 
-    search: object  # oncoplan.training.planner.search.SearchSettings
+    search: object  # oncoplan.planner.search.SearchSettings
     action_set: tuple[str, ...]
     label: str
 
@@ -52,8 +52,8 @@ def parse_settings(text: str | None = None) -> PlanSettings:
     """``cpu`` (default), ``paper`` (MeWM: B=5, T=5, 25 DDIM steps), or a JSON object of search fields
     over a base: ``{"base": "cpu", "beam": 2, "samples": 1, "steps": 2, "action_set": "tcia"}``.
     ``action_set`` is ``full`` (the whole action base, default) or ``tcia`` (the HCC-TACE-Seg set)."""
-    from oncoplan.training.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS
-    from oncoplan.training.planner.search import SETTINGS, SearchSettings
+    from oncoplan.planner.search import SETTINGS, SearchSettings
+    from oncoplan.tace.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS
 
     text = (text or os.environ.get(SETTINGS_ENV) or "cpu").strip()
     if text in SETTINGS:
@@ -83,7 +83,7 @@ def parse_settings(text: str | None = None) -> PlanSettings:
 class Candidate:
     """One of the top protocols with its simulated outcome in model space (mean CT, majority labels)."""
 
-    ranked: object  # oncoplan.training.planner.search.RankedProtocol
+    ranked: object  # oncoplan.planner.search.RankedProtocol
     post_window: np.ndarray
     post_labels: np.ndarray
 
@@ -92,7 +92,7 @@ class Candidate:
 class TacePlan:
     """What the writers need: the search result, the CT, model-space windows and the tumor on the CT grid."""
 
-    plan: object  # oncoplan.training.planner.search.Plan
+    plan: object  # oncoplan.planner.search.Plan
     volume: CTVolume
     phase: str  # the selection that chose the series: PVP or AP
     settings: PlanSettings
@@ -135,8 +135,8 @@ def liver_volume_warning(liver_cm3: float) -> str | None:
 
 def check_bundles(bundles: dict[str, Path]) -> None:
     """Each of the three bundles has its inference config and the weights the planner loads (one line otherwise)."""
-    from oncoplan.training.bundle_loading import bundle_parser
-    from oncoplan.training.planner.evaluate import planner_overrides
+    from oncoplan.planner.models import planner_overrides
+    from oncoplan.runtime.bundles import bundle_parser
 
     for role, path in bundles.items():
         ckpt = Path(bundle_parser(path, overrides=planner_overrides(role, path=path)).get_parsed_content("ckpt_path"))
@@ -188,8 +188,8 @@ class TacePlanner:
     """The three bundles loaded once (on CUDA if present, else the CPU); :meth:`plan` runs one CT."""
 
     def __init__(self, bundles: dict[str, Path], settings: PlanSettings) -> None:
-        from oncoplan.training.bundle_loading import bundle_parser
-        from oncoplan.training.planner.evaluate import load_models
+        from oncoplan.planner.models import load_models
+        from oncoplan.runtime.bundles import bundle_parser
 
         self.bundles, self.settings = {k: Path(v) for k, v in bundles.items()}, settings
         self.world, self.scorer, _ = load_models(
@@ -200,7 +200,7 @@ class TacePlanner:
         parser = bundle_parser(self.bundles["assistant"], overrides=overrides)
         self.preprocessing = parser.get_parsed_content("preprocessing").transforms[1:]  # no loader: in memory
         self.inferer = parser.get_parsed_content("inferer")
-        from oncoplan.operators.inference_backend import cache_dir
+        from oncoplan.runtime.backends import cache_dir
 
         # The fastest backend here for the dynamics UNet (every DDIM step of every candidate) and the
         # assistant (the study's sliding windows and every simulated window): one export each.
@@ -229,7 +229,7 @@ class TacePlanner:
     def plan(self, volume: CTVolume, phase: str) -> TacePlan:
         """The plan of one CT, with the time each network took over all of it (the study's
         segmentation, the search, the outcomes of the top candidates), on whichever backend ran it."""
-        from oncoplan.training.planner.search import ForwardTimer
+        from oncoplan.planner.search import ForwardTimer
 
         with ForwardTimer(self.world, "dynamics") as dynamics, ForwardTimer(self.world, "assistant") as assistant:
             plan = self._plan(volume, phase)
@@ -237,10 +237,10 @@ class TacePlanner:
         return plan
 
     def _plan(self, volume: CTVolume, phase: str) -> TacePlan:
-        from oncoplan.training.planner.policy import OfflinePolicy
-        from oncoplan.training.planner.search import WorldModelPlanner
-        from oncoplan.training.tace.preprocess import TUMOR_LABELS
-        from oncoplan.training.tace.world_model import window_around
+        from oncoplan.planner.policy import OfflinePolicy
+        from oncoplan.planner.search import WorldModelPlanner
+        from oncoplan.tace.labels import TUMOR_LABELS
+        from oncoplan.tace.world_model import window_around
 
         s = self.settings.search
         t0 = time.perf_counter()

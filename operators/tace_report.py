@@ -11,7 +11,7 @@ from datetime import datetime
 import numpy as np
 
 from oncoplan.operators.tace_planning import TacePlan
-from oncoplan.training.planner.separation import separation_text
+from oncoplan.planner.separation import separation_text
 
 DISCLAIMER = (
     "RESEARCH USE ONLY - not a medical device, not for clinical decisions. Outcomes are simulated by "

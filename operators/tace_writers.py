@@ -28,8 +28,8 @@ from oncoplan.encapsulated_pdf import encapsulated_pdf, write_encapsulated_pdf
 from oncoplan.fsio import atomic_path
 from oncoplan.operators.file_writer import FileWriterOperator
 from oncoplan.operators.tace_planning import TacePlan
+from oncoplan.planner.separation import separation_text
 from oncoplan.seg import RESEARCH_USE, Algorithm, SegmentSpec, seg_dataset, write_seg
-from oncoplan.training.planner.separation import separation_text
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "OncoPlan MeWM TACE planner"
@@ -68,7 +68,7 @@ CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 
 def action_code(name: str) -> hd.sr.CodedConcept:
     """A drug or embolic of the action base as a code of the private scheme (D01.., E01..)."""
-    from oncoplan.training.actions import DRUGS, EMBOLICS
+    from oncoplan.tace.actions import DRUGS, EMBOLICS
 
     if name in DRUGS:
         return _own(f"TACE-D{DRUGS.index(name) + 1:02d}", name)

@@ -93,7 +93,7 @@ def tiny_tace_models(out: Path) -> Path:
 
     import torch
 
-    from oncoplan.training.bundle_loading import bundle_parser
+    from oncoplan.runtime.bundles import bundle_parser
 
     root = Path(__file__).resolve().parents[1]
     for i, (name, tiny) in enumerate(TINY_TACE.items()):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from oncoplan.training.ctv.network import ContextUNet, CrossBlock, TextGuidedSegmenter
-from oncoplan.training.ctv.text_encoder import PromptedTextEncoder, default_model_path
+from oncoplan.ctv.network import ContextUNet, CrossBlock, TextGuidedSegmenter
+from oncoplan.ctv.text_encoder import PromptedTextEncoder, default_model_path
 
 NOTES = ["N1, breast conserving surgery, left side", "N0, total mastectomy surgery, right side"]
 TINY = (4, 8, 8, 16, 16)

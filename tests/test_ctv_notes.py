@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from oncoplan.ctv.notes import format_note, note_from_row, parse_note, swap_laterality, with_n_stage
 from oncoplan.errors import InputError
-from oncoplan.training.ctv.notes import format_note, note_from_row, parse_note, swap_laterality, with_n_stage
 from oncoplan.training.synth.breast import SITES, clinical_note, sample_record
 
 

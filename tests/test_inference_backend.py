@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from oncoplan.operators.inference_backend import dynamics_signature, export_onnx, select_backend, unet_signature
-from oncoplan.training.ctv.network import ContextUNet
+from oncoplan.ctv.network import ContextUNet
+from oncoplan.runtime.backends import dynamics_signature, export_onnx, select_backend, unet_signature
 
 EXPORTED = ("onnxruntime", "openvino")  # the runtimes that run the ONNX export
 
@@ -49,7 +49,7 @@ def test_exported_matches_eager_vision_only(tmp_path: Path, backend: str) -> Non
 @pytest.mark.parametrize("backend", EXPORTED)
 def test_exported_matches_eager_tace_assistant(tmp_path: Path, backend: str) -> None:
     """The TACE assistant's DynUNet (instance norm, residual blocks) as the planner runs it."""
-    from oncoplan.training.bundle_loading import bundle_parser
+    from oncoplan.runtime.bundles import bundle_parser
 
     from .helpers import TINY_TACE
 
@@ -73,7 +73,7 @@ def test_export_is_cached_per_weights(tmp_path: Path) -> None:
 
 
 def test_fallback_reaches_eager_and_logs_why(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="oncoplan.operators.inference_backend")
+    caplog.set_level(logging.INFO, logger="oncoplan.runtime.backends")
     unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None)
     forward, name = select_backend(unet, unet_signature((32, 32, 16)), tmp_path, prefer=("tensorrt", "torch"))
     assert name == "torch (eager)" and forward is unet
@@ -83,7 +83,7 @@ def test_fallback_reaches_eager_and_logs_why(tmp_path: Path, caplog: pytest.LogC
 
 def _tiny(name: str, seed: int) -> torch.nn.Module:
     """A bundle's network at the test sizes, random weights (perturbed: MONAI zero-initialises some outputs)."""
-    from oncoplan.training.bundle_loading import bundle_parser
+    from oncoplan.runtime.bundles import bundle_parser
 
     from .helpers import TINY_TACE
 
@@ -102,7 +102,7 @@ def _tiny(name: str, seed: int) -> torch.nn.Module:
 def test_exported_matches_eager_tace_dynamics(tmp_path: Path, backend: str) -> None:
     """One denoising step of the dynamics UNet as the DDIM sampler calls it: x batch 5, one timestep,
     context=None; every sample of every protocol rides on the result, so parity is on the noise."""
-    from oncoplan.training.tace.dynamics import condition
+    from oncoplan.tace.dynamics import condition
 
     net = _tiny("tace_dynamics", 4)
     patch = (16, 16, 16)  # TINY_TACE's dynamics roi_size
@@ -124,7 +124,7 @@ def test_openvino_compiles_the_dynamics_unet_per_shape_up_to_its_bound(tmp_path:
     """The dynamics UNet's signature asks for static shapes: each batch size met is compiled as its own
     static network, up to STATIC_SHAPES_MAX; every further size shares one dynamic-shape network. All at
     parity with eager."""
-    from oncoplan.operators.inference_backend import STATIC_SHAPES_MAX, OpenVinoModule
+    from oncoplan.runtime.backends import STATIC_SHAPES_MAX, OpenVinoModule
 
     net = _tiny("tace_dynamics", 6)
     patch = (16, 16, 16)
@@ -145,7 +145,7 @@ def test_openvino_compiles_the_dynamics_unet_per_shape_up_to_its_bound(tmp_path:
 
 
 def test_race_keeps_the_fastest_backend_and_logs_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="oncoplan.operators.inference_backend")
+    caplog.set_level(logging.INFO, logger="oncoplan.runtime.backends")
     unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None).eval()
     signature = unet_signature((32, 32, 16))
     racers = ("openvino", "onnxruntime", "torch")
@@ -177,7 +177,7 @@ def test_race_leaves_out_a_backend_whose_output_differs_from_eager(
 
     right = inference_backend.OpenVinoModule.__call__
     monkeypatch.setattr(inference_backend.OpenVinoModule, "__call__", lambda self, *a, **k: right(self, *a, **k) + 0.01)
-    caplog.set_level(logging.INFO, logger="oncoplan.operators.inference_backend")
+    caplog.set_level(logging.INFO, logger="oncoplan.runtime.backends")
     unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None).eval()
     forward, name = select_backend(unet, unet_signature((32, 32, 16)), tmp_path, ("openvino", "torch"), "tiny")
     assert (forward, name) == (unet, "torch (eager)")

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from oncoplan.training.metrics import bootstrap_ci, dice, hd95_mm, iou
+from oncoplan.stats import bootstrap_ci, dice, hd95_mm, iou
 
 
 def _box(shape, lo, hi) -> np.ndarray:

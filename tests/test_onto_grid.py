@@ -16,7 +16,7 @@ from monai.transforms import (
     Spacingd,
 )
 
-from oncoplan.operators.onto_grid import linear_mask_onto, support_box
+from oncoplan.runtime.grid import linear_mask_onto, support_box
 
 
 def _ct(shape=(96, 80, 30)) -> MetaTensor:

@@ -21,16 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from oncoplan.training.actions import (
-    ACTION_BASE,
-    DRUGS,
-    EMBOLICS,
-    TCIA_DRUGS,
-    TCIA_EMBOLICS,
-    Protocol,
-    conflicts,
-)
-from oncoplan.training.planner import (
+from oncoplan.planner import (
     AnswerRejected,
     LLMConfig,
     Observation,
@@ -44,13 +35,22 @@ from oncoplan.training.planner import (
     parse_answer,
     refine,
 )
-from oncoplan.training.planner.deid import png_bytes
-from oncoplan.training.planner.prompts import render_plan_prompt, render_policy_prompt
+from oncoplan.planner.deid import png_bytes
+from oncoplan.planner.prompts import render_plan_prompt, render_policy_prompt
+from oncoplan.tace.actions import (
+    ACTION_BASE,
+    DRUGS,
+    EMBOLICS,
+    TCIA_DRUGS,
+    TCIA_EMBOLICS,
+    Protocol,
+    conflicts,
+)
 from oncoplan.training.synth.dicom_ct import Patient, Series, Study, ct_datasets, stable_uid
 from oncoplan.training.synth.geometry import Grid
 
 TCIA_SET = TCIA_DRUGS + TCIA_EMBOLICS
-POLICY_LOG = "oncoplan.training.planner.policy"
+POLICY_LOG = "oncoplan.planner.policy"
 
 # -- the case: a tiny CT series with every identifier a real header has -------------------------
 
@@ -479,7 +479,7 @@ def test_guard_on_the_exact_bytes_refuses_in_the_http_client(
     llm: LoopbackLLM, observation: Observation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The second guard (an HTTP request hook on the bytes the client built) holds on its own."""
-    from oncoplan.training.planner import policy as policy_module
+    from oncoplan.planner import policy as policy_module
 
     calls: list[int] = []
     real = policy_module.check_outgoing
@@ -654,7 +654,7 @@ def tiny_chat_model() -> tuple[Any, Any]:
 
 
 def test_transformers_policy_garbage_falls_back(tiny_chat_model: tuple[Any, Any], observation: Observation) -> None:
-    from oncoplan.training.planner import TransformersPolicy
+    from oncoplan.planner import TransformersPolicy
 
     model, tokenizer = tiny_chat_model
     seen: list[str] = []
@@ -680,7 +680,7 @@ def test_transformers_policy_garbage_falls_back(tiny_chat_model: tuple[Any, Any]
 def test_transformers_policy_parses_like_the_others(tiny_chat_model: tuple[Any, Any], observation: Observation) -> None:
     import torch
 
-    from oncoplan.training.planner import TransformersPolicy
+    from oncoplan.planner import TransformersPolicy
 
     model, tokenizer = tiny_chat_model
     answer = '```json\n{"keywords": "Cisplatin; Oxaliplatin; Lipiodol"}\n```'

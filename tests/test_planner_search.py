@@ -18,20 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from oncoplan.training.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS, Protocol, conflicts
-from oncoplan.training.bundle_loading import bundle_parser
-from oncoplan.training.planner import OfflinePolicy
-from oncoplan.training.planner.evaluate import (
-    METHODS,
-    action_set_for,
-    ground_truth_patient,
-    load_heuristic,
-    load_models,
-    main,
-    most_common,
-    set_metrics,
-)
-from oncoplan.training.planner.search import (
+from oncoplan.planner import OfflinePolicy
+from oncoplan.planner.models import load_heuristic, load_models
+from oncoplan.planner.search import (
     PAPER_SETTINGS,
     RankedProtocol,
     SearchSettings,
@@ -39,13 +28,23 @@ from oncoplan.training.planner.search import (
     separation_of,
     valid_protocols,
 )
-from oncoplan.training.planner.separation import separation_text
+from oncoplan.planner.separation import separation_text
+from oncoplan.runtime.bundles import bundle_parser
+from oncoplan.tace.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS, Protocol, conflicts
+from oncoplan.tace.labels import TUMOR_LABELS
+from oncoplan.tace.transforms import keep_largest_organ
+from oncoplan.tace.world_model import LESION_MARGIN, Simulation, micro_batched, window_around
+from oncoplan.training.planner.evaluate import (
+    METHODS,
+    action_set_for,
+    ground_truth_patient,
+    main,
+    most_common,
+    set_metrics,
+)
 from oncoplan.training.synth import liver as L
 from oncoplan.training.tace.data import load_prepared
 from oncoplan.training.tace.dynamics_eval import model_space_case
-from oncoplan.training.tace.preprocess import TUMOR_LABELS
-from oncoplan.training.tace.transforms import keep_largest_organ
-from oncoplan.training.tace.world_model import LESION_MARGIN, Simulation, micro_batched, window_around
 
 from .helpers import TINY_TACE
 
@@ -259,7 +258,7 @@ def test_accelerated_world_model_simulates_like_eager(models, case, tmp_path: Pa
     """The world model on exported runtimes (dynamics UNet on ONNX Runtime at every DDIM step, the
     assistant on OpenVINO on every window) in micro-batches gives the eager model's outcomes in one
     batch: same windows to 1e-3, labels on >= 99.9% of voxels. A search on it times both networks."""
-    from oncoplan.training.tace.world_model import WorldModel
+    from oncoplan.tace.world_model import WorldModel
 
     world, scorer, _ = models
     nets = (world.dynamics, world.sampler, world.patch, world.assistant, world.window, 2, FAST.steps)
@@ -340,7 +339,7 @@ def test_separation_of_the_top_protocols() -> None:
 def test_beam_search_defers_to_the_policy_only_without_separation(models, case, monkeypatch, p: float) -> None:
     """With `defer_alpha`, a plan whose top protocols are not told apart recommends the policy's first
     candidate (the prior); a separated one keeps the world model's first protocol."""
-    import oncoplan.training.planner.search as search
+    import oncoplan.planner.search as search
 
     world, scorer, _ = models
     separation = {"f": 1.0, "p": p, "protocols": 2, "samples": 2, "exact": False}

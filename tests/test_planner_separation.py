@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import f_oneway
 
-from oncoplan.training.planner.separation import anova_f, main, separation_report
+from oncoplan.planner.separation import anova_f, main, separation_report
 
 
 def test_anova_f_matches_scipy_one_way() -> None:

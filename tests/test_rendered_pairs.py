@@ -14,11 +14,11 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from oncoplan.training.bundle_loading import bundle_parser
+from oncoplan.runtime.bundles import bundle_parser
+from oncoplan.tace.dynamics import layout_labels, multi_hot, to_hu
+from oncoplan.tace.world_model import WorldModel, window_around
 from oncoplan.training.tace.data import load_prepared, segmentation_items
-from oncoplan.training.tace.dynamics import layout_labels, multi_hot, to_hu
 from oncoplan.training.tace.rendered_pairs import hu_scale, main, pair_labels
-from oncoplan.training.tace.world_model import WorldModel, window_around
 
 from .helpers import run_bundle, tiny_tace_models
 
@@ -130,7 +130,7 @@ def test_finetune_config_trains_on_real_and_rendered_cases(pairs) -> None:
 
 
 def test_read_as_table_puts_a_faithful_reading_on_the_diagonal() -> None:
-    from oncoplan.training.tace.preprocess import LABELS
+    from oncoplan.tace.labels import LABELS
     from oncoplan.training.tace.render_fidelity import read_as, summarise
 
     layout = np.array([LABELS["liver"], LABELS["viable"], LABELS["viable"], LABELS["necrosis"]])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from oncoplan.training.actions import Protocol
-from oncoplan.training.planner.parsing import parse_report, report_keywords
+from oncoplan.planner.parsing import parse_report, report_keywords
+from oncoplan.tace.actions import Protocol
 
 # Seed Table 5 ("Processed Chemotherapy"), copied verbatim, with the protocol each row describes.
 TABLE5 = [
@@ -78,7 +78,7 @@ def test_table5_reports_give_their_protocol(patient: str, report: str, expected:
 
 
 def test_table5_protocols_are_the_external_site_practice() -> None:
-    from oncoplan.training.synth.liver import PRACTICE
+    from oncoplan.planner.prior import PRACTICE
 
     practice = {Protocol.parse(p) for p in PRACTICE["external"]}
     assert all(parse_report(report) in practice for _, report, _ in TABLE5)

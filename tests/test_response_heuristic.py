@@ -12,24 +12,23 @@ import pandas as pd
 import pytest
 
 from oncoplan.errors import InputError
-from oncoplan.training.actions import Protocol
-from oncoplan.training.planner.evaluate import load_heuristic
-from oncoplan.training.planner.response_heuristic import (
+from oncoplan.planner.models import load_heuristic
+from oncoplan.planner.response_heuristic import (
     CLINICAL,
     FEATURES,
     RESPONSE,
     ResponseCox,
     ResponseRiskScorer,
     clinical_covariates,
-    fit_table,
     regimen_features,
-    training_table,
 )
-from oncoplan.training.planner.search import valid_protocols
+from oncoplan.planner.search import valid_protocols
+from oncoplan.tace.actions import Protocol
+from oncoplan.tace.labels import LABELS
+from oncoplan.tace.world_model import Simulation
+from oncoplan.training.planner.response_fit import fit_table, training_table
 from oncoplan.training.synth import liver as L
 from oncoplan.training.tace.dynamics_eval import spearman
-from oncoplan.training.tace.preprocess import LABELS
-from oncoplan.training.tace.world_model import Simulation
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = valid_protocols(("Cisplatin", "Doxorubicin", "Mitomycin", "Lipiodol", "LC Beads"))

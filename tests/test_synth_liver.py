@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 from sksurv.nonparametric import kaplan_meier_estimator
 
-from oncoplan.training.actions import Protocol
+from oncoplan.tace.actions import Protocol
 from oncoplan.training.synth import liver as L
 from oncoplan.training.synth.write_liver import CONTRAST_PAIRS, NON_CONTRAST
 

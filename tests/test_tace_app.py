@@ -22,7 +22,7 @@ import pytest
 
 from oncoplan.errors import InputError
 from oncoplan.operators.tace_planning import ADULT_LIVER_CM3, liver_volume_warning
-from oncoplan.training.planner.search import PAPER_SETTINGS
+from oncoplan.planner.search import PAPER_SETTINGS
 from oncoplan.training.synth.cohort import generate_cohort
 
 from .dicom_validate import dciodvfy_available, problems

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from oncoplan.training.tace.transforms import KeepTumorInLiverd, SynthesizeTumord
+from oncoplan.tace.transforms import KeepTumorInLiverd, SynthesizeTumord
 
 from .conftest import SHARED
 from .helpers import run_bundle, verify_metadata
@@ -146,7 +146,7 @@ def test_tumor_outside_the_liver_is_removed() -> None:
 
 def test_train_config_can_start_from_earlier_weights(tmp_path: Path) -> None:
     """`init_ckpt` loads a CheckpointSaver file into the network before training; null starts fresh."""
-    from oncoplan.training.bundle_loading import initial_weights
+    from oncoplan.runtime.bundles import initial_weights
 
     first, second = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     torch.save({"model": first.state_dict()}, tmp_path / "model.pt")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from oncoplan.training.actions import ACTION_BASE
-from oncoplan.training.tace.dynamics import HU_WINDOW, ResponseConditionedUNet, condition, multi_hot
+from oncoplan.tace.actions import ACTION_BASE
+from oncoplan.tace.dynamics import HU_WINDOW, ResponseConditionedUNet, condition, multi_hot
 
 from .conftest import SHARED
 from .helpers import run_bundle, verify_metadata
@@ -178,7 +178,7 @@ def test_the_protocol_sets_the_response_and_the_response_changes_the_image() -> 
     """Unlike MeWM's released inference, the protocol is an input the model cannot ignore: the head
     learns a protocol effect from training pairs, the layout draws the predicted response, and a
     different layout gives a different image."""
-    from oncoplan.training.tace.dynamics import layouts
+    from oncoplan.tace.dynamics import layouts
 
     rng = np.random.default_rng(0)
     protocols = rng.integers(0, 2, size=(300, len(ACTION_BASE))).astype(float)
@@ -217,8 +217,8 @@ def test_the_protocol_sets_the_response_and_the_response_changes_the_image() -> 
 def test_the_layout_draws_the_response_it_is_given() -> None:
     """The layout's label map has the response's shares and volume ratio (to rounding), the rim viable
     and the core Lipiodol; a sample seed moves the boundaries, the same seed repeats them."""
-    from oncoplan.training.tace.layout import lesion_layout
-    from oncoplan.training.tace.preprocess import LABELS, lesion_response
+    from oncoplan.tace.labels import LABELS, lesion_response
+    from oncoplan.tace.layout import lesion_layout
 
     mask = np.zeros((24, 24, 24))
     mask[4:20, 5:19, 6:18] = 1.0
@@ -239,8 +239,8 @@ def test_the_layout_draws_the_response_it_is_given() -> None:
 def test_lesion_response_and_the_training_items_carry_it(prepared_liver: Path) -> None:
     """Shares of the post-treatment lesion and its volume over the pre-treatment lesion, read from
     registered label maps; every dynamics training item carries it beside its protocol."""
+    from oncoplan.tace.labels import LABELS, lesion_response
     from oncoplan.training.tace.data import dynamics_items
-    from oncoplan.training.tace.preprocess import LABELS, lesion_response
 
     pre = np.zeros((10, 10, 10), np.uint8)
     pre[2:7, 2:6, 2:6] = LABELS["viable"]  # 80 voxels
@@ -258,7 +258,7 @@ def test_lesion_response_and_the_training_items_carry_it(prepared_liver: Path) -
 def test_warm_start_keeps_matching_weights_and_widens_the_input(tmp_path: Path) -> None:
     """A checkpoint with fewer input conditions: shared tensors copied, the input conv's old channels
     copied and its new ones zeroed, so the warm-started network starts as the old one."""
-    from oncoplan.training.bundle_loading import compatible_weights
+    from oncoplan.runtime.bundles import compatible_weights
 
     source = _perturbed(1)
     state = source.state_dict()
@@ -303,7 +303,7 @@ def test_anchor_paints_the_layout_and_starts_where_its_strength_says() -> None:
     the schedule remains; strength 1 is plain sampling from the noise."""
     from monai.bundle import ConfigParser
 
-    from oncoplan.training.tace.dynamics import Anchor
+    from oncoplan.tace.dynamics import Anchor
 
     pre = torch.full((1, 1, 12, 12, 12), 0.2)
     pre[..., 0, 0, 0] = -1.0  # outside the ring: not the liver's level
@@ -339,7 +339,7 @@ def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> No
     applies it, and condition dropout zeroes exactly the response channels of the dropped samples."""
     from monai.networks.schedulers import DDPMScheduler
 
-    from oncoplan.training.tace.dynamics import LesionWeightedL1, LesionWeightedVPrediction
+    from oncoplan.tace.dynamics import LesionWeightedL1, LesionWeightedVPrediction
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
     pre, mask = torch.rand(2, 1, 8, 8, 8), torch.zeros(2, 1, 8, 8, 8)
@@ -370,7 +370,7 @@ def test_training_weights_the_lesion_and_drops_the_protocol_for_guidance() -> No
 def test_guidance_extrapolates_from_the_null_layout() -> None:
     """Classifier-free guidance: scale 1 is the conditional network itself; scale s is
     null + s * (given - null), the null being every compartment channel zero."""
-    from oncoplan.training.tace.dynamics import ConditionGuidance
+    from oncoplan.tace.dynamics import ConditionGuidance
 
     net = _perturbed()
     x = torch.randn(2, 1, 16, 16, 16)
@@ -390,7 +390,7 @@ def test_validation_draws_the_same_noise_every_run_and_training_keeps_the_latest
     timesteps. Training also keeps its latest and final weights, not only the best validation."""
     from monai.networks.schedulers import DDPMScheduler
 
-    from oncoplan.training.tace.dynamics import FixedNoiseVPrediction
+    from oncoplan.tace.dynamics import FixedNoiseVPrediction
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
     prepare = FixedNoiseVPrediction(scheduler, 1000, "condition", cycle=2)
@@ -409,8 +409,8 @@ def test_validation_draws_the_same_noise_every_run_and_training_keeps_the_latest
 def test_response_probe_fits_the_protocol_effect_and_scores_it_like_the_dynamics_model(prepared_liver: Path) -> None:
     """The reference probe: a ridge regression recovers a linear protocol effect, and runs end to end on a
     prepared synthetic cohort (its training pairs come from the post-treatment label maps)."""
+    from oncoplan.tace.dynamics import fit_ridge
     from oncoplan.training.tace import response_probe
-    from oncoplan.training.tace.dynamics import fit_ridge
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 2, size=(200, len(ACTION_BASE))).astype(float)

@@ -15,13 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from oncoplan.tace.survival_net import BagInferer, GatedAttentionMIL, PatchBagd, SurvivalNet
 from oncoplan.training.tace.survival import (
     WEEKS_PER_MONTH,
-    BagInferer,
     CoxPHLoss,
-    GatedAttentionMIL,
-    PatchBagd,
-    SurvivalNet,
     c_index_summary,
     harrell_c,
     survival_items,

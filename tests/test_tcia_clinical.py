@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from oncoplan.training.actions import Protocol
+from oncoplan.tace.actions import Protocol
 from oncoplan.training.tcia_clinical import load_clinical, parse_chemotherapy
 
 CLINICAL_CSV = Path(__file__).resolve().parents[1].parent / "shared/data/hcc_tace_seg/clinical.csv"

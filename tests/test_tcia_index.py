@@ -16,14 +16,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from oncoplan.training.tace.tcia_index import (
-    CTSeries,
-    description_phase,
-    dicom_seconds,
-    main,
-    resolve_phases,
-    timing_phase,
-)
+from oncoplan.tace.phases import CTSeries, description_phase, dicom_seconds, resolve_phases, timing_phase
+from oncoplan.training.tace.tcia_index import main
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/hcc_tace_seg"
 PHASES = ("NC", "AP", "PVP")

@@ -10,7 +10,7 @@ collection's original column names, which :func:`load_clinical` keeps unchanged.
     ``bool`` from ``Death_1_StillAliveorLostToFU_0``: ``True`` = death (event), ``False`` = alive
     or lost to follow-up (censored). The real table has 93 events and 12 censored patients.
 ``protocol``
-    The ``chemotherapy`` regimen as action-base keywords (``oncoplan.training.actions``), with
+    The ``chemotherapy`` regimen as action-base keywords (``oncoplan.tace.actions``), with
     Lipiodol added as seed Table 4 does, in ``str(Protocol)`` form: drugs, then embolics, each in
     action-base order, e.g. ``"Mitomycin; Cisplatin; Doxorubicin; Lipiodol"`` and
     ``"Doxorubicin; Lipiodol; LC Beads"``. Seed Table 4 writes these as
@@ -25,7 +25,7 @@ Quirks of the file that the loader copes with (do not "clean" the copy):
 * ``chemotherapy`` is a coarse free-text regimen: ``"Cisplatin, doxorubicin, Mitomycin-C"``,
   ``"doxorubicin LC beads"`` (no separator: Doxorubicin + LC Beads), ``"Cisplatin, Mitomycin-C"``
   and one misspelt ``"Cisplastin"`` (-> Cisplatin); spellings are resolved by
-  :func:`oncoplan.training.actions.canonical`.
+  :func:`oncoplan.tace.actions.canonical`.
 
 Seed Table 4 disagrees with this table on some protocols (HCC_042, and also HCC_058, which the
 table gives as Cisplatin + Doxorubicin + Mitomycin-C); the loader reports the table as it is.
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from oncoplan.training.actions import Protocol, canonical
+from oncoplan.tace.actions import Protocol, canonical
 
 WEEKS_PER_MONTH: float = 4.345
 REQUIRED_COLUMNS: tuple[str, ...] = ("TCIA_ID", "OS", "Death_1_StillAliveorLostToFU_0", "chemotherapy")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from oncoplan.operators.inference_backend import dynamics_signature, select_backend, unet_signature
-from oncoplan.training.bundle_loading import bundle_parser, load_network
+from oncoplan.runtime.backends import dynamics_signature, select_backend, unet_signature
+from oncoplan.runtime.bundles import bundle_parser, load_network
 
 from .report import machine, median_seconds, publish, versions
 
@@ -31,7 +31,7 @@ BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
 def _networks(batch: int, device: str):
     """(name, network, signature, call arguments, what to compare) as each app runs the network."""
-    from oncoplan.training.tace.dynamics import condition
+    from oncoplan.tace.dynamics import condition
 
     place = {"device": f"$torch.device('{device}')"}
     ctv = bundle_parser(BUNDLES / "ctv_llmseg", overrides=place)

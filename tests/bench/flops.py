@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from oncoplan.training.bundle_loading import bundle_parser, load_network
+from oncoplan.runtime.bundles import bundle_parser, load_network
 
 from .report import machine, median_seconds, publish, versions
 

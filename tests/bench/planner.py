@@ -24,16 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oncoplan.training.actions import conflicts
-from oncoplan.training.planner.evaluate import BUNDLES, load_models
-from oncoplan.training.planner.search import SETTINGS
+from oncoplan.planner.models import load_models
+from oncoplan.planner.search import SETTINGS
+from oncoplan.tace.actions import conflicts
+from oncoplan.tace.dynamics import multi_hot
+from oncoplan.tace.world_model import window_around
+from oncoplan.training.planner.evaluate import BUNDLES
 from oncoplan.training.synth import liver as L
 from oncoplan.training.synth.cohort import generate_cohort
 from oncoplan.training.tace.data import load_prepared
-from oncoplan.training.tace.dynamics import multi_hot
 from oncoplan.training.tace.dynamics_eval import model_space_case
 from oncoplan.training.tace.prepare import prepare_cohort
-from oncoplan.training.tace.world_model import window_around
 
 from .report import machine, median_seconds, publish, versions
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from oncoplan.ctv.notes import note_from_row
 from oncoplan.errors import InputError
 from oncoplan.fsio import atomic_path
-from oncoplan.training.ctv.notes import note_from_row
 from oncoplan.training.dicom_series import read_ct_series
 
 

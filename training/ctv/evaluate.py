@@ -19,10 +19,10 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from oncoplan.ctv.notes import parse_note, swap_laterality, with_n_stage
+from oncoplan.ctv.predict import CTVPredictor
+from oncoplan.stats import bootstrap_ci, dice, hd95_mm, iou
 from oncoplan.training.ctv.data import build_datalist, label_on_image_grid
-from oncoplan.training.ctv.notes import parse_note, swap_laterality, with_n_stage
-from oncoplan.training.ctv.predict import CTVPredictor
-from oncoplan.training.metrics import bootstrap_ci, dice, hd95_mm, iou
 from oncoplan.training.synth.breast import NODAL, NODE_POSITIVE
 
 LATERALITY_MOVED = 0.9  # fraction of the CTV that must change side

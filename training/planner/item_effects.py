@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from oncoplan.training.actions import Protocol
+from oncoplan.tace.actions import Protocol
 
 
 def item_pairs(space: Sequence[str]) -> list[tuple[str, int, int]]:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from oncoplan.errors import InputError
+from oncoplan.planner.search import SearchSettings
 from oncoplan.training.planner.evaluate import summarise, write_report
-from oncoplan.training.planner.search import SearchSettings
 
 SAME = ("settings", "search", "action_sets", "heuristic", "bundle_overrides")
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from oncoplan.training.actions import Protocol
-from oncoplan.training.planner.response_heuristic import layout_viable_cm3
+from oncoplan.planner.response_heuristic import layout_viable_cm3
+from oncoplan.tace.actions import Protocol
 from oncoplan.training.synth import liver as L
 from oncoplan.training.tace.dynamics_eval import spearman
 
@@ -94,20 +94,19 @@ def stage_ranking(
 def main(argv: Sequence[str] | None = None) -> int:
     from dataclasses import replace
 
+    from oncoplan.planner.models import load_heuristic, load_models
+    from oncoplan.planner.search import SETTINGS, valid_protocols
+    from oncoplan.tace.world_model import window_around
     from oncoplan.training.planner.evaluate import (
         BUNDLES,
         _cohort_rows,
         action_set_for,
         add_overrides_arguments,
         ground_truth_patient,
-        load_heuristic,
-        load_models,
         overrides_from,
     )
-    from oncoplan.training.planner.search import SETTINGS, valid_protocols
     from oncoplan.training.tace.data import load_prepared
     from oncoplan.training.tace.dynamics_eval import model_space_case
-    from oncoplan.training.tace.world_model import window_around
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prepared", type=Path, required=True, help="prepared held-out cohort")

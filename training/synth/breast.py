@@ -18,14 +18,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from oncoplan.ctv.notes import SIDES, SURGERY_TEXT
 from oncoplan.training.synth.geometry import Grid
 from oncoplan.training.synth.shapes import Region, Shape, finish_ct, rasterise, smooth_field
 
-SIDES = ("left", "right")
-N_STAGES = ("N0", "N1mi", "N1", "N2", "N3")
 T_STAGES = ("Tis", "T1", "T2", "T3", "T4")
 NODE_POSITIVE = frozenset({"N1", "N2", "N3"})  # stages that get regional nodal irradiation
-SURGERY_TEXT = {"BCS": "breast conserving surgery", "TM": "total mastectomy surgery"}
 TARGETS = ("Breast only", "Breast + RNI", "CW only", "CW + RNI")
 
 

@@ -27,13 +27,13 @@ shape 1.2, scale set so the cohort's median OS is near the real cohort's 104 wee
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from oncoplan.training.actions import DRUG_CLASS, DRUG_CLASSES, DRUGS, EMBOLICS, Protocol, conflicts
+from oncoplan.planner.prior import PRACTICE
+from oncoplan.tace.actions import DRUG_CLASS, DRUG_CLASSES, Protocol, conflicts, protocol_space
 
 POTENCY = {
     "Raltitrexed": 0.30,
@@ -72,29 +72,6 @@ WEIBULL_SCALE_WEEKS = 2600.0  # calibrated: median OS of generated cohorts ~ 100
 SENSITIVITY_BETA = (2.0, 2.0)  # hidden drug-class sensitivity ~ Beta(a, b) per class
 VASCULARITY_BETA = (2.5, 2.0)  # hidden tumor vascularity ~ Beta(a, b)
 BETA = {"viable": 0.55, "burden": 0.25, "cps_b": 0.5, "cps_c": 1.0, "afp": 0.15, "vi": 0.6, "tox": 0.9}
-
-# Physicians' practice ("gold" protocols) by site, with frequencies.
-PRACTICE = {
-    # HCC-TACE-Seg (MD Anderson): cisplatin/doxorubicin/mitomycin cTACE or doxorubicin LC beads.
-    "internal": {
-        "Cisplatin; Doxorubicin; Mitomycin; Lipiodol": 0.59,
-        "Doxorubicin; LC Beads; Lipiodol": 0.37,
-        "Cisplatin; Mitomycin; Lipiodol": 0.04,
-    },
-    # The MeWM in-house style (seed Table 5): anthracycline/platinum emulsions, gelatin sponge.
-    "external": {
-        "Raltitrexed; Epirubicin; Lipiodol; Gelatin Sponge": 0.14,
-        "Pirarubicin; Lipiodol": 0.14,
-        "Pirarubicin; Lipiodol; Gelatin Sponge": 0.14,
-        "Cisplatin; Lipiodol": 0.08,
-        "Oxaliplatin; Epirubicin; Lipiodol; Gelatin Sponge": 0.14,
-        "Epirubicin; Oxaliplatin; Lipiodol": 0.10,
-        "Lobaplatin; Epirubicin; Lipiodol; Gelatin Sponge": 0.10,
-        "Hydroxycamptothecin; Lipiodol": 0.05,
-        "Idarubicin; Lipiodol; PVA": 0.06,
-        "Raltitrexed; Lipiodol; Gelatin Sponge": 0.05,
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -212,19 +189,6 @@ def outcome(patient: LiverPatient, protocol: Protocol) -> Outcome:
         median_os_weeks=scale * math.log(2.0) ** (1.0 / WEIBULL_SHAPE),
         expected_os_weeks=scale * math.gamma(1.0 + 1.0 / WEIBULL_SHAPE),
     )
-
-
-def protocol_space(
-    drugs: tuple[str, ...] = DRUGS, embolics: tuple[str, ...] = EMBOLICS, max_drugs: int = 3, max_embolics: int = 2
-) -> list[Protocol]:
-    """Every protocol with 1..max_drugs drugs and 1..max_embolics embolics (conflicts included)."""
-    out = []
-    for nd in range(1, max_drugs + 1):
-        for ds in itertools.combinations(drugs, nd):
-            for ne in range(1, max_embolics + 1):
-                for es in itertools.combinations(embolics, ne):
-                    out.append(Protocol.of(ds + es))
-    return out
 
 
 def oracle_protocol(patient: LiverPatient, space: list[Protocol] | None = None) -> Protocol:

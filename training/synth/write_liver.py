@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.sr.codedict import codes
 
-from oncoplan.training.actions import Protocol
+from oncoplan.tace.actions import Protocol
 from oncoplan.training.synth import liver as L
 from oncoplan.training.synth.dicom_ct import Patient, Series, Study, ct_datasets, stable_uid, write_datasets
 from oncoplan.training.synth.labels import ANATOMY, MORPH, SegmentSpec, save_label_map, write_seg

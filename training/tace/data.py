@@ -70,7 +70,7 @@ def segmentation_items(
 
 def dynamics_items(prepared: Sources, fraction: float = 1.0, seed: int = 0) -> list[dict[str, object]]:
     """{"image": post CT, "pre": pre CT, "label": pre label map, "post_label": post label map,
-    "protocol": multi-hot, "response": the lesion's measured response (`preprocess.lesion_response`)}
+    "protocol": multi-hot, "response": the lesion's measured response (`oncoplan.tace.labels.lesion_response`)}
     per case with a protocol and a post-treatment label map.
 
     "image" is the post-treatment scan because it is what the diffusion model generates; "post_label"
@@ -78,7 +78,7 @@ def dynamics_items(prepared: Sources, fraction: float = 1.0, seed: int = 0) -> l
     """
     import nibabel as nib
 
-    from oncoplan.training.tace.preprocess import lesion_response
+    from oncoplan.tace.labels import lesion_response
 
     def labels(path: object) -> np.ndarray:
         return np.asarray(nib.load(str(path)).dataobj)

@@ -27,13 +27,13 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from oncoplan.errors import InputError
-from oncoplan.training.actions import Protocol, conflicts
-from oncoplan.training.metrics import bootstrap_ci
+from oncoplan.stats import bootstrap_ci
+from oncoplan.tace.actions import Protocol, conflicts
+from oncoplan.tace.dynamics import RESPONSE, multi_hot, to_hu
+from oncoplan.tace.world_model import WorldModel, window_around
 from oncoplan.training.synth import liver as L
 from oncoplan.training.synth.write_liver import LIPIODOL_HU, PHASES, TISSUE_HU
 from oncoplan.training.tace.data import load_prepared
-from oncoplan.training.tace.dynamics import RESPONSE, multi_hot, to_hu
-from oncoplan.training.tace.world_model import WorldModel, window_around
 
 
 def intensity_viable_fraction(window: np.ndarray, lesion: np.ndarray, phase: str) -> float:
@@ -77,7 +77,7 @@ def simulate_cases(
     every sample and their mean as NIfTI (HU) on the patch's own grid in model space."""
     import nibabel as nib
 
-    from oncoplan.training.tace.dynamics import simulate
+    from oncoplan.tace.dynamics import simulate
 
     sampler.set_timesteps(steps)
     out = Path(output_dir)

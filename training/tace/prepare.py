@@ -33,8 +33,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from oncoplan.errors import InputError
-from oncoplan.training.actions import ACTION_BASE, Protocol
-from oncoplan.training.metrics import bootstrap_ci
+from oncoplan.stats import bootstrap_ci
+from oncoplan.tace.actions import ACTION_BASE, Protocol
 from oncoplan.training.tace import preprocess as P
 
 PHASES = ("PVP", "AP")  # model input: the first phase present in both studies

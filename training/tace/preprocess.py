@@ -20,17 +20,14 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from oncoplan.errors import InputError
+from oncoplan.tace.labels import LABELS, TUMOR_LABELS
 from oncoplan.training.dicom_series import read_ct_series
 
-# Model label values (one definition for every TACE bundle).
-LABELS: dict[str, int] = {"liver": 1, "viable": 2, "necrosis": 3, "lipiodol": 4}
-TUMOR_LABELS: tuple[int, ...] = (LABELS["viable"], LABELS["necrosis"], LABELS["lipiodol"])
 A1_SPACING_MM = (0.8, 0.8, 3.0)  # dataset standardisation (seed A.1)
 MIN_COMPONENT_VOXELS = 300  # seed A.1: smaller islands are noise, counted on the A.1 grid
 # The rule is a volume: 300 voxels of 0.8 x 0.8 x 3.0 mm = 576 mm3. Counted on a coarser grid as
 # voxels it would erase real lesions (300 voxels of 3 mm are 8.1 cm3, a 2.5 cm tumor).
 MIN_COMPONENT_MM3 = MIN_COMPONENT_VOXELS * float(np.prod(A1_SPACING_MM))
-MODEL_SPACING_MM = (1.0, 1.0, 1.0)  # model input (seed B.2/B.3)
 
 
 def read_series(folder: str | Path) -> sitk.Image:
@@ -225,21 +222,3 @@ def _like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(array)
     image.CopyInformation(reference)
     return image
-
-
-def viable_fraction(labels: np.ndarray, empty: float = float("nan")) -> float:
-    """Viable share of the whole lesion (viable / (viable + necrosis + Lipiodol)); `empty` without a lesion."""
-    tumor = np.isin(labels, TUMOR_LABELS).sum()
-    return float((labels == LABELS["viable"]).sum() / tumor) if tumor else empty
-
-
-def lesion_response(pre_labels: np.ndarray, post_labels: np.ndarray) -> list[float]:
-    """What treatment did to the lesion, read from label maps on one grid (post registered to pre):
-    the viable, necrosis and Lipiodol shares of the post-treatment lesion and its volume over the
-    pre-treatment lesion's. The dynamics model renders the post scan from these four numbers."""
-    before = int(np.isin(pre_labels, TUMOR_LABELS).sum())
-    after = int(np.isin(post_labels, TUMOR_LABELS).sum())
-    if not after:
-        return [0.0, 0.0, 0.0, 0.0]
-    shares = [float((post_labels == label).sum() / after) for label in TUMOR_LABELS]
-    return [*shares, after / before if before else 1.0]

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oncoplan.training.metrics import bootstrap_ci
-from oncoplan.training.tace.dynamics import layout_labels
+from oncoplan.stats import bootstrap_ci
+from oncoplan.tace.dynamics import layout_labels
+from oncoplan.tace.labels import LABELS
+from oncoplan.tace.world_model import WorldModel, window_around
 from oncoplan.training.tace.dynamics_eval import spearman
-from oncoplan.training.tace.preprocess import LABELS
-from oncoplan.training.tace.world_model import WorldModel, window_around
 
 COMPARTMENTS = ("liver", "viable", "necrosis", "lipiodol")  # layout labels inside the lesion, in LABELS
 
@@ -86,14 +86,14 @@ def summarise(cases: Sequence[dict]) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     from dataclasses import replace
 
+    from oncoplan.planner.models import load_models
+    from oncoplan.planner.search import SETTINGS, valid_protocols
     from oncoplan.training.planner.evaluate import (
         BUNDLES,
         action_set_for,
         add_overrides_arguments,
-        load_models,
         overrides_from,
     )
-    from oncoplan.training.planner.search import SETTINGS, valid_protocols
     from oncoplan.training.tace.data import load_prepared
     from oncoplan.training.tace.dynamics_eval import model_space_case
 

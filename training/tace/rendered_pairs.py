@@ -28,10 +28,10 @@ import torch
 from tqdm import tqdm
 
 from oncoplan.errors import InputError
-from oncoplan.training.actions import ACTION_BASE
+from oncoplan.tace.actions import ACTION_BASE
+from oncoplan.tace.dynamics import layout_labels, to_hu
+from oncoplan.tace.world_model import WorldModel, window_around
 from oncoplan.training.tace.data import load_prepared
-from oncoplan.training.tace.dynamics import layout_labels, to_hu
-from oncoplan.training.tace.world_model import WorldModel, window_around
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
@@ -71,7 +71,7 @@ def render_pairs(
     import nibabel as nib
     from monai.transforms import Compose
 
-    from oncoplan.training.planner.search import valid_protocols
+    from oncoplan.planner.search import valid_protocols
 
     space = valid_protocols(action_set)
     scale = hu_scale(preprocessing)
@@ -118,8 +118,8 @@ def render_pairs(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from oncoplan.planner.search import SETTINGS
     from oncoplan.training.planner.evaluate import action_set_for, add_overrides_arguments, overrides_from
-    from oncoplan.training.planner.search import SETTINGS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prepared", type=Path, required=True, help="a prepared cohort (training cases)")
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.protocols < 1:
         raise SystemExit("error: --protocols must be at least 1")
     try:
-        from oncoplan.training.bundle_loading import bundle_parser
+        from oncoplan.runtime.bundles import bundle_parser
 
         overrides = overrides_from(args, ("dynamics",))["dynamics"]
         entries = load_prepared(args.prepared)

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from oncoplan.training.metrics import bootstrap_ci
+from oncoplan.stats import bootstrap_ci
+from oncoplan.tace.dynamics import fit_ridge, multi_hot, predict
 from oncoplan.training.synth import liver as L
 from oncoplan.training.tace.data import dynamics_items, load_prepared
-from oncoplan.training.tace.dynamics import fit_ridge, multi_hot, predict
 from oncoplan.training.tace.dynamics_eval import candidate_protocols, ground_truth
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oncoplan.training.metrics import bootstrap_ci, dice
-from oncoplan.training.tace.preprocess import LABELS, TUMOR_LABELS, viable_fraction
+from oncoplan.stats import bootstrap_ci, dice
+from oncoplan.tace.labels import LABELS, TUMOR_LABELS, viable_fraction
 
 METRICS = ("liver_dice", "tumor_dice", "viable_dice", "viable_fraction_error")
 

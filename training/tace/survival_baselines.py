@@ -83,7 +83,7 @@ Pre-treatment covariates: age per decade, female sex (TCIA ``Sex`` 2), Child-Pug
 pre-treatment label map (``pre_labels``: voxels labelled viable, necrosis or Lipiodol x voxel volume),
 else from the case's ``truth.json`` lesions (sampled rows); the source is recorded. The second model
 adds the treating protocol (``chemotherapy``) multi-hot over the action base
-(:meth:`oncoplan.training.actions.Protocol.multi_hot`), keeping the items that vary in the training
+(:meth:`oncoplan.tace.actions.Protocol.multi_hot`), keeping the items that vary in the training
 cohort (Lipiodol, in every protocol, is a constant). Fit on ``--train``, evaluated on ``--test``:
 Harrell's and Uno's C (censoring distribution from the training cohort, tau = 5 years = 260.7 weeks)
 with a 1000-resample percentile bootstrap of test patients. A third row scores the generator's own
@@ -112,7 +112,8 @@ import numpy as np
 import pandas as pd
 
 from oncoplan.errors import InputError
-from oncoplan.training.actions import ACTION_BASE, Protocol
+from oncoplan.tace.actions import ACTION_BASE, Protocol
+from oncoplan.tace.clinical import CHILD_PUGH
 
 CLINICAL_CSV = Path(__file__).resolve().parents[2].parent / "shared/data/hcc_tace_seg/clinical.csv"
 ALPHA = 0.1
@@ -123,7 +124,6 @@ N_BOOTSTRAP = 1000
 LEVEL = 0.95
 
 BCLC_STAGE = {"Stage-A": 0, "Stage-B": 1, "Stage-C": 2, "Stage-D": 3}
-CHILD_PUGH = {"A": 0, "B": 1, "C": 2}
 NODULARITY = {"uninodular": 0, "multinodular": 1}
 TUMOR_LABELS = ("viable", "necrosis", "lipiodol")
 

@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterable
 from string import Template
 
-from oncoplan.training.actions import DRUGS, EMBOLICS, TCIA_DRUGS, TCIA_EMBOLICS, Protocol, canonical
+from oncoplan.tace.actions import DRUGS, EMBOLICS, TCIA_DRUGS, TCIA_EMBOLICS, Protocol, canonical
 
 POLICY_TEMPLATE = Template(
     """You are a radiation oncologist, please **list potential TACE drug and embolism sets** \

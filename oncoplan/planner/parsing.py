@@ -10,7 +10,7 @@ not JSON is rejected. Accepted keys:
 
 The seed's examples wrap the object in the case key (``001: {...}``); an object whose only key
 holds such an object is unwrapped once. Values are ``";"``-separated strings (as in the seed) or
-lists of strings. Every keyword goes through :func:`oncoplan.training.actions.canonical`
+lists of strings. Every keyword goes through :func:`oncoplan.tace.actions.canonical`
 (``THP`` is Pirarubicin; ``"Pirarubicin (THP)"`` is accepted when both names agree); a keyword
 outside the action base or outside the requested action set, a drug listed as an embolic (or the
 reverse), unknown keys and an answer without at least one drug and one embolic are rejected
@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from oncoplan.training.actions import ACTION_BASE, DRUGS, EMBOLICS, Protocol, canonical
+from oncoplan.tace.actions import ACTION_BASE, DRUGS, EMBOLICS, Protocol, canonical
 
 KEYWORDS_KEY = "keywords"
 DRUGS_KEY = "Chemotherapy Drugs"

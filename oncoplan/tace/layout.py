@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from oncoplan.training.tace.preprocess import LABELS
+from oncoplan.tace.labels import LABELS
 
 COMPARTMENTS = ("viable", "necrosis", "lipiodol")  # the renderer's condition channels, in this order
 NOISE_SIGMA = 1.5  # voxels: the smoothness of the layout's perturbation

@@ -37,18 +37,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from oncoplan.training.actions import ACTION_BASE, Protocol, conflicts
-from oncoplan.training.planner.deid import Observation, PrivacyError, check_outgoing, check_text
-from oncoplan.training.planner.parsing import AnswerRejected, ParsedAnswer, parse_answer
-from oncoplan.training.planner.prior import Prior
-from oncoplan.training.planner.prompts import (
+from oncoplan.planner.deid import Observation, PrivacyError, check_outgoing, check_text
+from oncoplan.planner.parsing import AnswerRejected, ParsedAnswer, parse_answer
+from oncoplan.planner.prior import Prior
+from oncoplan.planner.prompts import (
     render_plan_prompt,
     render_policy_prompt,
     render_refinement_prompt,
     split_action_set,
 )
-from oncoplan.training.planner.rules import RefinementReport, Removal, refine
-from oncoplan.training.synth.liver import protocol_space
+from oncoplan.planner.rules import RefinementReport, Removal, refine
+from oncoplan.tace.actions import ACTION_BASE, Protocol, conflicts, protocol_space
 
 log = logging.getLogger(__name__)
 

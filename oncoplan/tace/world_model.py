@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from oncoplan.training.bundle_loading import bundle_parser, load_network
-from oncoplan.training.tace.dynamics import Anchor, simulate
-from oncoplan.training.tace.preprocess import LABELS, TUMOR_LABELS, viable_fraction
-from oncoplan.training.tace.transforms import keep_largest_organ
+from oncoplan.runtime.bundles import bundle_parser, load_network
+from oncoplan.tace.dynamics import Anchor, simulate
+from oncoplan.tace.labels import LABELS, TUMOR_LABELS, viable_fraction
+from oncoplan.tace.transforms import keep_largest_organ
 
 LESION_MARGIN = 1  # voxels around the pre-treatment tumor mask still read as lesion (registration slack)
 
@@ -142,7 +142,7 @@ class WorldModel:
         """Run both networks on the fastest backend here (see `select_backend`); returns the backend
         of each. `prefer`: the backends to consider per network ("dynamics", "assistant"), default
         `app_backends()`. Exports are cached in `cache`, keyed by weights and shapes."""
-        from oncoplan.operators.inference_backend import (
+        from oncoplan.runtime.backends import (
             app_backends,
             dynamics_signature,
             select_backend,

@@ -18,7 +18,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from scipy import ndimage
 
-from oncoplan.training.tace.preprocess import LABELS, TUMOR_LABELS
+from oncoplan.tace.labels import LABELS, TUMOR_LABELS
 
 SIZE_CLASSES_VOXELS: tuple[tuple[float, float], ...] = ((3.0, 5.0), (6.0, 10.0), (12.0, 20.0), (24.0, 36.0))
 

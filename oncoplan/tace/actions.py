@@ -7,6 +7,7 @@ all import it from here.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -151,3 +152,16 @@ class Protocol:
         """One entry per action-base item, in ACTION_BASE order."""
         chosen = set(self.items)
         return [int(a in chosen) for a in ACTION_BASE]
+
+
+def protocol_space(
+    drugs: tuple[str, ...] = DRUGS, embolics: tuple[str, ...] = EMBOLICS, max_drugs: int = 3, max_embolics: int = 2
+) -> list[Protocol]:
+    """Every protocol with 1..max_drugs drugs and 1..max_embolics embolics (conflicts included)."""
+    out = []
+    for nd in range(1, max_drugs + 1):
+        for ds in itertools.combinations(drugs, nd):
+            for ne in range(1, max_embolics + 1):
+                for es in itertools.combinations(embolics, ne):
+                    out.append(Protocol.of(ds + es))
+    return out

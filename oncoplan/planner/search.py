@@ -10,7 +10,7 @@ batch over all protocols and samples; the assistant segments them all), the heur
   candidates that lie in the search space; each expansion step extends every plan of the beam by
   one item: a drug while it has fewer than ``drug_horizon`` drugs, or an embolic while it has fewer
   than ``embolic_horizon`` embolics, from the allowed action set, skipping clinical conflicts
-  (:func:`oncoplan.training.actions.conflicts`). All children of the step are evaluated in one
+  (:func:`oncoplan.tace.actions.conflicts`). All children of the step are evaluated in one
   batch. A child joins only if its mean risk is below its parent's (an item is added only if the
   risk drops); the next beam is the ``beam`` best distinct plans among the beam and those children.
   The search stops when no step changes the beam, at most ``drug_horizon + embolic_horizon`` steps.
@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from oncoplan.training.actions import ACTION_BASE, Protocol, conflicts
-from oncoplan.training.planner.deid import Observation
-from oncoplan.training.planner.heuristic import Scorer
-from oncoplan.training.planner.policy import Policy
-from oncoplan.training.planner.prompts import split_action_set
-from oncoplan.training.planner.separation import anova_f
+from oncoplan.planner.deid import Observation
+from oncoplan.planner.heuristic import Scorer
+from oncoplan.planner.policy import Policy
+from oncoplan.planner.prompts import split_action_set
+from oncoplan.planner.separation import anova_f
+from oncoplan.tace.actions import ACTION_BASE, Protocol, conflicts, protocol_space
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,6 @@ def _order(protocol: Protocol) -> tuple[int, ...]:
 
 def valid_protocols(action_set: Iterable[str], max_drugs: int = 2, max_embolics: int = 2) -> list[Protocol]:
     """Every conflict-free protocol over `action_set` with 1..max_drugs drugs and 1..max_embolics embolics."""
-    from oncoplan.training.synth.liver import protocol_space
 
     drugs, embolics = split_action_set(action_set)
     return [p for p in protocol_space(drugs, embolics, max_drugs, max_embolics) if not conflicts(p.items)]

@@ -10,7 +10,7 @@ Read from an evaluation's JSON (the plans' ``top`` protocols), it also scores a 
 keeps the world model's pick when p < alpha and defers to the offline policy's top-1 otherwise:
 alpha is fixed in advance (0.05), never tuned on the cases it scores.
 
-    python -m oncoplan.training.planner.separation planning_evaluation.json [--alpha 0.05]
+    python -m oncoplan.planner.separation planning_evaluation.json [--alpha 0.05]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from oncoplan.training.metrics import bootstrap_ci
+from oncoplan.stats import bootstrap_ci
 
 
 def anova_f(sample_risks: Sequence[Sequence[float]]) -> tuple[float, float]:

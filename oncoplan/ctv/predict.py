@@ -22,9 +22,9 @@ class CTVPredictor:
         overrides: dict | None = None,
         backends: tuple[str, ...] = ("torch",),
     ) -> None:
-        """`backends`: preference order for the U-Net (see oncoplan.operators.inference_backend);
+        """`backends`: preference order for the U-Net (see oncoplan.runtime.backends);
         the app asks for all of `BACKENDS`, evaluation runs eager PyTorch."""
-        from oncoplan.training.bundle_loading import bundle_parser, load_network
+        from oncoplan.runtime.bundles import bundle_parser, load_network
 
         self.bundle = Path(bundle_dir)
         parser = bundle_parser(self.bundle, overrides={"text_guided": text_guided, **(overrides or {})})
@@ -35,7 +35,7 @@ class CTVPredictor:
         self.network = load_network(parser)
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
-        from oncoplan.operators.inference_backend import cache_dir, select_backend, unet_signature
+        from oncoplan.runtime.backends import cache_dir, select_backend, unet_signature
 
         unet = self.network.unet
         signature = unet_signature(parser.get_parsed_content("roi_size"), getattr(unet, "text_dim", None))
@@ -87,7 +87,7 @@ class CTVPredictor:
         of the time and memory on a full-size CT."""
         from monai.transforms import Compose, Invertd, Spacingd
 
-        from oncoplan.operators.onto_grid import linear_mask_onto
+        from oncoplan.runtime.grid import linear_mask_onto
 
         spacing = [i for i, t in enumerate(self.preprocessing.transforms) if isinstance(t, Spacingd)]
         if isinstance(image, (str, Path)) or len(spacing) != 1:

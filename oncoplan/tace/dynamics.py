@@ -3,7 +3,7 @@ mask and the TACE protocol, in three steps that each do what they can learn or k
 
 1. **Response head** (protocol -> response): a ridge regression from the protocol's multi-hot vector
    to what treatment does to the lesion: the viable, necrosis and Lipiodol shares of the
-   post-treatment lesion and its volume ratio to the pre-treatment one (`preprocess.lesion_response`),
+   post-treatment lesion and its volume ratio to the pre-treatment one (`oncoplan.tace.labels.lesion_response`),
    fitted in closed form on the training cases' registered label maps when training starts.
 2. **Layout** (response -> label map, `layout.lesion_layout`): a geometric prior places those
    shares in the pre-treatment mask (shrink from the rim, viable rim, Lipiodol core), perturbed per sample.
@@ -36,11 +36,11 @@ from monai.engines.utils import DiffusionPrepareBatch, VPredictionPrepareBatch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-from oncoplan.training.actions import ACTION_BASE, Protocol
-from oncoplan.training.tace.layout import COMPARTMENTS, compartments, lesion_layout
+from oncoplan.tace.actions import ACTION_BASE, Protocol
+from oncoplan.tace.layout import COMPARTMENTS, compartments, lesion_layout
 
 IMAGE_CONDITIONS = 2  # pre-treatment patch, tumor mask
-RESPONSE = ("viable share", "necrosis share", "Lipiodol share", "volume ratio")  # preprocess.lesion_response
+RESPONSE = ("viable share", "necrosis share", "Lipiodol share", "volume ratio")  # labels.lesion_response
 LOG = logging.getLogger(__name__)
 
 

@@ -17,21 +17,19 @@ imputation, z-scoring, ridge alpha 0.1) on training cohorts, where the residual 
 MEASURED on each case's post-treatment label map (its "viable" voxels) and the regimen is the one the
 case received. At planning, the residual viable volume of a simulated outcome is measured the same way:
 the viable voxels of the assistant's label map of the simulated window
-(:class:`oncoplan.training.tace.world_model.Simulation`, rendering noise outside the lesion already
+(:class:`oncoplan.tace.world_model.Simulation`, rendering noise outside the lesion already
 removed), and the tumor burden is the pre-treatment tumor mask of the window; covariates a caller does
 not know (the Deploy app sees only the CT) take the training median.
 
 The fitted model is a JSON file of named coefficients (log hazard ratio per unit), means and medians:
 
-    python -m oncoplan.training.planner.response_heuristic --train COHORT [COHORT ...] --out FILE.json
+    python -m oncoplan.training.planner.response_fit --train COHORT [COHORT ...] --out FILE.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +39,12 @@ import numpy as np
 
 from oncoplan.errors import InputError
 from oncoplan.fsio import atomic_path
-from oncoplan.training.tace.preprocess import LABELS
-from oncoplan.training.tace.survival_baselines import CHILD_PUGH
+from oncoplan.tace.clinical import CHILD_PUGH
+from oncoplan.tace.labels import LABELS
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from oncoplan.training.actions import Protocol
-    from oncoplan.training.tace.world_model import Simulation
+    from oncoplan.tace.actions import Protocol
+    from oncoplan.tace.world_model import Simulation
 
 RESPONSE = "ln(1 + residual viable cm3)"
 REGIMEN = ("drugs", "drugs x Child-Pugh", "absolute alcohol")
@@ -150,69 +146,6 @@ class ResponseCox:
             raise InputError(f"{path}: not a response Cox model ({type(exc).__name__}: {exc})") from None
 
 
-# ---------------------------------------------------------------- fitting
-
-
-def training_table(cohort: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """(features DataFrame, event, time in weeks) of one synthetic cohort folder; the residual viable
-    volume is measured on each case's post-treatment label map (``post_labels`` of ``cohort.csv``)."""
-    import pandas as pd
-
-    from oncoplan.training.tace.survival_baselines import label_burden, load_synthetic
-
-    cohort = Path(cohort)
-    data = load_synthetic(cohort)
-    table = pd.read_csv(cohort / "cohort.csv", dtype={"TCIA_ID": str}, keep_default_na=False)
-    post = dict(zip(table["TCIA_ID"].astype(str), table.get("post_labels", pd.Series(dtype=str)), strict=False))
-    rows = []
-    for case_id, protocol in zip(data.x.index, data.protocols, strict=True):
-        label = cohort / str(post.get(str(case_id), "") or "")
-        if not label.is_file():
-            raise InputError(f"{cohort / 'cohort.csv'}: case {case_id} has no post-treatment label map")
-        x = data.x.loc[case_id]
-        rows.append(
-            {
-                RESPONSE: math.log1p(label_burden(label, ("viable",))),
-                **regimen_features(protocol, float(x["Child-Pugh"])),
-                **{name: float(x[name]) for name in CLINICAL},
-            }
-        )
-    return pd.DataFrame(rows, columns=list(FEATURES)), data.event, data.time
-
-
-def fit(cohorts: Sequence[str | Path]) -> ResponseCox:
-    """Fit on one or more synthetic cohort folders (their cases pooled)."""
-    import pandas as pd
-
-    if not cohorts:
-        raise InputError("fit: give at least one training cohort")
-    parts = [training_table(c) for c in cohorts]
-    x = pd.concat([p[0] for p in parts], ignore_index=True)
-    event = np.concatenate([p[1] for p in parts])
-    time = np.concatenate([p[2] for p in parts])
-    return fit_table(x, event, time, tuple(str(c) for c in cohorts))
-
-
-def fit_table(x: pd.DataFrame, event: np.ndarray, time: np.ndarray, trained_on: Sequence[str] = ()) -> ResponseCox:
-    """Fit on a table with the FEATURES columns (a pandas DataFrame), events (bool) and times."""
-    from oncoplan.training.tace.survival_baselines import _fit
-
-    event = np.asarray(event, dtype=bool)
-    if int(event.sum()) < 2 * len(FEATURES):
-        raise InputError(f"fit: {int(event.sum())} deaths are too few for {len(FEATURES)} features")
-    pipeline = _fit(x[list(FEATURES)].to_numpy(float), event, np.asarray(time, dtype=float))
-    imputer, scaler, cox = (step for _, step in pipeline.steps)
-    coef = cox.coef_[: len(FEATURES)] / scaler.scale_[: len(FEATURES)]
-    return ResponseCox(
-        {f: float(c) for f, c in zip(FEATURES, coef, strict=True)},
-        {f: float(m) for f, m in zip(FEATURES, scaler.mean_[: len(FEATURES)], strict=True)},
-        {f: float(m) for f, m in zip(FEATURES, imputer.statistics_, strict=True)},
-        tuple(trained_on),
-        len(x),
-        int(event.sum()),
-    )
-
-
 # ---------------------------------------------------------------- scoring simulations
 
 
@@ -224,7 +157,7 @@ def layout_viable_cm3(
     segmentation."""
     import torch
 
-    from oncoplan.training.tace.dynamics import layout_labels
+    from oncoplan.tace.dynamics import layout_labels
 
     n_protocols, samples = len(simulation.response), simulation.samples
     mask = torch.as_tensor(mask_window[simulation.patch_slices] > 0, dtype=torch.float32)[None, None]
@@ -300,23 +233,3 @@ class ResponseRiskScorer:
             "ln(1 + burden cm3)": math.log1p(burden_cm3),
         }
         return np.broadcast_to(self.model.risk(features), residual.shape).astype(np.float64)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, nargs="+", required=True, help="synthetic training cohort folder(s)")
-    parser.add_argument("--out", type=Path, required=True, help="write the fitted model (JSON) here")
-    args = parser.parse_args(argv)
-    try:
-        model = fit(args.train)
-    except (InputError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    path = model.save(args.out)
-    print(json.dumps(model.to_dict()["hazard_ratio"], indent=1))
-    print(f"wrote {path} ({model.cases} cases, {model.events} deaths)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The planner's heuristic (MeWM seed B.4): survival risk of every simulated outcome of every candidate.
 
-For one case the world model (:class:`oncoplan.training.tace.world_model.WorldModel`) returns, per
+For one case the world model (:class:`oncoplan.tace.world_model.WorldModel`) returns, per
 (protocol, sample), a simulated post-treatment window and the assistant's label map of it. The
 survival bundle scores a case from a bag of K patches of [pre CT, pre tumor mask, post CT, post tumor
 mask] (tumor = label >= 2, the bundle's own ``Lambdad``); at inference it averages the risks of 5
@@ -29,11 +29,11 @@ from typing import Protocol as TypingProtocol
 import numpy as np
 import torch
 
-from oncoplan.training.bundle_loading import bundle_parser, load_network
+from oncoplan.runtime.bundles import bundle_parser, load_network
 
 if TYPE_CHECKING:
-    from oncoplan.training.actions import Protocol
-    from oncoplan.training.tace.world_model import Simulation
+    from oncoplan.tace.actions import Protocol
+    from oncoplan.tace.world_model import Simulation
 
 TUMOR_LABEL = 2  # assistant / prepared label maps: 0 background, 1 liver, >= 2 tumor compartments
 
@@ -82,7 +82,7 @@ class RiskScorer:
         seed: int = 0,
         pixdim: Sequence[float] | None = None,
     ) -> None:
-        from oncoplan.training.tace.survival import BagInferer
+        from oncoplan.tace.survival_net import BagInferer
 
         if patches < 1 or batch_size < 1:
             raise ValueError("patches and batch_size must be at least 1")

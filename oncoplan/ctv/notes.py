@@ -12,7 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from oncoplan.errors import InputError
-from oncoplan.training.synth.breast import N_STAGES, SIDES, SURGERY_TEXT
+
+# The note's vocabulary (the seed's Table 5); the synthetic breast cohort draws its cases from it.
+SIDES = ("left", "right")
+N_STAGES = ("N0", "N1mi", "N1", "N2", "N3")
+SURGERY_TEXT = {"BCS": "breast conserving surgery", "TM": "total mastectomy surgery"}
 
 _SURGERY_ALIASES = {
     "bcs": "BCS",

@@ -2,7 +2,7 @@
 
 It orders the offline policy's candidates and decides which item the conflict rules keep.
 It is fitted from protocol frequencies: the synthetic cohort's site practice
-(:data:`oncoplan.training.synth.liver.PRACTICE`), a ``cohort.csv`` gold column, or any list
+(:data:`PRACTICE`), a ``cohort.csv`` gold column, or any list
 of protocols (e.g. the ``protocol`` column of the HCC-TACE-Seg clinical table).
 
 Score of a protocol ``p`` (a mixture, so protocols never seen in practice still get an order)::
@@ -22,11 +22,34 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from oncoplan.training.actions import ACTION_BASE, Protocol
+from oncoplan.tace.actions import ACTION_BASE, Protocol
 
 EXACT_WEIGHT = 0.9
 ALPHA = 0.5
 PRACTICE_CASES = 100.0
+# Physicians' practice by kind of site, with frequencies: the offline policy's default prior, and what the
+# synthetic cohorts' physicians draw their ("gold") protocols from.
+PRACTICE = {
+    # HCC-TACE-Seg (MD Anderson): cisplatin/doxorubicin/mitomycin cTACE or doxorubicin LC beads.
+    "internal": {
+        "Cisplatin; Doxorubicin; Mitomycin; Lipiodol": 0.59,
+        "Doxorubicin; LC Beads; Lipiodol": 0.37,
+        "Cisplatin; Mitomycin; Lipiodol": 0.04,
+    },
+    # The MeWM in-house style (seed Table 5): anthracycline/platinum emulsions, gelatin sponge.
+    "external": {
+        "Raltitrexed; Epirubicin; Lipiodol; Gelatin Sponge": 0.14,
+        "Pirarubicin; Lipiodol": 0.14,
+        "Pirarubicin; Lipiodol; Gelatin Sponge": 0.14,
+        "Cisplatin; Lipiodol": 0.08,
+        "Oxaliplatin; Epirubicin; Lipiodol; Gelatin Sponge": 0.14,
+        "Epirubicin; Oxaliplatin; Lipiodol": 0.10,
+        "Lobaplatin; Epirubicin; Lipiodol; Gelatin Sponge": 0.10,
+        "Hydroxycamptothecin; Lipiodol": 0.05,
+        "Idarubicin; Lipiodol; PVA": 0.06,
+        "Raltitrexed; Lipiodol; Gelatin Sponge": 0.05,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -64,8 +87,6 @@ class Prior:
     @classmethod
     def from_practice(cls, site: str | None = None) -> Prior:
         """The synthetic cohort's site practice (``internal``, ``external``), or both sites pooled."""
-        from oncoplan.training.synth.liver import PRACTICE
-
         sites = [site] if site is not None else sorted(PRACTICE)
         if any(s not in PRACTICE for s in sites):
             raise ValueError(f"unknown site {site!r}; expected one of {', '.join(sorted(PRACTICE))}")

@@ -1,6 +1,6 @@
 """Deterministic guideline rules: remove clinical conflicts from a protocol, reporting every removal.
 
-The rules are those of :func:`oncoplan.training.actions.conflicts`: at most one platinum drug
+The rules are those of :func:`oncoplan.tace.actions.conflicts`: at most one platinum drug
 (Cisplatin, Oxaliplatin, Lobaplatin, Nedaplatin), at most one anthracycline (Epirubicin,
 Pirarubicin/THP, Idarubicin, Doxorubicin), and PVA excludes Absolute Alcohol and Gelatin Sponge.
 
@@ -20,8 +20,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from oncoplan.training.actions import ACTION_BASE, Protocol, conflicts
-from oncoplan.training.planner.prior import Prior
+from oncoplan.planner.prior import Prior
+from oncoplan.tace.actions import ACTION_BASE, Protocol, conflicts
 
 
 @dataclass(frozen=True)

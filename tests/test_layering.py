@@ -1,0 +1,89 @@
+"""The layering PRODUCT.md asks for, read from the code (every import, function-level ones included):
+
+    CLI, demo, deploy  ->  apps  ->  operators  ->  core (oncoplan.*)
+                           training  ->  core
+
+The core imports only the core; operators import the core; apps import operators and the core;
+training imports the core (never operators, apps, deploy or the CLI); nothing below the top imports
+the CLI or deploy."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDERS = {
+    "oncoplan": "oncoplan",
+    "training": "oncoplan.training",
+    "operators": "oncoplan.operators",
+    "apps": "oncoplan.apps",
+    "deploy": "oncoplan.deploy",
+}
+TOP = ("oncoplan.cli", "oncoplan.demo", "oncoplan.monai_deploy", "oncoplan.__main__", "oncoplan.deploy")
+
+
+def layer(module: str) -> str:
+    if module.startswith(TOP):
+        return "top"
+    for name in ("training", "operators", "apps"):
+        if module == f"oncoplan.{name}" or module.startswith(f"oncoplan.{name}."):
+            return name
+    return "core"
+
+
+# What each layer may import (besides itself and third-party code).
+ALLOWED = {
+    "core": {"core"},
+    "operators": {"core", "operators"},
+    "apps": {"core", "operators", "apps"},
+    "training": {"core", "training"},
+    "top": {"core", "operators", "apps", "training", "top"},
+}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for folder, package in FOLDERS.items():
+        for path in (REPO / folder).rglob("*.py"):
+            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+def imported(module: str, path: Path) -> set[str]:
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                found.add(".".join(base + ([node.module] if node.module else [])))
+            else:
+                found.add(node.module or "")
+    return {m for m in found if m == "oncoplan" or m.startswith("oncoplan.")}
+
+
+def upward_edges() -> list[str]:
+    edges = []
+    for module, path in sorted(modules().items()):
+        for target in sorted(imported(module, path)):
+            if layer(target) not in ALLOWED[layer(module)]:
+                edges.append(f"{module} ({layer(module)}) -> {target} ({layer(target)})")
+    return edges
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    edges = upward_edges()
+    assert not edges, "upward imports:\n" + "\n".join(edges)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
+    """The rule itself: an operator importing training, or the core importing an operator, is caught."""
+    assert layer("oncoplan.training.synth.liver") == "training" and layer("oncoplan.planner.search") == "core"
+    assert "training" not in ALLOWED["operators"] and "operators" not in ALLOWED["core"]
+    assert "top" not in ALLOWED["apps"] and "operators" not in ALLOWED["training"]
