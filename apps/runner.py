@@ -52,7 +52,7 @@ def run_app(app_cls, input_path: Path, output_path: Path, model_path: Path | Non
     models = Path(model_path or BUNDLES)
     if hasattr(app_cls, "check_models"):  # missing weights are one line before the graph starts
         app_cls.check_models(models)
-    from oncoplan.operators.inference_backend import app_backends
+    from oncoplan.runtime.backends import app_backends
 
     app_backends()  # so is a bad $ONCOPLAN_BACKENDS
     output_path = Path(output_path).absolute()
