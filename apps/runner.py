@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from oncoplan.errors import InputError
 from oncoplan.operators.input_check import check_input_folder
-from oncoplan.operators.series_rules import BUNDLES
+from oncoplan.runtime.bundles import shipped_bundles
 
 
 def _pop(argv: list[str], flag: str) -> str | None:
@@ -49,7 +49,7 @@ def run_app(app_cls, input_path: Path, output_path: Path, model_path: Path | Non
     # The series rules the app's selector applies, so a study it cannot use is one line before the graph.
     check_input_folder(input_path, app_cls.organ, app_kwargs.get("series"))
     # No -m: the shipped bundles (each app finds its own under MODELS/<bundle name>).
-    models = Path(model_path or BUNDLES)
+    models = Path(model_path or shipped_bundles())
     if hasattr(app_cls, "check_models"):  # missing weights are one line before the graph starts
         app_cls.check_models(models)
     from oncoplan.runtime.backends import app_backends
@@ -88,7 +88,7 @@ def main(app_cls, argv: Sequence[str] | None = None) -> int:
         options = getattr(app_cls, "cli_options", {})
         kwargs = {key: value for flag, key in options.items() if (value := _pop(argv, flag))}
         if not {"-m", "--model"} & set(argv) and not os.environ.get("HOLOSCAN_MODEL_PATH"):
-            argv += ["-m", str(BUNDLES)]  # the SDK's default ./models rarely exists: use the shipped bundles
+            argv += ["-m", str(shipped_bundles())]  # the SDK's default ./models rarely exists: use the shipped bundles
         ctx = init_app_context(argv)
         for p in run_app(app_cls, Path(ctx.input_path), Path(ctx.output_path), ctx.model_path or None, **kwargs):
             print(p)

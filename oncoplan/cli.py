@@ -55,7 +55,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     cohorts = {k: str(v) for k, v in (("internal", args.internal), ("external", args.external)) if v}
     if not cohorts:
         raise InputError("give --internal and/or --external cohort folders")
-    js, md = run_evaluation(args.bundle, cohorts, args.out, args.efficiency, progress=not args.quiet)
+    from .runtime.bundles import CTV_BUNDLE, shipped_bundles
+
+    bundle = args.bundle or shipped_bundles() / CTV_BUNDLE
+    js, md = run_evaluation(bundle, cohorts, args.out, args.efficiency, progress=not args.quiet)
     print(md.read_text())
     print(f"wrote {js} and {md}")
     return 0
@@ -181,8 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--bundle",
         type=Path,
-        default=Path(__file__).resolve().parents[1] / "bundles" / "ctv_llmseg",
-        help="bundle folder (default: the shipped bundles/ctv_llmseg)",
+        help="bundle folder (default: the shipped ctv_llmseg bundle)",
     )
     evaluate.add_argument("--internal", type=Path, help="held-out cohort from the training site")
     evaluate.add_argument("--external", type=Path, help="held-out cohort from another site")

@@ -8,7 +8,6 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -295,15 +294,3 @@ def most_recent_study(candidates: Sequence[SeriesInfo]) -> tuple[list[SeriesInfo
         )
     reason = "an earlier study (the most recent study with a candidate series is the one worked on)"
     return ranked[0], [(s, reason) for ss in ranked[1:] for s in ss]
-
-
-TACE_BUNDLES = ("tace_assistant", "tace_dynamics", "tace_survival")
-BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
-
-
-def bundle_path(model_path: str | Path | None, name: str) -> Path:
-    """The bundle under -m MODELS: MODELS itself, MODELS/<name>, or the shipped default."""
-    for candidate in ([Path(model_path), Path(model_path) / name] if model_path else []) + [BUNDLES / name]:
-        if (candidate / "configs" / "inference.json").is_file():
-            return candidate
-    raise InputError(f"{model_path}: no MONAI bundle {name!r} (configs/inference.json) found")

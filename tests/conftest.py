@@ -15,6 +15,15 @@ from oncoplan.training.synth.cohort import generate_cohort
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+def shared_file(relative: str) -> Path:
+    """A file of ../shared (the papers, the real HCC-TACE-Seg table, the bundle schema). Missing, it is a
+    failure that says so, never a silent skip: deselect these tests with -m "not needs_shared" instead."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.fail(f"{path} is missing: ../shared must sit beside the checkout (or run -m 'not needs_shared')")
+    return path
+
+
 @pytest.fixture(scope="session")
 def breast_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("breast") / "cohort"

@@ -25,6 +25,8 @@ from oncoplan.training.synth.cohort import generate_cohort
 from .dicom_validate import dciodvfy_available, problems
 from .helpers import cohort_rows, text_sr
 
+pytestmark = pytest.mark.integration
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ctv_llmseg"
 NOTE = "N1, breast conserving surgery, left side"
 

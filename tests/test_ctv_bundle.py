@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import SHARED
+from .conftest import shared_file
 from .helpers import run_bundle, verify_metadata
+
+pytestmark = pytest.mark.slow
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ctv_llmseg"
 TINY = [
@@ -105,7 +107,9 @@ def test_evaluate_config_reports_dice(trained: dict[str, Path]) -> None:
 def test_tensorrt_config_falls_back_cleanly_without_a_gpu(trained: dict[str, Path]) -> None:
     log = _bundle(_infer_args(trained, "inference.json", "inference_trt.json"), trained["tmp"])
     if not torch.cuda.is_available():
-        assert "TensorRT" in log or "trt" in log.lower()
+        # MONAI's trt_compile says it did nothing, and the run went on with the eager network (it wrote its
+        # outputs: run_bundle fails on a non-zero exit). The bundle's name for the output folder is not it.
+        assert "trt_compile() has no effect" in log, log[-2000:]
 
 
 def test_vision_only_baseline_trains_from_the_same_config(trained: dict[str, Path]) -> None:
@@ -166,8 +170,9 @@ def test_multi_gpu_config_runs_two_ranks_with_gloo(trained: dict[str, Path]) -> 
     assert (trained["tmp"] / "ddp" / "model.pt").exists(), log[-2000:]
 
 
+@pytest.mark.needs_shared
 def test_metadata_verifies_offline() -> None:
-    verify_metadata(BUNDLE, SHARED / "monai" / "meta_schema_20240725.json")
+    verify_metadata(BUNDLE, shared_file("monai/meta_schema_20240725.json"))
 
 
 def test_oncoplan_evaluation_reports_cis_sites_and_counterfactuals(trained: dict[str, Path], tmp_path: Path) -> None:

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
+
+pytestmark = pytest.mark.integration
 
 # A small search keeps the test short; the plumbing is the demo's (`cpu` is its default).
 SETTINGS = '{"beam": 1, "samples": 1, "steps": 2, "drug_horizon": 1, "embolic_horizon": 1}'

@@ -21,6 +21,8 @@ from oncoplan.training.synth.cohort import generate_cohort
 
 from .helpers import cohort_rows, read_series
 
+pytestmark = pytest.mark.integration
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ctv_llmseg"
 NOTE = "N1, breast conserving surgery, left side"
 SEGIMAGE2ITKIMAGE = shutil.which("segimage2itkimage") or str(Path(sys.executable).with_name("segimage2itkimage"))

@@ -159,7 +159,7 @@ def test_race_keeps_the_fastest_backend_and_logs_each(tmp_path: Path, caplog: py
     _, again_name = select_backend(unet, signature, tmp_path, prefer=racers, prefix="tiny")
     assert again_name == name and "timed earlier" in caplog.text and " ms" not in caplog.text
     caplog.clear()  # another version of a runtime (or of OncoPlan) races again
-    from oncoplan.operators import inference_backend
+    from oncoplan.runtime import backends as inference_backend
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(inference_backend, "_versions", lambda: "openvino 2099.1")
@@ -173,7 +173,7 @@ def test_race_leaves_out_a_backend_whose_output_differs_from_eager(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A runtime release that lowers an op wrongly is fast and wrong: it must not win."""
-    from oncoplan.operators import inference_backend
+    from oncoplan.runtime import backends as inference_backend
 
     right = inference_backend.OpenVinoModule.__call__
     monkeypatch.setattr(inference_backend.OpenVinoModule, "__call__", lambda self, *a, **k: right(self, *a, **k) + 0.01)

@@ -28,6 +28,8 @@ from oncoplan.errors import InputError
 
 from .pacs import ListenerProcess, Orthanc, dcmtk, free_port, listener_config, make_study, send, wait_for
 
+pytestmark = pytest.mark.integration
+
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
 
 

@@ -29,6 +29,8 @@ from oncoplan.deploy.listener.spool import Spool
 
 from .pacs import APP, ListenerProcess, Orthanc, dcmtk, free_port, listener_config, make_study, send, wait_for
 
+pytestmark = pytest.mark.integration
+
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, INVALID_UID, CONFLICT = 0x0000, 0xA700, 0xC210, 0xC212, 0xC213
 
 

@@ -16,6 +16,8 @@ from oncoplan.training.synth.cohort import generate_cohort
 
 from .helpers import cohort_rows
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory: pytest.TempPathFactory) -> Path:

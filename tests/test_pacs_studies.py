@@ -27,6 +27,8 @@ from oncoplan.training.synth.pacs import EXTRAS, TRANSFER_SYNTAXES, cd_layout, t
 from .dicom_validate import dciodvfy_available, problems
 from .helpers import cohort_rows, tiny_tace_models
 
+pytestmark = pytest.mark.integration
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ctv_llmseg"
 NOTE = "N1, breast conserving surgery, left side"
 UID = re.compile(r"\b\d+(\.\d+){4,}\b")  # a DICOM UID in a line

@@ -22,6 +22,8 @@ from oncoplan.training.tace.rendered_pairs import hu_scale, main, pair_labels
 
 from .helpers import run_bundle, tiny_tace_models
 
+pytestmark = pytest.mark.slow
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "tace_assistant"
 
 

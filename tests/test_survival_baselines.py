@@ -18,6 +18,7 @@ from sksurv.util import Surv
 from oncoplan.training.synth.cohort import generate_cohort
 from oncoplan.training.tace import survival_baselines as SB
 
+from .conftest import shared_file
 from .helpers import cohort_rows
 
 CLINICAL_CSV = Path(__file__).resolve().parents[1].parent / "shared/data/hcc_tace_seg/clinical.csv"
@@ -53,9 +54,9 @@ def test_concordance_equals_scikit_survival() -> None:
             assert per_fold[r, f] == pytest.approx(ref)
 
 
+@pytest.mark.needs_shared
 def test_real_baseline(tmp_path: Path) -> None:
-    if not CLINICAL_CSV.is_file():
-        pytest.skip(f"HCC-TACE-Seg clinical table not present at {CLINICAL_CSV}")
+    shared_file("data/hcc_tace_seg/clinical.csv")
     out = tmp_path / "real"
     args = ["real", "--table", str(CLINICAL_CSV), "--out", str(out), "--repeats", "2", "--bootstrap", "200"]
     assert SB.main(args) == 0

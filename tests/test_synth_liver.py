@@ -16,7 +16,7 @@ from oncoplan.tace.actions import Protocol
 from oncoplan.training.synth import liver as L
 from oncoplan.training.synth.write_liver import CONTRAST_PAIRS, NON_CONTRAST
 
-from .conftest import SHARED
+from .conftest import shared_file
 from .dicom_validate import dciodvfy_available, validate_all
 from .helpers import cohort_rows, read_series
 
@@ -45,9 +45,10 @@ def test_every_file_passes_dciodvfy(liver_cohort: Path) -> None:
     assert validate_all(files) == {}
 
 
+@pytest.mark.needs_shared
 def test_series_descriptions_come_from_the_real_collection(liver_cohort: Path) -> None:
     real = set(NON_CONTRAST) | {d for pair in CONTRAST_PAIRS for d in pair}
-    index = SHARED / "data/hcc_tace_seg/series_index.csv"
+    index = shared_file("data/hcc_tace_seg/series_index.csv")
     if index.is_file():
         with open(index) as fh:
             seen = {r["SeriesDescription"] for r in csv.DictReader(fh) if r["Modality"] == "CT"}

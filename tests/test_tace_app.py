@@ -28,6 +28,8 @@ from oncoplan.training.synth.cohort import generate_cohort
 from .dicom_validate import dciodvfy_available, problems
 from .helpers import TINY_TACE, cohort_rows, tiny_tace_models
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_TACE
 SETTINGS = json.dumps({"beam": 2, "samples": 1, "steps": 2})

@@ -14,8 +14,10 @@ import torch
 
 from oncoplan.tace.transforms import KeepTumorInLiverd, SynthesizeTumord
 
-from .conftest import SHARED
+from .conftest import shared_file
 from .helpers import run_bundle, verify_metadata
+
+pytestmark = pytest.mark.slow
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "tace_assistant"
 TINY = ["--filters", "[4,8,16]", "--roi_size", "[32,32,32]", "--pixdim", "[6.0,6.0,6.0]"]
@@ -97,7 +99,9 @@ def test_evaluate_writes_dice_with_cis(trained: dict[str, Path]) -> None:
 def test_tensorrt_config_falls_back_cleanly_without_a_gpu(trained: dict[str, Path]) -> None:
     log = run_bundle(BUNDLE, _infer_args(trained, "inference.json", "inference_trt.json"))
     if not torch.cuda.is_available():
-        assert "TensorRT" in log or "trt" in log.lower()
+        # MONAI's trt_compile says it did nothing, and the run went on with the eager network (it wrote its
+        # outputs: run_bundle fails on a non-zero exit). The bundle's name for the output folder is not it.
+        assert "trt_compile() has no effect" in log, log[-2000:]
 
 
 def test_multi_gpu_config_runs_two_ranks_with_gloo(trained: dict[str, Path]) -> None:
@@ -109,8 +113,9 @@ def test_multi_gpu_config_runs_two_ranks_with_gloo(trained: dict[str, Path]) -> 
     assert (ddp / "model.pt").exists(), log[-2000:]
 
 
+@pytest.mark.needs_shared
 def test_metadata_verifies_offline() -> None:
-    verify_metadata(BUNDLE, SHARED / "monai" / "meta_schema_20240725.json")
+    verify_metadata(BUNDLE, shared_file("monai/meta_schema_20240725.json"))
 
 
 def _liver_phantom() -> tuple[torch.Tensor, torch.Tensor]:

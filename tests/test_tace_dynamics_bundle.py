@@ -16,8 +16,10 @@ import torch
 from oncoplan.tace.actions import ACTION_BASE
 from oncoplan.tace.dynamics import HU_WINDOW, ResponseConditionedUNet, condition, multi_hot
 
-from .conftest import SHARED
+from .conftest import shared_file
 from .helpers import run_bundle, verify_metadata
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "tace_dynamics"
@@ -129,7 +131,9 @@ def test_intensity_read_out_classifies_voxels_by_the_cohort_hu_table() -> None:
 def test_tensorrt_config_falls_back_cleanly_without_a_gpu(trained: dict[str, Path]) -> None:
     log = run_bundle(BUNDLE, _infer_args(trained, "trt", "inference.json", "inference_trt.json"))
     if not torch.cuda.is_available():
-        assert "TensorRT" in log or "trt" in log.lower()
+        # MONAI's trt_compile says it did nothing, and the run went on with the eager network (it wrote its
+        # outputs: run_bundle fails on a non-zero exit). The bundle's name for the output folder is not it.
+        assert "trt_compile() has no effect" in log, log[-2000:]
 
 
 def test_multi_gpu_config_runs_two_ranks_with_gloo(trained: dict[str, Path]) -> None:
@@ -159,8 +163,9 @@ def test_the_hu_window_is_one_value_in_configs_and_code() -> None:
     assert {(t["a_min"], t["a_max"]) for t in _scalings(train)} == {HU_WINDOW}
 
 
+@pytest.mark.needs_shared
 def test_metadata_verifies_offline() -> None:
-    verify_metadata(BUNDLE, SHARED / "monai" / "meta_schema_20240725.json")
+    verify_metadata(BUNDLE, shared_file("monai/meta_schema_20240725.json"))
 
 
 def _perturbed(seed: int = 0) -> ResponseConditionedUNet:

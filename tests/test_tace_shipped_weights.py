@@ -22,6 +22,8 @@ from oncoplan.training.tace.prepare import prepare_cohort
 
 from .helpers import run_bundle
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSISTANT = ROOT / "bundles" / "tace_assistant"
 DYNAMICS = ROOT / "bundles" / "tace_dynamics"

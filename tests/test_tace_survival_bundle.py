@@ -25,8 +25,10 @@ from oncoplan.training.tace.survival import (
     uno_c,
 )
 
-from .conftest import SHARED
+from .conftest import shared_file
 from .helpers import run_bundle, verify_metadata
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "tace_survival"
@@ -93,7 +95,9 @@ def test_inference_writes_a_risk_per_case(trained: dict[str, Path]) -> None:
     """inference.json, run through the TensorRT overlay (which falls back to PyTorch without a GPU)."""
     log = run_bundle(BUNDLE, _infer_args(trained, "infer", "inference.json", "inference_trt.json"))
     if not torch.cuda.is_available():
-        assert "TensorRT" in log or "trt" in log.lower()
+        # MONAI's trt_compile says it did nothing, and the run went on with the eager network (it wrote its
+        # outputs: run_bundle fails on a non-zero exit). The bundle's name for the output folder is not it.
+        assert "trt_compile() has no effect" in log, log[-2000:]
     rows = json.loads((trained["tmp"] / "infer" / "risk.json").read_text())
     assert [r["case_id"] for r in rows] == ["S0", "S1", "S2", "S3"]
     assert all(math.isfinite(r["risk"]) for r in rows)
@@ -125,8 +129,9 @@ def test_multi_gpu_config_runs_two_ranks_with_gloo(trained: dict[str, Path]) -> 
     assert (ddp / "model.pt").exists(), log[-2000:]
 
 
+@pytest.mark.needs_shared
 def test_metadata_verifies_offline() -> None:
-    verify_metadata(BUNDLE, SHARED / "monai" / "meta_schema_20240725.json")
+    verify_metadata(BUNDLE, shared_file("monai/meta_schema_20240725.json"))
 
 
 def test_survival_items_read_months_and_the_cohort_csv(cohort: Path) -> None:

@@ -10,6 +10,10 @@ import pytest
 from oncoplan.tace.actions import Protocol
 from oncoplan.training.tcia_clinical import load_clinical, parse_chemotherapy
 
+from .conftest import shared_file
+
+pytestmark = pytest.mark.needs_shared
+
 CLINICAL_CSV = Path(__file__).resolve().parents[1].parent / "shared/data/hcc_tace_seg/clinical.csv"
 
 # Seed 000_82e000e83fa7957b.txt, Table 4: patient, chemotherapy, OS (months), survival status.
@@ -34,9 +38,7 @@ CIS_DOX_MITO_LIP = {"Cisplatin", "Doxorubicin", "Mitomycin", "Lipiodol"}
 
 @pytest.fixture(scope="module")
 def clinical() -> pd.DataFrame:
-    if not CLINICAL_CSV.is_file():
-        pytest.skip(f"HCC-TACE-Seg clinical table not present at {CLINICAL_CSV}")
-    return load_clinical(CLINICAL_CSV)
+    return load_clinical(shared_file("data/hcc_tace_seg/clinical.csv"))
 
 
 def _items(protocol: str) -> set[str]:

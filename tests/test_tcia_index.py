@@ -19,6 +19,8 @@ from pydicom.uid import generate_uid
 from oncoplan.tace.phases import CTSeries, description_phase, dicom_seconds, resolve_phases, timing_phase
 from oncoplan.training.tace.tcia_index import main
 
+from .conftest import shared_file
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/hcc_tace_seg"
 PHASES = ("NC", "AP", "PVP")
 
@@ -92,10 +94,9 @@ def test_description_rules(description: str, expected: tuple[str, str]) -> None:
     assert description_phase(description) == expected
 
 
+@pytest.mark.needs_shared
 def test_description_table_covers_series_index() -> None:
-    index = DATA / "series_index.csv"
-    if not index.is_file():
-        pytest.skip(f"{index} not present")
+    index = shared_file("data/hcc_tace_seg/series_index.csv")
     with open(index, newline="") as fh:
         found = {r["SeriesDescription"] for r in csv.DictReader(fh) if r["Modality"] == "CT"}
     assert found == set(EXPECTED_DESCRIPTIONS)
@@ -108,10 +109,9 @@ def test_study_rules(descriptions: tuple[str, ...], phases: tuple[str | None, ..
     assert tuple(s.phase for s in series) == phases
 
 
+@pytest.mark.needs_shared
 def test_every_real_study_gets_distinct_phases() -> None:
-    index = DATA / "series_index.csv"
-    if not index.is_file():
-        pytest.skip(f"{index} not present")
+    index = shared_file("data/hcc_tace_seg/series_index.csv")
     studies: dict[str, list[CTSeries]] = defaultdict(list)
     with open(index, newline="") as fh:
         for r in csv.DictReader(fh):
@@ -297,8 +297,7 @@ def clinical_rows(out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def indexed(liver_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tree, Path]:
-    if not (DATA / "clinical.csv").is_file():
-        pytest.skip("HCC-TACE-Seg clinical table not present")
+    shared_file("data/hcc_tace_seg/clinical.csv")
     base = tmp_path_factory.mktemp("tcia")
     tree = build_tree(liver_cohort, base / "download")
     clinical = clinical_rows(base)
@@ -307,6 +306,7 @@ def indexed(liver_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     return out, tree, clinical
 
 
+@pytest.mark.needs_shared
 def test_index_recovers_studies_phases_and_segs(indexed: tuple[Path, Tree, Path]) -> None:
     out, tree, _ = indexed
     rows = pd.read_csv(out / "cohort.csv", dtype=str, keep_default_na=False).set_index("TCIA_ID")
@@ -336,6 +336,7 @@ def test_index_recovers_studies_phases_and_segs(indexed: tuple[Path, Tree, Path]
     assert set(rows.loc["HCC_001", "protocol"].split("; ")) == {"Cisplatin", "Doxorubicin", "Mitomycin", "Lipiodol"}
 
 
+@pytest.mark.needs_shared
 def test_report_lists_exclusions_and_warnings(indexed: tuple[Path, Tree, Path]) -> None:
     out, _, _ = indexed
     report = (out / "index_report.md").read_text()
@@ -351,6 +352,7 @@ def test_report_lists_exclusions_and_warnings(indexed: tuple[Path, Tree, Path]) 
     assert len(ai) == 1 and ai.iloc[0]["note"].startswith("not chosen")
 
 
+@pytest.mark.needs_shared
 def test_prepare_reads_the_index(indexed: tuple[Path, Tree, Path], tmp_path: Path) -> None:
     from oncoplan.training.tace.prepare import prepare_cohort
 
@@ -365,6 +367,7 @@ def test_prepare_reads_the_index(indexed: tuple[Path, Tree, Path], tmp_path: Pat
     assert all((prepared / e["post_label"]).is_file() for e in data)
 
 
+@pytest.mark.needs_shared
 def test_seg_preference_is_configurable(indexed: tuple[Path, Tree, Path], tmp_path: Path) -> None:
     _, tree, clinical = indexed
     out = tmp_path / "ai"
@@ -388,6 +391,7 @@ def _fails(args: list[str], capsys: pytest.CaptureFixture[str], needle: str, out
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.needs_shared
 def test_bad_input(indexed: tuple[Path, Tree, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, tree, clinical = indexed
     empty = tmp_path / "empty"

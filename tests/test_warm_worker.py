@@ -17,6 +17,8 @@ from oncoplan.deploy.listener.worker import JobError
 
 from .helpers import cohort_rows
 
+pytestmark = pytest.mark.integration
+
 NOTE = "N1, breast conserving surgery, left side"
 
 

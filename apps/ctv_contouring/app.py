@@ -14,8 +14,9 @@ from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesTo
 from oncoplan.operators.clinical_note import ClinicalNoteOperator
 from oncoplan.operators.ctv_inference import CTVInferenceOperator
 from oncoplan.operators.ctv_writers import CTVRTStructWriterOperator, CTVSegWriterOperator
-from oncoplan.operators.series_rules import bundle_path, series_override
+from oncoplan.operators.series_rules import series_override
 from oncoplan.operators.series_selector import RuleSeriesSelectorOperator
+from oncoplan.runtime.bundles import bundle_path
 
 
 class CTVContouringApp(Application):

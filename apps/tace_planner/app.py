@@ -11,7 +11,7 @@ from monai.deploy.core import Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 
-from oncoplan.operators.series_rules import bundle_path, series_override
+from oncoplan.operators.series_rules import series_override
 from oncoplan.operators.series_selector import RuleSeriesSelectorOperator
 from oncoplan.operators.tace_planning import SETTINGS_ENV, TacePlanningOperator, check_bundles, parse_settings
 from oncoplan.operators.tace_writers import (
@@ -20,6 +20,7 @@ from oncoplan.operators.tace_writers import (
     TaceReportWriterOperator,
     TaceSegWriterOperator,
 )
+from oncoplan.runtime.bundles import bundle_path
 
 
 class TacePlannerApp(Application):

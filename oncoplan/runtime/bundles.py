@@ -1,13 +1,41 @@
-"""Load a bundle's network with its weights from the bundle's own config (the single source of truth)."""
+"""Where the shipped bundles are, and a bundle's network with its weights from the bundle's own config
+(the single source of truth)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from oncoplan.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 LOG = logging.getLogger(__name__)
+CTV_BUNDLE = "ctv_llmseg"
+TACE_BUNDLES = {"assistant": "tace_assistant", "dynamics": "tace_dynamics", "survival": "tace_survival"}
+BUNDLES_ENV = "ONCOPLAN_BUNDLES"
+
+
+def shipped_bundles() -> Path:
+    """The folder of the bundles OncoPlan ships: $ONCOPLAN_BUNDLES when set, else the package's own
+    `oncoplan.bundles` data (the `bundles/` folder of a checkout, or of an installed wheel)."""
+    if os.environ.get(BUNDLES_ENV):
+        return Path(os.environ[BUNDLES_ENV])
+    import oncoplan.bundles
+
+    return Path(oncoplan.bundles.__file__).parent
+
+
+def bundle_path(model_path: str | Path | None, name: str) -> Path:
+    """The bundle under -m MODELS: MODELS itself, MODELS/<name>, or the shipped default."""
+    given = [Path(model_path), Path(model_path) / name] if model_path else []
+    for candidate in [*given, shipped_bundles() / name]:
+        if (candidate / "configs" / "inference.json").is_file():
+            return candidate
+    raise InputError(f"{model_path or shipped_bundles()}: no MONAI bundle {name!r} (configs/inference.json) found")
 
 
 def bundle_parser(bundle_dir: str | Path, config: str = "inference.json", overrides: dict | None = None):
@@ -23,6 +51,8 @@ def bundle_parser(bundle_dir: str | Path, config: str = "inference.json", overri
 
 def checkpoint_state(ckpt: str | Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """The state dict in `ckpt`: a CheckpointSaver file ({"model": state}) or a bare state dict."""
+    import torch  # here, not at the top: finding the shipped bundles must not import torch (CLI start-up)
+
     state = torch.load(ckpt, map_location=device, weights_only=True)
     return state.get("model", state) if isinstance(state, dict) else state
 
@@ -53,6 +83,7 @@ def compatible_weights(network: torch.nn.Module, ckpt: str | Path) -> torch.nn.M
     is copied (MONAI's `copy_model_state`); where only the input-channel dimension grew (an input conv
     with new conditions), the old channels are copied and the new ones zeroed, so the network starts
     as the old one and learns the rest."""
+    import torch
     from monai.networks.utils import copy_model_state
 
     old = checkpoint_state(ckpt)

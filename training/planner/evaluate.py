@@ -49,11 +49,11 @@ from oncoplan.planner.models import (
     planner_overrides,
 )
 from oncoplan.planner.search import SETTINGS, SearchSettings, WorldModelPlanner
+from oncoplan.runtime.bundles import shipped_bundles
 from oncoplan.stats import bootstrap_ci
 from oncoplan.tace.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS, Protocol
 
-ROOT = Path(__file__).resolve().parents[2]
-BUNDLES = ROOT / "bundles"
+BUNDLES = shipped_bundles()
 WEEKS_PER_MONTH = 4.345  # as oncoplan.training.tace.survival
 METHODS = ("world_model", "policy_top1", "most_common", "random", "gold", "population_oracle", "oracle")
 LABELS = {

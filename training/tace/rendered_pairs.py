@@ -28,12 +28,13 @@ import torch
 from tqdm import tqdm
 
 from oncoplan.errors import InputError
+from oncoplan.runtime.bundles import shipped_bundles
 from oncoplan.tace.actions import ACTION_BASE
 from oncoplan.tace.dynamics import layout_labels, to_hu
 from oncoplan.tace.world_model import WorldModel, window_around
 from oncoplan.training.tace.data import load_prepared
 
-BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+BUNDLES = shipped_bundles()
 
 
 def hu_scale(preprocessing) -> tuple[float, float, float, float]:
