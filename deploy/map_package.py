@@ -18,6 +18,7 @@ from pathlib import Path
 from oncoplan import __version__
 from oncoplan.errors import InputError
 from oncoplan.fsio import atomic_output_dir
+from oncoplan.runtime.bundles import CTV_BUNDLE, TACE_BUNDLES
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_TREES = ("oncoplan", "training", "apps", "operators", "deploy")
@@ -40,14 +41,14 @@ APPS = {
         "ctv",
         "oncoplan.apps.ctv_contouring",
         "ctv_contouring",
-        ("ctv_llmseg",),
+        (CTV_BUNDLE,),
         "OncoPlan CTV contouring (research use only)",
     ),
     "tace": AppSpec(
         "tace",
         "oncoplan.apps.tace_planner",
         "tace_planner",
-        ("tace_assistant", "tace_dynamics", "tace_survival"),
+        tuple(TACE_BUNDLES.values()),
         "OncoPlan TACE world-model planning (research use only)",
         memory="8Gi",
     ),

@@ -45,8 +45,8 @@ from pathlib import Path
 import pandas as pd
 
 from oncoplan.tace.actions import Protocol, canonical
+from oncoplan.tace.clinical import WEEKS_PER_MONTH
 
-WEEKS_PER_MONTH: float = 4.345
 REQUIRED_COLUMNS: tuple[str, ...] = ("TCIA_ID", "OS", "Death_1_StillAliveorLostToFU_0", "chemotherapy")
 ID_COLUMN = "TCIA_ID"
 STATUS_COLUMN = "Death_1_StillAliveorLostToFU_0"

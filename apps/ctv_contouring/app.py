@@ -16,7 +16,7 @@ from oncoplan.operators.ctv_inference import CTVInferenceOperator
 from oncoplan.operators.ctv_writers import CTVRTStructWriterOperator, CTVSegWriterOperator
 from oncoplan.operators.series_rules import series_override
 from oncoplan.operators.series_selector import RuleSeriesSelectorOperator
-from oncoplan.runtime.bundles import bundle_path
+from oncoplan.runtime.bundles import CTV_BUNDLE, bundle_path
 
 
 class CTVContouringApp(Application):
@@ -39,7 +39,7 @@ class CTVContouringApp(Application):
         selector = RuleSeriesSelectorOperator(self, organ=self.organ, series=self.series, name="ct_selector")
         to_volume = DICOMSeriesToVolumeOperator(self, name="ct_volume")
         note = ClinicalNoteOperator(self, CountCondition(self, 1), input_folder=inp, note=self.note, name="note")
-        ctv = CTVInferenceOperator(self, bundle_path=bundle_path(ctx.model_path, "ctv_llmseg"), name="ctv_llmseg")
+        ctv = CTVInferenceOperator(self, bundle_path=bundle_path(ctx.model_path, CTV_BUNDLE), name=CTV_BUNDLE)
         rtstruct = CTVRTStructWriterOperator(self, output_folder=out, name="rtstruct_writer")
         seg = CTVSegWriterOperator(self, output_folder=out, name="seg_writer")
 

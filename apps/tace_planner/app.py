@@ -20,7 +20,7 @@ from oncoplan.operators.tace_writers import (
     TaceReportWriterOperator,
     TaceSegWriterOperator,
 )
-from oncoplan.runtime.bundles import bundle_path
+from oncoplan.runtime.bundles import TACE_BUNDLES, bundle_path
 
 
 class TacePlannerApp(Application):
@@ -39,7 +39,7 @@ class TacePlannerApp(Application):
     @staticmethod
     def bundles(model_path: str | Path | None) -> dict[str, Path]:
         """The three bundles under MODELS (MODELS/tace_assistant, ...), else the shipped ones."""
-        return {role: bundle_path(model_path, f"tace_{role}") for role in ("assistant", "dynamics", "survival")}
+        return {role: bundle_path(model_path, name) for role, name in TACE_BUNDLES.items()}
 
     @classmethod
     def check_models(cls, model_path: str | Path | None) -> None:

@@ -52,9 +52,9 @@ from oncoplan.planner.search import SETTINGS, SearchSettings, WorldModelPlanner
 from oncoplan.runtime.bundles import shipped_bundles
 from oncoplan.stats import bootstrap_ci
 from oncoplan.tace.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS, Protocol
+from oncoplan.tace.clinical import WEEKS_PER_MONTH
 
 BUNDLES = shipped_bundles()
-WEEKS_PER_MONTH = 4.345  # as oncoplan.training.tace.survival
 METHODS = ("world_model", "policy_top1", "most_common", "random", "gold", "population_oracle", "oracle")
 LABELS = {
     "world_model": "World-model planner (policy + dynamics + assistant + heuristic search)",

@@ -24,10 +24,10 @@ from monai.metrics import CumulativeIterationMetric
 from torch import nn
 
 from oncoplan.errors import InputError
+from oncoplan.tace.clinical import WEEKS_PER_MONTH
 from oncoplan.tace.survival_net import BAG_KEYS
 from oncoplan.training.tace.data import load_prepared, subset
 
-WEEKS_PER_MONTH = 4.345
 FIVE_YEARS_MONTHS = 60.0
 
 

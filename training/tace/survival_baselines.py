@@ -113,12 +113,11 @@ import pandas as pd
 
 from oncoplan.errors import InputError
 from oncoplan.tace.actions import ACTION_BASE, Protocol
-from oncoplan.tace.clinical import CHILD_PUGH
+from oncoplan.tace.clinical import CHILD_PUGH, WEEKS_PER_MONTH
 
 CLINICAL_CSV = Path(__file__).resolve().parents[2].parent / "shared/data/hcc_tace_seg/clinical.csv"
 ALPHA = 0.1
 TAU_MONTHS = 60.0
-WEEKS_PER_MONTH = 4.345  # as training/tcia_clinical.py
 TAU_WEEKS = TAU_MONTHS * WEEKS_PER_MONTH
 N_BOOTSTRAP = 1000
 LEVEL = 0.95
