@@ -4,6 +4,7 @@ defaults over the bundles' own configs."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,19 +12,30 @@ from typing import Any
 
 from oncoplan.errors import InputError
 from oncoplan.planner.search import SETTINGS, SearchSettings
+from oncoplan.runtime.bundles import TACE_BUNDLES, shipped_bundles
 
 log = logging.getLogger(__name__)
-# The planner's world model, unless overridden: sampling anchored to the pre-treatment layout at
-# strength 0.3 (tace_dynamics 0.4.2) and the assistant fine-tuned on such samples
-# (finetune_anchored.json) to read them; see the planner docs for the evaluation behind it.
-PLANNER_BUNDLE_OVERRIDES: dict[str, dict[str, Any]] = {
-    "dynamics": {"anchor_strength": 0.3},
-    "assistant": {"model_name": "model_anchored.pt"},
-}
+# What the planner changes over a TACE bundle's inference.json lives in the bundle itself, as a config
+# overlay: `python -m monai.bundle run --config_file "['configs/inference.json','configs/planner.json']"`
+# runs the network as the planner does (tace_dynamics: anchor_strength; tace_assistant: model_name).
+PLANNER_CONFIG = "planner.json"
 HEURISTICS = ("response_cox", "survival_network", "response_cox_layout")
 # The planner's score: the response Cox model on the world model's layout (planner docs, "Latest":
 # on held-out cases it ranks protocols far better than on the segmented rendering, `response_cox`).
 DEFAULT_HEURISTIC = "response_cox_layout"
+
+
+def planner_config(role: str, path: Path | None = None) -> dict[str, Any]:
+    """The planner overlay of the `role` bundle at `path` (default: the shipped one); {} if it has none."""
+    bundle = Path(path) if path is not None else shipped_bundles() / TACE_BUNDLES[role]
+    overlay = bundle / "configs" / PLANNER_CONFIG
+    if not overlay.is_file():
+        return {}
+    try:
+        raw = json.loads(overlay.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{overlay}: not a JSON config ({exc})") from None
+    return {k: v for k, v in raw.items() if not k.startswith("_")}
 
 
 def planner_overrides(
@@ -33,10 +45,11 @@ def planner_overrides(
     defaults: bool = True,
     path: Path | None = None,
 ) -> dict[str, Any]:
-    """A bundle's config overrides for the planner: `base`, then the planner's defaults (unless
-    `defaults` is false), then `overrides`. A default weights file that the bundle at `path` lacks
-    (a site's own bundle, trained without the fine-tune) is dropped with a warning."""
-    planner = dict(PLANNER_BUNDLE_OVERRIDES.get(bundle, {})) if defaults else {}
+    """A bundle's config overrides for the planner: `base`, then the bundle's own planner overlay
+    (configs/planner.json of the bundle at `path`, the shipped one by default; unless `defaults` is
+    false), then `overrides`. A weights file named there that the bundle lacks (a site's own bundle,
+    trained without the fine-tune) is dropped with a warning."""
+    planner = planner_config(bundle, path) if defaults else {}
     name = planner.get("model_name")
     if name and path is not None and not (Path(path) / "models" / name).is_file():
         log.warning("%s has no models/%s: the planner uses the bundle's own default weights", path, name)
@@ -55,7 +68,7 @@ def load_models(
     planner_defaults: bool = True,
 ):
     """(world model, risk scorer, dynamics preprocessing) from the three bundles (with
-    :data:`PLANNER_BUNDLE_OVERRIDES` under `overrides` unless `planner_defaults` is false: the
+    :func:`planner_config` under `overrides` unless `planner_defaults` is false: the
     bundles as their configs say), on `device`
     (default: the first CUDA device if there is one, else the CPU). `heuristic` picks the scorer from
     the survival bundle: ``response_cox`` (its ``response_model``, :mod:`.response_heuristic`) or
