@@ -182,3 +182,26 @@ def test_race_leaves_out_a_backend_whose_output_differs_from_eager(
     forward, name = select_backend(unet, unet_signature((32, 32, 16)), tmp_path, ("openvino", "torch"), "tiny")
     assert (forward, name) == (unet, "torch (eager)")
     assert "openvino (CPU) left out, its output differs from eager PyTorch's" in caplog.text
+
+
+def test_the_tensorrt_path_takes_each_bundles_own_trt_args(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The apps build TensorRT engines with the arguments the bundle declares in inference_trt.json (as
+    `monai.bundle run` with that config does), not with a copy in code. TensorRT itself needs a GPU: here
+    MONAI's trt_compile is replaced by a recorder of the arguments it is given."""
+    import monai.networks
+
+    from oncoplan.runtime.backends import _tensorrt
+    from oncoplan.runtime.bundles import shipped_bundles, trt_args
+    from oncoplan.tace.world_model import WorldModel
+
+    seen: dict = {}
+    monkeypatch.setattr(monai.networks, "trt_compile", lambda module, path, args: seen.update(args) or module)
+    declared = trt_args(shipped_bundles() / "tace_survival")
+    assert declared == {"precision": "fp16", "dynamic_batchsize": [1, 20, 40]}
+    _tensorrt(torch.nn.Conv3d(1, 1, 1), unet_signature((8, 8, 8)), tmp_path, "x", "key", declared)
+    assert seen["dynamic_batchsize"] == [1, 20, 40] and seen["precision"] == "fp16" and seen["fallback"] is True
+    world = WorldModel.from_bundles(shipped_bundles() / "tace_dynamics", shipped_bundles() / "tace_assistant", 1, 1)
+    assert world.trt_args == {
+        "dynamics": trt_args(shipped_bundles() / "tace_dynamics"),
+        "assistant": trt_args(shipped_bundles() / "tace_assistant"),
+    }

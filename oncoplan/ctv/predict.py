@@ -39,7 +39,11 @@ class CTVPredictor:
 
         unet = self.network.unet
         signature = unet_signature(parser.get_parsed_content("roi_size"), getattr(unet, "text_dim", None))
-        self.unet, self.backend = select_backend(unet, signature, cache_dir(), prefer=backends, prefix="ctv_unet")
+        from oncoplan.runtime.bundles import trt_args
+
+        self.unet, self.backend = select_backend(
+            unet, signature, cache_dir(), prefer=backends, prefix="ctv_unet", trt_args=trt_args(self.bundle)
+        )
 
     def _pipeline(self, image):
         """The config's preprocessing; an in-memory MetaTensor skips its loader (the first transform)."""

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -238,9 +239,16 @@ def _device(module: torch.nn.Module) -> torch.device:
 
 
 def _tensorrt(
-    module: torch.nn.Module, signature: Signature, cache_dir: Path, prefix: str, key: str
+    module: torch.nn.Module,
+    signature: Signature,
+    cache_dir: Path,
+    prefix: str,
+    key: str,
+    bundle_args: Mapping[str, Any] | None = None,
 ) -> torch.nn.Module | None:
-    """`module` with MONAI's TensorRT hook (engine built on first call, cached), or None if it cannot be."""
+    """`module` with MONAI's TensorRT hook (engine built on first call, cached), or None if it cannot be.
+    `bundle_args`: the bundle's own `trt_args` (inference_trt.json: precision, batch profile), which
+    override the defaults derived from the signature."""
     from monai.networks import trt_compile
 
     base = Path(cache_dir) / f"{prefix}_{key}_trt"
@@ -249,6 +257,7 @@ def _tensorrt(
         "precision": "fp16",
         "input_names": list(signature.names),
         "dynamic_batchsize": [1, int(signature.examples[0].shape[0]), signature.max_batch],
+        **dict(bundle_args or {}),
         "fallback": True,  # a shape outside the profile runs eager instead of failing the study
     }
     compiled = trt_compile(module, str(base), args=args)
@@ -299,6 +308,7 @@ def select_backend(
     prefer: Sequence[str] = BACKENDS,
     prefix: str = "net",
     race: bool = True,
+    trt_args: Mapping[str, Any] | None = None,
 ) -> tuple[Forward, str]:
     """(forward, backend name): TensorRT if it is in `prefer` and works here; otherwise, with `race`,
     the fastest of OpenVINO, ONNX Runtime and eager PyTorch timed on the signature's shapes, among
@@ -319,7 +329,7 @@ def select_backend(
                 log.info("TensorRT skipped for %s: no CUDA device", prefix)
                 continue
             try:
-                compiled = _tensorrt(module, signature, cache_dir, prefix, key)
+                compiled = _tensorrt(module, signature, cache_dir, prefix, key, trt_args)
             except Exception as exc:  # unsupported op, bad install, ...: fall through, logged
                 log.warning("TensorRT failed for %s (%s); trying the next backend", prefix, exc)
                 continue

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -27,6 +28,18 @@ def shipped_bundles() -> Path:
     import oncoplan.bundles
 
     return Path(oncoplan.bundles.__file__).parent
+
+
+def trt_args(bundle_dir: str | Path) -> dict:
+    """The TensorRT arguments the bundle declares in configs/inference_trt.json (precision, the batch
+    profile), which the apps' TensorRT path uses as `monai.bundle run` with that config does; {} without one."""
+    path = Path(bundle_dir) / "configs" / "inference_trt.json"
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()).get("trt_args", {}))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a JSON config ({exc})") from None
 
 
 def bundle_path(model_path: str | Path | None, name: str) -> Path:

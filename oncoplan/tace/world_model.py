@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from oncoplan.runtime.bundles import bundle_parser, load_network
+from oncoplan.runtime.bundles import bundle_parser, load_network, trt_args
 from oncoplan.tace.dynamics import Anchor, simulate
 from oncoplan.tace.labels import LABELS, TUMOR_LABELS, viable_fraction
 from oncoplan.tace.transforms import keep_largest_organ
@@ -129,6 +129,7 @@ class WorldModel:
         self.micro_batch = default_micro_batch(self.device) if micro_batch == "auto" else micro_batch
         # What runs the networks: the modules themselves until `accelerate` picks faster backends.
         self.backends: dict[str, Callable[..., torch.Tensor]] = {}
+        self.trt_args: dict[str, dict] = {}  # each network's bundle's TensorRT arguments (from_bundles)
         self.use(dynamics=self.dynamics, assistant=self.assistant)
 
     def use(self, **forwards: Callable[..., torch.Tensor]) -> None:
@@ -157,9 +158,15 @@ class WorldModel:
             cache,
             order["dynamics"],
             "tace_dynamics",
+            trt_args=self.trt_args.get("dynamics"),
         )
         assistant_forward, ast = select_backend(
-            self.assistant, unet_signature(self.window), cache, order["assistant"], "tace_assistant"
+            self.assistant,
+            unet_signature(self.window),
+            cache,
+            order["assistant"],
+            "tace_assistant",
+            trt_args=self.trt_args.get("assistant"),
         )
         self.use(dynamics=dynamics_forward, assistant=assistant_forward)
         return {"dynamics": dyn, "assistant": ast}
@@ -179,7 +186,7 @@ class WorldModel:
         sampling starts (`Anchor`)."""
         dyn = bundle_parser(dynamics_bundle, overrides=dynamics_overrides)
         ast = bundle_parser(assistant_bundle, overrides=assistant_overrides)
-        return cls(
+        world = cls(
             load_network(dyn),
             dyn.get_parsed_content("sampler"),
             tuple(dyn.get_parsed_content("roi_size")),
@@ -190,6 +197,8 @@ class WorldModel:
             float(dyn.get("guidance", 1.0)),
             anchor=dyn.get_parsed_content("anchor") if "anchor" in dyn else None,
         )
+        world.trt_args = {"dynamics": trt_args(dynamics_bundle), "assistant": trt_args(assistant_bundle)}
+        return world
 
     def _patch(self) -> tuple[slice, ...]:
         """The centre of the window that the renderer regenerates."""
