@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # runs the network as the planner does (tace_dynamics: anchor_strength; tace_assistant: model_name).
 PLANNER_CONFIG = "planner.json"
 HEURISTICS = ("response_cox", "survival_network", "response_cox_layout")
-# The planner's score: the response Cox model on the world model's layout (planner docs, "Latest":
+# The planner's score: the response Cox model on the world model's layout (training/planner/docs/README.md:
 # on held-out cases it ranks protocols far better than on the segmented rendering, `response_cox`).
 DEFAULT_HEURISTIC = "response_cox_layout"
 

@@ -64,7 +64,8 @@ class SearchSettings:
     seg_overlap: float = 0.5  # assistant's sliding-window overlap on the study (B.3: 0.75, ~8x the windows)
     # Not MeWM's: when the world model's top protocols are not told apart (one-way ANOVA over their
     # sampled risks, p >= defer_alpha), recommend the policy's own first candidate (planner docs). None:
-    # off, the default since the layout read-out (planner docs, "Latest"); 0.05 for the rendered read-out.
+    # off, the default since the layout read-out (training/planner/docs/README.md, Defaults); 0.05 for the
+    # rendered read-out.
     defer_alpha: float | None = None
 
     def __post_init__(self) -> None:
