@@ -48,6 +48,8 @@ def run_app(app_cls, input_path: Path, output_path: Path, model_path: Path | Non
     """Run the app's graph on one study; returns the files it wrote into `output_path`."""
     # The series rules the app's selector applies, so a study it cannot use is one line before the graph.
     check_input_folder(input_path, app_cls.organ, app_kwargs.get("series"))
+    if hasattr(app_cls, "check_note"):  # so is a clinical note the app cannot read
+        app_cls.check_note(input_path, app_kwargs.get("note"))
     # No -m: the shipped bundles (each app finds its own under MODELS/<bundle name>).
     models = Path(model_path or shipped_bundles())
     if hasattr(app_cls, "check_models"):  # missing weights are one line before the graph starts

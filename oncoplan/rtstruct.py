@@ -66,6 +66,7 @@ class ROI:
     color: tuple[int, int, int] = (255, 0, 0)
     interpreted_type: str = "CTV"
     algorithm: str = "AUTOMATIC"
+    description: str | None = None  # ROIDescription (LO, cut to 64 characters), e.g. what the CTV was conditioned on
 
     def __post_init__(self) -> None:
         if not self.name.strip() or len(self.name) > 64:
@@ -190,6 +191,7 @@ def rtstruct_dataset(
     label: str = "OncoPlan",
     series_number: int = 901,
     manufacturer: str = "OncoPlan",
+    structure_set_description: str = "Automatic contours (research use only; not for clinical use)",
 ) -> Dataset:
     """An RT Structure Set referencing `ct` (any order), one ROI per mask, contours per slice."""
     slices = sort_slices(ct)
@@ -228,7 +230,7 @@ def rtstruct_dataset(
     ds.InstanceNumber = 1
     ds.StructureSetLabel = label[:16]
     ds.StructureSetName = label[:64]
-    ds.StructureSetDescription = "Automatic contours (research use only; not for clinical use)"
+    ds.StructureSetDescription = structure_set_description[:1024]  # ST
     ds.StructureSetDate = ds.InstanceCreationDate
     ds.StructureSetTime = ds.InstanceCreationTime
 
@@ -258,6 +260,8 @@ def rtstruct_dataset(
         item.ReferencedFrameOfReferenceUID = frame
         item.ROIName = roi.name
         item.ROIGenerationAlgorithm = roi.algorithm
+        if roi.description:
+            item.ROIDescription = roi.description[:64]
         roi_items.append(item)
 
         contours = []

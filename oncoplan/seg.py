@@ -64,6 +64,7 @@ def seg_dataset(
     content_label: str = "OUTPUT",
     content_description: str | None = None,
     uid: str | None = None,
+    segment_descriptions: Sequence[str | None] | None = None,
     manufacturer_model_name: str = "oncoplan",
     software_versions: str = "0.1.0",
     device_serial_number: str = "oncoplan",
@@ -71,7 +72,10 @@ def seg_dataset(
     """A binary SEG of the non-empty masks referencing `ct`; None when every mask is empty.
 
     `uid` makes the series and instance UIDs reproducible (derived from it); otherwise fresh.
+    `segment_descriptions` (one per mask, or None) become each segment's SegmentDescription (LO, 64).
     """
+    texts = list(segment_descriptions) if segment_descriptions is not None else [None] * len(masks)
+    text_of = {id(s): t for s, t in zip(specs, texts, strict=True)}
     keep = [(m, s) for m, s in zip(masks, specs, strict=True) if m.any()]
     if not keep:
         return None
@@ -99,6 +103,9 @@ def seg_dataset(
         )
         for i, (_, spec) in enumerate(keep, start=1)
     ]
+    for item, (_, spec) in zip(descriptions, keep, strict=True):
+        if text_of.get(id(spec)):
+            item.SegmentDescription = text_of[id(spec)][:64]
     if RESEARCH_USE not in series_description.lower():  # kept when the 64-character limit cuts
         suffix = f" ({RESEARCH_USE})"
         series_description = f"{series_description[: 64 - len(suffix)]}{suffix}"

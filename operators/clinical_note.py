@@ -5,8 +5,12 @@
    note builder understands: laterality, surgery, N stage, per-side columns);
 3. a text SR in the study (Basic/Enhanced/Comprehensive SR): the first TEXT content item
    that reads as a note.
-The first source that has a note wins; a note that does not parse is an error naming its
-source, and no source at all is an error too (the model must not guess the laterality).
+The first source that has a note wins. The note may be free text ("s/p left lumpectomy, pT1c
+pN1a (2/12)", "left breast, BCS, N1"): `oncoplan.ctv.note_reader` reads it into side, surgery and
+N stage per side, and the model hears those fields as the Table 5 note it was trained on. A note
+the reader cannot settle (no side, two surgeries for one side, two N stages, ...) is an error
+naming its source and what is missing; no source at all is an error too (the model must not
+guess the laterality). The app checks all this before its graph starts (`check_note`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from pathlib import Path
 import pydicom
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from oncoplan.ctv.notes import note_from_row, parse_note
+from oncoplan.ctv.note_reader import NoteReading, read_note
+from oncoplan.ctv.notes import note_from_row
 from oncoplan.errors import InputError
 
 SR_MODALITY = "SR"
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def _clinical_json(input_dir: Path) -> tuple[str, str] | None:
+    # a free-text `note` (or `text`) is read by the note reader; tabular fields by the note builder
     for path in (input_dir / "clinical.json", input_dir.parent / "clinical.json"):
         if path.is_file():
             try:
@@ -35,6 +41,11 @@ def _clinical_json(input_dir: Path) -> tuple[str, str] | None:
                 raise InputError(f"{path}: not readable JSON ({exc})") from None
             if not isinstance(data, dict):
                 raise InputError(f"{path}: expected a JSON object with a 'note' or note fields")
+            free = next(
+                (data[k] for k in ("note", "Note", "text") if isinstance(data.get(k), str) and data[k].strip()), None
+            )
+            if free is not None:
+                return free, str(path)
             return note_from_row(data, str(path)), str(path)
     return None
 
@@ -56,7 +67,7 @@ def _text_sr(input_dir: Path) -> tuple[str, str] | None:
             continue
         for text in _text_items(ds.get("ContentSequence")):
             try:
-                parse_note(text)
+                read_note(text)
             except InputError:
                 continue
             return text, str(path)
@@ -64,7 +75,14 @@ def _text_sr(input_dir: Path) -> tuple[str, str] | None:
 
 
 def find_note(input_dir: str | Path, given: str | None = None) -> tuple[str, str]:
-    """(note, where it came from); raises InputError when there is none or it does not parse."""
+    """(the Table 5 note the model hears, where the note came from); InputError when there is none
+    or the reader cannot settle it."""
+    reading, where = read_study_note(input_dir, given)
+    return reading.note, where
+
+
+def read_study_note(input_dir: str | Path, given: str | None = None) -> tuple[NoteReading, str]:
+    """(what the reader understood, where the note came from); InputError as `find_note`."""
     input_dir = Path(input_dir)
     if given and given.strip():
         found = (given.strip(), "the --note argument")
@@ -75,12 +93,11 @@ def find_note(input_dir: str | Path, given: str | None = None) -> tuple[str, str
             f"{input_dir}: no clinical note (give --note, put clinical.json beside the study, or include a text SR)"
         )
     note, where = found
-    parse_note(note, where)  # a note the model was not trained on the form of is refused, not guessed
-    return note, where
+    return read_note(note, where), where  # what the reader cannot settle is refused, not guessed
 
 
 class ClinicalNoteOperator(Operator):
-    """Emits the study's clinical note (see the module doc for the order of sources)."""
+    """Emits {"note": the Table 5 note, "reading": what the reader understood} (module doc: the sources)."""
 
     def __init__(self, fragment: Fragment, *args, input_folder: Path, note: str | None = None, **kwargs) -> None:
         self.input_folder = Path(input_folder)
@@ -91,6 +108,13 @@ class ClinicalNoteOperator(Operator):
         spec.output("note")
 
     def compute(self, op_input, op_output, context) -> None:
-        note, where = find_note(self.input_folder, self.note)
-        log.info("clinical note from %s", where)
-        op_output.emit(note, "note")
+        reading, where = read_study_note(self.input_folder, self.note)
+        log.info("clinical note from %s, interpreted as: %s", _source_kind(where), reading.interpretation)
+        op_output.emit({"note": reading.note, "reading": reading.to_dict() | {"source": _source_kind(where)}}, "note")
+
+
+def _source_kind(where: str) -> str:
+    """Where the note came from, without the path (a folder name may identify the patient)."""
+    if where.endswith("clinical.json"):
+        return "clinical.json"
+    return where if where.startswith("the ") else "a text SR in the study"

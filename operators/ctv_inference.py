@@ -43,8 +43,9 @@ class CTVInferenceOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         image = op_input.receive("image")
         volume = from_selected_series(op_input.receive("study_selected_series_list"), image)
-        note = op_input.receive("note")
+        received = op_input.receive("note")  # the note operator's {"note", "reading"}, or a bare note
+        note, reading = (received["note"], received.get("reading")) if isinstance(received, dict) else (received, None)
         (mask,) = self.predictor().predict(volume.metatensor(), [note])
         mask = volume.from_index_order(mask).astype(bool)
         log.info("CTV: %d voxels for note %r", int(mask.sum()), note)
-        op_output.emit({"mask": mask, "volume": volume, "note": note}, "mask")
+        op_output.emit({"mask": mask, "volume": volume, "note": note, "reading": reading}, "mask")

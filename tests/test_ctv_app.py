@@ -70,7 +70,7 @@ def _seg_mask(path: Path, ct: list[pydicom.Dataset]) -> np.ndarray:
 
 
 def test_app_writes_rtstruct_and_seg_that_agree(study: Path, contoured: Path) -> None:
-    assert sorted(p.name for p in contoured.iterdir()) == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    assert sorted(p.name for p in contoured.iterdir()) == ["ctv_note.json", "ctv_rtstruct.dcm", "ctv_seg.dcm"]
     ct = _ct(study)
     rs = pydicom.dcmread(contoured / "ctv_rtstruct.dcm")
     assert rs.StudyInstanceUID == ct[0].StudyInstanceUID
@@ -86,6 +86,23 @@ def test_app_writes_rtstruct_and_seg_that_agree(study: Path, contoured: Path) ->
     assert contour_mask.sum() > 0
     dice = 2 * (contour_mask & seg_mask).sum() / (contour_mask.sum() + seg_mask.sum())
     assert dice >= 0.98
+
+
+def test_outputs_say_what_the_note_was_read_as(study: Path, contoured: Path) -> None:
+    from oncoplan.ctv.note_reader import read_note
+
+    note = json.loads((study.parent / "clinical.json").read_text())["note"]
+    reading = read_note(note)
+    sidecar = json.loads((contoured / "ctv_note.json").read_text())
+    assert sidecar["interpretation"] == reading.interpretation and sidecar["model_note"] == reading.note
+    assert sidecar["source"] == "clinical.json"
+    rs = pydicom.dcmread(contoured / "ctv_rtstruct.dcm")
+    assert f"interpreted as: {reading.interpretation}" in rs.StructureSetDescription
+    assert rs.StructureSetROISequence[0].ROIDescription.startswith("interpreted as: ")
+    assert reading.sides[0].side in rs.SeriesDescription
+    seg = pydicom.dcmread(contoured / "ctv_seg.dcm")
+    assert seg.ContentDescription.startswith("interpreted as: ")
+    assert seg.SegmentSequence[0].SegmentDescription == seg.ContentDescription
 
 
 def test_the_contour_sits_on_the_noted_side(study: Path, contoured: Path) -> None:
@@ -118,8 +135,9 @@ def test_note_sources_in_documented_order(study: Path, tmp_path: Path) -> None:
     shutil.copytree(study, bare)
     with pytest.raises(InputError, match="no clinical note"):
         find_note(bare)
-    with pytest.raises(InputError, match="cannot read clinical note"):
+    with pytest.raises(InputError, match="no surgery found for the left side"):
         find_note(bare, "please contour the left breast")
+    assert find_note(bare, "s/p L lumpectomy, pT1c pN1a (2/12 nodes positive)") == (NOTE, "the --note argument")
     sr = text_sr(_ct(study)[0], "N2, total mastectomy surgery, right side")
     sr.save_as(bare / "note_sr.dcm")
     assert find_note(bare) == ("N2, total mastectomy surgery, right side", str(bare / "note_sr.dcm"))
@@ -190,7 +208,7 @@ def test_cli_bad_input_and_bad_note_leave_nothing(study: Path, tmp_path: Path) -
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("oncoplan: error:")
     assert not out.exists() or list(out.iterdir()) == []
-    # The note is checked inside the graph: the error still comes out as one line, nothing written.
+    # The note is checked before the graph starts: one line, nothing written.
     r = subprocess.run(
         [
             sys.executable,
@@ -208,7 +226,8 @@ def test_cli_bad_input_and_bad_note_leave_nothing(study: Path, tmp_path: Path) -
         check=False,
     )
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "cannot read clinical note" in r.stderr.strip().splitlines()[-1]
+    assert "no surgery found for the left side" in r.stderr.strip().splitlines()[-1]
+    assert "holoscan" not in r.stderr.lower()  # refused before the graph started
     assert list(out.iterdir()) == []
 
 
@@ -273,7 +292,7 @@ def test_monai_deploy_exec_with_holoscan_variables(study: Path, contoured: Path,
     r = subprocess.run([str(exe), "exec", "ctv_contouring"], capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "U-Net on openvino (CPU)" in r.stderr + r.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    assert sorted(p.name for p in out.iterdir()) == ["ctv_note.json", "ctv_rtstruct.dcm", "ctv_seg.dcm"]
     ct = _ct(study)
     eager, openvino = _seg_mask(contoured / "ctv_seg.dcm", ct), _seg_mask(out / "ctv_seg.dcm", ct)
     assert eager.sum() > 0 and np.count_nonzero(eager != openvino) <= 0.001 * eager.sum()

@@ -31,7 +31,7 @@ def test_demo_writes_both_studies_logs_the_series_chosen_and_why_and_reruns(tmp_
         assert (out / kind / "cohort.csv").is_file()
         assert any((out / kind).rglob("*.dcm"))
     written = sorted(p.name for p in (out / "breast" / "ctv_output").iterdir())
-    assert written == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    assert written == ["ctv_note.json", "ctv_rtstruct.dcm", "ctv_seg.dcm"]
     assert "ctv_rtstruct.dcm" in first.stdout
     planned = {p.name for p in (out / "liver" / "tace_output").iterdir()}
     assert {"plan.json", "tace_plan_sr.dcm", "tace_post_seg.dcm", "tace_report_pdf.dcm", "report.pdf"} <= planned

@@ -72,7 +72,7 @@ def test_app_runs_from_the_context_on_cpu(context: Path, tmp_path: Path) -> None
     study = cohort / cohort_rows(cohort)[0]["image_dir"]
     r, work = _run_from_context("oncoplan.apps.ctv_contouring", study, context, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(p.name for p in (work / "output").iterdir()) == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    assert sorted(p.name for p in (work / "output").iterdir()) == ["ctv_note.json", "ctv_rtstruct.dcm", "ctv_seg.dcm"]
     assert str(context / "models" / "ctv_llmseg") in r.stderr + r.stdout  # the context's bundle ran
 
 

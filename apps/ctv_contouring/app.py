@@ -11,7 +11,7 @@ from monai.deploy.core import Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 
-from oncoplan.operators.clinical_note import ClinicalNoteOperator
+from oncoplan.operators.clinical_note import ClinicalNoteOperator, read_study_note
 from oncoplan.operators.ctv_inference import CTVInferenceOperator
 from oncoplan.operators.ctv_writers import CTVRTStructWriterOperator, CTVSegWriterOperator
 from oncoplan.operators.series_rules import series_override
@@ -30,6 +30,12 @@ class CTVContouringApp(Application):
         self.note = note or os.environ.get("ONCOPLAN_NOTE")
         self.series = series_override(series)  # --series, else $ONCOPLAN_SERIES
         super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def check_note(input_path: Path, note: str | None = None) -> None:
+        """The note the graph will read (--note, $ONCOPLAN_NOTE, clinical.json, a text SR), read before the
+        graph starts: a note the reader cannot settle is one line (InputError)."""
+        read_study_note(input_path, note or os.environ.get("ONCOPLAN_NOTE"))
 
     def compose(self) -> None:
         ctx = Application.init_app_context(self.argv)

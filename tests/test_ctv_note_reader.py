@@ -1,0 +1,94 @@
+"""The free-text note reader: hand-written notes (tests/data/ctv_free_text_notes.json, written by hand,
+not by the synthetic generator), the Table 5 form read as itself, refusals as one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from oncoplan.ctv.note_reader import interpretation, read_note
+from oncoplan.ctv.notes import calibration_notes, format_note, parse_note
+from oncoplan.errors import InputError
+
+NOTES = json.loads((Path(__file__).parent / "data" / "ctv_free_text_notes.json").read_text())["notes"]
+
+
+def test_fixture_is_big_and_hostile() -> None:
+    assert len(NOTES) >= 40
+    assert sum("refuse" in n for n in NOTES) >= 15
+
+
+@pytest.mark.parametrize("case", NOTES, ids=[f"{i:02d}" for i in range(len(NOTES))])
+def test_hand_written_notes(case: dict) -> None:
+    if "refuse" in case:
+        with pytest.raises(InputError) as err:
+            read_note(case["text"], where="--note")
+        msg = str(err.value)
+        assert case["refuse"].lower() in msg.lower(), msg
+        assert "\n" not in msg and msg.startswith("--note")
+    else:
+        reading = read_note(case["text"])
+        assert [[s.side, s.surgery, s.n_stage] for s in reading.sides] == case["expect"]
+        heard = [(s.side, s.surgery, s.n_stage) for s in parse_note(reading.note)]
+        assert heard == [tuple(e) for e in case["expect"]]  # the model hears a Table 5 note
+
+
+def test_template_notes_read_as_themselves() -> None:
+    for note in calibration_notes():
+        reading = read_note(note)
+        assert reading.template and reading.note == note
+    bilateral = "N1mi, breast conserving surgery, left side; N2, total mastectomy surgery, right side"
+    assert read_note(bilateral).note == bilateral
+
+
+def test_interpretation_text() -> None:
+    sides = parse_note("N1, breast conserving surgery, left side")
+    assert interpretation(sides) == "left, breast-conserving surgery, N1"
+    both = parse_note(format_note([*sides, *parse_note("N0, total mastectomy surgery, right side")]))
+    assert interpretation(both) == "left: breast-conserving surgery, N1; right: mastectomy, N0"
+    d = read_note("left breast, BCS, N1").to_dict()
+    assert d["interpretation"] == "left, breast-conserving surgery, N1"
+    assert d["model_note"] == "N1, breast conserving surgery, left side" and d["template_note"] is False
+
+
+@pytest.mark.parametrize(
+    ("text", "side"),
+    [
+        ("left breast, BCS, N1", "left"),
+        ("L breast, BCS, N1", "left"),
+        ("Lt breast BCS N1", "left"),
+        ("left-sided breast cancer, BCS, N1", "left"),
+        ("BCS (L), N1", "left"),
+        ("right breast, BCS, N1", "right"),
+        ("R breast, BCS, N1", "right"),
+        ("Rt. breast BCS N1", "right"),
+        ("R-sided lumpectomy, N1", "right"),
+    ],
+)
+def test_laterality_forms(text: str, side: str) -> None:
+    assert [s.side for s in read_note(text).sides] == [side]
+
+
+@pytest.mark.parametrize(
+    ("text", "stage"),
+    [
+        ("left BCS pN1a", "N1"),
+        ("left BCS ypN0", "N0"),
+        ("left BCS N1mi", "N1mi"),
+        ("left BCS pN1(mi)", "N1mi"),
+        ("left BCS cN2", "N2"),
+        ("left BCS pN3b", "N3"),
+        ("left BCS pN0(i+)", "N0"),
+        ("left BCS, pT2N1aM0", "N1"),
+        ("left BCS, 0/2 sentinel nodes positive", "N0"),
+        ("left BCS, 4/15 nodes positive", "N2"),
+        ("left BCS, 11/20 lymph nodes involved", "N3"),
+        ("left BCS, node-negative", "N0"),
+        ("left BCS, not node positive", "N0"),
+        ("left BCS, micrometastasis in one sentinel node", "N1mi"),
+    ],
+)
+def test_n_stage_forms(text: str, stage: str) -> None:
+    assert read_note(text).sides[0].n_stage == stage
