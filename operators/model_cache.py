@@ -1,5 +1,5 @@
-"""Loaded models kept for the life of the process: a warm worker (oncoplan.apps.worker) runs many
-studies, and each app graph builds fresh operators, so the bundles would otherwise load per study.
+"""Loaded models kept for the life of the process: a warm worker (oncoplan.deploy.listener.warm_worker)
+runs many studies, and each app graph builds fresh operators, so the bundles would otherwise load per study.
 A bundle whose configs or weights change on disk is loaded again."""
 
 from __future__ import annotations

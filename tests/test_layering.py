@@ -53,7 +53,8 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def imported(module: str, path: Path) -> set[str]:
+def imported(module: str, path: Path, known: set[str]) -> set[str]:
+    """The OncoPlan modules `module` imports (`from oncoplan import cli` imports the module oncoplan.cli)."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -61,17 +62,18 @@ def imported(module: str, path: Path) -> set[str]:
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                found.add(".".join(base + ([node.module] if node.module else [])))
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
             else:
-                found.add(node.module or "")
-    return {m for m in found if m == "oncoplan" or m.startswith("oncoplan.")}
+                base = node.module or ""
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return found & known
 
 
 def upward_edges() -> list[str]:
-    edges = []
-    for module, path in sorted(modules().items()):
-        for target in sorted(imported(module, path)):
+    edges, known = [], modules()
+    for module, path in sorted(known.items()):
+        for target in sorted(imported(module, path, set(known))):
             if layer(target) not in ALLOWED[layer(module)]:
                 edges.append(f"{module} ({layer(module)}) -> {target} ({layer(target)})")
     return edges

@@ -1,4 +1,4 @@
-"""The warm app worker (`python -m oncoplan.apps.worker`) and the listener's handle on it
+"""The warm app worker (`python -m oncoplan.deploy.listener.warm_worker`) and the listener's handle on it
 (deploy/listener/warm.py): studies one after another in one process, bad input, overruns, a crash."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from highdicom.seg import segread
 
+from oncoplan.deploy.listener.jobs import JobError
 from oncoplan.deploy.listener.warm import WarmApp
-from oncoplan.deploy.listener.worker import JobError
 
 from .helpers import cohort_rows
 
@@ -40,7 +40,7 @@ def test_one_worker_contours_studies_in_turn_and_survives_bad_input(breast_cohor
         assert app.proc.pid == pid  # the same process: imports and models were kept
     finally:
         app.stop()
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["ctv_note.json", "ctv_rtstruct.dcm", "ctv_seg.dcm"]
     first, again = (segread(tmp_path / d / "ctv_seg.dcm") for d in "ab")
     assert first.pixel_array.any()
     assert np.array_equal(first.pixel_array, again.pixel_array)  # a warm run is the same as a fresh one
@@ -83,7 +83,11 @@ def test_the_worker_answers_a_malformed_job_and_goes_on(tmp_path: Path) -> None:
 
     jobs = "not json\n" + json.dumps({"argv": ["synth", "--help"], "log": str(tmp_path / "h.log")}) + "\n"
     done = subprocess.run(
-        [sys.executable, "-m", "oncoplan.apps.worker"], input=jobs, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "oncoplan.deploy.listener.warm_worker"],
+        input=jobs,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     answers = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 0

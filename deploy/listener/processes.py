@@ -9,7 +9,7 @@ restarted listener then ran again. Every process of a job carries the job's toke
 a job is ending every process that carries its token. Work started outside the tree (a container
 run by the engine's daemon, a cluster Job) is ended by the route's `stop` command.
 
-    python -m oncoplan.deploy.listener.processes TOKEN COMMAND...   (the supervisor; used by worker.py)
+    python -m oncoplan.deploy.listener.processes TOKEN COMMAND...   (the supervisor; used by jobs.py)
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from typing import TypeVar
 
 from . import health, logs, scp, sender
 from .config import ListenerConfig, Route
+from .jobs import JobError, run_job, stop_job
 from .queue import Job, JobQueue
 from .receivers import Receivers
 from .spool import Spool, key
 from .warm import WarmApp
-from .worker import JobError, run_job, stop_job
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""A route's warm app: one `python -m oncoplan.apps.worker` child that keeps its imports and models
+"""A route's warm app: one `python -m oncoplan.deploy.listener.warm_worker` child that keeps its imports and models
 between studies (started on first use, again after it exits), so a study pays for its own work and
 not for start-up. One per worker thread and route; a job that overruns its time kills it."""
 
@@ -13,8 +13,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from .jobs import JobError
 from .processes import die_with_parent
-from .worker import JobError
 
 
 class WarmApp:
@@ -26,7 +26,7 @@ class WarmApp:
         if self.proc is not None and self.proc.poll() is None:
             return self.proc
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "oncoplan.apps.worker"]
+        command = [sys.executable, "-m", "oncoplan.deploy.listener.warm_worker"]
         if self.preload:
             command += ["--preload", self.preload]
         with open(self.log, "ab") as log:

@@ -10,7 +10,7 @@ the same U-Net, preprocessing and sliding-window inferer, no text; the stock ope
 note), exported with `monai.bundle ckpt_export` (configs embedded), the form SDK 4.0.0 runs.
 OncoPlan: `python -m oncoplan.apps.ctv_contouring` as shipped: text-guided (it also runs the text
 encoder) and writing RTSTRUCT + SEG, so it does strictly more work. OncoPlan warm: the same app in
-the listener's warm worker (`python -m oncoplan.apps.worker`, deploy/listener/warm.py), one process
+the listener's warm worker (`python -m oncoplan.deploy.listener.warm_worker`, deploy/listener/warm.py), one process
 for all runs: each run is one job's round trip, study folder in, files on disk out.
 
 Each run is its own process, the two pipelines alternating after one untimed warm-up each. Inside

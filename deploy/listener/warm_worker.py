@@ -2,7 +2,7 @@
 (about 11 s of a contouring run on a 2-core machine, BENCHMARKS.md) and model loading are paid once,
 not per study. The listener keeps one per route (deploy/listener/warm.py).
 
-    python -m oncoplan.apps.worker [--preload MODULE ...] [--max-jobs N]
+    python -m oncoplan.deploy.listener.warm_worker [--preload MODULE ...] [--max-jobs N]
 
 Protocol, one JSON object per line: a job on stdin, ``{"argv": ["contour", "-i", IN, "-o", OUT],
 "log": "/path/app.log"}``; its answer on stdout, ``{"rc": 0}``. While a job runs, file descriptors 1
@@ -76,7 +76,9 @@ def serve(jobs, answers, max_jobs: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m oncoplan.apps.worker", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m oncoplan.deploy.listener.warm_worker", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--preload", action="append", default=[], help="module to import before the first job")
     ap.add_argument("--max-jobs", type=int, default=100, help="jobs before the worker exits for a fresh one")
     args = ap.parse_args(argv)
