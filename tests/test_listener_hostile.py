@@ -543,3 +543,30 @@ def test_a_pdu_that_stops_part_way_ends_its_association_after_the_pdu_timeout(
         )
     (ended,) = [e for e in events(capfd, seen) if e["event"] == "association_aborted"]
     assert ended["accepted"] and ended["caller"] == "SENDER" and waited < 15, (ended, waited)
+
+
+def test_an_app_that_finished_just_before_a_crash_is_not_run_again(tmp_path: Path, orthanc: Orthanc) -> None:
+    """The state a kill -9 leaves between the app's exit and the job's commit: the job recorded running,
+    its results not queued, the supervisor's exit status (0) and the output on disk. At restart the job is
+    recorded done from that status and its result delivered, and the app does not run again (a CI run
+    once saw a study processed twice this way). A job with no recorded status runs again."""
+    import sqlite3
+
+    port, spool, ledger = free_port(), tmp_path / "spool", tmp_path / "ledger.txt"
+    config = listener_config(tmp_path, port, orthanc, app_args=["--ledger", str(ledger)])
+    studies = [make_study(tmp_path / f"s{i}", seed=4500 + i) for i in range(2)]
+    with running(config):
+        for study in studies:
+            assert send(port, study) == [SUCCESS] * 3
+        wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("done",), ("done",)], 60, "both jobs")
+    with sqlite3.connect(spool / "queue.sqlite") as db:  # as if killed before either job was recorded done
+        db.execute("UPDATE jobs SET state = 'running'")
+        db.execute("DELETE FROM deliveries")
+    (spool / "jobs" / "2" / "exit_status").unlink()  # job 2's app did not finish
+    before = len(orthanc.results())
+    with running(config):
+        wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("done",), ("done",)], 60, "both jobs again")
+        wait_for(lambda: rows(spool, "SELECT COUNT(*) FROM deliveries WHERE state = 'sent'") == [(2,)], 60, "sent")
+    assert len(ledger.read_text().split()) == 3  # 2 first runs + job 2 again; job 1 was not run again
+    assert rows(spool, "SELECT id, attempts FROM jobs ORDER BY id") == [(1, 1), (2, 2)]
+    assert len(orthanc.results()) == before  # the same result UIDs: the PACS already held them

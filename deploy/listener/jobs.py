@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import APP_PREFIX, Route
-from .processes import die_with_parent, end_tree
+from .processes import die_with_parent, end_tree, read_status
 from .queue import Job, JobQueue
 from .spool import key
 
@@ -79,10 +79,15 @@ def stop_job(route: Route | None, job: Job) -> str | None:
     return "; ".join(problems) or None
 
 
-def _run_tree(command: list[str], token: str, log_path: Path, timeout_s: float) -> int:
+def status_file(job_dir: Path) -> Path:
+    """Where the supervisor records the app's exit status."""
+    return job_dir / "exit_status"
+
+
+def _run_tree(command: list[str], token: str, log_path: Path, timeout_s: float, status: Path) -> int:
     """`command` under the supervisor (processes.py): on timeout the whole tree is ended, not only the
     supervisor's direct child."""
-    supervised = [sys.executable, "-m", "oncoplan.deploy.listener.processes", token, *command]
+    supervised = [sys.executable, "-m", "oncoplan.deploy.listener.processes", token, str(status), *command]
     with open(log_path, "wb") as log:
         try:
             proc = subprocess.Popen(
@@ -120,7 +125,24 @@ def run_job(job_dir: Path, route: Route, queue: JobQueue, job: Job, warm: WarmAp
     if warm is not None:
         status = warm.run(command[len(APP_PREFIX) :], log, route.timeout_s)
     else:
-        status = _run_tree(command, job.token, log, route.timeout_s)
+        status = _run_tree(command, job.token, log, route.timeout_s, status_file(job_dir))
+    return collect(job_dir, status)
+
+
+def finished_before_a_crash(job_dir: Path) -> list[Path] | None:
+    """The results of a job whose app finished (status 0 recorded by its supervisor) before the listener
+    died without recording it done; None when it did not finish (it runs again)."""
+    if read_status(status_file(job_dir)) != 0:
+        return None
+    try:
+        return collect(job_dir, 0)
+    except JobError:
+        return None
+
+
+def collect(job_dir: Path, status: int) -> list[Path]:
+    """The DICOM results in the job's output folder (JobError for a failed run or no DICOM)."""
+    log, output_dir = job_dir / "app.log", job_dir / "output"
     if status != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
         raise JobError(f"app exited with status {status}: {tail[0][:500]}")

@@ -9,7 +9,11 @@ restarted listener then ran again. Every process of a job carries the job's toke
 a job is ending every process that carries its token. Work started outside the tree (a container
 run by the engine's daemon, a cluster Job) is ended by the route's `stop` command.
 
-    python -m oncoplan.deploy.listener.processes TOKEN COMMAND...   (the supervisor; used by jobs.py)
+    python -m oncoplan.deploy.listener.processes TOKEN STATUS_FILE COMMAND...   (the supervisor; used by jobs.py)
+
+The supervisor records the command's exit status durably (STATUS_FILE, fsynced) the moment the command
+exits, before anything else: a listener killed after the app finished but before it recorded the job done
+finds the status at its restart and takes the job's results instead of running the app again.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def end_tree(token: str, timeout_s: float = 10.0) -> bool:
         time.sleep(0.05)
 
 
-def supervise(token: str, command: list[str]) -> int:  # pragma: no cover - runs as its own process
+def supervise(token: str, status_file: Path, command: list[str]) -> int:  # pragma: no cover - own process
     """Run `command` with the token in its environment; end its whole tree when it exits (stragglers a
     wrapper left behind) or when this supervisor is told to stop (SIGTERM: the listener died or the
     job timed out)."""
@@ -90,9 +94,26 @@ def supervise(token: str, command: list[str]) -> int:  # pragma: no cover - runs
         print(f"cannot start the route's command ({exc})", file=sys.stderr)
         return 126
     status = proc.wait()
+    status = status if status >= 0 else 128 - status
+    write_status(status_file, status)  # first: the app's work is done whatever happens to us next
     end_tree(token)
-    return status if status >= 0 else 128 - status
+    return status
+
+
+def write_status(path: Path, status: int) -> None:
+    """The exit status, whole or absent after a crash (written, fsynced, renamed)."""
+    from .spool import write_durably
+
+    write_durably(path, f"{status}\n".encode())
+
+
+def read_status(path: Path) -> int | None:
+    """The exit status a supervisor recorded, or None (not finished, or never started)."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(supervise(sys.argv[1], sys.argv[2:]))
+    sys.exit(supervise(sys.argv[1], Path(sys.argv[2]), sys.argv[3:]))

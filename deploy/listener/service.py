@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from . import health, logs, scp, sender
 from .config import ListenerConfig, Route
-from .jobs import JobError, run_job, stop_job
+from .jobs import JobError, finished_before_a_crash, run_job, stop_job
 from .queue import Job, JobQueue
 from .receivers import Receivers
 from .spool import Spool, key
@@ -186,9 +186,16 @@ class Listener:
 
     def _end_interrupted(self) -> None:
         """Jobs found running at start belonged to a listener that died: whatever is left of them (a
-        process tree that escaped, a container, a cluster Job) is ended before they run again."""
+        process tree that escaped, a container, a cluster Job) is ended; one whose app had finished (its
+        supervisor recorded status 0) is recorded done with its results instead of running again."""
         for job in self.queue.interrupted_jobs():
-            left = stop_job(self.routes.get(job.route), job)
+            route = self.routes.get(job.route)
+            left = stop_job(route, job)
+            results = finished_before_a_crash(self.spool.job_dir(job.id)) if route is not None else None
+            if results:
+                self.queue.finish_job(job, results, route.destination)
+                logs.event("job_done", job=job.id, route=job.route, results=len(results), recovered=True)
+                continue
             logs.event("job_interrupted", logging.WARNING if left is None else logging.ERROR, job=job.id, error=left)
 
     def start(self) -> None:
