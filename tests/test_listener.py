@@ -74,6 +74,7 @@ def job_states(spool: Path) -> dict[str, int]:
         ),
         ({"routes": [{"name": "x", "app": "ctv", "warm": "yes", "destination": "pacs"}]}, "warm must be"),
         ({"receivers": 0}, "receivers: a whole number"),
+        ({"routes": [{"name": "x", "app": "ctv", "env": {"bad-name": "1"}, "destination": "pacs"}]}, "env"),
         ({"receivers": 2, "port": 0}, "fixed port"),
     ],
 )

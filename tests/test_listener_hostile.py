@@ -570,3 +570,41 @@ def test_an_app_that_finished_just_before_a_crash_is_not_run_again(tmp_path: Pat
     assert len(ledger.read_text().split()) == 3  # 2 first runs + job 2 again; job 1 was not run again
     assert rows(spool, "SELECT id, attempts FROM jobs ORDER BY id") == [(1, 1), (2, 2)]
     assert len(orthanc.results()) == before  # the same result UIDs: the PACS already held them
+
+
+def test_a_routes_env_reaches_its_runs(tmp_path: Path, orthanc: Orthanc, breast_cohort: Path) -> None:
+    """A route's `env` (e.g. the site's preferred series description) is set for each of its runs: in a
+    command route's process tree, and in a warm app worker for that job only."""
+    from oncoplan.deploy.listener.warm import WarmApp
+
+    from .helpers import cohort_rows
+
+    port, spool = free_port(), tmp_path / "spool"
+    script = f'printf %s "$ONCOPLAN_SERIES_DESCRIPTION" > "$0/../seen"; exec "{sys.executable}" "{APP}" "$0" "$1"'
+    config = listener_config(tmp_path, port, orthanc)
+    with_route(
+        config, command=["sh", "-c", script, "{input}", "{output}"], env={"ONCOPLAN_SERIES_DESCRIPTION": "RT SIM"}
+    )
+    with running(config):
+        assert send(port, make_study(tmp_path / "s", seed=4600)) == [SUCCESS] * 3
+        wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("done",)], 60, "the job")
+    assert (spool / "jobs" / "1" / "seen").read_text() == "RT SIM"
+
+    study = breast_cohort / cohort_rows(breast_cohort)[0]["image_dir"]
+    app = WarmApp(None, tmp_path / "warm.log")
+    try:  # a backend name no app knows: refused before the graph, so the job saw the route's env ...
+        args = [
+            "contour",
+            "-i",
+            str(study),
+            "-o",
+            str(tmp_path / "a"),
+            "--note",
+            "N0, breast conserving surgery, left side",
+        ]
+        assert app.run(args, tmp_path / "a.log", 300, {"ONCOPLAN_BACKENDS": "nonsense"}) == 2
+        assert "ONCOPLAN_BACKENDS" in (tmp_path / "a.log").read_text()
+        args[4] = str(tmp_path / "b")  # ... and the next job of the same worker no longer sees it
+        assert app.run(args, tmp_path / "b.log", 300) == 0
+    finally:
+        app.stop()

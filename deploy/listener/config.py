@@ -20,6 +20,7 @@ APP_COMMANDS = {
     "tace": [*APP_PREFIX, "plan", "-i", "{input}", "-o", "{output}"],
 }
 APP_MODULES = {"ctv": "oncoplan.apps.ctv_contouring.app", "tace": "oncoplan.apps.tace_planner.app"}
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash or control chars
 
 
@@ -50,6 +51,9 @@ class Route:
     # Run after a job ended abnormally (timeout, or found running after a restart) and before it runs
     # again: ends what the command started outside its own process tree (a container, a cluster Job).
     stop: tuple[str, ...] = ()
+    # Environment for the route's runs, e.g. {ONCOPLAN_SERIES_DESCRIPTION: "RT SIM"} (which series the app
+    # prefers at this site), {ONCOPLAN_BACKENDS: torch}; set for each job, warm worker or not.
+    env: tuple[tuple[str, str], ...] = ()
 
     def matches(self, series: dict[str, Any]) -> bool:
         return all(re.search(rx, str(series.get(key) or ""), re.IGNORECASE) for key, rx in self.match.items())
@@ -122,6 +126,9 @@ def _route(raw: dict[str, Any], i: int, destinations: dict[str, Peer]) -> Route:
         command = [str(a) for a in raw["command"]]
     if not any("{input}" in a for a in command) or not any("{output}" in a for a in command):
         raise InputError(f"{where}: the command must contain {{input}} and {{output}}")
+    env = raw.get("env") or {}
+    if not isinstance(env, dict) or not all(ENV_NAME.match(str(k)) for k in env):
+        raise InputError(f"{where}.env: a mapping of environment variable names (A-Z, 0-9, _) to values")
     stop = raw.get("stop") or []
     if not isinstance(stop, list) or not all(isinstance(a, str | int | float) for a in stop):
         raise InputError(f"{where}.stop: a command as a list of arguments (placeholder {{job}})")
@@ -149,6 +156,7 @@ def _route(raw: dict[str, Any], i: int, destinations: dict[str, Peer]) -> Route:
         float(raw.get("timeout_s", 3600)),
         APP_MODULES[raw["app"]] if warm else None,
         tuple(str(a) for a in stop),
+        tuple((str(k), str(v)) for k, v in env.items()),
     )
 
 

@@ -84,7 +84,9 @@ def status_file(job_dir: Path) -> Path:
     return job_dir / "exit_status"
 
 
-def _run_tree(command: list[str], token: str, log_path: Path, timeout_s: float, status: Path) -> int:
+def _run_tree(
+    command: list[str], token: str, log_path: Path, timeout_s: float, status: Path, env: dict[str, str]
+) -> int:
     """`command` under the supervisor (processes.py): on timeout the whole tree is ended, not only the
     supervisor's direct child."""
     supervised = [sys.executable, "-m", "oncoplan.deploy.listener.processes", token, str(status), *command]
@@ -96,6 +98,7 @@ def _run_tree(command: list[str], token: str, log_path: Path, timeout_s: float, 
                 stderr=subprocess.STDOUT,
                 # SIGTERM, not SIGKILL, on the listener's death: the supervisor catches it and ends the tree.
                 preexec_fn=partial(die_with_parent, os.getpid(), signal.SIGTERM),
+                env={**os.environ, **env},
             )
         except OSError as exc:
             raise JobError(f"cannot start the app ({exc})") from None
@@ -123,9 +126,9 @@ def run_job(job_dir: Path, route: Route, queue: JobQueue, job: Job, warm: WarmAp
     command = fill(route.command, job, input_dir, output_dir)
     log = job_dir / "app.log"
     if warm is not None:
-        status = warm.run(command[len(APP_PREFIX) :], log, route.timeout_s)
+        status = warm.run(command[len(APP_PREFIX) :], log, route.timeout_s, dict(route.env))
     else:
-        status = _run_tree(command, job.token, log, route.timeout_s, status_file(job_dir))
+        status = _run_tree(command, job.token, log, route.timeout_s, status_file(job_dir), dict(route.env))
     return collect(job_dir, status)
 
 

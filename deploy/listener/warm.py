@@ -39,11 +39,12 @@ class WarmApp:
             )
         return self.proc
 
-    def run(self, argv: list[str], log: Path, timeout_s: float) -> int:
-        """`oncoplan ARGV` in the warm child, its output appended to `log`: the exit status."""
+    def run(self, argv: list[str], log: Path, timeout_s: float, env: dict[str, str] | None = None) -> int:
+        """`oncoplan ARGV` in the warm child with `env` set for it, its output appended to `log`: the exit
+        status."""
         proc = self._started()
         try:
-            proc.stdin.write((json.dumps({"argv": argv, "log": str(log)}) + "\n").encode())
+            proc.stdin.write((json.dumps({"argv": argv, "log": str(log), "env": env or {}}) + "\n").encode())
             proc.stdin.flush()
         except BrokenPipeError:
             self.stop()

@@ -47,9 +47,24 @@ def output_to(path: str) -> Iterator[None]:
         os.close(saved[1])
 
 
-def run_one(argv: list[str], log: str) -> int:
-    """`oncoplan ARGV` in this process, its output in `log`; the exit status, never an exception."""
-    with output_to(log):
+@contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """`env` set for the duration (a route's settings, e.g. $ONCOPLAN_SERIES_DESCRIPTION), then restored."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_one(argv: list[str], log: str, env: dict[str, str] | None = None) -> int:
+    """`oncoplan ARGV` in this process with `env`, its output in `log`; the exit status, never an exception."""
+    with output_to(log), environment(env or {}):
         try:
             return cli.main(argv)
         except SystemExit as exc:  # argparse's usage errors
@@ -64,11 +79,12 @@ def serve(jobs, answers, max_jobs: int) -> None:
         try:
             job = json.loads(line)
             argv, log = [str(a) for a in job["argv"]], str(job["log"])
+            env = {str(k): str(v) for k, v in (job.get("env") or {}).items()}
         except (ValueError, KeyError, TypeError) as exc:
             answers.write(json.dumps({"rc": 2, "error": f"malformed job ({exc})"}) + "\n")
             answers.flush()
             continue
-        rc = run_one(argv, log)
+        rc = run_one(argv, log, env)
         answers.write(json.dumps({"rc": rc}) + "\n")
         answers.flush()
         if rc not in FRESH_START_AFTER or done >= max_jobs:
