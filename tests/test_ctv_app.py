@@ -123,7 +123,9 @@ def test_the_contour_sits_on_the_noted_side(study: Path, contoured: Path) -> Non
 
 @pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy (dicom3tools) not installed")
 def test_outputs_pass_dciodvfy(contoured: Path) -> None:
-    for p in contoured.iterdir():
+    dicom = sorted(contoured.glob("*.dcm"))  # ctv_note.json beside them is the interpretation sidecar
+    assert [p.name for p in dicom] == ["ctv_rtstruct.dcm", "ctv_seg.dcm"]
+    for p in dicom:
         assert problems(p) == [], p.name
 
 

@@ -3,6 +3,8 @@ are all refused (the reader's own hand-written test set is tests/data/ctv_free_t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -39,3 +41,17 @@ def test_field_accuracy_summary() -> None:
     result = field_accuracy(n=200, seed=1, n_ambiguous=20)
     assert result["field_accuracy"] >= 0.99
     assert all(v["refused"] == v["notes"] for v in result["ambiguous"].values())
+
+
+@pytest.mark.slow
+def test_free_text_evaluation_scores_dice_and_both_counterfactuals(breast_cohort: Path) -> None:
+    """The CTV part of the free-text evaluation on the shipped bundle: Dice with each note, the nodal flip
+    written in free text for every case (add or remove), the laterality flip for unilateral ones."""
+    from oncoplan.runtime.bundles import CTV_BUNDLE, shipped_bundles
+    from oncoplan.training.ctv.free_text import ctv_free_vs_template
+
+    result = ctv_free_vs_template(shipped_bundles() / CTV_BUNDLE, breast_cohort, limit=2)
+    assert result["cases"] == 2 and 0 <= result["dice_free_text"] <= 1
+    nodal = result["nodal_flip_free_text"]
+    assert sum(v["cases"] for v in nodal.values()) == 2
+    assert all("nodal_change" in r and "free_text_nodal_flip" in r for r in result["rows"])

@@ -6,9 +6,12 @@
 2. CTV on held-out cohort cases (the shipped bundle): each case's Table 5 note and a free-text
    note of the same fields, read by the reader; Dice of each against the ground truth; and, for
    unilateral cases, the laterality flip written in free text (the side changed in the text, read
-   again), a success when >= 90% of the predicted CTV lies on the other side of the midline.
+   again), a success when >= 90% of the predicted CTV lies on the other side of the midline; and for
+   every case the nodal flip written in free text (N0 <-> N1 changed in the text, read again), a success
+   when at least half of the case's nodal regions are added (N0 -> N1) or removed (N+ -> N0), as
+   `oncoplan evaluate ctv` scores its template-note counterfactual.
 
-    python -m oncoplan.training.ctv.free_text --cohort DIR --bundle bundles/ctv_llmseg --out DIR
+    python -m oncoplan.training.ctv.free_text --cohort DIR [--bundle DIR] --out DIR
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ def field_accuracy(n: int = 2000, seed: int = 7, n_ambiguous: int = 200) -> dict
 def ctv_free_vs_template(bundle_dir: str | Path, cohort: str | Path, seed: int = 11, limit: int | None = None) -> dict:
     from oncoplan.ctv.predict import CTVPredictor
     from oncoplan.training.ctv.data import build_datalist, label_on_image_grid
-    from oncoplan.training.ctv.evaluate import _left_of_midline, _load
+    from oncoplan.training.ctv.evaluate import NODAL_SHARE, _left_of_midline, _load, _nodal_mask
+    from oncoplan.training.synth.breast import NODE_POSITIVE
 
     rng = np.random.default_rng(seed)
     predictor = CTVPredictor(bundle_dir, backends=("torch",))
@@ -78,6 +82,10 @@ def ctv_free_vs_template(bundle_dir: str | Path, cohort: str | Path, seed: int =
         free_note = read_note(free).note
         notes = [item["note"], free_note]
         row = {"case_id": item["case_id"], "template": item["note"], "free_text": free, "read_as": free_note}
+        positive = any(s.n_stage in NODE_POSITIVE for s in sides)
+        nodal_text = free_text_note([replace(s, n_stage="N0" if positive else "N1") for s in sides], rng)
+        notes.append(read_note(nodal_text).note)
+        row["free_text_nodal_flip"] = nodal_text
         if len(sides) == 1:
             other = {"left": "right", "right": "left"}
             flipped_text = free_text_note([replace(s, side=other[s.side]) for s in sides], rng)
@@ -87,12 +95,18 @@ def ctv_free_vs_template(bundle_dir: str | Path, cohort: str | Path, seed: int =
         image, affine = _load(item["image"])
         truth = label_on_image_grid(item["label"], item["image"]) > 0
         row["dice_template"], row["dice_free_text"] = dice(preds[0], truth), dice(preds[1], truth)
-        if len(preds) == 3:
+        if item.get("structures"):
+            nodal = _nodal_mask(item["structures"], item["image"], {s.side for s in sides})
+            change = float(((preds[2] & nodal).sum() - (preds[0] & nodal).sum()) / max(nodal.sum(), 1))
+            row["nodal_direction"], row["nodal_change"] = ("remove" if positive else "add"), change
+            row["nodal_obeyed"] = change <= -NODAL_SHARE if positive else change >= NODAL_SHARE
+        if len(preds) == 4:
             left = _left_of_midline(image, affine)
             other_side = ~left if sides[0].side == "left" else left
-            row["laterality_moved"] = float((preds[2] & other_side).sum() / max(preds[2].sum(), 1))
+            row["laterality_moved"] = float((preds[3] & other_side).sum() / max(preds[3].sum(), 1))
         rows.append(row)
     lat = [r["laterality_moved"] for r in rows if "laterality_moved" in r]
+    nodal = {d: [r["nodal_obeyed"] for r in rows if r.get("nodal_direction") == d] for d in ("add", "remove")}
     return {
         "cohort": str(cohort),
         "cases": len(rows),
@@ -103,6 +117,9 @@ def ctv_free_vs_template(bundle_dir: str | Path, cohort: str | Path, seed: int =
             "cases": len(lat),
             "success_rate": float(np.mean([v >= LATERALITY_MOVED for v in lat])) if lat else None,
         },
+        "nodal_flip_free_text": {
+            d: {"cases": len(v), "success_rate": float(np.mean(v)) if v else None} for d, v in nodal.items()
+        },
         "rows": rows,
     }
 
@@ -110,7 +127,7 @@ def ctv_free_vs_template(bundle_dir: str | Path, cohort: str | Path, seed: int =
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohort", type=Path, help="held-out synthetic breast cohort (CTV part)")
-    ap.add_argument("--bundle", type=Path, default=Path("bundles/ctv_llmseg"))
+    ap.add_argument("--bundle", type=Path, help="CTV bundle (default: the shipped ctv_llmseg)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--notes", type=int, default=2000)
     ap.add_argument("--limit", type=int)
@@ -118,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"synthetic": True, "fields": field_accuracy(args.notes)}
     if args.cohort:
-        result["ctv"] = ctv_free_vs_template(args.bundle, args.cohort, limit=args.limit)
+        from oncoplan.runtime.bundles import CTV_BUNDLE, shipped_bundles
+
+        bundle = args.bundle or shipped_bundles() / CTV_BUNDLE
+        result["ctv"] = ctv_free_vs_template(bundle, args.cohort, limit=args.limit)
     (args.out / "free_text_notes.json").write_text(json.dumps(result, indent=2) + "\n")
     f = result["fields"]
     print(f"field accuracy {f['field_accuracy']:.4f} on {f['notes']} generated notes (synthetic)")
@@ -128,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"CTV Dice template {c['dice_template']:.4f} vs free text {c['dice_free_text']:.4f} on {c['cases']} cases; "
             f"read as the template note {c['notes_read_as_template']}/{c['cases']}; laterality flip in free text "
-            f"{c['laterality_flip_free_text']['success_rate']} of {c['laterality_flip_free_text']['cases']}"
+            f"{c['laterality_flip_free_text']['success_rate']} of {c['laterality_flip_free_text']['cases']}; "
+            f"nodal flip in free text {c['nodal_flip_free_text']}"
         )
     return 0
 
