@@ -77,7 +77,10 @@ def _tree(pid: int) -> list[int]:
     """`pid` and its descendants."""
     kids = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        kids += [int(k) for k in (task / "children").read_text().split()]
+        try:  # a thread may end between the listing and the read (the listener's per-connection threads do)
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
     return [pid, *(p for kid in kids for p in _tree(kid))]
 
 
