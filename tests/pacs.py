@@ -43,6 +43,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """(certificate, key) of a one-day self-signed certificate for localhost, made by openssl."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run([*command, "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    return cert, key
+
+
 def wait_for(check, timeout: float, what: str, interval: float = 0.2):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

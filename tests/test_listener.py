@@ -26,7 +26,17 @@ from oncoplan.deploy.listener.config import load_config
 from oncoplan.deploy.listener.service import Listener
 from oncoplan.errors import InputError
 
-from .pacs import ListenerProcess, Orthanc, dcmtk, free_port, listener_config, make_study, send, wait_for
+from .pacs import (
+    ListenerProcess,
+    Orthanc,
+    dcmtk,
+    free_port,
+    listener_config,
+    make_study,
+    self_signed_cert,
+    send,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -462,27 +472,7 @@ def test_reserve_of_free_space_refuses_before_the_disk_is_full(tmp_path: Path, o
 def test_tls_association(tmp_path: Path, orthanc: Orthanc) -> None:
     import ssl
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_cert(tmp_path)
     port = free_port()
     config = listener_config(tmp_path, port, orthanc, tls={"cert": str(cert), "key": str(key)})
     with running(config):

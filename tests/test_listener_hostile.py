@@ -27,7 +27,18 @@ from oncoplan.deploy.listener.config import load_config
 from oncoplan.deploy.listener.service import Listener
 from oncoplan.deploy.listener.spool import Spool
 
-from .pacs import APP, ListenerProcess, Orthanc, dcmtk, free_port, listener_config, make_study, send, wait_for
+from .pacs import (
+    APP,
+    ListenerProcess,
+    Orthanc,
+    dcmtk,
+    free_port,
+    listener_config,
+    make_study,
+    self_signed_cert,
+    send,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -321,27 +332,7 @@ def test_silent_connections_neither_block_an_allowed_sender_nor_outlive_the_asso
 
 
 def test_an_idle_tcp_connection_does_not_block_tls_associations(tmp_path: Path, orthanc: Orthanc) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_cert(tmp_path)
     port = free_port()
     config = listener_config(tmp_path, port, orthanc, tls={"cert": str(cert), "key": str(key)}, association_timeout_s=3)
     with running(config):

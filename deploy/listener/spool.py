@@ -38,15 +38,8 @@ def digest_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a folder's entry for a renamed file) by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -64,7 +57,7 @@ def write_durably(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        _fsync(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -73,9 +66,9 @@ def write_durably(path: Path, data: bytes) -> None:
 def move_durably(src: Path, path: Path) -> None:
     """Move the finished file `src` (on the spool's file system) to `path`: whole or absent after a crash."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _fsync_file(src)
+    _fsync(src)
     os.replace(src, path)
-    _fsync_dir(path.parent)
+    _fsync(path.parent)
 
 
 class Spool:
