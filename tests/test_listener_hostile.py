@@ -497,18 +497,48 @@ def test_an_association_request_with_an_odd_ae_title_ends_in_one_line_with_its_r
     assert len(calling) == 16
     request[26:42] = calling  # the calling AE title field of the A-ASSOCIATE-RQ
     logs.setup()
-    with running(listener_config(tmp_path, port, orthanc)):
+    # The association timeout (pynetdicom's wait for the A-ASSOCIATE-RQ) is set past the wait below: the line
+    # must come from the connection ending, not from that wait running out.
+    with running(listener_config(tmp_path, port, orthanc, association_timeout_s=60)):
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
             s.sendall(bytes(request))
             s.recv(1024)  # A-ASSOCIATE-RJ or A-ABORT, then the close
         wait_for(
             lambda: [e for e in events(capfd, seen) if e["event"] in ("association_aborted", "association_refused")],
-            10,
+            30,
             "the line saying how it ended",
         )
         time.sleep(0.5)
     ended = [e for e in events(capfd, seen) if e["event"] in ("association_aborted", "association_refused")]
     assert len(ended) == 1 and ended[0]["reason"], ended
+
+
+def test_a_connection_whose_protocol_reader_dies_ends_at_once_with_one_line(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's reader thread can end on an exception without handing anything to the association's
+    thread, which then waited out the association timeout before its closing line (and held its slot): the
+    connection is cut and its thread ends at once."""
+    from pynetdicom.dul import DULServiceProvider
+
+    def broken(self: DULServiceProvider) -> bool:
+        raise RuntimeError("reader broke")
+
+    monkeypatch.setattr(DULServiceProvider, "_is_transport_event", broken)
+    port, seen = free_port(), []
+    logs.setup()
+    with running(listener_config(tmp_path, port, orthanc, association_timeout_s=60)) as listener:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(captured_associate_rq())
+            s.recv(1024)
+        ended = wait_for(
+            lambda: [e for e in events(capfd, seen) if e["event"] == "association_aborted"],
+            30,
+            "the line saying how it ended",
+        )
+        wait_for(lambda: listener.status()["associations_open"] == 0, 30, "the association's thread to end")
+    assert len(ended) == 1 and ended[0]["reason"] == "protocol error before the association was accepted", ended
+    assert "reader broke" in ended[0]["detail"]
 
 
 def test_a_pdu_that_stops_part_way_ends_its_association_after_the_pdu_timeout(

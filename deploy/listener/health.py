@@ -23,6 +23,8 @@ def prometheus(status: dict) -> str:
         ),
         "# TYPE oncoplan_spool_free_bytes gauge",
         f"oncoplan_spool_free_bytes {status['spool_free_bytes']}",
+        "# TYPE oncoplan_associations_open gauge",
+        f"oncoplan_associations_open {status['associations_open']}",
     ]
     for name, value in sorted(status["latency"].items()):
         lines += [f"# TYPE oncoplan_{name} gauge", f"oncoplan_{name} {value:.3f}"]

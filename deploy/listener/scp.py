@@ -152,6 +152,7 @@ class Connection:
     accepted: bool = False
     ended: str | None = None  # how it ended when that was not a release: the reason logged
     detail: str | None = None  # what pynetdicom said went wrong, captured from its log
+    detail_has_error: bool = False  # the detail names the exception behind it
     logged: bool = False  # its closing line was written
     timer: threading.Timer | None = field(default=None, repr=False)
 
@@ -172,6 +173,25 @@ def _cut(assoc: Association, why: str) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+    if not conn.accepted and getattr(assoc.requestor, "primitive", None) is None:
+        # pynetdicom's acceptor thread waits acse_timeout for the A-ASSOCIATE-RQ primitive, and a DUL that ends
+        # without handing one up (it sent an A-ABORT for an undecodable PDU, or died on an exception) leaves it
+        # waiting: the thread, its per-peer slot and the closing line waited out the timeout (CI, stop 37).
+        # None is what that wait returns on a timeout, so the thread ends now, the same way.
+        assoc.dul.to_user_queue.put(None)
+
+
+def _raised_by_us(record: logging.LogRecord) -> bool:
+    """pynetdicom logs an exception raised in an event handler ("Exception in handler bound to …", then the
+    exception) and goes on."""
+    if record.getMessage().startswith("Exception in handler bound to"):
+        return True
+    tb = record.exc_info[2] if record.exc_info else None
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("oncoplan."):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def capture_association_log(record: logging.LogRecord) -> bool:
@@ -182,14 +202,21 @@ def capture_association_log(record: logging.LogRecord) -> bool:
     assoc = thread.assoc if isinstance(thread, DULServiceProvider) else thread
     if not record.name.startswith("pynetdicom") or not isinstance(assoc, Association) or not assoc.is_acceptor:
         return False  # only what is said inside the associations we accept (not our own deliveries')
+    if _raised_by_us(record):
+        return False  # an exception in one of our handlers is our defect: its own line, never folded away
     if record.levelno < logging.WARNING:
         return True
     conn = connection(assoc)
+    # The first thing said, and the exception behind it when pynetdicom logs that next ("Unable to decode the
+    # received PDU data", then the error): the closing line carries both.
+    exc = record.exc_info[1] if record.exc_info else None
+    said = f"{type(exc).__name__}: {exc}" if exc is not None else (record.getMessage().strip().splitlines() or [""])[0]
+    said = logs.scrub(said, quoted=True)
     if conn.detail is None:
-        text = record.getMessage().strip().splitlines() or [""]
-        if record.exc_info and record.exc_info[1] is not None:
-            text = [f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"]
-        conn.detail = logs.scrub(text[0], quoted=True)[:200]
+        conn.detail = said[:200]
+    elif exc is not None and said not in conn.detail and not conn.detail_has_error:
+        conn.detail = f"{conn.detail} ({said})"[:200]
+    conn.detail_has_error = conn.detail_has_error or exc is not None
     if not conn.accepted and record.levelno >= logging.ERROR:
         _cut(assoc, "protocol error before the association was accepted")
     return True

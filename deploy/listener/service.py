@@ -181,6 +181,8 @@ class Listener:
             "counts": self.queue.counts(),
             "latency": self.queue.latencies(),
             "spool_free_bytes": self.spool.free_bytes(),
+            # this process's open associations (each receiving process serves its own)
+            "associations_open": len(self._scp.active_associations) if self._scp is not None else 0,
             "receiver_pids": [os.getpid(), *self._receivers.pids],
         }
 
