@@ -9,6 +9,7 @@ and series that no model should see (one slice, uneven spacing, missing geometry
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -69,10 +70,10 @@ def check_geometry(datasets: tuple[Dataset, ...] | list[Dataset], where: str) ->
     for ds in datasets:
         missing = [t for t in GEOMETRY_TAGS if t not in ds or ds.data_element(t).value in (None, "")]
         if missing:
-            raise InputError(f"{where}: slice {ds.get('SOPInstanceUID', '?')} lacks {', '.join(missing)}")
+            raise InputError(f"{where}: slice {_slice_name(ds)} lacks {', '.join(missing)}")
     iops = np.array([np.asarray(ds.ImageOrientationPatient, dtype=float) for ds in datasets])
-    if np.abs(iops - iops[0]).max() > 1e-4:
-        raise InputError(f"{where}: slices have different orientations")
+    if (turned := int((np.abs(iops - iops[0]).max(axis=1) > 1e-4).sum())) > 0:
+        raise InputError(f"{where}: slices have different orientations ({turned} of {len(iops)} unlike the first)")
     if len({(int(ds.Rows), int(ds.Columns)) for ds in datasets}) > 1:
         raise InputError(f"{where}: slices have different matrix sizes")
     normal = np.cross(iops[0][:3], iops[0][3:])
@@ -81,7 +82,19 @@ def check_geometry(datasets: tuple[Dataset, ...] | list[Dataset], where: str) ->
     if np.any(np.abs(gaps) < 1e-3):
         raise InputError(f"{where}: two slices at the same position")
     if np.ptp(gaps) > SPACING_TOLERANCE * gaps.mean():
-        raise InputError(f"{where}: inconsistent slice spacing ({gaps.min():.2f}-{gaps.max():.2f} mm)")
+        step = float(np.median(gaps))
+        multiples = gaps / step
+        missing = int(np.rint(multiples).sum() - len(gaps))
+        what = f"{gaps.min():.2f}-{gaps.max():.2f} mm"
+        if missing > 0 and np.abs(multiples - np.rint(multiples)).max() < 0.05:  # whole steps: slices left out
+            what += f": {missing} slice{'s' if missing > 1 else ''} missing"
+        raise InputError(f"{where}: inconsistent slice spacing ({what})")
+
+
+def _slice_name(ds: Dataset) -> str:
+    """A slice by its file name where it was read from a file, else its InstanceNumber (no UID)."""
+    name = getattr(ds, "filename", None)
+    return repr(Path(name).name) if isinstance(name, str) and name else f"#{ds.get('InstanceNumber', '?')}"
 
 
 def from_selected_series(study_selected_series_list, image) -> CTVolume:

@@ -12,14 +12,16 @@ starts, never a traceback inside it (decoding the demo's full-size study twice: 
 from __future__ import annotations
 
 import logging
+from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
 from oncoplan.errors import InputError
-from oncoplan.operators.series_rules import Choice, SeriesInfo, choose, passed_over
+from oncoplan.operators.series_rules import Choice, SeriesInfo, choose, passed_over, series_override
 
 log = logging.getLogger(__name__)
 IGNORED = {"clinical.json", "DICOMDIR"}  # side files an input folder may carry
@@ -30,17 +32,45 @@ def _expected_pixel_bytes(ds: pydicom.Dataset) -> int:
     return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * (int(ds.BitsAllocated) // 8) * frames
 
 
+def _bare_dataset(path: Path) -> bool:
+    """Whether a file pydicom refuses as DICOM is a DICOM data set without its file header (no 128-byte
+    preamble, 'DICM' or file meta information: ACR-NEMA style, some old archives and scripts write them)."""
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+        return all(str(ds.get(k, "")).replace(".", "").isdigit() for k in ("SOPClassUID", "SOPInstanceUID"))
+    except Exception:  # anything else (a thumbnail cache, an executable) is simply not DICOM
+        return False
+
+
+def _header_reads(path: Path) -> bool:
+    """Whether the attributes before the pixel data read, with a SOPClassUID among them."""
+    try:
+        return "SOPClassUID" in pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # unreadable before the pixel data too
+        return False
+
+
 def check_dicom_file(path: Path) -> pydicom.Dataset:
     """A readable, complete DICOM file (header and, for images, all pixel bytes)."""
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
+        if _bare_dataset(path):  # DICOM content the SDK's loader would skip: refused, not silently left out
+            raise InputError(
+                f"{path}: a DICOM data set without the DICOM file header (no preamble, 'DICM' or file meta "
+                "information), which the apps do not read; re-write it as a DICOM file (e.g. dcmtk's dcmconv IN OUT)"
+            ) from None
         raise InputError(f"{path}: not a DICOM file") from None
     except Exception as exc:  # truncated or corrupt: pydicom raises many types
         raise InputError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from None
     if "SOPClassUID" not in ds:
+        if _header_reads(path):  # pydicom gives an empty data set for a file cut inside encapsulated pixel data
+            raise InputError(f"{path}: its pixel data cannot be read: the file ends inside it (truncated) or is bad")
         raise InputError(f"{path}: DICOM file without SOPClassUID")
-    encapsulated = ds.file_meta.TransferSyntaxUID.is_encapsulated
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is None:
+        raise InputError(f"{path}: DICOM file whose file meta information names no transfer syntax (0002,0010)")
+    encapsulated = syntax.is_encapsulated
     if "PixelData" in ds and not encapsulated and len(ds.PixelData) < (want := _expected_pixel_bytes(ds)):
         raise InputError(f"{path}: truncated pixel data ({len(ds.PixelData)} of {want} bytes)")
     return ds
@@ -89,6 +119,9 @@ def check_input_folder(folder: str | Path, organ: str = "breast", series: str | 
     for path, ds in files.items():
         by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
     infos = {uid: SeriesInfo.of([ds for _, ds in items]) for uid, items in by_series.items()}
+    if not series_override(series):  # a named series is checked whole by choose
+        for uid, info in infos.items():
+            _no_duplicate_slices(info, by_series[uid], organ)
     try:
         choice = choose(list(infos.values()), organ, series)
     except InputError as exc:
@@ -99,3 +132,21 @@ def check_input_folder(folder: str | Path, organ: str = "breast", series: str | 
         if uid != choice.series.uid and not passed_over(info, organ):
             check_decodable(by_series[uid][0][1], by_series[uid][0][0])
     return choice
+
+
+def _no_duplicate_slices(info: SeriesInfo, items: list[tuple[Path, pydicom.Dataset]], organ: str) -> None:
+    """A series the rules would otherwise consider holding two slices at one position (the same instance twice,
+    or two instances there) is refused, naming both files. Passing it over instead would part the input check
+    from the graph: the SDK's loader keeps one slice per position, so the app's selector would see it whole."""
+    reason = passed_over(info, organ)
+    if not (reason and reason.startswith("incomplete") and "same position" in reason):
+        return
+    normal = np.asarray(info.normal, dtype=float)
+    at = sorted((float(np.asarray(ds.ImagePositionPatient, dtype=float) @ normal), path, ds) for path, ds in items)
+    for (z0, p0, d0), (z1, p1, d1) in pairwise(at):
+        if abs(z1 - z0) < 1e-3:
+            same = " (the same instance twice)" if d0.SOPInstanceUID == d1.SOPInstanceUID else ""
+            raise InputError(
+                f"{p0} and {p1}: two slices of {info.label()} at one position{same}; a series holds each slice once: "
+                "remove one (or name another series with --series)"
+            )

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 #
 # 1. `--series` / $ONCOPLAN_SERIES (a SeriesInstanceUID or a SeriesNumber) names the series outright.
 # 2. Passed over: objects of other modalities (SR dose reports, RTSTRUCT, RTPLAN, RTDOSE, KO, PR, OT, SEG),
-#    non-image CT objects (secondary captures such as dose screens), localizers (topograms, scouts),
+#    multi-frame CT (Enhanced CT: no other CT left is refused with how to convert it), non-image CT objects
+#    (secondary captures such as dose screens), localizers (topograms, scouts),
 #    derived or secondary series (MPR, MIP, reformats, screen captures), non-axial series, series of a
 #    region that cannot hold the organ (body_region.py), and incomplete series (a gap, one slice, no geometry).
 # 3. Among what remains, in this order: a SeriesDescription matching $ONCOPLAN_SERIES_DESCRIPTION (a
@@ -40,6 +41,13 @@ log = logging.getLogger(__name__)
 SERIES_ENV = "ONCOPLAN_SERIES"
 DESCRIPTION_ENV = "ONCOPLAN_SERIES_DESCRIPTION"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+# Multi-frame CT: one file holds the whole series. The SDK's series-to-volume operator reads single-frame CT
+# Image Storage only, so these are passed over, and a study with no other CT is refused with how to convert it.
+MULTI_FRAME_CT = {
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT",
+}
+MULTI_FRAME = "multi-frame"  # how passed_over's reason for them begins
 # Sharp kernels (lung, bone, detail): GE LUNG/BONE/BONEPLUS/DETAIL/EDGE, Siemens B60-B99, Br6x+, Bl, I60+,
 # Canon FC5x/FC8x, Philips L/D/YC/YD. A soft-tissue reconstruction of the same acquisition is preferred.
 SHARP_KERNEL = re.compile(
@@ -121,7 +129,9 @@ class SeriesInfo:
 
     def label(self) -> str:
         """How log and error lines name a series (no UID: the number, description, size)."""
-        size = f"{self.slices} images" + (f", {abs(self.spacing):.3g} mm" if self.spacing else "")
+        frames = int(self.datasets[0].get("NumberOfFrames", 1) or 1) if self.slices == 1 else 1
+        images = f"1 image of {frames} frames" if frames > 1 else f"{self.slices} images"
+        size = images + (f", {abs(self.spacing):.3g} mm" if self.spacing else "")
         return f"series {self.number if self.number is not None else '?'} {self.description!r} ({size})"
 
     @property
@@ -133,6 +143,8 @@ def passed_over(info: SeriesInfo, organ: str) -> str | None:
     """Why the rules pass over a series (rule 2), or None for a candidate."""
     if info.modality != "CT":
         return f"{info.modality or 'no modality'} object"
+    if info.sop_class in MULTI_FRAME_CT:
+        return f"{MULTI_FRAME} {MULTI_FRAME_CT[info.sop_class]} image, which the apps do not read"
     if info.sop_class != CT_IMAGE_STORAGE:
         return "not a CT image (secondary capture, dose screen or other object)"
     if "LOCALIZER" in info.image_type:
@@ -251,6 +263,13 @@ def choose(series: Sequence[SeriesInfo], organ: str, override: str | None = None
         incomplete = [s for s, r in passed if r.startswith("incomplete")]
         if len(incomplete) == 1 and len(ct) == 1:  # one CT series, and it is broken: its own words
             raise InputError(f"input: {incomplete[0].geometry_error}")
+        if multi := [s for s, r in passed if r.startswith(MULTI_FRAME)]:  # --series cannot help: say what can
+            others = "".join(f"; passed over {s.label()}: {r}" for s, r in passed if s not in multi)
+            raise InputError(
+                f"input: no single-frame CT image series to work on: {', '.join(s.label() for s in multi)} "
+                f"{'is' if len(multi) == 1 else 'are'} multi-frame ({MULTI_FRAME_CT[multi[0].sop_class]}), which "
+                f"the apps do not read; convert to single-frame CT Image Storage (e.g. dcm4che's emf2sf){others}"
+            )
         raise InputError(
             "input: no CT series to work on; passed over "
             + "; ".join(f"{s.label()}: {r}" for s, r in passed)
