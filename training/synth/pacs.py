@@ -265,10 +265,16 @@ def cd_layout(study: Path, out: Path) -> Path:
     if shutil.which("dcmmkdir"):  # dcmtk's DICOMDIR writer (general-purpose profile)
         cmd = ["dcmmkdir", "--general-purpose", "--recurse", "--invent", "DICOM"]
         subprocess.run(cmd, check=True, capture_output=True, cwd=out)
+    return viewer_leftovers(out)
+
+
+def viewer_leftovers(out: Path) -> Path:
+    """Files that are not DICOM, as viewers and operating systems leave them beside a study."""
     (out / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 thumbnail cache")
     (out / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (out / "VIEWER.EXE").write_bytes(b"MZ\x90\x00 a DICOM viewer for Windows")
     (out / "AUTORUN.INF").write_text("[autorun]\nopen=VIEWER.EXE\n")
+    (out / "README.TXT").write_text("Images of one patient. Open with VIEWER.EXE.\n")
     return out
 
 
