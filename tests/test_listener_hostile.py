@@ -499,15 +499,20 @@ def test_an_association_request_with_an_odd_ae_title_ends_in_one_line_with_its_r
     logs.setup()
     # The association timeout (pynetdicom's wait for the A-ASSOCIATE-RQ) is set past the wait below: the line
     # must come from the connection ending, not from that wait running out.
-    with running(listener_config(tmp_path, port, orthanc, association_timeout_s=60)):
+    with running(listener_config(tmp_path, port, orthanc, association_timeout_s=60)) as listener:
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
             s.sendall(bytes(request))
-            s.recv(1024)  # A-ASSOCIATE-RJ or A-ABORT, then the close
-        wait_for(
-            lambda: [e for e in events(capfd, seen) if e["event"] in ("association_aborted", "association_refused")],
-            30,
-            "the line saying how it ended",
-        )
+            answer = s.recv(1024)  # A-ASSOCIATE-RJ or A-ABORT, then the close
+        try:
+            wait_for(
+                lambda: [
+                    e for e in events(capfd, seen) if e["event"] in ("association_aborted", "association_refused")
+                ],
+                30,
+                "the line saying how it ended",
+            )
+        except AssertionError as exc:  # what it saw instead (a CI run once timed out here)
+            raise AssertionError(f"{exc}; answer {answer[:12]!r}; {listener.status()}; {events(capfd, seen)}") from None
         time.sleep(0.5)
     ended = [e for e in events(capfd, seen) if e["event"] in ("association_aborted", "association_refused")]
     assert len(ended) == 1 and ended[0]["reason"], ended
@@ -539,6 +544,56 @@ def test_a_connection_whose_protocol_reader_dies_ends_at_once_with_one_line(
         wait_for(lambda: listener.status()["associations_open"] == 0, 30, "the association's thread to end")
     assert len(ended) == 1 and ended[0]["reason"] == "protocol error before the association was accepted", ended
     assert "reader broke" in ended[0]["detail"]
+
+
+SEND_WITH_ANY_UID = """
+import sys
+import pydicom
+from pynetdicom import AE, _config
+_config.VALIDATORS["UI"] = lambda uid: (True, "")  # a sender that does not check its UIDs
+ds = pydicom.dcmread(sys.argv[2])
+ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sys.argv[3]
+ae = AE(ae_title="SENDER")
+ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+assoc = ae.associate("127.0.0.1", int(sys.argv[1]), ae_title="ONCOPLAN")
+assert assoc.is_established
+status = assoc.send_c_store(ds)
+print("STATUS", status.Status if "Status" in status else "none")
+if assoc.is_established:
+    assoc.release()
+"""
+
+
+def test_a_65_character_uid_in_the_store_command_ends_in_one_line_with_its_reason(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+) -> None:
+    """The DIMSE command's Affected SOP Instance UID is read by pynetdicom before any handler of ours: a
+    65-character one (over VR UI's 64) must not end the association silently, nor reach a log as a UID."""
+    port, seen = free_port(), []
+    study = make_study(tmp_path / "s", seed=4300, slices=1)
+    long_uid = "1.2." + "3" * 61
+    assert len(long_uid) == 65
+    logs.setup()
+    with running(listener_config(tmp_path, port, orthanc)) as listener:
+        sent = subprocess.run(
+            [sys.executable, "-c", SEND_WITH_ANY_UID, str(port), str(study[0]), long_uid],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        ended = wait_for(
+            lambda: [e for e in events(capfd, seen) if e["event"] in ("association_aborted", "instance_quarantined")],
+            30,
+            "the line saying what happened",
+        )
+        time.sleep(0.5)
+        lines = events(capfd, seen)
+        assert listener.status()["counts"]["instances"]["received"] == 0
+    assert "STATUS 0" not in sent.stdout, sent.stdout  # never acknowledged as stored
+    assert [e["reason"] for e in ended] == ["protocol error"], ended
+    assert "must not exceed 64 characters" in ended[0]["detail"]
+    assert long_uid not in json.dumps(lines) and "3" * 61 not in json.dumps(lines)
 
 
 def test_a_pdu_that_stops_part_way_ends_its_association_after_the_pdu_timeout(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -16,6 +17,7 @@ from oncoplan.deploy.listener.jobs import JobError
 from oncoplan.deploy.listener.warm import WarmApp
 
 from .helpers import cohort_rows
+from .pacs import make_study
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +96,29 @@ def test_the_worker_answers_a_malformed_job_and_goes_on(tmp_path: Path) -> None:
     assert answers[0]["rc"] == 2 and "malformed job" in answers[0]["error"]
     assert answers[1] == {"rc": 0}
     assert "usage:" in (tmp_path / "h.log").read_text()
+
+
+def test_a_warm_run_records_its_exit_status_durably_so_a_crash_after_it_does_not_rerun_the_job(
+    tmp_path: Path,
+) -> None:
+    """As the route supervisor does for a command route: the worker writes the status before it answers, and
+    a listener restarting after a kill -9 takes a job whose status is 0 as done (finished_before_a_crash)."""
+    from oncoplan.deploy.listener.jobs import finished_before_a_crash, status_file
+    from oncoplan.deploy.listener.processes import read_status
+
+    job_dir = tmp_path / "job"
+    (job_dir / "output").mkdir(parents=True)
+    app = WarmApp(None, tmp_path / "worker.log")
+    try:
+        assert app.run(["synth", "--help"], tmp_path / "ok.log", 120, status=status_file(job_dir)) == 0
+        assert read_status(status_file(job_dir)) == 0
+        assert finished_before_a_crash(job_dir) is None  # finished, but it wrote no DICOM: run it again
+        shutil.copy(make_study(tmp_path / "study", seed=4600, slices=1)[0], job_dir / "output" / "result.dcm")
+        assert finished_before_a_crash(job_dir) == [job_dir / "output" / "result.dcm"]
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        refused = ["contour", "-i", str(tmp_path / "missing"), "-o", str(bad / "output")]
+        assert app.run(refused, tmp_path / "b.log", 120, status=status_file(bad)) == 2
+        assert read_status(status_file(bad)) == 2
+    finally:
+        app.stop()

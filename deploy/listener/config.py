@@ -87,8 +87,8 @@ class ListenerConfig:
     tls: TLS | None = None
     poll_s: float = 0.5
     retention_days: float = 7.0  # a finished, delivered study's files are deleted after this
-    max_associations: int = 64  # at once, all callers together
-    max_associations_per_peer: int = 16  # at once from one IP address (connections being set up included)
+    max_associations: int = 64  # at once, all callers together, per receiving process
+    max_associations_per_peer: int = 16  # at once from one IP address (being set up included), per receiving process
     association_timeout_s: float = 15.0  # from TCP connect to an accepted association (TLS handshake included)
     pdu_timeout_s: float = 30.0  # a PDU that stops arriving part-way for this long ends the association
     max_instance_mb: float = 1024.0  # a larger instance ends its association (it is received into a file)

@@ -80,7 +80,7 @@ def stop_job(route: Route | None, job: Job) -> str | None:
 
 
 def status_file(job_dir: Path) -> Path:
-    """Where the supervisor records the app's exit status."""
+    """Where the supervisor (or the warm worker) records the app's exit status."""
     return job_dir / "exit_status"
 
 
@@ -126,7 +126,7 @@ def run_job(job_dir: Path, route: Route, queue: JobQueue, job: Job, warm: WarmAp
     command = fill(route.command, job, input_dir, output_dir)
     log = job_dir / "app.log"
     if warm is not None:
-        status = warm.run(command[len(APP_PREFIX) :], log, route.timeout_s, dict(route.env))
+        status = warm.run(command[len(APP_PREFIX) :], log, route.timeout_s, dict(route.env), status_file(job_dir))
     else:
         status = _run_tree(command, job.token, log, route.timeout_s, status_file(job_dir), dict(route.env))
     return collect(job_dir, status)

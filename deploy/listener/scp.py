@@ -153,6 +153,7 @@ class Connection:
     ended: str | None = None  # how it ended when that was not a release: the reason logged
     detail: str | None = None  # what pynetdicom said went wrong, captured from its log
     detail_has_error: bool = False  # the detail names the exception behind it
+    protocol_error: bool = False  # pynetdicom reported an error inside it (e.g. an undecodable command)
     logged: bool = False  # its closing line was written
     timer: threading.Timer | None = field(default=None, repr=False)
 
@@ -217,6 +218,7 @@ def capture_association_log(record: logging.LogRecord) -> bool:
     elif exc is not None and said not in conn.detail and not conn.detail_has_error:
         conn.detail = f"{conn.detail} ({said})"[:200]
     conn.detail_has_error = conn.detail_has_error or exc is not None
+    conn.protocol_error = conn.protocol_error or record.levelno >= logging.ERROR
     if not conn.accepted and record.levelno >= logging.ERROR:
         _cut(assoc, "protocol error before the association was accepted")
     return True
@@ -431,7 +433,9 @@ def _closing_line(assoc: Association, queue: JobQueue) -> None:
     if conn.logged or conn.ended in ("released", "refused"):
         return
     conn.logged = True
-    reason = conn.ended or ("aborted" if assoc.is_aborted else "connection closed")
+    reason = conn.ended or (
+        "protocol error" if conn.protocol_error else "aborted" if assoc.is_aborted else "connection closed"
+    )
     logs.event(
         "association_aborted",
         logging.WARNING,

@@ -39,12 +39,20 @@ class WarmApp:
             )
         return self.proc
 
-    def run(self, argv: list[str], log: Path, timeout_s: float, env: dict[str, str] | None = None) -> int:
+    def run(
+        self,
+        argv: list[str],
+        log: Path,
+        timeout_s: float,
+        env: dict[str, str] | None = None,
+        status: Path | None = None,
+    ) -> int:
         """`oncoplan ARGV` in the warm child with `env` set for it, its output appended to `log`: the exit
-        status."""
+        status, which the child also records durably in `status` before answering."""
         proc = self._started()
+        job = {"argv": argv, "log": str(log), "env": env or {}, "status": str(status) if status else None}
         try:
-            proc.stdin.write((json.dumps({"argv": argv, "log": str(log), "env": env or {}}) + "\n").encode())
+            proc.stdin.write((json.dumps(job) + "\n").encode())
             proc.stdin.flush()
         except BrokenPipeError:
             self.stop()

@@ -5,10 +5,13 @@ not per study. The listener keeps one per route (deploy/listener/warm.py).
     python -m oncoplan.deploy.listener.warm_worker [--preload MODULE ...] [--max-jobs N]
 
 Protocol, one JSON object per line: a job on stdin, ``{"argv": ["contour", "-i", IN, "-o", OUT],
-"log": "/path/app.log"}``; its answer on stdout, ``{"rc": 0}``. While a job runs, file descriptors 1
-and 2 point at its log, so everything it prints (Holoscan's C++ logger too) lands there, as with a
-child process per study. After a failure that is not bad input (exit status other than 0 or 2), or
-after `--max-jobs` jobs, the worker answers and exits, so the next job starts in a fresh process.
+"log": "/path/app.log", "status": "/path/exit_status"}``; its answer on stdout, ``{"rc": 0}``. The exit
+status is first written durably to "status" (as the route supervisor in processes.py does), so a job
+finished just before the listener died is taken as done at its restart, not run again. While a job
+runs, file descriptors 1 and 2 point at its log, so everything it prints (Holoscan's C++ logger too)
+lands there, as with a child process per study. After a failure that is not bad input (exit status
+other than 0 or 2), or after `--max-jobs` jobs, the worker answers and exits, so the next job starts in
+a fresh process.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from oncoplan import cli
+from oncoplan.deploy.listener.processes import write_status
 
 FRESH_START_AFTER = {0, 2}  # success and bad input (refused before the graph) keep the worker
 
@@ -80,11 +85,14 @@ def serve(jobs, answers, max_jobs: int) -> None:
             job = json.loads(line)
             argv, log = [str(a) for a in job["argv"]], str(job["log"])
             env = {str(k): str(v) for k, v in (job.get("env") or {}).items()}
+            status = Path(job["status"]) if job.get("status") else None
         except (ValueError, KeyError, TypeError) as exc:
             answers.write(json.dumps({"rc": 2, "error": f"malformed job ({exc})"}) + "\n")
             answers.flush()
             continue
         rc = run_one(argv, log, env)
+        if status is not None:
+            write_status(status, rc)  # first: the work is done whatever happens to the listener next
         answers.write(json.dumps({"rc": rc}) + "\n")
         answers.flush()
         if rc not in FRESH_START_AFTER or done >= max_jobs:
