@@ -270,6 +270,60 @@ def test_a_routes_stop_command_ends_what_the_job_started_outside_its_tree(tmp_pa
     )
 
 
+def _containers(engine: str, name: str) -> list[str]:
+    out = subprocess.run(
+        [engine, "ps", "-q", "--no-trunc", "--filter", f"name=^{name}$"], capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+@pytest.mark.slow
+def test_a_container_route_is_ended_with_its_job_and_a_kill_9_never_leaves_two_running(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    """A route that runs its app in a container (`podman run`, as a MAP route does): the container runs
+    under the engine (conmon), outside the job's process tree, so ending the tree cannot end it. After a
+    kill -9 of the listener the restart ends it with the route's `stop` before the job runs again, and a
+    graceful stop ends the rerun's container too: never two containers of one job, none left behind."""
+    from oncoplan.deploy.map_package import container_engine, debian_base
+
+    engine = container_engine()
+    if engine is None:
+        pytest.skip("no container engine answers here (podman info / docker info fail)")
+    base = debian_base(engine, log=lambda _line: None)
+    name = f"oncoplan-stoptest-{os.getpid()}-{{job}}"
+    port = free_port()
+    config = listener_config(tmp_path, port, orthanc, max_attempts=3)
+    with_route(
+        config,
+        command=[
+            *[engine, "run", "--rm", "--name", name, "--network", "none"],
+            *["-v", "{input}:/var/holoscan/input:ro", "-v", "{output}:/var/holoscan/output", base, "sleep", "600"],
+        ],
+        stop=[engine, "rm", "-f", "-t", "0", name],
+        timeout_s=600,
+    )
+    job1 = name.replace("{job}", "1")
+    listener = ListenerProcess(config, port).start()
+    try:
+        assert send(port, make_study(tmp_path / "s", seed=3700)) == [SUCCESS] * 3
+        first = wait_for(lambda: _containers(engine, job1), 120, "the job's container to start")
+        listener.kill9()
+        time.sleep(2)
+        outlived = bool(set(first) & set(_containers(engine, job1)))  # what a route without `stop` would leave
+        listener = ListenerProcess(config, port).start()
+        again = wait_for(lambda: [c for c in _containers(engine, job1) if c not in first], 120, "the job's second run")
+        assert not set(first) & set(_containers(engine, job1)), "the first run's container still runs"
+        assert len(_containers(engine, job1)) == 1
+        listener.stop()
+        wait_for(lambda: not _containers(engine, job1), 60, "the rerun's container to end with the listener")
+        assert again
+        print(f"the first container outlived the listener's kill -9: {outlived}")
+    finally:
+        listener.stop()
+        subprocess.run([engine, "rm", "-f", "-t", "0", job1], capture_output=True, check=False)
+
+
 # --- deliveries are isolated ------------------------------------------------------------------------
 def test_an_undeliverable_result_fails_alone(tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture) -> None:
     """Each job writes a good result and one with a 200-character SOP UID: the good ones reach Orthanc

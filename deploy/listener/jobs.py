@@ -121,6 +121,7 @@ def run_job(job_dir: Path, route: Route, queue: JobQueue, job: Job, warm: WarmAp
     shutil.rmtree(job_dir, ignore_errors=True)  # a run cut short by a crash starts clean
     input_dir, output_dir = job_dir / "input", job_dir / "output"
     input_dir.mkdir(parents=True)
+    output_dir.mkdir()  # there, empty, for a route that bind-mounts it into a container (`-v {output}:...`)
     if stage_input(queue, job, input_dir) == 0:
         raise JobError("no instances to process")
     command = fill(route.command, job, input_dir, output_dir)

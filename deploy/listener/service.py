@@ -34,6 +34,8 @@ class Listener:
         self.routes = {r.name: r for r in config.routes}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._running: dict[int, Job] = {}  # jobs this process is running now, by id (ended whole on stop)
+        self._running_lock = threading.Lock()
         self._scp = None
         self._receivers = Receivers(config)
         self._health = None
@@ -111,8 +113,17 @@ class Listener:
             if route is None:
                 raise JobError(f"route {job.route!r} is no longer configured")
             app = self._warm_app(route, warm)
-            results = run_job(self.spool.job_dir(job.id), route, self.queue, job, app)
+            with self._running_lock:
+                self._running[job.id] = job
+            try:
+                results = run_job(self.spool.job_dir(job.id), route, self.queue, job, app)
+            finally:
+                with self._running_lock:
+                    self._running.pop(job.id, None)
         except Exception as exc:  # one job's failure must never stop the worker
+            if self._stop.is_set():  # ended by stop(): left running in the queue, so the next start runs it again
+                logs.event("job_interrupted", logging.WARNING, job=job.id, route=job.route, error="listener stopped")
+                return
             left = stop_job(route, job)  # nothing of a failed or timed-out run may go on beside its retry
             if left:
                 logs.event("job_not_stopped", logging.ERROR, job=job.id, route=job.route, error=left)
@@ -236,6 +247,15 @@ class Listener:
         if self._health is not None:
             self._health.shutdown()
         self._stop.set()
+        # A running job is ended whole (its process tree, and through the route's `stop` what it started
+        # elsewhere: a container, a cluster Job) and stays recorded running, so the next start runs it
+        # again; leaving it would let a container run on unowned beside that rerun.
+        with self._running_lock:
+            running = list(self._running.values())
+        for job in running:
+            left = stop_job(self.routes.get(job.route), job)
+            if left:
+                logs.event("job_not_stopped", logging.ERROR, job=job.id, route=job.route, error=left)
         for t in self._threads:
             t.join(timeout=5)
         if not any(t.is_alive() for t in self._threads):  # a job still running keeps its connection
