@@ -50,6 +50,8 @@ def run_app(app_cls, input_path: Path, output_path: Path, model_path: Path | Non
     check_input_folder(input_path, app_cls.organ, app_kwargs.get("series"))
     if hasattr(app_cls, "check_note"):  # so is a clinical note the app cannot read
         app_cls.check_note(input_path, app_kwargs.get("note"))
+    if hasattr(app_cls, "check_options"):  # and the app's other options (clinical data, policy)
+        app_cls.check_options(input_path, app_kwargs)
     # No -m: the shipped bundles (each app finds its own under MODELS/<bundle name>).
     models = Path(model_path or shipped_bundles())
     if hasattr(app_cls, "check_models"):  # missing weights are one line before the graph starts
@@ -89,6 +91,10 @@ def main(app_cls, argv: Sequence[str] | None = None) -> int:
         # The app's own options (`cli_options`: flag -> keyword of its constructor), e.g. --note.
         options = getattr(app_cls, "cli_options", {})
         kwargs = {key: value for flag, key in options.items() if (value := _pop(argv, flag))}
+        for flag, key in getattr(app_cls, "cli_flags", {}).items():  # options without a value, e.g. --allow-send
+            if flag in argv:
+                argv.remove(flag)
+                kwargs[key] = True
         if not {"-m", "--model"} & set(argv) and not os.environ.get("HOLOSCAN_MODEL_PATH"):
             argv += ["-m", str(shipped_bundles())]  # the SDK's default ./models rarely exists: use the shipped bundles
         ctx = init_app_context(argv)

@@ -80,8 +80,15 @@ def _plan(args: argparse.Namespace) -> int:
     from .operators.tace_planning import parse_settings
 
     parse_settings(args.settings)  # a bad value is one line before any DICOM is read
+    options = {
+        "clinical": args.clinical,
+        "policy": args.policy,
+        "allow_send": args.allow_send,
+        "llm_model": args.llm_model,
+        "llm_base_url": args.llm_base_url,
+    }
     for path in run_app(
-        TacePlannerApp, args.input, args.output, args.model, settings=args.settings, series=args.series
+        TacePlannerApp, args.input, args.output, args.model, settings=args.settings, series=args.series, **options
     ):
         print(path)
     print("RESEARCH USE ONLY - not for clinical use.")
@@ -227,6 +234,29 @@ def build_parser() -> argparse.ArgumentParser:
         "separate its top protocols (ANOVA p >= 0.05)",
     )
     plan.add_argument("--series", metavar="UID|NUMBER", help=SERIES_HELP)
+    plan.add_argument(
+        "--clinical",
+        metavar="FILE",
+        help="the patient's clinical data, a JSON object (fields and units: oncoplan/tace/patient.py); else "
+        "$ONCOPLAN_CLINICAL (a path or the JSON), clinical.json in or beside the input folder, an SR in the study; "
+        "covariates not given take the training median and the outputs say which",
+    )
+    plan.add_argument(
+        "--policy",
+        choices=("offline", "openai", "transformers"),
+        help="who proposes the candidate protocols: offline (default; $ONCOPLAN_POLICY), openai (an "
+        "OpenAI-compatible endpoint: $ONCOPLAN_LLM_BASE_URL, $ONCOPLAN_LLM_MODEL, key in $OPENAI_API_KEY; needs "
+        "--allow-send) or transformers (a local chat model folder: --llm-model DIR); on a timeout, error or "
+        "an answer outside the action base the offline policy plans, and plan.json says why",
+    )
+    plan.add_argument(
+        "--allow-send",
+        action="store_true",
+        help="opt in to sending the de-identified case (clinical fields, one CT slice) to the openai policy's "
+        "endpoint (also $ONCOPLAN_LLM_ALLOW_SEND=1)",
+    )
+    plan.add_argument("--llm-model", help="openai: the model name; transformers: the model folder")
+    plan.add_argument("--llm-base-url", help="openai: the endpoint's base URL, e.g. http://llm.hospital:8000/v1")
     plan.set_defaults(func=_plan)
 
     package = sub.add_parser(

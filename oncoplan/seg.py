@@ -7,6 +7,7 @@ must have at least one frame). Every object says research use only in its series
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,10 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from .fsio import atomic_path
+
+# highdicom warns about a one-component PatientName ("DOE") it copies from the source CT by quoting the name:
+# a patient identifier in a log line. Every writer of SR, SEG and RTSTRUCT imports this module.
+warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name")
 
 RESEARCH_USE = "research use only"
 AI_FAMILY = Code("123109", "DCM", "Artificial Intelligence")

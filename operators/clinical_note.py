@@ -31,41 +31,56 @@ SR_MODALITY = "SR"
 log = logging.getLogger(__name__)
 
 
-def _clinical_json(input_dir: Path) -> tuple[str, str] | None:
-    # a free-text `note` (or `text`) is read by the note reader; tabular fields by the note builder
+def clinical_json(input_dir: Path, what: str) -> tuple[dict, Path] | None:
+    """(the object, its path) of ``clinical.json`` in the input folder, else beside it; None if neither
+    exists; a file that is not a JSON object is an InputError (`what` it should hold)."""
     for path in (input_dir / "clinical.json", input_dir.parent / "clinical.json"):
         if path.is_file():
             try:
                 data = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise InputError(f"{path}: not readable JSON ({exc})") from None
             if not isinstance(data, dict):
-                raise InputError(f"{path}: expected a JSON object with a 'note' or note fields")
-            free = next(
-                (data[k] for k in ("note", "Note", "text") if isinstance(data.get(k), str) and data[k].strip()), None
-            )
-            if free is not None:
-                return free, str(path)
-            return note_from_row(data, str(path)), str(path)
+                raise InputError(f"{path}: expected a JSON object with {what}")
+            return data, path
     return None
 
 
-def _text_items(items) -> Iterator[str]:
+def _clinical_json(input_dir: Path) -> tuple[str, str] | None:
+    # a free-text `note` (or `text`) is read by the note reader; tabular fields by the note builder
+    found = clinical_json(input_dir, "a 'note' or note fields")
+    if found is None:
+        return None
+    data, path = found
+    free = next((data[k] for k in ("note", "Note", "text") if isinstance(data.get(k), str) and data[k].strip()), None)
+    if free is not None:
+        return free, str(path)
+    return note_from_row(data, str(path)), str(path)
+
+
+def text_items(items) -> Iterator[str]:
+    """The TEXT values of an SR content tree, depth first."""
     for item in items or []:
         if item.get("ValueType") == "TEXT" and item.get("TextValue"):
             yield str(item.TextValue)
-        yield from _text_items(item.get("ContentSequence"))
+        yield from text_items(item.get("ContentSequence"))
 
 
-def _text_sr(input_dir: Path) -> tuple[str, str] | None:
+def study_srs(input_dir: Path) -> Iterator[tuple[pydicom.Dataset, Path]]:
+    """The SR objects of the study folder (headers and content, no pixels), in path order; OncoPlan's own
+    SRs (a plan written back into the study) are skipped."""
     for path in sorted(p for p in input_dir.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # not DICOM: other files are the loader's business
             continue
-        if ds.get("Modality") != SR_MODALITY:
-            continue
-        for text in _text_items(ds.get("ContentSequence")):
+        if ds.get("Modality") == SR_MODALITY and ds.get("Manufacturer") != "OncoPlan":
+            yield ds, path
+
+
+def _text_sr(input_dir: Path) -> tuple[str, str] | None:
+    for ds, path in study_srs(input_dir):
+        for text in text_items(ds.get("ContentSequence")):
             try:
                 read_note(text)
             except InputError:

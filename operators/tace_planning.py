@@ -6,10 +6,12 @@ Every piece comes from the bundles and `oncoplan.training`; this module only str
    ``inference.json``: RAS, the bundles' voxel spacing, HU clip/scale; the loader is skipped);
 2. the assistant segments liver and tumor (its inferer and its ``label_map`` without the inversion);
 3. a window of the assistant's ROI is cut around the tumor (:func:`window_around`) and the planner
-   searches (:class:`WorldModelPlanner`: offline policy, dynamics + assistant world model, the
-   planner's default heuristic: the survival bundle's response Cox model, with the training medians
-   for the clinical covariates a CT does not carry, on the world model's predicted layout; ``cpu``
-   settings by default, ``paper`` for MeWM's B=5, T=5);
+   searches (:class:`WorldModelPlanner`: the chosen policy (:class:`PolicyChoice`: offline by default,
+   an OpenAI-compatible endpoint or a local model, which fall back to the offline one), dynamics +
+   assistant world model, the planner's default heuristic: the survival bundle's response Cox model
+   on the world model's predicted layout, with the patient's clinical covariates
+   (:mod:`oncoplan.operators.clinical_data`) and the training medians for those not given, which the
+   outputs name; ``cpu`` settings by default, ``paper`` for MeWM's B=5, T=5);
 4. the top candidates are simulated again with the search's seed (the same noise, so the same
    outcomes) for the report, and the top protocol's simulated tumor (viable / necrosis / Lipiodol,
    the per-voxel majority over the T samples, inside the region the dynamics model regenerates) is
@@ -30,7 +32,9 @@ import torch
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from oncoplan.errors import InputError
+from oncoplan.operators.clinical_data import ClinicalReading
 from oncoplan.operators.ct_volume import CTVolume, from_selected_series
+from oncoplan.planner.policy import PolicyChoice
 from oncoplan.runtime.grid import support_box
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,8 @@ class TacePlan:
     post_labels: np.ndarray  # (slice, row, column) on the CT: 0, 2 viable, 3 necrosis, 4 Lipiodol
     spacing_mm: tuple[float, ...]
     bundles: dict[str, str]  # bundle name -> version
+    clinical: dict = field(default_factory=dict)  # clinical_record(): source, values, imputed, flags
+    policy: dict = field(default_factory=dict)  # the policy chosen, the one that planned, any fallback
     timing_s: dict[str, float] = field(default_factory=dict)
     segmented_cm3: dict[str, float] = field(default_factory=dict)  # the assistant's liver (tumor in) and tumor
     model_timing_s: dict[str, float] = field(default_factory=dict)  # per network, over the whole plan
@@ -110,6 +116,11 @@ class TacePlan:
     @property
     def best(self):
         return self.plan.best
+
+    @property
+    def flags(self) -> list[dict]:
+        """The guideline contraindications and cautions of the patient's clinical data."""
+        return list(self.clinical.get("flags", []))
 
     @property
     def segmentation_warning(self) -> str | None:
@@ -187,11 +198,14 @@ def _paste(window: np.ndarray, start: np.ndarray, shape: tuple[int, ...]) -> np.
 class TacePlanner:
     """The three bundles loaded once (on CUDA if present, else the CPU); :meth:`plan` runs one CT."""
 
-    def __init__(self, bundles: dict[str, Path], settings: PlanSettings) -> None:
+    def __init__(self, bundles: dict[str, Path], settings: PlanSettings, policy: PolicyChoice | None = None) -> None:
         from oncoplan.planner.models import load_models
         from oncoplan.runtime.bundles import bundle_parser
 
         self.bundles, self.settings = {k: Path(v) for k, v in bundles.items()}, settings
+        self.choice = policy or PolicyChoice()
+        s = settings.search
+        self.policy = self.choice.build(settings.action_set, None, s.drug_horizon, s.embolic_horizon)
         self.world, self.scorer, _ = load_models(
             self.bundles["dynamics"], self.bundles["assistant"], self.bundles["survival"], None, settings.search
         )
@@ -226,18 +240,27 @@ class TacePlanner:
         labels = np.asarray(pred["pred"][0].cpu()).astype(np.uint8)
         return np.asarray(image[0].cpu(), dtype=np.float32), labels, np.asarray(image.affine, dtype=float)
 
-    def plan(self, volume: CTVolume, phase: str) -> TacePlan:
+    def plan(self, volume: CTVolume, phase: str, clinical: ClinicalReading | None = None) -> TacePlan:
         """The plan of one CT, with the time each network took over all of it (the study's
         segmentation, the search, the outcomes of the top candidates), on whichever backend ran it."""
         from oncoplan.planner.search import ForwardTimer
 
         with ForwardTimer(self.world, "dynamics") as dynamics, ForwardTimer(self.world, "assistant") as assistant:
-            plan = self._plan(volume, phase)
+            plan = self._plan(volume, phase, clinical)
         plan.model_timing_s = {"dynamics": dynamics.seconds, "assistant": assistant.seconds}
         return plan
 
-    def _plan(self, volume: CTVolume, phase: str) -> TacePlan:
-        from oncoplan.planner.policy import OfflinePolicy
+    def observation(self, volume: CTVolume, row: dict, clinical: ClinicalReading | None, tumor_on_ct: np.ndarray):
+        """The de-identified observation an LLM policy sees (None for the offline policy: nothing built)."""
+        if self.choice.kind == "offline":
+            return None
+        from oncoplan.planner.deid import build_observation
+
+        # The source's identifier columns go in only so that the guard refuses them in a request.
+        identified = {**row, **(clinical.identifiers if clinical is not None else {})}
+        return build_observation(identified, list(volume.datasets), tumor_on_ct)
+
+    def _plan(self, volume: CTVolume, phase: str, clinical: ClinicalReading | None = None) -> TacePlan:
         from oncoplan.planner.search import WorldModelPlanner
         from oncoplan.tace.labels import TUMOR_LABELS
         from oncoplan.tace.world_model import window_around
@@ -254,8 +277,12 @@ class TacePlanner:
             log.warning("%s: %s", volume.where, warning)
         t1 = time.perf_counter()
         pre_window, mask_window, start = window_around(pre, mask, tuple(self.world.window))
-        policy = OfflinePolicy(self.settings.action_set, None, s.drug_horizon, s.embolic_horizon)
-        plan = WorldModelPlanner(self.world, self.scorer, policy, s).beam_search(pre_window, mask_window)
+        row = clinical.data.row() if clinical is not None else {}
+        tumor_on_ct = onto_ct_grid(mask.astype(np.uint8), affine, volume) if self.choice.kind != "offline" else None
+        observation = self.observation(volume, row, clinical, tumor_on_ct)
+        planner = WorldModelPlanner(self.world, self.scorer, self.policy, s)
+        plan = planner.beam_search(pre_window, mask_window, observation, clinical=row)
+        policy = self.policy_record()
         t2 = time.perf_counter()
         top = [plan.best, *[r for r in plan.ranked if r is not plan.best]][:TOP_K]  # the recommendation first
         protocols = np.asarray([r.protocol.multi_hot() for r in top], dtype=np.float32)
@@ -281,9 +308,49 @@ class TacePlanner:
             post_labels=on_ct,
             spacing_mm=self.spacing,
             bundles=self.versions,
+            clinical=clinical_record(clinical, self.scorer, row),
+            policy=policy,
             timing_s={"segmentation": t1 - t0, "search": t2 - t1, "outcomes": t3 - t2},
             segmented_cm3=segmented,
         )
+
+    def policy_record(self) -> dict:
+        """The policy chosen, the one that proposed this plan's candidates, and why it fell back (if it did)."""
+        fallback = getattr(self.policy, "last_fallback_reason", None)
+        if fallback:
+            log.warning("policy %s fell back to the offline policy", self.choice.label())  # the reason is in plan.json
+        return {
+            **self.choice.to_dict(),
+            "planned_by": "offline" if fallback or self.choice.kind == "offline" else self.choice.label(),
+            "fallback": fallback,
+        }
+
+
+def clinical_record(clinical: ClinicalReading | None, scorer, row: dict) -> dict:
+    """What the outputs say of the clinical data: its source, the fields given, Child-Pugh and how it is
+    known, the covariates the risk model used (each given or imputed with the training median), the keys
+    that named no field, and the guideline flags."""
+    from oncoplan.tace.patient import ClinicalData
+
+    data = clinical.data if clinical is not None else ClinicalData()
+    cls, how = data.child_pugh_class()
+    model = getattr(scorer, "model", None)  # the response Cox model; the survival network reads no covariates
+    used = model.covariates_used(row) if model is not None and hasattr(model, "covariates_used") else {}
+    imputed = [v["field"] for v in used.values() if v["imputed"]]
+    return {
+        "source": clinical.source if clinical is not None else "none",
+        "given": data.given(),
+        "child_pugh": {"class": cls, "how": how, "score": data.child_pugh_points()},
+        "model_covariates": used,
+        "imputed": imputed,
+        "imputed_note": (
+            "planned with the training median for " + ", ".join(imputed) if imputed else "no covariate imputed"
+        )
+        if used
+        else "the heuristic reads no clinical covariate",
+        "ignored_keys": list(clinical.ignored) if clinical is not None else [],
+        "flags": [f.to_dict() for f in (clinical.flags if clinical is not None else [])],
+    }
 
 
 def _version(bundle: Path) -> str:
@@ -297,16 +364,24 @@ class TacePlanningOperator(Operator):
     """Pre-treatment CT volume (and its selected series) -> :class:`TacePlan` on port ``plan``."""
 
     def __init__(
-        self, fragment: Fragment, *args, bundles: dict[str, Path], settings: str | None = None, **kwargs
+        self,
+        fragment: Fragment,
+        *args,
+        bundles: dict[str, Path],
+        settings: str | None = None,
+        policy: PolicyChoice | None = None,
+        **kwargs,
     ) -> None:
         self.bundles = {k: Path(v) for k, v in bundles.items()}
         self.settings = parse_settings(settings)
+        self.policy = policy or PolicyChoice()
         check_bundles(self.bundles)  # before any DICOM is read: a missing checkpoint is one line
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("image")
         spec.input("study_selected_series_list")
+        spec.input("clinical")
         spec.output("plan")
 
     def planner(self) -> TacePlanner:
@@ -317,8 +392,8 @@ class TacePlanningOperator(Operator):
         planner = cached(
             "tace",
             [self.bundles[r] for r in roles],
-            (tuple(roles), repr(self.settings)),
-            lambda: TacePlanner(self.bundles, self.settings),
+            (tuple(roles), repr(self.settings), repr(self.policy)),
+            lambda: TacePlanner(self.bundles, self.settings, self.policy),
         )
         log.info("TACE bundles %s, settings %s", planner.versions, self.settings.label)
         return planner
@@ -328,4 +403,5 @@ class TacePlanningOperator(Operator):
         selected = op_input.receive("study_selected_series_list")
         volume = from_selected_series(selected, image)
         phase = selected[0].selected_series[0].selection_name
-        op_output.emit(self.planner().plan(volume, phase), "plan")
+        clinical = op_input.receive("clinical")
+        op_output.emit(self.planner().plan(volume, phase, clinical), "plan")

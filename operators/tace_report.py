@@ -19,6 +19,7 @@ DISCLAIMER = (
 )
 COLOURS = {2: ("#e4002b", "viable tumor"), 3: ("#1f77b4", "necrosis"), 4: ("#ffd200", "Lipiodol")}
 MAX_BARS = 15
+RED = "#b00000"  # the disclaimer, warnings, contraindications and cautions
 
 
 def _axial(array: np.ndarray, z: int) -> np.ndarray:
@@ -26,7 +27,8 @@ def _axial(array: np.ndarray, z: int) -> np.ndarray:
     return array[:, :, z].T[::-1, ::-1]
 
 
-def _text_page(fig, plan: TacePlan) -> None:
+def _text_page(fig, plan: TacePlan) -> float:
+    """The first page's text; returns the height (figure fraction) where it ends."""
     ds = plan.volume.datasets[0]
     best = plan.best
     s = plan.settings.search
@@ -45,15 +47,24 @@ def _text_page(fig, plan: TacePlan) -> None:
         f"Predicted risk: {best.mean_risk:.4f} +/- {best.std_risk:.4f} (mean +/- SD over {len(best.sample_risks)} "
         "simulated outcomes; lower is better)",
     ]
+    from oncoplan.operators.tace_writers import clinical_lines
+
+    extra = clinical_lines(plan)
+    lines += ["", *extra["clinical"], *extra["imputed"], *extra["policy"]]
     fig.text(0.06, 0.95, "TACE plan (world-model search)", fontsize=16, weight="bold", va="top")
     fig.text(0.06, 0.915, DISCLAIMER, fontsize=7.5, color="#b00000", va="top", wrap=True)
     wrapped = [part for line in lines for part in (textwrap.wrap(line, 95) or [""])]
     fig.text(0.06, 0.875, "\n".join(wrapped), fontsize=8, va="top", family="monospace", linespacing=1.5)
-    if plan.segmentation_warning:
-        # under the text block (8 pt lines at 1.5 spacing) and a little gap
-        below = 0.875 - (len(wrapped) + 0.6) * 8 * 1.5 / (fig.get_figheight() * 72)
-        warning = "\n".join(textwrap.wrap(f"Warning: {plan.segmentation_warning}", 95))
-        fig.text(0.06, below, warning, fontsize=8, color="#b00000", weight="bold", va="top", family="monospace")
+    # Under the text block (8 pt lines at 1.5 spacing) and a little gap, in red: the segmentation warning,
+    # then the guideline contraindications and cautions (the plan above stays: research use).
+    line_height = 8 * 1.5 / (fig.get_figheight() * 72)
+    below = 0.875 - (len(wrapped) + 0.6) * line_height
+    red = ([f"Warning: {plan.segmentation_warning}"] if plan.segmentation_warning else []) + extra["flags"]
+    if red:
+        warning = [part for line in red for part in textwrap.wrap(line, 95)]
+        fig.text(0.06, below, "\n".join(warning), fontsize=8, color=RED, weight="bold", va="top", family="monospace")
+        below -= (len(warning) + 0.6) * line_height
+    return below
 
 
 def _risk_chart(ax, plan: TacePlan) -> None:
@@ -102,8 +113,9 @@ def render_report(plan: TacePlan) -> bytes:
     meta = {"Title": "TACE plan (research use only)", "Creator": "OncoPlan", "CreationDate": datetime.now()}
     with PdfPages(buffer, metadata=meta) as pdf:
         fig = Figure(figsize=(8.27, 11.69))
-        _text_page(fig, plan)
-        _risk_chart(fig.add_axes((0.4, 0.08, 0.54, 0.56)), plan)
+        end = _text_page(fig, plan)
+        top = min(0.64, end - 0.04)  # the chart under the text, however long it is
+        _risk_chart(fig.add_axes((0.4, 0.08, 0.54, max(top - 0.08, 0.2))), plan)
         pdf.savefig(fig)
 
         fig = Figure(figsize=(8.27, 11.69))

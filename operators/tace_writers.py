@@ -62,6 +62,10 @@ MEAN_RISK = _own("TACE-RISK-MEAN", "Mean predicted risk")
 SD_RISK = _own("TACE-RISK-SD", "Standard deviation of predicted risk")
 OUTCOMES = _own("TACE-OUTCOMES", "Simulated outcomes")
 SEARCH = _own("TACE-SEARCH", "Planning search settings")
+CLINICAL = _own("TACE-CLINICAL", "Clinical data used for planning")
+IMPUTED = _own("TACE-IMPUTED", "Clinical covariates imputed with the training median")
+FLAG = _own("TACE-FLAG", "TACE contraindication or caution")
+POLICY = _own("TACE-POLICY", "Planning policy")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 
@@ -97,6 +101,35 @@ def _candidate(rank: int, ranked, name=CANDIDATE) -> hd.sr.ContainerContentItem:
     return _container(name, items)
 
 
+def clinical_lines(plan: TacePlan) -> dict[str, list[str]]:
+    """The clinical data, imputation, guideline flags and policy as the SR and the PDF write them."""
+    c, p = plan.clinical, plan.policy
+    lines: dict[str, list[str]] = {"clinical": [], "imputed": [], "flags": [], "policy": []}
+    if c:
+        given = ", ".join(f"{k} {_show(v)}" for k, v in c.get("given", {}).items()) or "none"
+        cp = c.get("child_pugh", {})
+        cp_text = f"; Child-Pugh {cp['class']} ({cp['how']})" if cp.get("class") else ""
+        lines["clinical"].append(f"Clinical data from {c.get('source', 'none')}: {given}{cp_text}")
+        used = c.get("model_covariates", {})
+        if used:
+            parts = [f"{v['reads_as']}{' (imputed: training median)' if v['imputed'] else ''}" for v in used.values()]
+            lines["clinical"].append("Risk model covariates: " + "; ".join(parts))
+        lines["imputed"].append(c.get("imputed_note", ""))
+        if c.get("ignored_keys"):
+            lines["clinical"].append("Keys naming no clinical field (ignored): " + ", ".join(c["ignored_keys"]))
+        lines["flags"] = [f"{f['level'].upper()}: {f['text']} ({f['guideline']})" for f in c.get("flags", [])]
+    if p:
+        text = f"Policy: {p.get('label', 'offline')}; candidates proposed by {p.get('planned_by', 'offline')}"
+        if p.get("fallback"):
+            text += f" (fell back to the offline policy: {p['fallback']})"
+        lines["policy"].append(text)
+    return {k: [line for line in v if line] for k, v in lines.items()}
+
+
+def _show(value) -> str:
+    return "; ".join(value) if isinstance(value, list) else str(value)
+
+
 def plan_sr(plan: TacePlan, series_number: int = 901) -> hd.sr.ComprehensiveSR:
     """The plan as a Comprehensive SR in the CT's study; see the module doc."""
     s = plan.settings.search
@@ -108,9 +141,13 @@ def plan_sr(plan: TacePlan, series_number: int = 901) -> hd.sr.ComprehensiveSR:
         f"pick: {plan.plan.pick}, {separation_text(plan.plan.separation)}"
     )
     warning = [_text(codes.DCM.Comment, f"Warning: {plan.segmentation_warning}")] if plan.segmentation_warning else []
+    lines = clinical_lines(plan)
+    concepts = {"flags": FLAG, "clinical": CLINICAL, "imputed": IMPUTED, "policy": POLICY}
+    patient = [_text(concepts[k], line) for k in ("flags", "clinical", "imputed", "policy") for line in lines[k]]
     items = [
         _text(codes.DCM.Comment, RESEARCH_NOTE),
         *warning,
+        *patient,
         hd.sr.CodeContentItem(codes.DCM.ProcedureReported, codes.SCT.TranscatheterTherapyForEmbolization, CONTAINS),
         _text(codes.DCM.AlgorithmName, algorithm),
         _text(SEARCH, settings),
@@ -155,6 +192,10 @@ def plan_json(plan: TacePlan) -> dict:
             **{f"{k}_cm3": round(v, 1) for k, v in plan.segmented_cm3.items()},
             "warning": plan.segmentation_warning,
         },
+        "clinical": plan.clinical,
+        "contraindications": [f for f in plan.flags if f["level"] == "contraindication"],
+        "cautions": [f for f in plan.flags if f["level"] == "caution"],
+        "policy": plan.policy,
         **plan.plan.to_dict(),
     }
 

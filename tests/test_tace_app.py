@@ -23,6 +23,7 @@ import pytest
 from oncoplan.errors import InputError
 from oncoplan.operators.tace_planning import ADULT_LIVER_CM3, liver_volume_warning
 from oncoplan.planner.search import PAPER_SETTINGS
+from oncoplan.tace.actions import Protocol
 from oncoplan.training.synth.cohort import generate_cohort
 
 from .dicom_validate import dciodvfy_available, problems
@@ -401,3 +402,201 @@ def test_a_warm_worker_plans_as_a_fresh_process_does(case: dict, models: Path, p
         )
         assert warm["simulated_post_treatment_voxels"] == fresh["simulated_post_treatment_voxels"]
     assert (tmp_path / "worker.log").read_text().count("ready") == 1
+
+
+# -- clinical data, contraindications and the LLM policy through the app --------------------------------
+
+TEXT_VRS = ("PN", "LO", "SH", "LT", "ST", "UT")
+ADDED = {  # identifying attributes a PACS study may carry that the generated one lacks: planted too
+    "InstitutionName": "LO",
+    "InstitutionAddress": "ST",
+    "ReferringPhysicianName": "PN",
+    "OperatorsName": "PN",
+    "OtherPatientIDs": "LO",
+    "PatientAddress": "LO",
+    "AdditionalPatientHistory": "LT",
+    "ImageComments": "LT",
+    "StationName": "SH",
+    "RequestingPhysician": "PN",
+}
+CLINICAL_PLANTED = {  # identifiers in the clinical data itself, beside the fields the models read
+    "PatientName": "DOE^PLANTEDCLIN",
+    "PatientID": "MRN-PLANTED-77",
+    "TCIA_ID": "HCC_PLANTED",
+    "note": "seen by Dr Plantedson at Planted General",
+    "prior_treatments": ["RFA at Planted General by Dr Plantedson"],
+    "age": 93,
+    "child_pugh": "C",
+    "main_portal_vein_invasion": True,
+}  # AFP not given: imputed with the training median
+
+
+def _plant(src: Path, dst: Path) -> tuple[list[str], dict[str, str]]:
+    """A copy of the study with an identifier planted in every text field (PN, LO, SH, LT, ST, UT) of every
+    file, and the usual identifying attributes added; returns every identifying value of the copy (the
+    planted values, its UIDs and dates) as the test looks for them in raw bytes, and the planted value of
+    each attribute keyword."""
+    tokens: dict[int, str] = {}
+    named: dict[str, str] = {}
+    found: set[str] = set()
+
+    def token(tag: int, keyword: str) -> str:
+        named[keyword] = tokens.setdefault(tag, f"PLANTED{len(tokens)}")
+        return named[keyword]
+
+    shutil.copytree(src, dst)
+    for f in sorted(dst.rglob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        for keyword, vr in ADDED.items():
+            if keyword not in ds:
+                ds.add_new(keyword, vr, "")
+        for elem in ds.iterall():
+            if elem.VR in TEXT_VRS and not isinstance(elem.value, pydicom.sequence.Sequence):
+                old = "" if elem.value is None else str(elem.value)
+                new = token(elem.tag, elem.keyword)
+                elem.value = new if elem.VR in ("PN", "SH") or not old else f"{old} {new}"
+            elif elem.VR == "UI" and elem.keyword != "SOPClassUID" and elem.keyword != "TransferSyntaxUID":
+                found.add(str(elem.value))
+            elif elem.VR == "DA" and elem.value:
+                found |= {str(elem.value), f"{elem.value[:4]}-{elem.value[4:6]}-{elem.value[6:]}"}
+        ds.save_as(f)
+    return sorted(found | set(tokens.values())), named
+
+
+def _offline_first() -> Protocol:
+    from oncoplan.planner.policy import OfflinePolicy
+
+    s = json.loads(SETTINGS)
+    policy = OfflinePolicy(max_drugs=s.get("drug_horizon", 2), max_embolics=s.get("embolic_horizon", 2))
+    return policy.propose(None, 1)[0].protocol
+
+
+def _risk(plan: dict, protocol: Protocol) -> float:
+    (mean,) = [r["mean_risk"] for r in plan["ranked"] if r["protocol"] == str(protocol)]
+    return mean
+
+
+def test_the_app_plans_with_the_patients_data_through_an_llm_that_sees_no_identifier(
+    case: dict, models: Path, planned: Path, tmp_path: Path
+) -> None:
+    """`oncoplan plan --policy openai --allow-send` against an OpenAI-compatible server on loopback that
+    records every byte: identifiers planted in every DICOM text field and in clinical.json reach none of
+    them; the clinical data is read, AFP imputed, the contraindications flagged in plan.json and the SR;
+    and the risks move from the all-medians plan (`planned`) by exactly what the response model's
+    coefficients say for Child-Pugh C and vascular invasion."""
+    from oncoplan.planner.response_heuristic import ResponseCox
+
+    from .test_planner_policy import LoopbackLLM
+
+    study = tmp_path / "copy" / "pre"
+    secrets, named = _plant(case["dir"] / "pre", study)
+    (study / "clinical.json").write_text(json.dumps(CLINICAL_PLANTED))
+    first = _offline_first()
+    llm = LoopbackLLM()
+    answer = {"Chemotherapy Drugs": "; ".join(first.drugs), "Embolization Materials": "; ".join(first.embolics)}
+    llm.script = [json.dumps(answer)]
+    env = {**ENV, "OPENAI_API_KEY": "sk-test", "ONCOPLAN_LLM_BASE_URL": llm.base_url, "ONCOPLAN_LLM_MODEL": "site-llm"}
+    out = tmp_path / "out"
+    try:
+        args = ["plan", "-i", str(study), "-o", str(out), "-m", str(models), "--settings", SETTINGS]
+        r = _cli(*args, "--policy", "openai", "--allow-send", env=env)
+    finally:
+        llm.close()
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == OUTPUTS
+    # What left the machine: one request, with the de-identified case and none of the planted values.
+    assert len(llm.raw) == 1
+    raw = llm.raw[0]
+    assert b"PLANTED" not in raw.upper()
+    for value in secrets:
+        assert value.encode() not in raw, value
+    sent = llm.bodies[0]["messages"][0]["content"]
+    text = sent[0]["text"] if isinstance(sent, list) else sent
+    assert "Age: 90 years or older." in text and "Child-Pugh class: C." in text and "Vascular invasion: yes." in text
+    # Nor is any identifier of the patient in a log line.
+    logged = r.stdout + r.stderr
+    for keyword in ("PatientName", "PatientID", "AccessionNumber", "InstitutionName", "ReferringPhysicianName"):
+        assert named[keyword] not in logged, keyword
+    assert "Plantedson" not in logged and "MRN-PLANTED" not in logged and "HCC_PLANTED" not in logged
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["policy"]["label"] == "openai:site-llm" and plan["policy"]["planned_by"] == "openai:site-llm"
+    assert plan["policy"]["fallback"] is None and "sk-test" not in json.dumps(plan)
+    clinical = plan["clinical"]
+    assert clinical["source"] == "clinical.json" and clinical["imputed"] == ["afp_ng_ml"]
+    assert set(clinical["ignored_keys"]) == {"PatientName", "PatientID", "TCIA_ID", "note"}
+    assert {f["code"] for f in plan["contraindications"]} == {"child_pugh_c", "main_portal_vein"}
+    # The values reached the response model (instead of the medians of `planned`).
+    model = ResponseCox.load(models / "tace_survival" / "models" / "response_cox.json")
+    c, m = model.coef, model.median
+    shift = c["Child-Pugh"] * (2 - m["Child-Pugh"]) + c["vascular invasion"] * (1 - m["vascular invasion"])
+    shift += c["drugs x Child-Pugh"] * len(first.drugs) * (2 - m["Child-Pugh"])
+    without = json.loads((planned / "plan.json").read_text())
+    assert _risk(plan, first) - _risk(without, first) == pytest.approx(shift, abs=1e-4)
+    assert without["clinical"]["source"] == "none"
+    assert without["clinical"]["imputed"] == ["child_pugh", "afp_ng_ml", "vascular_invasion"]
+    assert without["contraindications"] == [] and without["policy"]["planned_by"] == "offline"
+    # The SR says it too (its own concepts, so the comments stay the disclaimer and the warning).
+    sr = pydicom.dcmread(out / "tace_plan_sr.dcm")
+    flags = [c.TextValue for c in _children(sr, "TACE-FLAG")]
+    assert any(f.startswith("CONTRAINDICATION: Child-Pugh C") for f in flags) and len(flags) == 2
+    (imputed,) = _children(sr, "TACE-IMPUTED")
+    assert imputed.TextValue == "planned with the training median for afp_ng_ml"
+    assert "openai:site-llm" in _children(sr, "TACE-POLICY")[0].TextValue
+
+
+def test_a_map_run_takes_the_policy_and_clinical_data_from_the_environment_and_falls_back_on_a_bad_answer(
+    case: dict, models: Path, tmp_path: Path
+) -> None:
+    """The MAP's way: `python -m oncoplan.apps.tace_planner` with ONCOPLAN_POLICY, ONCOPLAN_LLM_ALLOW_SEND and
+    ONCOPLAN_CLINICAL (the JSON itself). The endpoint answers outside the action base every time: the
+    offline policy plans, and plan.json says why."""
+    from .test_planner_policy import LoopbackLLM
+
+    llm = LoopbackLLM()
+    llm.script = ['{"Chemotherapy Drugs": "Aspirin", "Embolization Materials": "Glue"}'] * 3
+    env = {
+        **ENV,
+        "OPENAI_API_KEY": "sk-test",
+        "ONCOPLAN_LLM_BASE_URL": llm.base_url,
+        "ONCOPLAN_POLICY": "openai",
+        "ONCOPLAN_LLM_ALLOW_SEND": "1",
+        "ONCOPLAN_CLINICAL": json.dumps({"bilirubin_mg_dl": "68 umol/L", "CPS": "B", "AFP": 20}),
+    }
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "oncoplan.apps.tace_planner", "-i", str(case["dir"] / "pre"), "-o", str(out)]
+    try:
+        r = subprocess.run(
+            [*cmd, "-m", str(models), "--settings", SETTINGS], capture_output=True, text=True, env=env, timeout=240
+        )
+    finally:
+        llm.close()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(llm.raw) == 3  # the answer and two retries, each refused
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["policy"]["planned_by"] == "offline" and "no valid answer in 3 attempt(s)" in plan["policy"]["fallback"]
+    assert plan["clinical"]["source"] == "$ONCOPLAN_CLINICAL" and plan["clinical"]["imputed"] == ["vascular_invasion"]
+    assert plan["clinical"]["given"]["bilirubin_mg_dl"] == pytest.approx(68 / 17.1, abs=1e-3)
+    assert [f["code"] for f in plan["contraindications"]] == ["bilirubin"]
+    assert "fell back to the offline policy" in r.stderr
+
+
+def test_bad_clinical_data_or_an_unconsented_llm_exit_2_and_write_nothing(
+    case: dict, models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oncoplan.cli import main
+
+    bad = tmp_path / "clinical.json"
+    bad.write_text(json.dumps({"child_pugh": "A", "albumin_g_dl": "3.1 mmol/L"}))
+    out = tmp_path / "out"
+    pre = str(case["dir"] / "pre")
+    capsys.readouterr()
+    assert main(["plan", "-i", pre, "-o", str(out), "-m", str(models), "--clinical", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"oncoplan: error: {bad}: albumin_g_dl: unit 'mmol/l' not understood (units: g/dl, g/l)"]
+    assert not out.exists()
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert main(["plan", "-i", pre, "-o", str(out), "-m", str(models), "--policy", "openai"]) == 2
+    assert "opt in with --allow-send" in capsys.readouterr().err
+    assert main(["plan", "-i", pre, "-o", str(out), "-m", str(models), "--policy", "openai", "--allow-send"]) == 2
+    assert "no API key" in capsys.readouterr().err
+    assert not out.exists()

@@ -472,9 +472,120 @@ class TransformersPolicy(_ChatPolicy):
 
 
 def make_policy(kind: str = "offline", *, allow_send: bool = False, **kwargs: Any) -> Policy:
-    """The policy named on the command line: ``offline`` (default) or ``openai`` (opt-in)."""
+    """The policy named on the command line: ``offline`` (default), ``openai`` (opt-in) or ``transformers``
+    (``model`` = a local model folder)."""
     if kind == "offline":
         return OfflinePolicy(**kwargs)
     if kind == "openai":
         return OpenAIPolicy(allow_send=allow_send, **kwargs)
-    raise ValueError(f"unknown policy {kind!r}; expected offline or openai")
+    if kind == "transformers":
+        return TransformersPolicy(kwargs.pop("model"), **kwargs)
+    raise ValueError(f"unknown policy {kind!r}; expected {', '.join(POLICIES)}")
+
+
+# -- the policy a user picks (CLI, app, MAP environment, evaluation) -----------------------------------
+
+POLICIES = ("offline", "openai", "transformers")
+ENV_POLICY = "ONCOPLAN_POLICY"
+ENV_ALLOW_SEND = "ONCOPLAN_LLM_ALLOW_SEND"
+ENV_TRANSFORMERS_MODEL = "ONCOPLAN_LLM_MODEL_DIR"
+
+
+@dataclass(frozen=True)
+class PolicyChoice:
+    """Which policy plans: ``offline`` (the default; nothing leaves the machine), ``openai`` (an
+    OpenAI-compatible endpoint: base URL, model, key from the environment; sending is opt-in by
+    `allow_send`) or ``transformers`` (a local chat model folder). Arguments win over the environment:
+    ONCOPLAN_POLICY, ONCOPLAN_LLM_ALLOW_SEND=1, ONCOPLAN_LLM_BASE_URL, ONCOPLAN_LLM_MODEL, OPENAI_API_KEY,
+    ONCOPLAN_LLM_TIMEOUT (openai), ONCOPLAN_LLM_MODEL_DIR (transformers)."""
+
+    kind: str = "offline"
+    llm: LLMConfig | None = None  # openai
+    model_dir: str | None = None  # transformers
+    allow_send: bool = False
+
+    @classmethod
+    def resolve(
+        cls,
+        kind: str | None = None,
+        *,
+        allow_send: bool = False,
+        model: str | None = None,
+        base_url: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> PolicyChoice:
+        """The choice from arguments over the environment; a choice that cannot run is one line
+        (:class:`~oncoplan.errors.InputError`), before any study is read."""
+        from oncoplan.errors import InputError
+
+        env = os.environ if env is None else env
+        kind = (kind or env.get(ENV_POLICY) or "offline").strip().lower()
+        allow_send = allow_send or env.get(ENV_ALLOW_SEND, "").strip().lower() in ("1", "true", "yes")
+        if kind == "offline":
+            return cls()
+        if kind == "openai":
+            if not allow_send:
+                raise InputError(
+                    "policy openai sends the de-identified case to an LLM service: opt in with --allow-send "
+                    f"(or {ENV_ALLOW_SEND}=1)"
+                )
+            try:
+                config = LLMConfig.from_env(env, base_url=base_url, model=model)
+            except ValueError as exc:
+                raise InputError(f"policy openai: {exc}") from None
+            if not config.api_key:
+                raise InputError(f"policy openai: no API key; set {ENV_API_KEY} (never given on the command line)")
+            if config.base_url and not config.base_url.startswith(("http://", "https://")):
+                raise InputError(f"policy openai: base URL {config.base_url!r} is not http(s)")
+            return cls("openai", llm=config, allow_send=True)
+        if kind == "transformers":
+            folder = model or env.get(ENV_TRANSFORMERS_MODEL)
+            if not folder or not os.path.isdir(folder):
+                raise InputError(
+                    f"policy transformers: give a local model folder with --llm-model or {ENV_TRANSFORMERS_MODEL} "
+                    f"(got {folder!r})"
+                )
+            if not os.path.isfile(os.path.join(folder, "config.json")):
+                raise InputError(f"policy transformers: {folder} is not a Hugging Face model folder (no config.json)")
+            return cls("transformers", model_dir=str(folder))
+        raise InputError(f"unknown policy {kind!r}; choose {', '.join(POLICIES)}")
+
+    def build(
+        self,
+        action_set: Iterable[str] = ACTION_BASE,
+        prior: Prior | None = None,
+        max_drugs: int = 3,
+        max_embolics: int = 2,
+    ) -> Policy:
+        """The policy; a local model that does not load gives the offline policy, its reason in
+        ``last_fallback_reason`` (logged)."""
+        shared = {"action_set": action_set, "prior": prior, "max_drugs": max_drugs, "max_embolics": max_embolics}
+        if self.kind == "openai":
+            return OpenAIPolicy(self.llm, allow_send=self.allow_send, **shared)
+        if self.kind == "transformers":
+            try:
+                return TransformersPolicy(self.model_dir, **shared)
+            except Exception as exc:  # a folder that is not a chat model: plan offline, say so
+                offline = OfflinePolicy(**shared)
+                reason = f"local model did not load: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                log.warning("transformers policy: %s; planning with the offline policy", reason)
+                offline.last_fallback_reason = reason  # type: ignore[attr-defined]
+                return offline
+        return OfflinePolicy(**shared)
+
+    def label(self) -> str:
+        if self.kind == "openai" and self.llm is not None:
+            return f"openai:{self.llm.model}"
+        if self.kind == "transformers":
+            return f"transformers:{os.path.basename(str(self.model_dir).rstrip('/'))}"
+        return "offline"
+
+    def to_dict(self) -> dict[str, Any]:
+        """What plan.json records of the choice (never the key)."""
+        out: dict[str, Any] = {"kind": self.kind, "label": self.label()}
+        if self.kind == "openai" and self.llm is not None:
+            out |= {"base_url": self.llm.base_url or "(openai client default)", "model": self.llm.model}
+            out["sends_deidentified_case"] = True
+        if self.kind == "transformers":
+            out["model_dir"] = self.model_dir
+        return out

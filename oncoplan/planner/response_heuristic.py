@@ -19,7 +19,7 @@ case received. At planning, the residual viable volume of a simulated outcome is
 the viable voxels of the assistant's label map of the simulated window
 (:class:`oncoplan.tace.world_model.Simulation`, rendering noise outside the lesion already
 removed), and the tumor burden is the pre-treatment tumor mask of the window; covariates a caller does
-not know (the Deploy app sees only the CT) take the training median.
+not know take the training median (the app names them: :meth:`ResponseCox.covariates_used`).
 
 The fitted model is a JSON file of named coefficients (log hazard ratio per unit), means and medians:
 
@@ -50,6 +50,8 @@ RESPONSE = "ln(1 + residual viable cm3)"
 REGIMEN = ("drugs", "drugs x Child-Pugh", "absolute alcohol")
 CLINICAL = ("Child-Pugh", "log10 AFP", "vascular invasion", "ln(1 + burden cm3)")
 FEATURES = (RESPONSE, *REGIMEN, *CLINICAL)
+# The table column each clinical covariate is read from (:func:`clinical_covariates`).
+COVARIATE_COLUMNS = {"Child-Pugh": "CPS", "log10 AFP": "AFP", "vascular invasion": "Vascular invasion"}
 
 
 def regimen_features(protocol: Protocol, child_pugh: float) -> dict[str, float]:
@@ -82,6 +84,18 @@ def clinical_covariates(row: Mapping[str, Any] | None) -> dict[str, float]:
     }
 
 
+def covariate_text(name: str, value: float) -> str:
+    """A covariate's value as a clinician reads it (Child-Pugh 0 -> "A", log10 AFP 2 -> "99 ng/mL")."""
+    if name == "Child-Pugh":
+        classes = {v: k for k, v in CHILD_PUGH.items()}
+        return f"Child-Pugh {classes.get(round(value), f'{value:.2f} (ordinal)')}"
+    if name == "log10 AFP":
+        return f"AFP {10**value - 1:.0f} ng/mL"
+    if name == "vascular invasion":
+        return "vascular invasion " + ("yes" if value >= 0.5 else "no")
+    return f"{name} {value:.3g}"
+
+
 @dataclass(frozen=True)
 class ResponseCox:
     """A fitted model: risk = sum of coef * (x - mean) over FEATURES, NaN inputs replaced by the median."""
@@ -107,6 +121,24 @@ class ResponseCox:
             x = np.where(np.isnan(x), self.median[name], x)
             total = total + self.coef[name] * (x - self.mean[name])
         return np.asarray(total, dtype=np.float64)
+
+    def covariates_used(self, row: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+        """Per clinical covariate of the model: the value :meth:`risk` uses for `row` (the row's, else the
+        training median), whether it was imputed, and the schema field (:mod:`oncoplan.tace.patient`)
+        that would have given it."""
+        from oncoplan.tace.patient import field_named
+
+        out = {}
+        for name, value in clinical_covariates(row).items():
+            imputed = math.isnan(value)
+            used = self.median[name] if imputed else value
+            out[name] = {
+                "value": round(float(used), 4),
+                "imputed": imputed,
+                "field": field_named(COVARIATE_COLUMNS[name]),
+                "reads_as": covariate_text(name, used),
+            }
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -48,6 +48,7 @@ from oncoplan.planner.models import (
     load_models,
     planner_overrides,
 )
+from oncoplan.planner.policy import POLICIES, PolicyChoice
 from oncoplan.planner.search import SETTINGS, SearchSettings, WorldModelPlanner
 from oncoplan.runtime.bundles import shipped_bundles
 from oncoplan.stats import bootstrap_ci
@@ -55,6 +56,7 @@ from oncoplan.tace.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS, Protoc
 from oncoplan.tace.clinical import WEEKS_PER_MONTH
 
 BUNDLES = shipped_bundles()
+CLINICAL_MODES = ("cohort", "none")
 METHODS = ("world_model", "policy_top1", "most_common", "random", "gold", "population_oracle", "oracle")
 LABELS = {
     "world_model": "World-model planner (policy + dynamics + assistant + heuristic search)",
@@ -187,11 +189,19 @@ def evaluate_planning(
     seed: int = 0,
     n_bootstrap: int = 1000,
     progress: bool = True,
+    policy: PolicyChoice | None = None,
+    clinical: str = "cohort",
 ) -> dict[str, Any]:
-    """Every method on every case (module doc); returns the report written by :func:`write_report`."""
+    """Every method on every case (module doc); returns the report written by :func:`write_report`.
+    `policy`: who proposes the candidates (offline by default; an LLM policy sees each case's
+    de-identified observation built from its cohort row, text only, and falls back as in the app).
+    `clinical`: ``cohort`` (the planner reads each case's covariates from cohort.csv) or ``none`` (CT only:
+    every covariate takes the response model's training median, as the app without clinical data)."""
+    if clinical not in CLINICAL_MODES:
+        raise InputError(f"unknown clinical mode {clinical!r}; choose {', '.join(CLINICAL_MODES)}")
     from tqdm import tqdm
 
-    from oncoplan.planner.policy import OfflinePolicy
+    from oncoplan.planner.deid import build_observation
     from oncoplan.tace.world_model import window_around
     from oncoplan.training.synth import liver as L
     from oncoplan.training.tace.data import load_prepared
@@ -216,8 +226,9 @@ def evaluate_planning(
     def planner_for(action_set: tuple[str, ...], site: str) -> WorldModelPlanner:
         key = (action_set, site)
         if key not in planners:
-            policy = OfflinePolicy(action_set, prior(site), settings.drug_horizon, settings.embolic_horizon)
-            planners[key] = WorldModelPlanner(world_model, scorer, policy, settings)
+            chosen = policy or PolicyChoice()
+            built = chosen.build(action_set, prior(site), settings.drug_horizon, settings.embolic_horizon)
+            planners[key] = WorldModelPlanner(world_model, scorer, built, settings)
         return planners[key]
 
     cases = []
@@ -235,15 +246,17 @@ def evaluate_planning(
         oracle = L.oracle_protocol(patient, space)
         pre, mask, _ = model_space_case(preprocessing, entry)
         pre_window, mask_window, _ = window_around(pre, mask, tuple(world_model.window))
+        seen = row if clinical == "cohort" else {}  # what the planner knows of the patient besides the CT
+        observation = None if policy is None or policy.kind == "offline" else build_observation(seen)
         plan = (
-            planner.beam_search(pre_window, mask_window, clinical=row)
+            planner.beam_search(pre_window, mask_window, observation, clinical=seen)
             if search == "beam"
-            else planner.best_of_n(pre_window, mask_window, clinical=row)
+            else planner.best_of_n(pre_window, mask_window, clinical=seen)
         )
         rng = np.random.default_rng([seed, index])
         chosen = {
             "world_model": plan.best.protocol,
-            "policy_top1": planner.initial_candidates()[0][0],
+            "policy_top1": planner.initial_candidates(observation)[0][0],
             "most_common": common(site),
             "random": space[int(rng.integers(len(space)))],
             "gold": gold,
@@ -271,6 +284,7 @@ def evaluate_planning(
                 "gold": str(gold),
                 "oracle": str(oracle),
                 "methods": results,
+                "policy_fallback": getattr(planner.policy, "last_fallback_reason", None),
                 "plan": {
                     "best": plan.best.to_dict(),
                     "pick": plan.pick,
@@ -284,7 +298,10 @@ def evaluate_planning(
             }
         )
     report = summarise(cases, settings, search, action_sets, prepared, cohort, train_cohort, n_bootstrap, seed)
-    return {**report, "heuristic": getattr(scorer, "name", type(scorer).__name__)}
+    chosen = policy.to_dict() if policy is not None else {"kind": "offline", "label": "offline"}
+    chosen["fallbacks"] = sum(1 for c in cases if c["policy_fallback"])
+    heuristic = getattr(scorer, "name", type(scorer).__name__)
+    return {**report, "heuristic": heuristic, "policy": chosen, "clinical": clinical}
 
 
 def summarise(
@@ -371,15 +388,19 @@ def markdown(report: Mapping[str, Any]) -> str:
         search += f", deferring to the policy's candidate when the top protocols' ANOVA p >= {s['defer_alpha']}"
     if report.get("bundle_overrides"):
         search += ", bundle overrides " + json.dumps({k: v for k, v in report["bundle_overrides"].items() if v})
+    chosen = report.get("policy") or {"label": "offline", "fallbacks": 0}
+    policy = chosen["label"] + (f" ({chosen['fallbacks']} case(s) fell back to offline)" if chosen["fallbacks"] else "")
     lines = [
         "# TACE planning evaluation - SYNTHETIC cohort",
         "",
         "**SYNTHETIC DATA. Research use only; not a medical device.** Gold = the synthetic physician's "
         "protocol (imperfect practice); regret = expected OS lost against the ground-truth oracle.",
         "",
-        f"{n} held-out cases from `{report['prepared']}` (cohort `{report['cohort']}`); planner: offline "
+        f"{n} held-out cases from `{report['prepared']}` (cohort `{report['cohort']}`); planner: {policy} "
         f"policy + world model, {search}, heuristic {report.get('heuristic', 'survival_network')}; "
-        f"action sets: {report['action_sets']}. Mean over cases "
+        f"action sets: {report['action_sets']}; clinical covariates: "
+        f"{'cohort.csv' if report.get('clinical', 'cohort') == 'cohort' else 'none (CT only, training medians)'}. "
+        "Mean over cases "
         f"[percentile bootstrap 95% CI, {report['n_bootstrap']} resamples]; set metrics in %.",
         "",
         "| Method | F1 (%) | Jaccard (%) | Precision (%) | Recall (%) | Regret (weeks) | Regret (months) "
@@ -495,8 +516,26 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--policy",
+        choices=POLICIES,
+        help="who proposes the candidates: offline (default; $ONCOPLAN_POLICY) | openai (needs --allow-send) | "
+        "transformers (--llm-model DIR), as `oncoplan plan --policy`",
+    )
+    parser.add_argument("--allow-send", action="store_true", help="opt in to sending de-identified cases (openai)")
+    parser.add_argument("--llm-model", help="openai: the model name; transformers: the model folder")
+    parser.add_argument("--llm-base-url", help="openai: the endpoint's base URL")
+    parser.add_argument(
+        "--clinical",
+        choices=CLINICAL_MODES,
+        default="cohort",
+        help="cohort: the planner reads each case's covariates (cohort.csv); none: CT only, training medians",
+    )
     args = parser.parse_args(argv)
     try:
+        policy = PolicyChoice.resolve(
+            args.policy, allow_send=args.allow_send, model=args.llm_model, base_url=args.llm_base_url
+        )
         settings = SETTINGS[args.settings]
         names = ("samples", "steps", "beam", "defer_alpha")
         changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
@@ -530,6 +569,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
             args.seed,
             args.n_bootstrap,
             not args.quiet,
+            policy,
+            args.clinical,
         )
         report["bundle_overrides"] = overrides
         js, md = write_report(report, args.out)
