@@ -21,7 +21,9 @@ _INTERCEPT = -1024
 
 
 def stable_uid(*parts: object) -> str:
-    """A UID derived from its parts, so the same seed and case give the same UIDs."""
+    """A new UID on every call: pydicom ignores `entropy_srcs` under the 2.25 root (prefix=None), so the
+    parts only say what the UID is for. A regenerated cohort is thus new to a PACS (the same seed gives the
+    same pixels, never the same UIDs), and two runs of the generator never collide in one archive."""
     return generate_uid(prefix=None, entropy_srcs=[repr(p) for p in parts])
 
 
