@@ -1,5 +1,6 @@
 """Real studies from a PACS (issue 31): every series layout and transfer syntax a hospital sends is planned
-on the right series, or refused with one line; never a traceback. A conformance matrix over both apps."""
+on the right series, or refused with one line; never a traceback. The conformance matrix of CTV contouring
+(tests/pacs_matrix.py; TACE planning's: tests/test_pacs_liver.py) and the rules around it."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ from oncoplan.errors import InputError
 from oncoplan.operators.input_check import check_input_folder
 from oncoplan.rtstruct import sort_slices
 from oncoplan.training.synth.cohort import generate_cohort
-from oncoplan.training.synth.pacs import EXTRAS, TRANSFER_SYNTAXES, cd_layout, transcode, write_pacs_series
+from oncoplan.training.synth.pacs import EXTRAS, cd_layout, transcode, write_pacs_series
 
 from .dicom_validate import dciodvfy_available, problems
-from .helpers import cohort_rows, tiny_tace_models
+from .helpers import cohort_rows
+from .pacs_matrix import make_variant, syntax_of, variant_params
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +52,7 @@ def _contour(folder: Path, out: Path, **kwargs) -> Path:
 
 @pytest.fixture(scope="module")
 def plain(study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    assert syntax_of(study) == {pydicom.uid.ExplicitVRLittleEndian}  # the matrix's Explicit VR Little Endian
     return _contour(study, tmp_path_factory.mktemp("plain") / "out")
 
 
@@ -82,14 +85,25 @@ def _pacs_copy(study: Path, folder: Path, extras=EXTRAS) -> Path:
     return folder
 
 
-@needs_dcmtk
-@pytest.mark.parametrize("syntax", list(TRANSFER_SYNTAXES))
-def test_a_compressed_study_is_contoured_as_the_plain_one(
-    syntax: str, study: Path, plain: Path, tmp_path: Path
+@pytest.mark.parametrize("variant", variant_params())
+def test_every_variant_of_the_study_is_contoured_as_the_plain_one(
+    variant: str, study: Path, plain: Path, tmp_path: Path
 ) -> None:
-    folder = shutil.copytree(study, tmp_path / syntax)
-    transcode(sorted(folder.glob("*.dcm")), syntax)
-    assert pydicom.dcmread(next(folder.glob("*.dcm"))).file_meta.TransferSyntaxUID.is_compressed
+    """Issue 31's matrix for CTV contouring: layouts (CD export; an older diagnostic study of the patient in the
+    folder; viewer leftovers), transfer syntaxes (Implicit VR Little Endian, JPEG Lossless SV1, JPEG Lossless,
+    JPEG-LS, RLE, JPEG 2000) and extra series (topogram, 2x-thick reconstruction, coronal MPR, dose screen, dose
+    SR): the planning series is chosen, by the input check and the graph's selector, and contoured as plain."""
+
+    def several_studies(dest: Path) -> Path:  # the planning study and an older diagnostic CT of the patient
+        shutil.copytree(study, dest / "planning")
+        _another_study(study, dest / "diagnostic", "20000101", "080000")
+        return dest
+
+    folder = make_variant(variant, study, study, tmp_path / "in", several_studies)
+    if variant.startswith("syntax:") and variant != "syntax:implicit-little-endian":
+        assert all(pydicom.uid.UID(s).is_compressed for s in syntax_of(folder))
+    want = pydicom.dcmread(next(study.glob("*.dcm"))).SeriesInstanceUID
+    assert check_input_folder(folder, "breast").series.uid == want == _selector_choice(folder)
     _same_ctv(_contour(folder, tmp_path / "out"), plain, study)
 
 
@@ -181,46 +195,6 @@ def test_the_cli_series_flag_picks_another_reconstruction(study: Path, tmp_path:
             [sys.executable, "-m", "oncoplan", command, "--help"], capture_output=True, text=True, check=False
         )
         assert "--series UID|NUMBER" in r.stdout
-
-
-@pytest.fixture(scope="module")
-def liver(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    cohort = generate_cohort("liver", tmp_path_factory.mktemp("pacsl") / "c", 1, seed=5, size="small", progress=False)
-    row = cohort_rows(cohort)[0]
-    return {"dir": cohort / row["TCIA_ID"] / "dicom", "pvp": cohort / row["pre_PVP_series"]}
-
-
-@needs_dcmtk
-def test_a_compressed_pacs_liver_study_is_planned_on_the_pre_treatment_pvp_series(liver: dict, tmp_path: Path) -> None:
-    """Pre and post studies in one folder, a topogram and a thick reconstruction of the PVP series, a dose SR,
-    all in JPEG Lossless SV1, as a CD export: the pre-treatment PVP series (thin) is planned."""
-    folder = shutil.copytree(liver["dir"], tmp_path / "study")
-    pvp = folder / liver["pvp"].relative_to(liver["dir"])
-    write_pacs_series(sorted(pvp.glob("*.dcm")), pvp.parent, ["topogram", "thick_recon", "dose_sr"])
-    transcode([p for p in folder.rglob("*.dcm") if pydicom.dcmread(p).Modality == "CT"], "jpeg-lossless-sv1")
-    cd = cd_layout(folder, tmp_path / "cd")
-    want = pydicom.dcmread(next(pvp.glob("*.dcm"))).SeriesInstanceUID
-    choice = check_input_folder(cd, "liver")
-    assert (choice.series.uid, choice.phase) == (want, "PVP"), choice.why
-    models = tiny_tace_models(tmp_path / "models")
-    out = tmp_path / "out"
-    settings = '{"beam": 2, "samples": 1, "steps": 2}'
-    cmd = [sys.executable, "-m", "oncoplan", "plan", "-i", str(cd), "-o", str(out), "-m", str(models)]
-    r = subprocess.run(
-        [*cmd, "--settings", settings],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=400,
-    )
-    assert r.returncode == 0, r.stderr[-4000:]
-    assert "CT series chosen: series" in r.stderr and "PVP phase" in r.stderr
-    seg = pydicom.dcmread(out / "tace_post_seg.dcm")
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == want
-    if dciodvfy_available():
-        for p in out.glob("*.dcm"):
-            assert problems(p) == [], p.name
 
 
 @needs_dcmtk
