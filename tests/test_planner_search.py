@@ -479,3 +479,37 @@ def test_evaluation_cli_bad_input_writes_nothing(tiny, tmp_path: Path, capsys: p
     assert main(["--prepared", str(tmp_path), "--out", str(out), *over[:2], f"--survival-overrides={missing}"]) == 2
     assert "no survival weights" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_evaluation_takes_the_apps_policy_choice_and_a_ct_only_mode(
+    tiny, prepared_liver: Path, liver_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`oncoplan evaluate tace --policy openai --allow-send --clinical none`: every case asks the loopback
+    endpoint (de-identified: no case ID; CT only: no covariate in the text), the report names the policy
+    and the mode."""
+    from .test_planner_policy import LoopbackLLM
+
+    llm = LoopbackLLM()
+    llm.script = ['{"Chemotherapy Drugs": "Doxorubicin", "Embolization Materials": "Lipiodol"}'] * 8
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("ONCOPLAN_LLM_BASE_URL", llm.base_url)
+    out = tmp_path / "planning"
+    over = [f"--{name}-overrides={json.dumps(value)}" for name, value in tiny.items()]
+    argv = [
+        *("--prepared", str(prepared_liver), "--cohort", str(liver_cohort), "--out", str(out)),
+        *over,
+        *("--settings", "cpu", "--samples", "1", "--steps", "2", "--beam", "2", "--n-bootstrap", "50", "--quiet"),
+        *("--policy", "openai", "--allow-send", "--llm-model", "site-llm", "--clinical", "none"),
+    ]
+    try:
+        assert main(argv) == 0
+    finally:
+        llm.close()
+    report = json.loads((out / "planning_evaluation.json").read_text())
+    assert report["policy"]["label"] == "openai:site-llm" and report["policy"]["fallbacks"] == 0
+    assert report["clinical"] == "none" and all(c["policy_fallback"] is None for c in report["cases"])
+    assert len(llm.bodies) == 2 * report["n_cases"]  # the search's candidates and the policy's top-1, per case
+    for raw, body in zip(llm.raw, llm.bodies, strict=True):
+        assert b"HCC_" not in raw and "Child-Pugh" not in body["messages"][0]["content"]
+    md = (out / "planning_evaluation.md").read_text()
+    assert "planner: openai:site-llm policy" in md and "clinical covariates: none (CT only" in md
