@@ -69,7 +69,10 @@ def check_dicom_file(path: Path) -> pydicom.Dataset:
         raise InputError(f"{path}: DICOM file without SOPClassUID")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is None:
-        raise InputError(f"{path}: DICOM file whose file meta information names no transfer syntax (0002,0010)")
+        raise InputError(
+            f"{path}: DICOM file whose file meta information names no transfer syntax (0002,0010); "
+            "re-write it as a DICOM file (e.g. dcmtk's dcmconv IN OUT)"
+        )
     encapsulated = syntax.is_encapsulated
     if "PixelData" in ds and not encapsulated and len(ds.PixelData) < (want := _expected_pixel_bytes(ds)):
         raise InputError(f"{path}: truncated pixel data ({len(ds.PixelData)} of {want} bytes)")

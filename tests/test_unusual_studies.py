@@ -271,7 +271,7 @@ def test_a_file_with_a_preamble_but_no_file_meta_information_is_refused_naming_i
 ) -> None:
     files = _series(tmp_path / "in")
     _without_file_header(files[2], preamble=True)
-    _refused(tmp_path / "in", tmp_path, capsys, str(files[2]))
+    _refused(tmp_path / "in", tmp_path, capsys, str(files[2]), "no transfer syntax", "dcmconv")
 
 
 def test_implicit_vr_files_are_read_like_explicit_ones(tmp_path: Path) -> None:
