@@ -8,6 +8,7 @@ the plan itself means nothing, and eager PyTorch only, so two runs on the same v
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .pacs_matrix import ct_images, make_variant, syntax_of, variant_params
 pytestmark = pytest.mark.integration
 
 SETTINGS = '{"beam": 2, "samples": 1, "steps": 2}'
+UID = re.compile(r"\b\d+(\.\d+){4,}\b")  # a DICOM UID in a line
 needs_dcmtk = pytest.mark.skipif(shutil.which("dcmcjpeg") is None, reason="dcmtk not installed")
 
 
@@ -131,4 +133,5 @@ def test_a_compressed_pacs_liver_study_is_planned_on_the_pre_treatment_pvp_serie
     chosen = [m for m in logged if "CT series chosen: series" in m]
     assert chosen and "PVP phase" in chosen[0] and "best reconstruction: thinnest slices" in chosen[0], logged[-30:]
     assert any("passed over" in m and "localizer" in m for m in logged)
+    assert not [m for m in logged if UID.search(m)], "log lines carry no UID"
     _same_plan(out, plain, liver["pvp"])
