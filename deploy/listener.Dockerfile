@@ -1,20 +1,13 @@
-# The DICOM listener alone (no models: it runs the apps as MAP containers or Kubernetes Jobs).
-# docker build -f deploy/listener.Dockerfile -t oncoplan-listener .
-FROM python:3.11-slim
-# docker.io: the CLI for MAP containers (compose); kubernetes-client: kubectl for Jobs (Kubernetes).
-RUN apt-get update -qq \
-    && apt-get install -y -qq --no-install-recommends docker.io kubernetes-client curl \
-    && rm -rf /var/lib/apt/lists/*
-WORKDIR /opt/oncoplan
-COPY pyproject.toml constraints.txt README.md ./
-COPY oncoplan oncoplan
-COPY training training
-COPY apps apps
-COPY operators operators
-COPY deploy deploy
-# Only what the listener imports; the apps' dependencies live in their MAP images.
-RUN pip install --no-cache-dir -c constraints.txt pydicom pynetdicom pyyaml \
-    && pip install --no-cache-dir --no-deps .
+# The DICOM listener with both apps (warm app routes: deploy/compose/listener.yaml), on the OncoPlan
+# runtime. Built offline by `oncoplan package listener --out DIR` (this file becomes DIR/Dockerfile).
+ARG RUNTIME=oncoplan-runtime:latest
+FROM ${RUNTIME}
+LABEL org.opencontainers.image.title="OncoPlan DICOM listener (research use only)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN --mount=type=bind,source=dist,target=/dist pip install --no-index --no-deps /dist/oncoplan-*.whl
+RUN mkdir -p /etc/oncoplan /var/lib/oncoplan/spool && chown -R 1000:1000 /var/lib/oncoplan
+USER 1000:1000
+WORKDIR /var/lib/oncoplan
 EXPOSE 11112 8080
 ENTRYPOINT ["oncoplan", "listen"]
 CMD ["--config", "/etc/oncoplan/listener.yaml"]

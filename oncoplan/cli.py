@@ -96,17 +96,27 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _package(args: argparse.Namespace) -> int:
-    from .deploy.map_package import build_image, write_context
+    from .deploy.map_package import package
 
-    context = write_context(args.app, args.out)
-    print(f"MAP build context: {context}")
-    tag = args.tag or f"oncoplan-{args.app}:latest"
-    if args.no_build:
-        print(f"build it with: docker build -t {tag} {context}")
-    elif build_image(context, tag):
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    context, tag = package(
+        args.app,
+        args.out,
+        tag=args.tag,
+        build=not args.no_build,
+        base=args.base,
+        wheelhouse=args.wheelhouse,
+        gpu=args.gpu,
+        log=log,
+    )
+    print(f"build context: {context}")
+    if tag:
         print(f"built image {tag}")
     else:
-        print(f"no container engine answered; build it with: docker build -t {tag} {context}")
+        reason = "" if args.no_build else "no container engine answered (podman info, docker info); "
+        print(f"{reason}build it offline with: {context}/build.sh")
     return 0
 
 
@@ -261,14 +271,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     package = sub.add_parser(
         "package",
-        help="a MONAI Application Package (MAP) build context for an app, built when docker answers",
-        description="Writes Dockerfile, app.json and pkg.json (MAP specification), the app, its bundles and "
-        "the pinned requirements into --out, then builds the image if a container engine is running.",
+        help="a MONAI Application Package (MAP) image of an app (or the listener image), built offline",
+        description="Gathers every wheel the app needs into a wheelhouse on this host (once; cached in "
+        "~/.cache/oncoplan or $ONCOPLAN_CACHE), writes the build context (Dockerfile, app.json and pkg.json "
+        "per the MAP specification, the app, its bundles, the oncoplan wheel, runtime/ with the wheelhouse, "
+        "build.sh) into --out, and builds it with podman or docker when one answers ($ONCOPLAN_ENGINE picks): "
+        "a Debian base made with mmdebstrap (or --base), the shared runtime installed with pip --no-index, "
+        "then the image. Only the base (Debian's mirror) and the wheelhouse (pip's indexes) are fetched, once; "
+        "the image builds run with no network.",
     )
-    package.add_argument("app", help="ctv | tace")
+    package.add_argument("app", choices=["ctv", "tace", "listener"], help="ctv | tace | listener")
     package.add_argument("--out", type=Path, required=True, help="folder for the build context (new or empty)")
     package.add_argument("--tag", help="image tag (default oncoplan-<app>:latest)")
-    package.add_argument("--no-build", action="store_true", help="only write the context")
+    package.add_argument("--no-build", action="store_true", help="only write the context (build it with build.sh)")
+    package.add_argument(
+        "--base",
+        metavar="IMAGE",
+        help="base image with Python 3.11 (default: oncoplan-base:bookworm, made "
+        "from Debian's packages with mmdebstrap when the engine lacks it)",
+    )
+    package.add_argument(
+        "--wheelhouse", type=Path, metavar="DIR", help="a folder of wheels brought along (no network needed)"
+    )
+    package.add_argument("--gpu", action="store_true", help="the CUDA build of torch and TensorRT (default: CPU)")
     package.set_defaults(func=_package)
 
     listen = sub.add_parser(

@@ -32,13 +32,17 @@ def test_context_holds_manifests_app_models_and_requirements(context: Path) -> N
     assert env["HOLOSCAN_MODEL_PATH"] == pkg["modelRoot"] == "/opt/holoscan/models"
     assert pkg["models"] == {"ctv_llmseg": "/opt/holoscan/models/ctv_llmseg"}
     assert app["sdk"] == "monai-deploy" and app["sdkVersion"]
-    for f in ("Dockerfile", "requirements.txt", "app/app.py", "app/app.yaml", "src/pyproject.toml"):
+    for f in ("Dockerfile", "requirements.txt", "app/app.py", "app/app.yaml", "build.sh"):
         assert (context / f).is_file(), f
+    assert len(list((context / "dist").glob("oncoplan-*.whl"))) == 1  # installed --no-index --no-deps
     assert (context / "models/ctv_llmseg/configs/inference.json").is_file()
     assert (context / "models/ctv_llmseg/models/model.pt").is_file()
     assert not (context / "models/ctv_llmseg/data").exists()  # no training data in an image
     docker = (context / "Dockerfile").read_text()
     assert "COPY app.json pkg.json /etc/holoscan/" in docker and "HOLOSCAN_INPUT_PATH" in docker
+    # Offline: FROM the shared runtime; nothing in the Dockerfile reaches an index; the user is not root.
+    assert "FROM ${RUNTIME}" in docker and "--no-index" in docker and "USER 1000:1000" in docker
+    assert "index-url" not in docker and "http" not in docker
 
 
 def test_refuses_unknown_app_and_non_empty_folder(tmp_path: Path, context: Path) -> None:
