@@ -73,9 +73,19 @@ def check_dicom_file(path: Path) -> pydicom.Dataset:
             f"{path}: DICOM file whose file meta information names no transfer syntax (0002,0010); "
             "re-write it as a DICOM file (e.g. dcmtk's dcmconv IN OUT)"
         )
-    encapsulated = syntax.is_encapsulated
-    if "PixelData" in ds and not encapsulated and len(ds.PixelData) < (want := _expected_pixel_bytes(ds)):
-        raise InputError(f"{path}: truncated pixel data ({len(ds.PixelData)} of {want} bytes)")
+    # Type 1 in every object: the SDK's loader leaves a file without them out, silently (a slice fewer).
+    if missing := [k for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not ds.get(k)]:
+        raise InputError(f"{path}: DICOM file without {', '.join(missing)}")
+    if "PixelData" in ds and not syntax.is_encapsulated:
+        try:
+            want = _expected_pixel_bytes(ds)
+        except (AttributeError, TypeError, ValueError):
+            absent = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) in (None, "")]
+            raise InputError(
+                f"{path}: image pixel description {'without ' + ', '.join(absent) if absent else 'malformed'}"
+            ) from None
+        if len(ds.PixelData) < want:
+            raise InputError(f"{path}: truncated pixel data ({len(ds.PixelData)} of {want} bytes)")
     return ds
 
 

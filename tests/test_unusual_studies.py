@@ -239,6 +239,20 @@ def test_a_file_cut_inside_its_pixel_data_is_refused_naming_it(
     _refused(tmp_path / "in", tmp_path, capsys, str(files[4]), "truncated")
 
 
+@pytest.mark.parametrize(
+    "attribute", ["Rows", "BitsAllocated", "SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID"]
+)
+def test_a_file_without_an_attribute_the_slice_needs_is_refused_naming_it(
+    attribute: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Not a traceback, and not a slice the SDK's loader would silently leave out of the series."""
+    files = _series(tmp_path / "in")
+    ds = pydicom.dcmread(files[3])
+    delattr(ds, attribute)
+    ds.save_as(files[3])
+    _refused(tmp_path / "in", tmp_path, capsys, str(files[3]), attribute)
+
+
 def _without_file_header(path: Path, preamble: bool = False) -> None:
     """Re-write a file as its bare data set (Implicit VR Little Endian, as ACR-NEMA-era tools write it):
     no preamble, no 'DICM', no file meta information; or, with `preamble`, the preamble and 'DICM' only."""
