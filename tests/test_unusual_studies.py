@@ -295,3 +295,15 @@ def test_implicit_vr_files_are_read_like_explicit_ones(tmp_path: Path) -> None:
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
         ds.save_as(path, enforce_file_format=True)
     _chosen(tmp_path / "in", 2)
+
+
+@pytest.mark.skipif(shutil.which("dcmconv") is None, reason="dcmtk not installed")
+def test_a_series_in_explicit_vr_big_endian_is_read(tmp_path: Path) -> None:
+    """The retired big-endian syntax some old archives still send: read by the input check (every slice decoded)
+    and the SDK's loader alike."""
+    import subprocess
+
+    for path in _series(tmp_path / "in"):
+        subprocess.run(["dcmconv", "+tb", str(path), str(path)], check=True, capture_output=True)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
+    _chosen(tmp_path / "in", 2)
