@@ -174,3 +174,98 @@ def test_tace_map_writes_what_the_cli_writes(images: dict[str, str], tmp_path: P
     map_seg, _ = _seg_frames(tmp_path / "map" / "tace_post_seg.dcm")
     np.testing.assert_array_equal(map_seg, cli_seg)
 
+
+# --- the PACS stack in containers (deploy/compose) --------------------------------------------------------
+COMPOSE = Path(__file__).resolve().parents[1] / "deploy" / "compose"
+
+
+def compose_command(engine: str) -> list[str]:
+    import shutil
+
+    if engine == "podman":
+        if shutil.which("podman-compose") is None:
+            pytest.fail("podman answers but podman-compose is missing (Debian package podman-compose; ./run setup)")
+        return ["podman-compose"]
+    return ["docker", "compose"]
+
+
+def _orthanc(port: int, path: str, data: bytes | None = None, timeout: float = 60):
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method="POST" if data is not None else "GET"
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    """The compose stack as deploy/compose/docker-compose.yml says: the listener image (`oncoplan package
+    listener`), Orthanc built from Debian's package, both started by podman-compose on free host ports."""
+    from .pacs import free_port, wait_for
+
+    engine = images["engine"]
+    out = tmp_path_factory.mktemp("stack")
+    t0 = time.monotonic()
+    package("listener", out / "listener", log=lambda line: print(line, flush=True))
+    build = [engine, "build", "--network", "host", "-t", "oncoplan-orthanc:latest"]
+    built = subprocess.run(
+        [*build, "-f", str(COMPOSE / "orthanc.Dockerfile"), str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    print(f"stack images: {time.monotonic() - t0:.0f} s", flush=True)
+    ports = {
+        k: str(free_port())
+        for k in ("ORTHANC_DICOM_PORT", "ORTHANC_HTTP_PORT", "LISTENER_DICOM_PORT", "LISTENER_HEALTH_PORT")
+    }
+    env = {**os.environ, **ports}
+    compose = [*compose_command(engine), "-p", "oncoplantest", "-f", str(COMPOSE / "docker-compose.yml")]
+    subprocess.run([*compose, "down", "-v"], env=env, capture_output=True, check=False, timeout=300)
+    t0 = time.monotonic()
+    up = subprocess.run([*compose, "up", "-d"], env=env, capture_output=True, text=True, check=False, timeout=600)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    http = int(ports["ORTHANC_HTTP_PORT"])
+
+    def alive() -> bool:
+        try:
+            return bool(_orthanc(http, "/system", timeout=5))
+        except OSError:
+            return False
+
+    try:
+        wait_for(alive, 120, "Orthanc's REST API in the stack")
+        print(f"stack up: {time.monotonic() - t0:.0f} s", flush=True)
+        yield {"http": http, "compose": compose, "env": env, "engine": engine}
+    finally:
+        logs = subprocess.run([*compose, "logs"], env=env, capture_output=True, text=True, check=False, timeout=120)
+        print(logs.stdout[-6000:], logs.stderr[-2000:])
+        subprocess.run([*compose, "down", "-v"], env=env, capture_output=True, check=False, timeout=300)
+
+
+def test_compose_stack_contours_a_study_stored_into_its_orthanc(stack: dict, tmp_path: Path) -> None:
+    """A breast CT study and its note (a text SR) are stored into the stack's Orthanc and sent on to the
+    listener (Orthanc's modality `oncoplan`); the CTV app runs in the listener's container and its RTSTRUCT
+    and SEG arrive back in Orthanc, in the same study."""
+    from .helpers import text_sr
+    from .pacs import wait_for
+
+    cohort = generate_cohort("breast", tmp_path / "c", 1, seed=71, size="small", progress=False)
+    row = cohort_rows(cohort)[0]
+    ct = sorted((cohort / row["image_dir"]).glob("*.dcm"))
+    text_sr(pydicom.dcmread(ct[0]), row["note"]).save_as(tmp_path / "note.dcm")
+    http = stack["http"]
+    studies = {_orthanc(http, "/instances", f.read_bytes())["ParentStudy"] for f in [*ct, tmp_path / "note.dcm"]}
+    (study,) = studies
+    t0 = time.monotonic()
+    _orthanc(http, "/modalities/oncoplan/store", study.encode(), timeout=300)
+
+    def modalities() -> set[str]:
+        return {s["MainDicomTags"].get("Modality") for s in _orthanc(http, f"/studies/{study}/series")}
+
+    wait_for(lambda: {"RTSTRUCT", "SEG"} <= modalities(), 900, "RTSTRUCT and SEG back in the stack's Orthanc", 2)
+    print(f"stack: study sent to results in Orthanc {time.monotonic() - t0:.0f} s (quiet period 30 s included)")
