@@ -131,6 +131,31 @@ def test_another_patients_instances_reusing_a_series_or_study_uid_are_refused_an
     assert not any(name in err for name in ("Alice", "Bob", "P03000", "P03001", str(first.StudyInstanceUID)))
 
 
+@pytest.mark.parametrize("bob_id", ["", "P03000"], ids=["both-without-patient-id", "another-patient-under-alices-id"])
+def test_another_patient_in_the_study_is_refused_even_without_or_with_the_same_patient_id(
+    tmp_path: Path, orthanc: Orthanc, bob_id: str
+) -> None:
+    """A blank PatientID (both patients), or Alice's ID on Bob's instances: the name and birth date differ,
+    so Bob's instance in Alice's study is a conflict, not one of Alice's (it was mixed into her job)."""
+    port, spool = free_port(), tmp_path / "spool"
+    alice = rewrite(make_study(tmp_path / "a", seed=3000, patient="Alice^Anna"), tmp_path / "alice", PatientID="")
+    if bob_id:
+        alice = rewrite(alice, tmp_path / "alice2", new_sop=False, PatientID=bob_id)
+    first = pydicom.dcmread(alice[0])
+    bob = rewrite(
+        make_study(tmp_path / "b", seed=3001, slices=1, patient="Bob^Bert"),
+        tmp_path / "bob",
+        PatientID=bob_id,
+        PatientBirthDate="19500101",
+        StudyInstanceUID=first.StudyInstanceUID,
+    )
+    with running(listener_config(tmp_path, port, orthanc)):
+        assert send(port, alice) == [SUCCESS] * 3
+        assert send(port, bob) == [CONFLICT]
+        wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("done",)], 60, "Alice's job")
+    assert rows(spool, "SELECT inputs FROM jobs") == [(3,)]
+
+
 def test_a_sop_instance_resent_with_other_content_or_elsewhere_is_refused_and_the_stored_one_kept(
     tmp_path: Path, orthanc: Orthanc
 ) -> None:

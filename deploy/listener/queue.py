@@ -5,8 +5,8 @@ a state the listener resumes from: a job that was running goes back to pending; 
 marked done in the same transaction that queues its results for delivery.
 
 A study is assembled by (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) and belongs to one
-patient (PatientID + IssuerOfPatientID, kept as a hash). DICOM requires every UID to be unique, so an
-instance that contradicts what is held (its series or SOP UID already placed in another study, another
+patient (PatientID + IssuerOfPatientID + name + birth date, kept as a hash). DICOM requires every UID to
+be unique, so an instance that contradicts what is held (its series or SOP UID already placed in another study, another
 patient's instance in this study, a SOP UID resent with other bytes) is a conflict: refused and counted,
 never mixed in, never swapped for the stored one.
 
@@ -191,7 +191,10 @@ class JobQueue:
                 )
                 row = (patient, 1, 0)
             elif row[0] != patient:
-                return Outcome(Recorded.CONFLICT, "patient (PatientID, IssuerOfPatientID) differs from the study's")
+                return Outcome(
+                    Recorded.CONFLICT,
+                    "patient (PatientID, IssuerOfPatientID, name, birth date) differs from the study's",
+                )
             outcome, generation = Outcome(Recorded.LATE if row[1] > 1 else Recorded.STORED), row[1]
             if row[1] <= row[2]:  # new content after its generation was routed: the next one, routed again
                 outcome, generation = Outcome(Recorded.LATE, reopened=True), row[1] + 1

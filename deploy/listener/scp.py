@@ -106,6 +106,17 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value or "").strip()
 
 
+def patient_key(ds: Dataset) -> str:
+    """Who an instance is about, as a hash: PatientID and its issuer, and the patient's name and birth date.
+    Every instance of one study must agree on all four. The ID alone let two patients with a blank ID, or
+    a reused ID, share one job (hostile test, finding 6); name and birth date are compared as written
+    (the alphabetic name group, case and trailing separators ignored), since within one study they come
+    from one registration."""
+    name = str(ds.get("PatientName", "") or "").split("=")[0].upper().rstrip("^ ")
+    parts = (_text(ds, "PatientID"), _text(ds, "IssuerOfPatientID"), name, _text(ds, "PatientBirthDate"))
+    return hashlib.sha256("\\".join(parts).encode()).hexdigest()
+
+
 def _pixel_problem(ds: Dataset, size: int) -> str | None:
     """Pixel data shorter than its own header says (a truncated dataset is refused, not stored torn)."""
     raw = ds.get_item("PixelData", keep_deferred=True)
@@ -134,7 +145,7 @@ def inspect(path: Path, request: Dataset | object) -> Instance:
         problem = _pixel_problem(ds, path.stat().st_size)
         if problem:
             raise Refusal(problem)
-        patient = hashlib.sha256(f"{_text(ds, 'PatientID')}\\{_text(ds, 'IssuerOfPatientID')}".encode()).hexdigest()
+        patient = patient_key(ds)
         attrs = {k: _text(ds, k) for k in SERIES_KEYS}
     except Refusal:
         raise
