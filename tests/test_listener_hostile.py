@@ -700,6 +700,67 @@ def test_a_pdu_that_stops_part_way_ends_its_association_after_the_pdu_timeout(
     assert ended["accepted"] and ended["caller"] == "SENDER" and waited < 15, (ended, waited)
 
 
+def test_a_pdu_dribbled_a_byte_at_a_time_ends_its_association_by_its_deadline(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+) -> None:
+    """A P-DATA-TF PDU of 1,000 bytes sent a byte a second: every read succeeds within the PDU timeout, but
+    the PDU as a whole must arrive within the timeout plus its length at a minimum rate (a slow-loris held
+    every slot for as long as it liked)."""
+    port, seen = free_port(), []
+    request = bytearray(captured_associate_rq())
+    request[10:26] = b"ONCOPLAN".ljust(16)
+    logs.setup()
+    with running(listener_config(tmp_path, port, orthanc, pdu_timeout_s=3)):
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(bytes(request))
+            assert s.recv(1)[0] == 0x02  # A-ASSOCIATE-AC
+            s.recv(65536)
+            s.sendall(bytes([0x04, 0x00]) + (1000).to_bytes(4, "big"))
+            t0, sent = time.monotonic(), 0
+            with suppress(OSError):
+                while sent < 1000 and time.monotonic() - t0 < 30:
+                    s.sendall(b"\x00")
+                    sent += 1
+                    s.settimeout(1.0)
+                    with suppress(TimeoutError):
+                        if s.recv(65536) == b"":  # the listener closed the connection
+                            break
+            waited = time.monotonic() - t0
+        wait_for(
+            lambda: [e for e in events(capfd, seen) if e["event"] == "association_aborted"], 10, "the closing line"
+        )
+    (ended,) = [e for e in events(capfd, seen) if e["event"] == "association_aborted"]
+    assert waited < 10 and sent < 12, (waited, sent)
+    assert "not received in time" in (ended["detail"] or ""), ended
+
+
+def test_a_pdu_claiming_more_than_the_limit_is_refused_before_it_is_read(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+) -> None:
+    """An unauthenticated peer's A-ASSOCIATE-RQ header claiming 600 MB, then the bytes: refused on its
+    header, so the listener's memory does not grow with it (it grew 1.2 GB)."""
+    import resource
+
+    port, seen = free_port(), []
+    logs.setup()
+    with running(listener_config(tmp_path, port, orthanc)):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+        zeros, sent = bytes(2**20), 0
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(bytes([0x01, 0x00]) + (600 * 2**20).to_bytes(4, "big"))
+            with suppress(OSError):
+                while sent < 600 * 2**20:
+                    s.sendall(zeros)
+                    sent += len(zeros)
+        wait_for(
+            lambda: [e for e in events(capfd, seen) if e["event"] == "association_aborted"], 10, "the closing line"
+        )
+        grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    (ended,) = [e for e in events(capfd, seen) if e["event"] == "association_aborted"]
+    assert "over the 1048576-byte limit" in (ended["detail"] or ""), ended
+    assert sent < 100 * 2**20 and grown_mb < 50, (sent, grown_mb)
+
+
 def test_an_app_that_finished_just_before_a_crash_is_not_run_again(tmp_path: Path, orthanc: Orthanc) -> None:
     """The state a kill -9 leaves between the app's exit and the job's commit: the job recorded running,
     its results not queued, the supervisor's exit status (0) and the output on disk. At restart the job is

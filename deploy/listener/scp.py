@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,6 +51,16 @@ SLOW_STORE_S = 5.0
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 UID_SYNTAX = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")  # PS3.5 9.1: digits, dots, no leading zeros
 DEFER_BYTES = 64 * 1024  # values larger than this are left on disk while an instance is checked
+MAX_PDU_BYTES = 4 * 2**20  # the maximum PDU length we announce (P-DATA-TF)
+# What one PDU may claim before it is read: pynetdicom reads a whole PDU into memory at the length its
+# header claims, so one peer's 1 GB "A-ASSOCIATE-RQ" cost 1.2 GB before any check (hostile test, finding
+# 1). Association PDUs are a few KB (1 MiB leaves room for identity tokens); a P-DATA-TF may not exceed
+# our announced maximum, with room for a sender that rounds it up.
+MAX_ASSOCIATION_PDU_BYTES = 2**20
+MAX_DATA_PDU_BYTES = 2 * MAX_PDU_BYTES
+# A PDU arrives within pdu_timeout_s plus its length at this rate, or the connection ends: a per-read
+# timeout alone let a peer dribble a byte every few seconds and hold a slot for ever (finding 2).
+MIN_PDU_BYTES_PER_S = 16 * 1024
 # Why pynetdicom's ACSE refused an association: (result, source, diagnostic) -> the reason we log.
 REJECT_REASONS = {
     (0x01, 0x01, 0x03): "calling AE title not allowed",
@@ -384,11 +395,50 @@ def handle_store(event: evt.Event, spool: Spool, queue: JobQueue) -> int:
     return SUCCESS
 
 
-def handle_open(event: evt.Event, spool: Spool, queue: JobQueue, timeout_s: float) -> None:
+def bounded_recv(assoc: Association, pdu_timeout_s: float) -> Callable[[int], bytearray]:
+    """pynetdicom's AssociationSocket.recv with a size limit (refused before a byte of the PDU is read)
+    and a deadline for the whole PDU, not only for each read."""
+    conn, sock = connection(assoc), assoc.dul.socket
+
+    def recv(nr_bytes: int) -> bytearray:
+        limit = MAX_DATA_PDU_BYTES if conn.accepted else MAX_ASSOCIATION_PDU_BYTES
+        if nr_bytes > limit:
+            conn.detail = conn.detail or f"a PDU of {nr_bytes} bytes, over the {limit}-byte limit"
+            raise OSError(conn.detail)
+        raw = sock.socket
+        deadline = time.monotonic() + pdu_timeout_s + nr_bytes / MIN_PDU_BYTES_PER_S
+        data = bytearray()
+        try:
+            while len(data) < nr_bytes:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    late = f"a PDU of {nr_bytes} bytes not received in time ({len(data)} arrived)"
+                    conn.detail = conn.detail or late  # the closing line's detail, whatever pynetdicom says next
+                    raise TimeoutError(late)
+                raw.settimeout(min(left, pdu_timeout_s))
+                try:
+                    chunk = raw.recv(min(65536, nr_bytes - len(data)))
+                except TimeoutError:
+                    why = "not received in time" if deadline <= time.monotonic() else "stopped part-way"
+                    conn.detail = conn.detail or f"a PDU of {nr_bytes} bytes {why} ({len(data)} arrived)"
+                    raise
+                if not chunk:  # the peer closed: what arrived, as pynetdicom's own recv returns it
+                    break
+                data += chunk
+        finally:
+            with contextlib.suppress(OSError):
+                raw.settimeout(pdu_timeout_s)
+        return data
+
+    return recv
+
+
+def handle_open(event: evt.Event, spool: Spool, queue: JobQueue, timeout_s: float, pdu_timeout_s: float) -> None:
     """Before negotiation: the association's ACSE checks the spool's room first, and a watchdog ends a
     connection that has not become an association in time (a peer that connects and stays silent, or
     sends part of a request, holds a slot only this long)."""
     event.assoc.acse = GuardedACSE(event.assoc, spool)
+    event.assoc.dul.socket.recv = bounded_recv(event.assoc, pdu_timeout_s)  # type: ignore[method-assign]
     conn = connection(event.assoc)
 
     def expire() -> None:
@@ -571,13 +621,22 @@ def start_scp(config: ListenerConfig, spool: Spool, queue: JobQueue) -> Threaded
     ae.require_called_aet = True
     ae.maximum_associations = config.max_associations
     # PDUs of up to 4 MB: a CT slice arrives in one, and a PDU is read whole into memory before it is written.
-    ae.maximum_pdu_size = 4 * 2**20
+    ae.maximum_pdu_size = MAX_PDU_BYTES
     ae.network_timeout = 120
     ae.acse_timeout = config.association_timeout_s
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, partial(handle_store, spool=spool, queue=queue)),
-        (evt.EVT_CONN_OPEN, partial(handle_open, spool=spool, queue=queue, timeout_s=config.association_timeout_s)),
+        (
+            evt.EVT_CONN_OPEN,
+            partial(
+                handle_open,
+                spool=spool,
+                queue=queue,
+                timeout_s=config.association_timeout_s,
+                pdu_timeout_s=config.pdu_timeout_s,
+            ),
+        ),
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_REJECTED, partial(handle_rejected, queue=queue)),
         (evt.EVT_RELEASED, handle_released),
