@@ -231,6 +231,31 @@ def test_a_study_resent_after_retention_is_deleted_again_and_not_rerun(tmp_path:
     assert rows(spool, "SELECT COUNT(*) FROM jobs") == [(1,)]
 
 
+def test_a_late_instance_of_a_purged_study_is_not_run_alone_and_the_whole_resend_runs(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+) -> None:
+    """2 of 3 instances processed, delivered and deleted by the retention; then the third: the route does
+    not run on it alone (it did, and its result would have superseded the whole study's), one line says
+    why; when the whole study is sent again, the route runs on all 3."""
+    port, spool, seen = free_port(), tmp_path / "spool", []
+    config = listener_config(tmp_path, port, orthanc, retention_days=0)
+    study = make_study(tmp_path / "s", seed=3350)
+    logs.setup()
+    with running(config) as listener:
+        assert send(port, study[:2]) == [SUCCESS] * 2
+        wait_for(lambda: rows(spool, "SELECT state FROM deliveries") == [("sent",)], 60, "the first result")
+        assert listener.purge_finished() == 1
+        assert send(port, study[2:]) == [SUCCESS]
+        lines = wait_for(
+            lambda: [e for e in events(capfd, seen) if e["event"] == "study_not_routed"], 20, "the line saying why"
+        )
+        assert lines[0]["missing"] == 2
+        assert rows(spool, "SELECT COUNT(*) FROM jobs") == [(1,)]
+        assert send(port, study) == [SUCCESS] * 3  # the whole study again
+        wait_for(lambda: rows(spool, "SELECT COUNT(*) FROM jobs WHERE state = 'done'") == [(2,)], 60, "a rerun")
+    assert rows(spool, "SELECT inputs FROM jobs ORDER BY id") == [(2,), (3,)]
+
+
 # --- exactly once, whatever the route's process tree -----------------------------------------------
 def wrapped(ledger: Path, sleep: float) -> list[str]:
     """A route command behind `sh -c`: the real work is a grandchild of the listener."""

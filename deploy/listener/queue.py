@@ -171,9 +171,9 @@ class JobQueue:
                 if held[3] and Path(held[3]).exists():
                     return Outcome(Recorded.DUPLICATE)
                 db.execute("UPDATE instances SET path = ? WHERE sop_uid = ?", (str(path), sop))
-                db.execute(
-                    "UPDATE studies SET state = 'receiving', last_received = ? "
-                    "WHERE study_uid = ? AND state = 'purged'",
+                db.execute(  # a purged study, or one waiting unrouted for what the retention deleted
+                    "UPDATE studies SET state = 'receiving', last_received = ? WHERE study_uid = ? "
+                    "AND (state = 'purged' OR (state = 'complete' AND generation > routed_generation))",
                     (now, study),
                 )
                 return Outcome(Recorded.RESTORED)
@@ -242,6 +242,15 @@ class JobQueue:
             if row is None:
                 return None
             generation, routed = row
+            purged = db.execute(
+                "SELECT COUNT(*) FROM instances WHERE study_uid = ? AND path = ''", (study,)
+            ).fetchone()[0]
+            if generation > routed and purged:
+                # New instances of a study whose others the retention deleted: no route runs on a part
+                # (a late instance re-ran the route on itself alone, hostile test finding 5). The study waits,
+                # unrouted, for the whole of it to be sent again (RESTORED reopens it) or for its retention.
+                db.execute("UPDATE studies SET state = 'complete' WHERE study_uid = ?", (study,))
+                return []
             db.execute(
                 "UPDATE studies SET state = 'complete', routed_generation = ? WHERE study_uid = ?", (generation, study)
             )
@@ -268,6 +277,10 @@ class JobQueue:
                 )
                 jobs.append(cur.lastrowid)
         return jobs
+
+    def purged_instances(self, study: str) -> int:
+        """How many of the study's instances the retention deleted (they are no longer on disk)."""
+        return int(self._read("SELECT COUNT(*) FROM instances WHERE study_uid = ? AND path = ''", (study,))[0][0])
 
     def job_inputs(self, job: int) -> list[tuple[str, Path]]:
         """(series UID, file) of every instance the job was created with."""
