@@ -510,6 +510,43 @@ def test_an_instance_over_the_size_limit_is_refused_and_the_association_goes_on(
     assert rows(spool, "SELECT COUNT(*) FROM instances") == [(1,)]
 
 
+SEND_ONE = """
+import sys
+import pydicom
+from pynetdicom import AE
+ds = pydicom.dcmread(sys.argv[2])
+ae = AE(ae_title="SENDER")
+ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+assoc = ae.associate("127.0.0.1", int(sys.argv[1]), ae_title="ONCOPLAN")
+assoc.send_c_store(ds)
+"""
+
+
+def test_a_transfer_cut_mid_instance_leaves_nothing_in_receiving(
+    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+) -> None:
+    """A sender killed while a 32 MB instance is arriving: the part already written is removed when the
+    association ends (it stayed a day, with its PHI, and seven such cuts filled the spool)."""
+    port, spool, seen = free_port(), tmp_path / "spool", []
+    big = make_study(tmp_path / "big", seed=4150, slices=1, size=4096)
+    logs.setup()
+    with running(listener_config(tmp_path, port, orthanc)):
+        sender = subprocess.Popen([sys.executable, "-c", SEND_ONE, str(port), str(big[0])])
+        try:
+            wait_for(
+                lambda: any(p.stat().st_size > 2**20 for p in (spool / "receiving").iterdir()),
+                60,
+                "the instance to be arriving",
+                interval=0.02,
+            )
+        finally:
+            sender.kill()
+            sender.wait()
+        wait_for(lambda: [e for e in events(capfd, seen) if e["event"] == "association_aborted"], 30, "the end")
+        wait_for(lambda: not list((spool / "receiving").iterdir()), 10, "receiving/ to be empty")
+    assert rows(spool, "SELECT COUNT(*) FROM instances") == [(0,)]
+
+
 def test_the_quarantine_keeps_to_its_quota_and_its_retention(tmp_path: Path, orthanc: Orthanc) -> None:
     port, spool = free_port(), tmp_path / "spool"
     config = listener_config(tmp_path, port, orthanc, quarantine_max_mb=0.001)  # 1 KB

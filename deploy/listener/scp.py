@@ -178,6 +178,7 @@ class Connection:
     protocol_error: bool = False  # pynetdicom reported an error inside it (e.g. an undecodable command)
     logged: bool = False  # its closing line was written
     timer: threading.Timer | None = field(default=None, repr=False)
+    arriving: list[Path] = field(default_factory=list, repr=False)  # its files in receiving/
 
 
 def connection(assoc: Association) -> Connection:
@@ -217,13 +218,18 @@ def _raised_by_us(record: logging.LogRecord) -> bool:
     return False
 
 
+def _association_of(thread: threading.Thread) -> Association | None:
+    """The association a pynetdicom thread (its reactor or its DUL reader) works for."""
+    assoc = thread.assoc if isinstance(thread, DULServiceProvider) else thread
+    return assoc if isinstance(assoc, Association) else None
+
+
 def capture_association_log(record: logging.LogRecord) -> bool:
     """What pynetdicom says from inside an association (an undecodable PDU, an odd AE title, a socket
     timeout) becomes the `detail` of that association's one closing line instead of lines of its own;
     an error before the association was accepted ends the connection at once."""
-    thread = threading.current_thread()
-    assoc = thread.assoc if isinstance(thread, DULServiceProvider) else thread
-    if not record.name.startswith("pynetdicom") or not isinstance(assoc, Association) or not assoc.is_acceptor:
+    assoc = _association_of(threading.current_thread())
+    if not record.name.startswith("pynetdicom") or assoc is None or not assoc.is_acceptor:
         return False  # only what is said inside the associations we accept (not our own deliveries')
     if _raised_by_us(record):
         return False  # an exception in one of our handlers is our defect: its own line, never folded away
@@ -287,6 +293,11 @@ class ArrivingFile:
         self.name, self.file = self._fh.name, self
         self.limit, self.written = limit, 0
         self.problem: str | None = None
+        # pynetdicom removes the file after the C-STORE handler, never when the association ends mid-dataset:
+        # its association removes what is left when it ends (cut transfers filled the spool, finding 7)
+        assoc = _association_of(threading.current_thread())
+        if assoc is not None:
+            connection(assoc).arriving.append(Path(self.name))
 
     def _give_up(self, problem: str) -> None:
         self.problem = problem
@@ -457,6 +468,8 @@ def handle_open(event: evt.Event, spool: Spool, queue: JobQueue, timeout_s: floa
             run()
         finally:
             _closing_line(assoc, queue)
+            for path in connection(assoc).arriving:  # no handler runs any more: what is left is a torn transfer
+                path.unlink(missing_ok=True)
 
     assoc.run = run_then_close  # type: ignore[method-assign]
 
