@@ -214,6 +214,25 @@ def test_completion_counts_from_the_restart_and_a_late_instance_reruns_the_whole
     assert counted["instances_late"] == 1
 
 
+def test_a_file_stored_but_never_recorded_before_a_crash_is_removed_at_the_next_start(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    """The state a kill -9 leaves between a store's rename into incoming/ and its commit: a file no instance
+    names, never acknowledged. The next start removes it; recorded instances stay."""
+    port, spool = free_port(), tmp_path / "spool"
+    config = listener_config(tmp_path, port, orthanc)
+    with running(config):
+        assert send(port, make_study(tmp_path / "s", seed=3400)) == [SUCCESS] * 3
+        wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("done",)], 60, "the job")
+    kept = sorted((spool / "incoming").rglob("*.dcm"))
+    orphan = spool / "incoming" / "a" / "b" / "c.d.dcm"
+    orphan.parent.mkdir(parents=True)
+    shutil.copy(kept[0], orphan)
+    with running(config):
+        pass
+    assert not orphan.exists() and sorted((spool / "incoming").rglob("*.dcm")) == kept
+
+
 def test_a_study_resent_after_retention_is_deleted_again_and_not_rerun(tmp_path: Path, orthanc: Orthanc) -> None:
     port, spool = free_port(), tmp_path / "spool"
     config = listener_config(tmp_path, port, orthanc, retention_days=0)

@@ -18,6 +18,7 @@ fixed in `job_inputs` when it is created). Identical resends are acknowledged an
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import statistics
 import threading
@@ -277,6 +278,12 @@ class JobQueue:
                 )
                 jobs.append(cur.lastrowid)
         return jobs
+
+    def unrecorded(self, files: list[Path]) -> list[Path]:
+        """Of `files` (what incoming/ holds), those no instance names: renamed in by a receiver that died
+        before recording them, so never acknowledged to their sender. Only while nothing receives."""
+        recorded = {os.path.realpath(r[0]) for r in self._read("SELECT path FROM instances WHERE path != ''")}
+        return [f for f in files if os.path.realpath(f) not in recorded]
 
     def purged_instances(self, study: str) -> int:
         """How many of the study's instances the retention deleted (they are no longer on disk)."""
