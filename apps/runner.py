@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from oncoplan.apps import console
 from oncoplan.errors import InputError
 from oncoplan.operators.input_check import check_input_folder
+from oncoplan.redact import scrub_every_record
 from oncoplan.runtime.bundles import shipped_bundles
 
 
@@ -68,7 +70,7 @@ def run_app(app_cls, input_path: Path, output_path: Path, model_path: Path | Non
     try:
         # Holoscan drops argv[0] (the interpreter), as for [sys.executable, script, *args].
         argv = [sys.executable, app_cls.__module__, "-i", str(input_path), "-o", str(scratch)]
-        argv += ["-m", str(models)]
+        argv += ["-m", str(models), *console.graph_log_level()]
         _run_graph(app_cls, argv, app_kwargs)
         written = sorted(p for p in scratch.iterdir() if p.is_file() and not p.name.startswith("."))
         if not written:
@@ -86,7 +88,12 @@ def main(app_cls, argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m oncoplan.apps.<name>`."""
     from monai.deploy.core import init_app_context
 
+    scrub_every_record()  # no UID or date in any line, the SDK's and the libraries' included
+
     argv = list(sys.argv if argv is None else argv)
+    if {"-h", "--help"} & set(argv[1:]):
+        print(usage(app_cls, argv[0]))
+        return 0
     try:
         # The app's own options (`cli_options`: flag -> keyword of its constructor), e.g. --note.
         options = getattr(app_cls, "cli_options", {})
@@ -104,6 +111,27 @@ def main(app_cls, argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _prog(app_cls, prog: str) -> str:
+    return f"python -m {app_cls.__module__.rsplit('.', 1)[0]}" if prog.endswith("__main__.py") else prog
+
+
+def usage(app_cls, prog: str) -> str:
+    """The SDK's options and the app's own (the SDK's parser knows only its own)."""
+    own = [f"[{flag} VALUE]" for flag in getattr(app_cls, "cli_options", {})]
+    own += [f"[{flag}]" for flag in getattr(app_cls, "cli_flags", {})]
+    doc = (app_cls.__doc__ or "").strip().split("\n\n")[0]
+    return (
+        f"usage: {_prog(app_cls, prog)} [-i INPUT] [-o OUTPUT] [-m MODELS] "
+        f"[-l LEVEL] [-w WORKDIR] {' '.join(own)}\n\n{doc}\n\n"
+        "  -i, --input    folder with the study's DICOM files ($HOLOSCAN_INPUT_PATH)\n"
+        "  -o, --output   folder for what the app writes ($HOLOSCAN_OUTPUT_PATH)\n"
+        "  -m, --model    bundles folder ($HOLOSCAN_MODEL_PATH; default: the shipped bundles)\n"
+        "  -l, --log-level  DEBUG, INFO (default), WARN, ERROR or CRITICAL\n"
+        "  -w, --workdir  the SDK's work folder\n"
+        "The app's own options are those of `oncoplan contour` / `oncoplan plan` (see their --help)."
+    )
 
 
 def exit_now(code: int) -> NoReturn:

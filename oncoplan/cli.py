@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import NoReturn
 
 from .errors import InputError
 
+log = logging.getLogger("oncoplan.cli")
 SERIES_HELP = (
     "the series to work on, by SeriesInstanceUID or SeriesNumber, instead of the one the series rules choose "
     "(also $ONCOPLAN_SERIES; README: Series selection)"
@@ -65,16 +67,28 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _contour(args: argparse.Namespace) -> int:
+    log.info("contouring the study in %s", args.input)  # before the app's imports (seconds on a CPU)
+    from .apps.console import ctv_summary
     from .apps.ctv_contouring.app import CTVContouringApp
     from .apps.runner import run_app
 
-    for path in run_app(CTVContouringApp, args.input, args.output, args.model, note=args.note, series=args.series):
-        print(path)
-    print("RESEARCH USE ONLY - not for clinical use.")
+    written = run_app(CTVContouringApp, args.input, args.output, args.model, note=args.note, series=args.series)
+    _closing(written, ctv_summary(written))
     return 0
 
 
+def _closing(written: list[Path], summary: list[str]) -> None:
+    """What was written (stdout: the paths, one a line, for scripts) and what it says."""
+    for path in written:
+        print(path)
+    for line in summary:
+        print(line)
+    print("RESEARCH USE ONLY - not for clinical use.")
+
+
 def _plan(args: argparse.Namespace) -> int:
+    log.info("planning TACE on the study in %s", args.input)  # before the app's imports
+    from .apps.console import plan_summary
     from .apps.runner import run_app
     from .apps.tace_planner.app import TacePlannerApp
     from .operators.tace_planning import parse_settings
@@ -87,11 +101,10 @@ def _plan(args: argparse.Namespace) -> int:
         "llm_model": args.llm_model,
         "llm_base_url": args.llm_base_url,
     }
-    for path in run_app(
+    written = run_app(
         TacePlannerApp, args.input, args.output, args.model, settings=args.settings, series=args.series, **options
-    ):
-        print(path)
-    print("RESEARCH USE ONLY - not for clinical use.")
+    )
+    _closing(written, plan_summary(written))
     return 0
 
 
@@ -153,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oncoplan",
         description="OncoPlan: AI treatment planning on MONAI Bundle and MONAI Deploy. RESEARCH USE ONLY, "
         "not a medical device.",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show everything the apps and their libraries log (Holoscan, the SDK, MONAI, warnings); "
+        "by default one line per stage and a closing summary",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -321,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # this process is `oncoplan ...` (not a test or the warm worker calling in)
+        from .runtime.stack import ensure_holoscan_stack
+
+        ensure_holoscan_stack()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["evaluate", "tace"]:  # the planner evaluation owns its options
         from .training.planner.evaluate import main as evaluate_tace
@@ -328,6 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return evaluate_tace(argv[2:], prog="oncoplan evaluate tace")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .apps import console
+
+    console.configure(args.verbose)
     try:
         return int(args.func(args))
     except InputError as exc:

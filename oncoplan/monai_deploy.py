@@ -32,7 +32,14 @@ def _app_class(name: str):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # this process is `monai-deploy ...`
+        from oncoplan.runtime.stack import ensure_holoscan_stack
+
+        ensure_holoscan_stack()
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]) or args[:2] in (["exec", "-h"], ["exec", "--help"]):
+        print(f"{USAGE}\n\n{__doc__}")
+        return 0
     if len(args) < 2 or args[0] != "exec":
         print(USAGE, file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ class FileWriterOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         for path in self.write(op_input.receive(self.port)):
-            log.info("wrote %s", path)
+            log.debug("wrote %s", path)  # the CLI lists what was written when the run succeeded
 
     def write(self, result: Any) -> list[Path]:
         """Write `result`; return the files written (empty when there is nothing to write)."""

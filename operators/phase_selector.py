@@ -55,7 +55,7 @@ def choose_phase(candidates: Sequence[SeriesInfo], passed: list[tuple[SeriesInfo
     ct = {uid: _ct_series(info) for uid, (info, _) in chosen_recon.items()}
     phases = resolve_phases(ct.values())
     for s in ct.values():
-        log.info("series %s: %s (%s)", s.label(), s.phase or "no phase", s.rule or s.note or "-")
+        log.debug("series %s: %s (%s)", s.label(), s.phase or "no phase", s.rule or s.note or "-")
     phase = next((p for p in PREFERRED if p in phases), None)
     if phase is None:
         found = ", ".join(f"{s.label()} -> {s.phase or s.note or 'no phase'}" for s in ct.values())

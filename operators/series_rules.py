@@ -232,9 +232,10 @@ class Choice:
     phase: str | None = None
 
     def log(self) -> None:
-        log.info("CT series chosen: %s: %s", self.series.label(), self.why)
+        others = f" ({len(self.passed)} other series passed over)" if self.passed else ""
+        log.info("CT series chosen: %s: %s%s", self.series.label(), self.why, others)
         for s, reason in self.passed:
-            log.info("passed over %s: %s", s.label(), reason)
+            log.debug("passed over %s: %s", s.label(), reason)  # -v: the reasons, series by series
 
 
 def choose(series: Sequence[SeriesInfo], organ: str, override: str | None = None) -> Choice:

@@ -276,6 +276,7 @@ class TacePlanner:
         if (warning := liver_volume_warning(segmented["liver"])) is not None:
             log.warning("%s: %s", volume.where, warning)
         t1 = time.perf_counter()
+        log.info("segmented: liver %.0f cm3, tumor %.1f cm3 (%.1f s)", segmented["liver"], segmented["tumor"], t1 - t0)
         pre_window, mask_window, start = window_around(pre, mask, tuple(self.world.window))
         row = clinical.data.row() if clinical is not None else {}
         tumor_on_ct = onto_ct_grid(mask.astype(np.uint8), affine, volume) if self.choice.kind != "offline" else None
@@ -284,6 +285,7 @@ class TacePlanner:
         plan = planner.beam_search(pre_window, mask_window, observation, clinical=row)
         policy = self.policy_record()
         t2 = time.perf_counter()
+        log.info("searched: %d protocols simulated and scored (%.1f s)", len(plan.ranked), t2 - t1)
         top = [plan.best, *[r for r in plan.ranked if r is not plan.best]][:TOP_K]  # the recommendation first
         protocols = np.asarray([r.protocol.multi_hot() for r in top], dtype=np.float32)
         sim = self.world.simulate(pre_window, mask_window, protocols, s.seed)  # the search's noise again

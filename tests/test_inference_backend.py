@@ -73,7 +73,7 @@ def test_export_is_cached_per_weights(tmp_path: Path) -> None:
 
 
 def test_fallback_reaches_eager_and_logs_why(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="oncoplan.runtime.backends")
+    caplog.set_level(logging.DEBUG, logger="oncoplan.runtime.backends")
     unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None)
     forward, name = select_backend(unet, unet_signature((32, 32, 16)), tmp_path, prefer=("tensorrt", "torch"))
     assert name == "torch (eager)" and forward is unet
@@ -145,7 +145,7 @@ def test_openvino_compiles_the_dynamics_unet_per_shape_up_to_its_bound(tmp_path:
 
 
 def test_race_keeps_the_fastest_backend_and_logs_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="oncoplan.runtime.backends")
+    caplog.set_level(logging.DEBUG, logger="oncoplan.runtime.backends")
     unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None).eval()
     signature = unet_signature((32, 32, 16))
     racers = ("openvino", "onnxruntime", "torch")
@@ -177,7 +177,7 @@ def test_race_leaves_out_a_backend_whose_output_differs_from_eager(
 
     right = inference_backend.OpenVinoModule.__call__
     monkeypatch.setattr(inference_backend.OpenVinoModule, "__call__", lambda self, *a, **k: right(self, *a, **k) + 0.01)
-    caplog.set_level(logging.INFO, logger="oncoplan.runtime.backends")
+    caplog.set_level(logging.DEBUG, logger="oncoplan.runtime.backends")
     unet = ContextUNet(channels=(4, 8, 8, 16, 16), text_dim=None).eval()
     forward, name = select_backend(unet, unet_signature((32, 32, 16)), tmp_path, ("openvino", "torch"), "tiny")
     assert (forward, name) == (unet, "torch (eager)")

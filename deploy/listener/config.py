@@ -16,8 +16,9 @@ from oncoplan.errors import InputError
 # The apps the listener knows by name: the command that runs one study (placeholders filled per job).
 APP_PREFIX = (sys.executable, "-m", "oncoplan")
 APP_COMMANDS = {
-    "ctv": [*APP_PREFIX, "contour", "-i", "{input}", "-o", "{output}"],
-    "tace": [*APP_PREFIX, "plan", "-i", "{input}", "-o", "{output}"],
+    # -v: the job's app.log keeps everything the app and its libraries log (a console shows less)
+    "ctv": [*APP_PREFIX, "-v", "contour", "-i", "{input}", "-o", "{output}"],
+    "tace": [*APP_PREFIX, "-v", "plan", "-i", "{input}", "-o", "{output}"],
 }
 APP_MODULES = {"ctv": "oncoplan.apps.ctv_contouring.app", "tace": "oncoplan.apps.tace_planner.app"}
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")

@@ -7,24 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable
 
+from oncoplan.redact import scrub
+
 LOGGER = logging.getLogger("oncoplan.listener")
 LIBRARIES = ("pydicom", "pynetdicom", "py.warnings")
-# A UID of five or more components (an IPv4 address has four), or any digits-and-dots run longer than
-# an IPv4 address; the DICOM standard's own UIDs (SOP classes, transfer syntaxes) are kept.
-_UID = re.compile(r"(?<![\w.])(?!1\.2\.840\.10008\.)(?:\d+(?:\.\d+){4,}|\d[\d.]{15,})(?![\w.])")
-_DATE = re.compile(r"(?<!\d)(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)")
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-
-
-def scrub(text: str, quoted: bool = False) -> str:
-    """`text` without UIDs and dates (and, with `quoted`, without quoted values)."""
-    text = _DATE.sub("<date>", _UID.sub("<uid>", text))
-    return _QUOTED.sub("<value>", text) if quoted else text
 
 
 class JsonLines(logging.Formatter):

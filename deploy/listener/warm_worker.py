@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from oncoplan import cli
+from oncoplan.apps.console import configure
 from oncoplan.deploy.listener.processes import write_status
 
 FRESH_START_AFTER = {0, 2}  # success and bad input (refused before the graph) keep the worker
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     # Answers go to the stdout we were started with; fd 1 itself is lent to each job's log.
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
+    configure(verbose=True)  # before the preloads: each job's log keeps everything, as a fresh `oncoplan -v` would
     for module in args.preload:
         importlib.import_module(module)
     print(f"warm worker {os.getpid()} ready (preloaded: {', '.join(args.preload) or 'nothing'})", file=sys.stderr)
@@ -118,5 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     from oncoplan.apps.runner import exit_now
+    from oncoplan.runtime.stack import ensure_holoscan_stack
 
+    ensure_holoscan_stack()
     exit_now(main())

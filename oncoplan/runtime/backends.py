@@ -320,13 +320,13 @@ def select_backend(
     if record is not None and record.exists():
         # Decided before on this machine for these weights: skip the timing (it costs start-up).
         winner = json.loads(record.read_text())["winner"]
-        log.info("%s: %s (timed earlier, %s)", prefix, winner, record.name)
+        log.debug("%s: %s (timed earlier, %s)", prefix, winner, record.name)
         prefer, race = [p for p in prefer if p in ("tensorrt", winner)], False
     working: list[tuple[Forward, str]] = []
     for name in prefer:
         if name == "tensorrt":
             if not torch.cuda.is_available() or _device(module).type != "cuda":
-                log.info("TensorRT skipped for %s: no CUDA device", prefix)
+                log.debug("TensorRT skipped for %s: no CUDA device", prefix)
                 continue
             try:
                 compiled = _tensorrt(module, signature, cache_dir, prefix, key, trt_args)
@@ -344,7 +344,7 @@ def select_backend(
                 log.warning("ONNX Runtime unavailable for %s (%s); trying the next backend", prefix, exc)
         elif name == "openvino":
             if _device(module).type == "cuda":
-                log.info("OpenVINO skipped for %s: the network is on CUDA and OpenVINO runs here on the CPU", prefix)
+                log.debug("OpenVINO skipped for %s: the network is on CUDA and OpenVINO runs here on the CPU", prefix)
                 continue
             try:
                 runner = OpenVinoModule(export_onnx(module, signature, cache_dir, prefix, key), signature)
