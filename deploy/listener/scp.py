@@ -229,8 +229,14 @@ def capture_association_log(record: logging.LogRecord) -> bool:
     timeout) becomes the `detail` of that association's one closing line instead of lines of its own;
     an error before the association was accepted ends the connection at once."""
     assoc = _association_of(threading.current_thread())
-    if not record.name.startswith("pynetdicom") or assoc is None or not assoc.is_acceptor:
+    if assoc is None or not assoc.is_acceptor:
         return False  # only what is said inside the associations we accept (not our own deliveries')
+    if record.name.startswith(("pydicom", "py.warnings")):
+        # pydicom's complaint about a value it reads while we inspect an instance (twice: logged and as a
+        # warning): the instance's own line (stored, or refused with the reason) says what matters
+        return record.levelno < logging.ERROR
+    if not record.name.startswith("pynetdicom"):
+        return False
     if _raised_by_us(record):
         return False  # an exception in one of our handlers is our defect: its own line, never folded away
     if record.levelno < logging.WARNING:
