@@ -171,13 +171,21 @@ def test_a_sop_instance_resent_with_other_content_or_elsewhere_is_refused_and_th
         StudyInstanceUID=generate_uid(),
         SeriesInstanceUID=generate_uid(),
     )
+    # The same dataset in other encodings (a sender resending in another transfer syntax): duplicates too.
+    implicit = tmp_path / "implicit.dcm"
+    ds = pydicom.dcmread(study[0])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    ds.save_as(implicit, implicit_vr=True, little_endian=True)
+    jpeg = tmp_path / "jpeg.dcm"
+    subprocess.run([dcmtk("dcmcjpeg"), str(study[0]), str(jpeg)], check=True, capture_output=True)
     with running(config) as listener:
         assert send(port, study) == [SUCCESS] * 3
         assert send(port, study[:1]) == [SUCCESS]  # the same bytes again: acknowledged, nothing changes
+        assert send(port, [implicit, jpeg]) == [SUCCESS, SUCCESS]
         assert send(port, changed) == [CONFLICT]
         assert send(port, elsewhere) == [CONFLICT]
         counted = listener.status()["counts"]["events"]
-    assert counted["instances_duplicate"] == 1 and counted["instances_conflicting"] == 2
+    assert counted["instances_duplicate"] == 3 and counted["instances_conflicting"] == 2
     stored = [Path(p) for (p,) in rows(spool, "SELECT path FROM instances")]
     assert len(stored) == 3 and len(list((spool / "incoming").rglob("*.dcm"))) == 3
     sop = str(pydicom.dcmread(study[0]).SOPInstanceUID)

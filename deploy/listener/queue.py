@@ -89,6 +89,7 @@ class Outcome:
     recorded: Recorded
     conflict: str | None = None  # why, without identifiers
     reopened: bool = False  # this instance reopened a routed study
+    held: str | None = None  # for a SOP UID resent with other bytes: the stored file, to compare datasets
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ class JobQueue:
                     where = "study" if held[0] != study else "series"
                     return Outcome(Recorded.CONFLICT, f"SOP Instance UID already held in another {where}")
                 if held[2] != digest:
-                    return Outcome(Recorded.CONFLICT, "SOP Instance UID resent with different content")
+                    return Outcome(Recorded.CONFLICT, "SOP Instance UID resent with different content", held=held[3])
                 if held[3] and Path(held[3]).exists():
                     return Outcome(Recorded.DUPLICATE)
                 db.execute("UPDATE instances SET path = ? WHERE sop_uid = ?", (str(path), sop))

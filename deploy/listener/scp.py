@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -115,6 +116,29 @@ def _text(ds: Dataset, keyword: str) -> str:
     if isinstance(value, MultiValue):
         value = "\\".join(str(v) for v in value)
     return str(value or "").strip()
+
+
+def same_dataset(held: Path, other: Path) -> bool:
+    """Whether two files hold the same dataset in different encodings (a resend in another transfer
+    syntax: implicit VR, or losslessly compressed): every element but the file meta and the pixel data
+    equal, and the decoded pixels equal. Only for a SOP UID resent with other bytes (rare), so the
+    decoding is paid there only; any doubt is False (a conflict)."""
+    try:
+        a, b = dcmread(held), dcmread(other)
+        if a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID:
+            return False  # the same encoding and other bytes: other content
+        pixels = 0x7FE00010
+        if any(str(ds.get("LossyImageCompression", "00")) != "00" for ds in (a, b)):
+            return False
+        # what a lossless compressor writes of itself (dcmcjpeg: "Lossless JPEG compression, ...")
+        skip = {pixels, 0x00082111, 0x00282110}
+        if [e for e in a if e.tag not in skip] != [e for e in b if e.tag not in skip]:
+            return False
+        if (pixels in a) != (pixels in b):
+            return False
+        return pixels not in a or bool(np.array_equal(a.pixel_array, b.pixel_array))
+    except Exception:  # undecodable, unreadable: not shown to be the same
+        return False
 
 
 def patient_key(ds: Dataset) -> str:
@@ -397,6 +421,11 @@ def handle_store(event: evt.Event, spool: Spool, queue: JobQueue) -> int:
     t2 = time.perf_counter()
     if t2 - t0 > SLOW_STORE_S:
         logs.event("store_slow", logging.WARNING, caller=caller, write_s=round(t1 - t0, 2), record_s=round(t2 - t1, 2))
+    if outcome.recorded is Recorded.CONFLICT and outcome.held and same_dataset(Path(outcome.held), path):
+        if not held_before:
+            path.unlink(missing_ok=True)  # the stored copy stays; this one said the same in another encoding
+        _count(queue, "instances_duplicate")
+        return SUCCESS
     if outcome.recorded is Recorded.CONFLICT:
         source = None if held_before else path
         status = _refuse(spool, queue, source, caller, Refusal(outcome.conflict or "conflict", CONFLICT), "conflict")
