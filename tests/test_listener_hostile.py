@@ -850,6 +850,7 @@ def test_a_pdu_claiming_more_than_the_limit_is_refused_before_it_is_read(
         grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
     (ended,) = [e for e in events(capfd, seen) if e["event"] == "association_aborted"]
     assert "over the 1048576-byte limit" in (ended["detail"] or ""), ended
+    assert not [e for e in events(capfd, seen) if e["event"] == "library_message"]  # one line, not two
     assert sent < 100 * 2**20 and grown_mb < 50, (sent, grown_mb)
 
 

@@ -234,6 +234,8 @@ def _raised_by_us(record: logging.LogRecord) -> bool:
     exception) and goes on."""
     if record.getMessage().startswith("Exception in handler bound to"):
         return True
+    if record.exc_info and getattr(record.exc_info[1], "oncoplan_refusal", False):
+        return False
     tb = record.exc_info[2] if record.exc_info else None
     while tb is not None:
         if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("oncoplan."):
@@ -441,6 +443,12 @@ def handle_store(event: evt.Event, spool: Spool, queue: JobQueue) -> int:
     return SUCCESS
 
 
+def _refusing(exc: OSError) -> OSError:
+    """An exception raised on purpose to end a connection (not a defect of ours to log on its own line)."""
+    exc.oncoplan_refusal = True  # type: ignore[attr-defined]
+    return exc
+
+
 def bounded_recv(assoc: Association, pdu_timeout_s: float) -> Callable[[int], bytearray]:
     """pynetdicom's AssociationSocket.recv with a size limit (refused before a byte of the PDU is read)
     and a deadline for the whole PDU, not only for each read."""
@@ -450,7 +458,7 @@ def bounded_recv(assoc: Association, pdu_timeout_s: float) -> Callable[[int], by
         limit = MAX_DATA_PDU_BYTES if conn.accepted else MAX_ASSOCIATION_PDU_BYTES
         if nr_bytes > limit:
             conn.detail = conn.detail or f"a PDU of {nr_bytes} bytes, over the {limit}-byte limit"
-            raise OSError(conn.detail)
+            raise _refusing(OSError(conn.detail))
         raw = sock.socket
         deadline = time.monotonic() + pdu_timeout_s + nr_bytes / MIN_PDU_BYTES_PER_S
         data = bytearray()
@@ -460,14 +468,14 @@ def bounded_recv(assoc: Association, pdu_timeout_s: float) -> Callable[[int], by
                 if left <= 0:
                     late = f"a PDU of {nr_bytes} bytes not received in time ({len(data)} arrived)"
                     conn.detail = conn.detail or late  # the closing line's detail, whatever pynetdicom says next
-                    raise TimeoutError(late)
+                    raise _refusing(TimeoutError(late))
                 raw.settimeout(min(left, pdu_timeout_s))
                 try:
                     chunk = raw.recv(min(65536, nr_bytes - len(data)))
-                except TimeoutError:
+                except TimeoutError as exc:
                     why = "not received in time" if deadline <= time.monotonic() else "stopped part-way"
                     conn.detail = conn.detail or f"a PDU of {nr_bytes} bytes {why} ({len(data)} arrived)"
-                    raise
+                    raise _refusing(exc) from None
                 if not chunk:  # the peer closed: what arrived, as pynetdicom's own recv returns it
                     break
                 data += chunk
