@@ -17,9 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pydicom
-
 from oncoplan.redact import scrub_every_record
 
 VERBOSE_ENV = "ONCOPLAN_VERBOSE"  # "1": -v for every run of this process (e.g. a MAP's environment)
@@ -79,6 +76,9 @@ def _by_name(written: list[Path]) -> dict[str, Path]:
 
 def ctv_summary(written: list[Path]) -> list[str]:
     """The CTV's volume and side(s), and what the contour was conditioned on."""
+    import numpy as np
+    import pydicom
+
     files = _by_name(written)
     lines = []
     if "ctv_seg.dcm" in files:

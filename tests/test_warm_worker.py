@@ -17,7 +17,7 @@ from oncoplan.deploy.listener.jobs import JobError
 from oncoplan.deploy.listener.warm import WarmApp
 
 from .helpers import cohort_rows
-from .pacs import make_study
+from .pacs import make_study, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +52,8 @@ def test_one_worker_contours_studies_in_turn_and_survives_bad_input(breast_cohor
 def test_a_job_past_its_time_kills_the_worker_and_the_next_job_gets_a_fresh_one(tmp_path: Path) -> None:
     app = WarmApp(None, tmp_path / "worker.log")
     slow = ["synth", "liver", "--out", str(tmp_path / "slow"), "--cases", "20", "--size", "small", "--quiet"]
+    app._started()  # the job's 1 s is the job's, not the worker's start-up (slower on a loaded machine)
+    wait_for(lambda: "ready" in (tmp_path / "worker.log").read_text(), 60, "the worker to be ready")
     with pytest.raises(JobError, match="timed out after 1 s"):
         app.run(slow, tmp_path / "slow.log", 1.0)
     assert app.proc is None
