@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import APP_PREFIX, Route
-from .processes import die_with_parent, end_tree, read_status
+from .processes import SESSION_FILE, die_with_parent, end_tree, read_session, read_status
 from .queue import Job, JobQueue
 from .spool import key
 
@@ -63,11 +63,12 @@ def fill(command: tuple[str, ...], job: Job, input_dir: Path | None = None, outp
     return out
 
 
-def stop_job(route: Route | None, job: Job) -> str | None:
-    """End everything of `job` still running: its process tree (by token) and, through the route's
+def stop_job(route: Route | None, job: Job, job_dir: Path | None = None) -> str | None:
+    """End everything of `job` still running: its process tree (by token, and by the session its
+    supervisor recorded in `job_dir`: processes that cleared their environment) and, through the route's
     `stop` command, what it started elsewhere. None, or why it could not be confirmed."""
     problems = []
-    if not end_tree(job.token):
+    if not end_tree(job.token, session=read_session(session_file(job_dir) if job_dir else None)):
         problems.append("processes of the job survived SIGKILL")
     if route is not None and route.stop:
         try:
@@ -82,6 +83,11 @@ def stop_job(route: Route | None, job: Job) -> str | None:
 def status_file(job_dir: Path) -> Path:
     """Where the supervisor (or the warm worker) records the app's exit status."""
     return job_dir / "exit_status"
+
+
+def session_file(job_dir: Path) -> Path:
+    """Where the supervisor records its session (processes.py), beside the exit status."""
+    return job_dir / SESSION_FILE
 
 
 def _run_tree(
@@ -111,7 +117,7 @@ def _run_tree(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            end_tree(token)
+            end_tree(token, session=read_session(status.with_name(SESSION_FILE)))
             raise JobError(f"app timed out after {timeout_s:.0f} s") from None
 
 
@@ -146,10 +152,9 @@ def finished_before_a_crash(job_dir: Path) -> list[Path] | None:
 
 def collect(job_dir: Path, status: int) -> list[Path]:
     """The DICOM results in the job's output folder (JobError for a failed run or no DICOM)."""
-    log, output_dir = job_dir / "app.log", job_dir / "output"
-    if status != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-        raise JobError(f"app exited with status {status}: {tail[0][:500]}")
+    output_dir = job_dir / "output"
+    if status != 0:  # what the app said stays in its log: it may name the patient, and this goes to the log
+        raise JobError(f"app exited with status {status} (its output: app.log in {job_dir})")
     results = sorted(p for p in output_dir.rglob("*") if p.is_file() and is_dicom(p)) if output_dir.exists() else []
     if not results:
         raise JobError("app wrote no DICOM")

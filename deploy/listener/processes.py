@@ -6,8 +6,12 @@ A route whose command is a wrapper (`sh -c ...`, `docker run`, a script around `
 real work in a grandchild, which used to survive a kill -9 of the listener and finish a job that the
 restarted listener then ran again. Every process of a job carries the job's token in its environment
 (ONCOPLAN_JOB), inherited by whatever it starts, even a child that leaves the process group; ending
-a job is ending every process that carries its token. Work started outside the tree (a container
-run by the engine's daemon, a cluster Job) is ended by the route's `stop` command.
+a job is ending every process that carries its token. A process that clears its environment (`env -i`,
+sudo's env_reset, `su -`) loses the token but stays in the supervisor's session (the supervisor is a
+session leader): the supervisor records its session (its pid and start time, SESSION_FILE beside the
+status file, written durably) before it starts the command, and ending a job also ends every process
+of that session, even after the supervisor died. Work started outside the tree (a container run by the
+engine's daemon, a cluster Job) is ended by the route's `stop` command.
 
     python -m oncoplan.deploy.listener.processes TOKEN STATUS_FILE COMMAND...   (the supervisor; used by jobs.py)
 
@@ -27,8 +31,11 @@ import sys
 import time
 from pathlib import Path
 
+from .spool import write_durably
+
 TOKEN_VARIABLE = "ONCOPLAN_JOB"
 ORPHANED = 137  # the exit status of a child whose parent died before it could ask to die with it
+SESSION_FILE = "session"  # beside the status file: the supervisor's session (its pid and start time)
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:  # pragma: no cover - runs in the child
@@ -44,11 +51,72 @@ def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:  # pragma: 
     os.setsid()
 
 
-def members(token: str) -> list[int]:
-    """Pids of the live processes that carry `token` (readable environments only: our own user's)."""
+def _stat(pid: int | str) -> tuple[str, int, int] | None:
+    """(state, session id, start time in clock ticks since boot) of process `pid`, or None when gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return fields[0], int(fields[3]), int(fields[19])  # fields 3, 6 and 22 of proc(5)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    stat = _stat(pid)
+    return stat[2] if stat else None
+
+
+Session = tuple[int, int]  # (the supervisor's pid, which is its session id; its start time)
+
+
+def write_session(path: Path) -> Session | None:
+    """Record this process's session durably at `path` when it leads one (None when it does not)."""
+    pid = os.getpid()
+    started = start_time(pid)
+    if os.getsid(0) != pid or started is None:
+        return None
+    write_durably(path, f"{pid} {started}\n".encode())
+    return pid, started
+
+
+def read_session(path: Path | None) -> Session | None:
+    """The session a supervisor recorded at `path`, or None (none recorded, or unreadable)."""
+    if path is None:
+        return None
+    try:
+        pid, started = (int(v) for v in path.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return (pid, started) if pid > 1 else None
+
+
+def _live_session(session: Session | None) -> int | None:
+    """The session id of `session` when it can still only be the job's: its leader (the supervisor) is
+    gone, or still the process recorded (the same start time), never a reused pid; never the caller's own
+    session unless the caller is that supervisor (which ends its session but not itself)."""
+    if session is None:
+        return None
+    pid, started = session
+    now = start_time(pid)
+    if (now is not None and now != started) or (pid == os.getsid(0) and pid != os.getpid()):
+        return None
+    return pid
+
+
+def members(token: str, session: Session | None = None) -> list[int]:
+    """Pids of the live processes that carry `token` (readable environments only: our own user's) or,
+    with `session` (see read_session), belong to that session."""
     mark, found = f"{TOKEN_VARIABLE}={token}".encode(), []
+    sid = _live_session(session)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        if sid is not None:
+            stat = _stat(entry.name)
+            if stat is not None and stat[1] == sid:
+                if stat[0] not in "ZX":  # a zombie is dead already (its parent reaps it)
+                    found.append(int(entry.name))
+                continue
+        if not token:
             continue
         try:
             environ = (entry / "environ").read_bytes()
@@ -59,13 +127,14 @@ def members(token: str) -> list[int]:
     return found
 
 
-def end_tree(token: str, timeout_s: float = 10.0) -> bool:
-    """SIGKILL every process carrying `token` until none is left: True when none is (zombies excepted)."""
-    if not token:
+def end_tree(token: str, timeout_s: float = 10.0, session: Session | None = None) -> bool:
+    """SIGKILL every process carrying `token` or in `session` until none is left: True when none is
+    (zombies excepted)."""
+    if not token and session is None:
         return True
     end = time.monotonic() + timeout_s
     while True:
-        pids = members(token)
+        pids = members(token, session)
         if not pids:
             return True
         if time.monotonic() > end:
@@ -81,8 +150,14 @@ def supervise(token: str, status_file: Path, command: list[str]) -> int:  # prag
     wrapper left behind) or when this supervisor is told to stop (SIGTERM: the listener died or the
     job timed out)."""
 
+    if os.getsid(0) != os.getpid():  # started without die_with_parent (by hand): a session of our own
+        with contextlib.suppress(OSError):
+            os.setsid()
+    # Before the command starts: a process of it that clears its environment is still found by session.
+    session = write_session(status_file.with_name(SESSION_FILE))
+
     def stop(signum: int, _frame: object) -> None:
-        end_tree(token)
+        end_tree(token, session=session)
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
@@ -96,14 +171,12 @@ def supervise(token: str, status_file: Path, command: list[str]) -> int:  # prag
     status = proc.wait()
     status = status if status >= 0 else 128 - status
     write_status(status_file, status)  # first: the app's work is done whatever happens to us next
-    end_tree(token)
+    end_tree(token, session=session)
     return status
 
 
 def write_status(path: Path, status: int) -> None:
     """The exit status, whole or absent after a crash (written, fsynced, renamed)."""
-    from .spool import write_durably
-
     write_durably(path, f"{status}\n".encode())
 
 

@@ -29,6 +29,27 @@ def _acknowledged(status) -> bool:
     return code is not None and (code == 0x0000 or 0xB000 <= code <= 0xBFFF)
 
 
+def _context(ds: Dataset) -> tuple[str, str]:
+    return str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
+
+
+def _refused(assoc, proposed: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """{(SOP class, transfer syntax): why} of the `proposed` contexts the destination did not accept in the
+    negotiation (matched by what it accepted: what a peer puts in a rejected context's transfer syntax is
+    not significant, PS3.8 9.3.3.2)."""
+    accepted = {(str(cx.abstract_syntax), str(ts)) for cx in assoc.accepted_contexts for ts in cx.transfer_syntax}
+    why = {str(cx.abstract_syntax): cx.status for cx in assoc.rejected_contexts}
+    return {c: why.get(c[0], "rejected") for c in proposed if c not in accepted}
+
+
+def _never_accepted(peer: Peer, why: str) -> Failure:
+    """A result whose SOP class and transfer syntax the destination refused in the association negotiation
+    (`why`: the result it gave): it will never take it as it is, so it is not retried (a destination that
+    is merely down is)."""
+    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    return Failure(f"the destination refused the result's presentation context: {why.lower()} ({where})", True)
+
+
 def _load(path: Path) -> Dataset | Failure:
     try:
         ds = dcmread(path)
@@ -47,14 +68,22 @@ def send(peer: Peer, calling_ae: str, files: Iterable[Path], timeout_s: float = 
     datasets = {f: ds for f, ds in loaded.items() if isinstance(ds, Dataset)}
     if not datasets:
         return out
-    contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets.values()}
+    contexts = {_context(ds) for ds in datasets.values()}
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in sorted(contexts)][:128]
+    proposed = sorted(contexts)[:128]
+    ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in proposed]
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
+        # Negotiated, but none of the proposed contexts accepted (pynetdicom then aborts): each result
+        # whose context was refused fails for good; one not proposed (past 128 contexts) waits.
+        refused = _refused(assoc, proposed) if assoc.is_aborted and assoc.rejected_contexts else {}
         reason = "association rejected" if assoc.is_rejected else "destination unreachable"
-        return out | {f: Failure(f"{reason} ({peer.ae_title}@{peer.host}:{peer.port})") for f in datasets}
+        unsent = Failure(f"{reason} ({peer.ae_title}@{peer.host}:{peer.port})")
+        return out | {
+            f: _never_accepted(peer, refused[_context(ds)]) if _context(ds) in refused else unsent
+            for f, ds in datasets.items()
+        }
     sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -66,7 +95,11 @@ def send(peer: Peer, calling_ae: str, files: Iterable[Path], timeout_s: float = 
             try:
                 status = assoc.send_c_store(ds)
             except Exception as exc:  # e.g. no accepted presentation context for it: this file only
-                out[f] = Failure(f"{type(exc).__name__}: {logs.scrub(str(exc), quoted=True)}"[:500])
+                refused = _refused(assoc, proposed)
+                if isinstance(exc, ValueError) and _context(ds) in refused:  # others' contexts were accepted
+                    out[f] = _never_accepted(peer, refused[_context(ds)])
+                else:
+                    out[f] = Failure(f"{type(exc).__name__}: {logs.scrub(str(exc), quoted=True)}"[:500])
                 continue
             ok = _acknowledged(status)
             out[f] = None if ok else Failure(f"status 0x{getattr(status, 'Status', 0xFFFF):04X}")

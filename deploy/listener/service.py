@@ -20,7 +20,7 @@ from .config import ListenerConfig, Route
 from .jobs import JobError, finished_before_a_crash, run_job, stop_job
 from .queue import Job, JobQueue
 from .receivers import Receivers
-from .spool import Spool, key
+from .spool import Spool, hold, key
 from .warm import WarmApp
 
 T = TypeVar("T")
@@ -29,6 +29,9 @@ T = TypeVar("T")
 class Listener:
     def __init__(self, config: ListenerConfig) -> None:
         self.config = config
+        # First: a second listener on this spool exits here (SpoolInUse), before it cleans the live one's
+        # arrivals, ends its jobs as interrupted or tries the port.
+        self._spool_lock: int | None = hold(config.spool)
         self.spool = Spool(config.spool, config.min_free_mb, quarantine_max_mb=config.quarantine_max_mb)
         self.queue = JobQueue(config.database)
         self.routes = {r.name: r for r in config.routes}
@@ -124,7 +127,8 @@ class Listener:
             if self._stop.is_set():  # ended by stop(): left running in the queue, so the next start runs it again
                 logs.event("job_interrupted", logging.WARNING, job=job.id, route=job.route, error="listener stopped")
                 return
-            left = stop_job(route, job)  # nothing of a failed or timed-out run may go on beside its retry
+            # nothing of a failed or timed-out run may go on beside its retry
+            left = stop_job(route, job, self.spool.job_dir(job.id))
             if left:
                 logs.event("job_not_stopped", logging.ERROR, job=job.id, route=job.route, error=left)
             c = self.config
@@ -203,7 +207,7 @@ class Listener:
         supervisor recorded status 0) is recorded done with its results instead of running again."""
         for job in self.queue.interrupted_jobs():
             route = self.routes.get(job.route)
-            left = stop_job(route, job)
+            left = stop_job(route, job, self.spool.job_dir(job.id))
             results = finished_before_a_crash(self.spool.job_dir(job.id)) if route is not None else None
             if results:
                 self.queue.finish_job(job, results, route.destination)
@@ -253,13 +257,16 @@ class Listener:
         with self._running_lock:
             running = list(self._running.values())
         for job in running:
-            left = stop_job(self.routes.get(job.route), job)
+            left = stop_job(self.routes.get(job.route), job, self.spool.job_dir(job.id))
             if left:
                 logs.event("job_not_stopped", logging.ERROR, job=job.id, route=job.route, error=left)
         for t in self._threads:
             t.join(timeout=5)
         if not any(t.is_alive() for t in self._threads):  # a job still running keeps its connection
             self.queue.close()
+        if self._spool_lock is not None:  # the spool is free for the next listener
+            os.close(self._spool_lock)
+            self._spool_lock = None
 
     def serve(self) -> None:
         """Run until SIGINT/SIGTERM."""

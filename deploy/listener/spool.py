@@ -6,11 +6,13 @@ Layout under the spool root:
                                            of the content, so a conflicting resend never overwrites)
   quarantine/<time>-<n>.dcm + .txt         what could not be stored, with the reason (quota, retention)
   jobs/<job id>/                           scratch and results of each job
+  listener.lock                            held (flock) by the one listener that owns the spool; its pid
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import itertools
 import os
@@ -18,11 +20,43 @@ import shutil
 import time
 from pathlib import Path
 
+from oncoplan.errors import InputError
+
 FREE_SPACE_INTERVAL_S = 1.0
+LOCK_FILE = "listener.lock"
 
 
 class SpoolFull(OSError):
     """Less free space than the configured reserve: refuse rather than risk a torn file."""
+
+
+class SpoolInUse(InputError):
+    """Another listener holds the spool: a second one must not touch it (one line, exit status 2)."""
+
+
+def hold(root: Path) -> int:
+    """Take the spool at `root` for this listener, before anything in it is touched: an exclusive,
+    non-blocking flock on its lock file, held until the returned descriptor is closed (or the process
+    dies; the descriptor is not inherited by children). SpoolInUse, naming the holder's pid, when another
+    listener holds it: a second `oncoplan listen` on the same configuration would otherwise clean the
+    live one's arrivals and end its running jobs as interrupted. The listener's receiving processes are
+    its children and do not take it."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        who = f"pid {holder}" if holder.isdigit() else "pid unknown"
+        raise SpoolInUse(f"another listener ({who}) holds the spool {root}; stop it first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def key(uid: str) -> str:
