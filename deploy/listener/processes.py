@@ -189,4 +189,8 @@ def read_status(path: Path) -> int | None:
 
 
 if __name__ == "__main__":  # pragma: no cover
+    if len(sys.argv) < 4 or sys.argv[1] in ("-h", "--help"):
+        usage = "usage: python -m oncoplan.deploy.listener.processes TOKEN STATUS_FILE COMMAND..."
+        print(f"{usage}\n\n{__doc__.split(chr(10) + chr(10))[0]}", file=sys.stdout if len(sys.argv) > 1 else sys.stderr)
+        sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     sys.exit(supervise(sys.argv[1], Path(sys.argv[2]), sys.argv[3:]))

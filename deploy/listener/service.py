@@ -82,7 +82,10 @@ class Listener:
                 if matched:
                     routes[route.name] = matched if route.input == "series" else list(series)
             jobs = self.queue.route_study(study, routes, self.config.quiet_period_s)
-            if jobs is not None:
+            if jobs == [] and (missing := self.queue.purged_instances(study)):
+                why = "instances of a study whose others the retention deleted: send the whole study again"
+                logs.event("study_not_routed", logging.WARNING, study=key(study), missing=missing, reason=why)
+            elif jobs is not None:
                 logs.event("study_complete", study=key(study), routes=list(routes), jobs=jobs)
         return False
 
@@ -216,6 +219,13 @@ class Listener:
             logs.event("job_interrupted", logging.WARNING if left is None else logging.ERROR, job=job.id, error=left)
 
     def start(self) -> None:
+        # Before anything receives: a file renamed into incoming/ by a receiver killed before it recorded
+        # it was never acknowledged and is nobody's (it stayed for ever, with its PHI; finding 10).
+        orphans = self.queue.unrecorded([p for p in (self.spool.root / "incoming").rglob("*") if p.is_file()])
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        if orphans:
+            logs.event("unrecorded_removed", logging.WARNING, files=len(orphans))
         self._end_interrupted()
         resumed = self.queue.recover()
         reopened = self.queue.restarted()
