@@ -93,6 +93,10 @@ def ctv_summary(written: list[Path]) -> list[str]:
         sides = " and ".join(s["side"] for s in note.get("sides", []))
         head = lines.pop() if lines else "CTV"
         lines.append(f"{head}, {sides or 'side not given'} (conditioned on: {note.get('interpretation', '?')})")
+        if note.get("reader_requested"):  # an LLM note reader: who read it, and why the rules did if they did
+            fallback = note.get("reader_fallback")
+            read = f"the rules (fallback: {fallback})" if fallback else note["reader_requested"]
+            lines.append(f"note read by {read}")
     return lines
 
 

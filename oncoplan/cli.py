@@ -72,7 +72,15 @@ def _contour(args: argparse.Namespace) -> int:
     from .apps.ctv_contouring.app import CTVContouringApp
     from .apps.runner import run_app
 
-    written = run_app(CTVContouringApp, args.input, args.output, args.model, note=args.note, series=args.series)
+    options = {
+        "note": args.note,
+        "series": args.series,
+        "note_reader": args.note_reader,
+        "allow_send": args.allow_send,
+        "llm_model": args.llm_model,
+        "llm_base_url": args.llm_base_url,
+    }
+    written = run_app(CTVContouringApp, args.input, args.output, args.model, **options)
     _closing(written, ctv_summary(written))
     return 0
 
@@ -241,6 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
     contour.add_argument("--note", help='clinical note, e.g. "N1, breast conserving surgery, left side"')
     contour.add_argument("-m", "--model", type=Path, help="CTV bundle folder (default: the shipped one)")
     contour.add_argument("--series", metavar="UID|NUMBER", help=SERIES_HELP)
+    contour.add_argument(
+        "--note-reader",
+        choices=("rules", "openai", "transformers"),
+        help="who reads the note: rules (default; offline; $ONCOPLAN_NOTE_READER), openai (an OpenAI-compatible "
+        "endpoint, as `plan --policy openai`: $ONCOPLAN_LLM_BASE_URL, $ONCOPLAN_LLM_MODEL, key in $OPENAI_API_KEY; "
+        "needs --allow-send) or transformers (a local chat model folder: --llm-model DIR); the model's answer is "
+        "held to the rules' field checks, and on a timeout, error or invalid answer the rules read the note "
+        "(ctv_note.json says which reader read it and why)",
+    )
+    contour.add_argument(
+        "--allow-send",
+        action="store_true",
+        help="opt in to sending the de-identified note (the study's names, IDs, UIDs and dates removed) to the "
+        "openai note reader's endpoint (also $ONCOPLAN_LLM_ALLOW_SEND=1)",
+    )
+    contour.add_argument("--llm-model", help="openai: the model name; transformers: the model folder")
+    contour.add_argument("--llm-base-url", help="openai: the endpoint's base URL, e.g. http://llm.hospital:8000/v1")
     contour.set_defaults(func=_contour)
 
     plan = sub.add_parser(

@@ -37,6 +37,7 @@ from oncoplan.ctv.notes import SIDES, SideNote, format_note, parse_note
 from oncoplan.errors import InputError
 
 SURGERY_WORDS = {"BCS": "breast-conserving surgery", "TM": "mastectomy"}
+SURGERY_WORDS_BACK = {v: k for k, v in SURGERY_WORDS.items()}
 
 # Longest first: "partial mastectomy" before "mastectomy".
 _BCS = [
@@ -453,3 +454,46 @@ def _side_note(side: str, r: _Side, where: str) -> SideNote:
     t = next(iter(r.t)) if len(r.t) == 1 else None
     surgery = next(iter(surgeries))
     return SideNote(side, surgery, stage, t)
+
+
+def sides_mentioned(text: str) -> set[str]:
+    """The breast sides a note names at all (history included), as the reader finds side words."""
+    text = _normalise(text)
+    found: set[str] = set()
+    for m in _SIDE_WORD.finditer(text):
+        if _NOT_BREAST.match(text[m.end() :]):
+            continue
+        word = (m.group("w") or m.group("ab") or m.group("par") or "").lower()
+        found |= set(SIDES) if word.startswith(("bilateral", "both")) else {"left" if word.startswith("l") else "right"}
+    return found
+
+
+def reading_from_fields(entries: object, where: str = "note") -> NoteReading:
+    """Side records given as fields (an LLM reader's answer: ``[{"side", "surgery", "n_stage", "t_stage"}]``),
+    held to the rules the text reader applies: the note vocabulary (side, surgery, N stage, T stage), one
+    surgery and one N stage per side (two given for one side is a contradiction), Nx refused. InputError."""
+    from oncoplan.ctv.notes import _n_stage, _side, _surgery
+
+    if not isinstance(entries, list) or not entries:
+        raise InputError(f"{where}: no side records")
+    records: dict[str, _Side] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise InputError(f"{where}: a side record is not an object")
+        unknown = set(entry) - {"side", "surgery", "n_stage", "t_stage"}
+        if unknown:
+            raise InputError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+        side = _side(str(entry.get("side") or ""), where)
+        r = records.setdefault(side, _Side())
+        if entry.get("surgery"):
+            surgery = str(entry["surgery"])
+            r.surgeries.add(_surgery(SURGERY_WORDS_BACK.get(surgery.lower().strip(), surgery), where))
+        if entry.get("n_stage"):
+            stage = str(entry["n_stage"]).strip()
+            r.n.add("Nx" if re.fullmatch(r"[cpy]{0,2}N[xX]", stage) else _n_stage(stage, where))
+        if entry.get("t_stage"):
+            t = re.fullmatch(r"[cpyr]{0,2}(T(?:is|[0-4])(?:[a-d]|mi)?)", str(entry["t_stage"]).strip(), re.IGNORECASE)
+            if not t:
+                raise InputError(f"{where}: unknown T stage {entry['t_stage']!r}")
+            r.t.add(t.group(1)[0].upper() + t.group(1)[1:])
+    return NoteReading(tuple(_side_note(s, records[s], where) for s in SIDES if s in records), template=False)

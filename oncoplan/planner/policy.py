@@ -370,44 +370,60 @@ class OpenAIPolicy(_ChatPolicy):
         self.supports_images = send_images  # False for text-only endpoints
 
     def _complete(self, messages: list[dict[str, Any]], observation: Observation, reasoning: bool = False) -> str:
-        import openai
-
         model = self.config.reasoning_model if reasoning else self.config.model
-        extra = {} if reasoning else {"temperature": self.config.temperature}
-        forbidden = observation.forbidden
-        # First check: what we are about to hand to the client; second: the exact bytes it sends.
-        names = (model,)
-        check_outgoing(json.dumps({"model": model, "messages": messages, **extra}), forbidden, names)
+        return chat_completion(self.config, messages, observation.forbidden, model=model, reasoning=reasoning)
 
-        def guard(request: Any) -> None:
-            check_outgoing(request.content, forbidden, names)
-            check_text(request.url.path, forbidden)
 
-        http_client = openai.DefaultHttpxClient(event_hooks={"request": [guard]})
-        client = openai.OpenAI(
-            api_key=self.config.api_key,
-            base_url=self.config.base_url,
-            timeout=self.config.timeout_s,
-            max_retries=0,
-            http_client=http_client,
-        )
-        try:
-            with client:
-                response = client.chat.completions.create(model=model, messages=messages, **extra)  # type: ignore[arg-type]
-        except openai.APITimeoutError:
-            raise BackendError(f"{model}: no answer within {self.config.timeout_s:g} s") from None
-        except openai.APIConnectionError as exc:
-            cause = _privacy_cause(exc)
-            if cause is not None:
-                raise cause from None
-            raise BackendError(f"{model}: connection error ({exc})") from None
-        except openai.APIStatusError as exc:
-            raise BackendError(f"{model}: HTTP {exc.status_code} from the LLM service") from None
-        except openai.OpenAIError as exc:
-            raise BackendError(f"{model}: {type(exc).__name__}: {exc}") from None
-        if not response.choices:
-            return ""
-        return response.choices[0].message.content or ""
+def chat_completion(
+    config: LLMConfig,
+    messages: list[dict[str, Any]],
+    forbidden: Iterable[str] = (),
+    *,
+    model: str | None = None,
+    reasoning: bool = False,
+) -> str:
+    """One chat completion from an OpenAI-compatible endpoint (the one client of OncoPlan's LLM callers: the
+    TACE policy, the CTV note reader). The request is checked by :func:`.deid.check_outgoing` twice, before
+    the client builds it and on the exact bytes it sends, against `forbidden` (the case's identifiers), UIDs
+    and dates: :class:`PrivacyError`, nothing sent. No answer (timeout, HTTP, connection): BackendError."""
+    import openai
+
+    model = model or config.model
+    extra = {} if reasoning else {"temperature": config.temperature}
+    forbidden = frozenset(forbidden)
+    # First check: what we are about to hand to the client; second: the exact bytes it sends.
+    names = (model,)
+    check_outgoing(json.dumps({"model": model, "messages": messages, **extra}), forbidden, names)
+
+    def guard(request: Any) -> None:
+        check_outgoing(request.content, forbidden, names)
+        check_text(request.url.path, forbidden)
+
+    http_client = openai.DefaultHttpxClient(event_hooks={"request": [guard]})
+    client = openai.OpenAI(
+        api_key=config.api_key,
+        base_url=config.base_url,
+        timeout=config.timeout_s,
+        max_retries=0,
+        http_client=http_client,
+    )
+    try:
+        with client:
+            response = client.chat.completions.create(model=model, messages=messages, **extra)  # type: ignore[arg-type]
+    except openai.APITimeoutError:
+        raise BackendError(f"{model}: no answer within {config.timeout_s:g} s") from None
+    except openai.APIConnectionError as exc:
+        cause = _privacy_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise BackendError(f"{model}: connection error ({exc})") from None
+    except openai.APIStatusError as exc:
+        raise BackendError(f"{model}: HTTP {exc.status_code} from the LLM service") from None
+    except openai.OpenAIError as exc:
+        raise BackendError(f"{model}: {type(exc).__name__}: {exc}") from None
+    if not response.choices:
+        return ""
+    return response.choices[0].message.content or ""
 
 
 # -- local Hugging Face chat models ------------------------------------------------------------------
@@ -440,35 +456,45 @@ class TransformersPolicy(_ChatPolicy):
             max_drugs=max_drugs,
             max_embolics=max_embolics,
         )
-        name = None
-        if isinstance(model, (str, os.PathLike)):
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            name = str(model)
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(name, **(load_kwargs or {}))
-            model = AutoModelForCausalLM.from_pretrained(name, **(load_kwargs or {}))
-        elif tokenizer is None:
-            raise ValueError("a model object needs its tokenizer")
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("the tokenizer has no chat template")
-        self.model, self.tokenizer, self.max_new_tokens = model.eval(), tokenizer, max_new_tokens
-        self.source = f"transformers:{name or getattr(model.config, 'name_or_path', '') or type(model).__name__}"
+        self.model, self.tokenizer, self.source = load_local_chat(model, tokenizer, load_kwargs)
+        self.max_new_tokens = max_new_tokens
 
     def _complete(self, messages: list[dict[str, Any]], observation: Observation, reasoning: bool = False) -> str:
-        import torch
+        return local_chat_completion(self.model, self.tokenizer, messages, self.max_new_tokens)
 
-        try:
-            enc = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-            enc = {k: v.to(self.model.device) for k, v in enc.items()}
-            pad = self.tokenizer.pad_token_id
-            pad = self.tokenizer.eos_token_id if pad is None else pad
-            with torch.no_grad():
-                out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad)
-            return self.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        except Exception as exc:  # any local failure is a fallback, not a crash
-            raise BackendError(f"local model failed: {type(exc).__name__}: {exc}") from exc
+
+def load_local_chat(model: Any, tokenizer: Any = None, load_kwargs: Mapping[str, Any] | None = None) -> tuple:
+    """(model, tokenizer, "transformers:<name>") of a local Hugging Face causal chat model (a folder or objects);
+    ValueError when the tokenizer has no chat template."""
+    name = None
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        name = str(model)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(name, **(load_kwargs or {}))
+        model = AutoModelForCausalLM.from_pretrained(name, **(load_kwargs or {}))
+    elif tokenizer is None:
+        raise ValueError("a model object needs its tokenizer")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("the tokenizer has no chat template")
+    source = f"transformers:{name or getattr(model.config, 'name_or_path', '') or type(model).__name__}"
+    return model.eval(), tokenizer, source
+
+
+def local_chat_completion(model: Any, tokenizer: Any, messages: list[dict[str, Any]], max_new_tokens: int = 256) -> str:
+    """One greedy chat completion of a local model (its chat template); any failure is a BackendError."""
+    import torch
+
+    try:
+        enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        pad = tokenizer.pad_token_id
+        pad = tokenizer.eos_token_id if pad is None else pad
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    except Exception as exc:  # any local failure is a fallback, not a crash
+        raise BackendError(f"local model failed: {type(exc).__name__}: {exc}") from exc
 
 
 def make_policy(kind: str = "offline", *, allow_send: bool = False, **kwargs: Any) -> Policy:
@@ -513,9 +539,12 @@ class PolicyChoice:
         model: str | None = None,
         base_url: str | None = None,
         env: Mapping[str, str] | None = None,
+        what: str = "policy",
+        sends: str = "the de-identified case",
     ) -> PolicyChoice:
         """The choice from arguments over the environment; a choice that cannot run is one line
-        (:class:`~oncoplan.errors.InputError`), before any study is read."""
+        (:class:`~oncoplan.errors.InputError`), before any study is read. `what` names the caller in those
+        lines ("policy", "note reader") and `sends` what it would send."""
         from oncoplan.errors import InputError
 
         env = os.environ if env is None else env
@@ -526,27 +555,26 @@ class PolicyChoice:
         if kind == "openai":
             if not allow_send:
                 raise InputError(
-                    "policy openai sends the de-identified case to an LLM service: opt in with --allow-send "
-                    f"(or {ENV_ALLOW_SEND}=1)"
+                    f"{what} openai sends {sends} to an LLM service: opt in with --allow-send (or {ENV_ALLOW_SEND}=1)"
                 )
             try:
                 config = LLMConfig.from_env(env, base_url=base_url, model=model)
             except ValueError as exc:
-                raise InputError(f"policy openai: {exc}") from None
+                raise InputError(f"{what} openai: {exc}") from None
             if not config.api_key:
-                raise InputError(f"policy openai: no API key; set {ENV_API_KEY} (never given on the command line)")
+                raise InputError(f"{what} openai: no API key; set {ENV_API_KEY} (never given on the command line)")
             if config.base_url and not config.base_url.startswith(("http://", "https://")):
-                raise InputError(f"policy openai: base URL {config.base_url!r} is not http(s)")
+                raise InputError(f"{what} openai: base URL {config.base_url!r} is not http(s)")
             return cls("openai", llm=config, allow_send=True)
         if kind == "transformers":
             folder = model or env.get(ENV_TRANSFORMERS_MODEL)
             if not folder or not os.path.isdir(folder):
                 raise InputError(
-                    f"policy transformers: give a local model folder with --llm-model or {ENV_TRANSFORMERS_MODEL} "
+                    f"{what} transformers: give a local model folder with --llm-model or {ENV_TRANSFORMERS_MODEL} "
                     f"(got {folder!r})"
                 )
             if not os.path.isfile(os.path.join(folder, "config.json")):
-                raise InputError(f"policy transformers: {folder} is not a Hugging Face model folder (no config.json)")
+                raise InputError(f"{what} transformers: {folder} is not a Hugging Face model folder (no config.json)")
             return cls("transformers", model_dir=str(folder))
         raise InputError(f"unknown policy {kind!r}; choose {', '.join(POLICIES)}")
 
