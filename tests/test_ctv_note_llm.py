@@ -20,7 +20,7 @@ from oncoplan.ctv.llm_note_reader import NoteReader
 from oncoplan.training.synth.cohort import generate_cohort
 
 from .helpers import cohort_rows
-from .test_planner_policy import LoopbackLLM, completion
+from .test_planner_policy import LoopbackLLM, completion, tiny_chat_model  # noqa: F401 (a fixture)
 from .test_tace_app import _plant
 
 pytestmark = pytest.mark.integration
@@ -180,3 +180,33 @@ def test_a_timeout_or_an_answer_naming_another_side_falls_back_to_the_rules() ->
     assert slow.interpretation == other.interpretation == "left, breast-conserving surgery, N1"
     assert slow_record["reader"] == "rules" and "no answer within 1 s" in slow_record["reader_fallback"]
     assert "the right side, which the note does not name" in other_record["reader_fallback"]
+
+
+def test_a_local_chat_model_reads_the_note_and_a_garbage_answer_falls_back(
+    tiny_chat_model: tuple,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--note-reader transformers --llm-model DIR`: nothing leaves the machine; the random one-layer model's
+    garbage falls back to the rules, and a scripted good answer (its generate replaced) is used."""
+    import torch
+
+    model, tokenizer = tiny_chat_model
+    folder = tmp_path / "tiny-chat"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    reader = NoteReader.resolve("transformers", model=str(folder), env={})
+    note = "Left breast cancer treated by wide local excision; sentinel node biopsy: pN0 (0/2)."
+    reading, record = reader.read(note, "note")
+    assert record["reader"] == "rules" and record["reader_requested"] == "transformers:tiny-chat"
+    assert record["reader_fallback"] and reading.interpretation == "left, breast-conserving surgery, N0"
+    answer = json.dumps({"sides": [{"side": "left", "surgery": "lumpectomy", "n_stage": "pN0", "t_stage": None}]})
+    answer_ids = tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
+
+    def scripted(self: object, **kwargs: object) -> torch.Tensor:
+        return torch.cat([kwargs["input_ids"], answer_ids, torch.tensor([[tokenizer.eos_token_id]])], dim=1)
+
+    monkeypatch.setattr(type(model), "generate", scripted)
+    reading, record = reader.read(note, "note")
+    assert record["reader"] == "transformers" and record["reader_fallback"] is None
+    assert reading.interpretation == "left, breast-conserving surgery, N0" and "sent_deidentified_note" not in record
