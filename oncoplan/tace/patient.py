@@ -407,10 +407,10 @@ def flags(data: ClinicalData) -> list[Flag]:
         out.append(Flag(CONTRAINDICATION, "extrahepatic_spread", text, "BCLC 2022"))
     bili = data.bilirubin_mg_dl
     if bili is not None and bili > BILIRUBIN_CONTRA_MG_DL:
-        text = f"bilirubin {bili:g} mg/dL > {BILIRUBIN_CONTRA_MG_DL:g} mg/dL"
+        text = f"bilirubin {bili:.3g} mg/dL > {BILIRUBIN_CONTRA_MG_DL:g} mg/dL"
         out.append(Flag(CONTRAINDICATION, "bilirubin", text, "EASL-EORTC 2012"))
     elif bili is not None and bili > BILIRUBIN_CAUTION_MG_DL:
-        text = f"bilirubin {bili:g} mg/dL > {BILIRUBIN_CAUTION_MG_DL:g} mg/dL"
+        text = f"bilirubin {bili:.3g} mg/dL > {BILIRUBIN_CAUTION_MG_DL:g} mg/dL"
         out.append(Flag(CAUTION, "bilirubin", text, "TACE trial exclusion"))
     if data.ecog is not None and data.ecog > 2:
         out.append(Flag(CONTRAINDICATION, "ecog", f"ECOG performance status {data.ecog}", "BCLC 2022 stage D"))
