@@ -157,8 +157,11 @@ RUN --mount=type=bind,source=dist,target=/dist pip install --no-index --no-deps 
 COPY app {APP_ROOT}
 COPY models {MODEL_ROOT}
 COPY app.json pkg.json /etc/holoscan/
-ENV {env}
-RUN mkdir -p {WORKDIR}/input {WORKDIR}/output {WORKDIR}/logs && chown -R {USER_ID}:{USER_ID} {WORKDIR}
+ENV {env} \
+    ONCOPLAN_CACHE="{WORKDIR}/cache"
+# {WORKDIR}/cache: the engines the app exports (ONNX, OpenVINO) on its first run; mount a volume there to
+# keep them between runs (a fresh container otherwise exports and times the backends again).
+RUN mkdir -p {WORKDIR}/input {WORKDIR}/output {WORKDIR}/logs {WORKDIR}/cache && chown -R {USER_ID}:{USER_ID} {WORKDIR}
 USER {USER_ID}:{USER_ID}
 WORKDIR {WORKDIR}
 ENTRYPOINT ["python3", "-u", "-m", "{spec.module}"]
@@ -289,6 +292,9 @@ def gather_wheelhouse(gpu: bool = False, log: Callable[[str], None] = print) -> 
         raise InputError(f"could not gather the wheelhouse: {r.stderr.strip()[-800:]}")
     _write_pins(partial)
     partial.rename(target)
+    for old in cache_dir().glob(f"wheelhouse-{'cuda' if gpu else 'cpu'}-*"):  # earlier requirements' wheels
+        if old != target and not old.name.endswith(".partial"):
+            shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -101,3 +101,22 @@ def test_tace_context_holds_its_three_bundles_and_runs_on_cpu(tmp_path: Path) ->
     assert r.returncode == 0, r.stderr[-3000:]
     written = sorted(p.name for p in (work / "output").iterdir())
     assert {"plan.json", "tace_plan_sr.dcm", "tace_post_seg.dcm", "tace_report_pdf.dcm"} <= set(written), written
+
+
+def test_runtime_installs_every_pinned_wheel_of_the_wheelhouse_with_no_index(tmp_path: Path) -> None:
+    """The runtime's one install step reads only the bind-mounted wheelhouse (no index, no network), whose
+    requirements.txt pins every wheel in it; the wheelhouse asks for the CPU torch (CUDA + TensorRT with --gpu)
+    and the CUDA runtime library Holoscan links."""
+    from oncoplan.deploy.map_package import RUNTIME_DOCKERFILE, TORCH, check_wheelhouse, runtime_requirements
+
+    for name in ("torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", "python_gdcm-3.2.6-cp311-cp311-any.whl"):
+        (tmp_path / name).write_bytes(b"")
+    pins = (check_wheelhouse(tmp_path) / "requirements.txt").read_text().split()
+    assert pins == ["python-gdcm==3.2.6", "torch==2.13.0+cpu"]
+    assert "--no-index --find-links /wheelhouse -r /wheelhouse/requirements.txt" in RUNTIME_DOCKERFILE
+    assert "--mount=type=bind,target=/wheelhouse" in RUNTIME_DOCKERFILE
+    cpu, gpu = runtime_requirements(), runtime_requirements(gpu=True)
+    assert TORCH in cpu and any(r.startswith("nvidia-cuda-runtime") for r in cpu)
+    assert not any(r.startswith("tensorrt") for r in cpu) and any(r.startswith("tensorrt") for r in gpu)
+    with pytest.raises(InputError, match="not a folder of wheels"):
+        check_wheelhouse(tmp_path / "missing")
