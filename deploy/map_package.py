@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -246,21 +247,32 @@ set -eu
 cd "$(dirname "$0")"
 engine=${{{ENGINE_ENV}:-$(command -v podman >/dev/null && echo podman || echo docker)}}
 if ! $engine image inspect {runtime} >/dev/null 2>&1; then
-  $engine build --network none --build-arg BASE="${{2:-{DEBIAN_BASE}}}" -t {runtime} \\
+  $engine build --no-cache --network none --build-arg BASE="${{2:-{DEBIAN_BASE}}}" -t {runtime} \\
     -f runtime/Dockerfile runtime/wheels
 fi
-$engine build --network none -t "${{1:-oncoplan-{name}:latest}}" .
+$engine build --no-cache --network none -t "${{1:-oncoplan-{name}:latest}}" .
 """
 
 
 # ---------------------------------------------------------------- the wheelhouse
 
 
+# Dependencies only training uses (oncoplan.training, never the apps or the listener), left out of the images:
+# scikit-survival (and its solver ecos) are GPL-3.0, which images hospitals receive must not carry.
+TRAINING_ONLY = ("scikit-survival",)
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
+
+
 def runtime_requirements(gpu: bool = False) -> list[str]:
-    """What the runtime installs: torch (CPU or CUDA build) and oncoplan's dependencies (+ TensorRT on GPU)."""
+    """What the runtime installs: torch (CPU or CUDA build) and oncoplan's dependencies but those only training
+    uses (+ TensorRT on GPU)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extra = project["optional-dependencies"]["tensorrt"] if gpu else []
-    return [TORCH, *project["dependencies"], *extra, *CUDA_RUNTIME]
+    deps = [d for d in project["dependencies"] if _name(d) not in TRAINING_ONLY]
+    return [TORCH, *deps, *extra, *CUDA_RUNTIME]
 
 
 def cache_dir() -> Path:
@@ -397,7 +409,8 @@ def build_runtime(engine: str, wheels: Path, base: str | None = None, log: Calla
     if not image_exists(engine, tag):
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "Dockerfile").write_text(RUNTIME_DOCKERFILE)
-            cmd = [engine, "build", "--network", "none", "--build-arg", f"BASE={base}", "-t", tag]
+            # --no-cache: a layer cache keys RUN --mount steps by their text, not by the wheels they read
+            cmd = [engine, "build", "--no-cache", "--network", "none", "--build-arg", f"BASE={base}", "-t", tag]
             _run([*cmd, "-f", str(Path(tmp) / "Dockerfile"), str(wheels)], f"build {tag} (pip --no-index)", log)
     _run([engine, "tag", tag, f"{RUNTIME_REPO}:latest"], "tag the runtime", lambda _: None)
     return tag
@@ -408,7 +421,8 @@ def build_image(context: Path, tag: str, engine: str | None = None, log: Callabl
     engine = engine or container_engine()
     if engine is None:
         return False
-    _run([engine, "build", "--network", "none", "-t", tag, str(context)], f"build {tag}", log)
+    # --no-cache: the oncoplan wheel is bind-mounted, which a layer cache would not see change (a few seconds)
+    _run([engine, "build", "--no-cache", "--network", "none", "-t", tag, str(context)], f"build {tag}", log)
     return True
 
 

@@ -99,6 +99,24 @@ def test_map_images_have_the_map_layout_and_run_as_non_root(images: dict[str, st
         assert json.loads(app["command"])[-1] == module and has_app
         assert sorted(pkg["models"]) == models
         assert env["HOLOSCAN_MODEL_PATH"] == "/opt/holoscan/models" and env["HOLOSCAN_INPUT_PATH"] == "input/"
+    # No GPL-licensed Python package in an image we ship (scikit-survival and ecos are training-only).
+    probe = (  # the licence expression, the licence classifiers, or a one-line License field (not a licence text)
+        "from importlib.metadata import distributions as ds\n"
+        "def lic(m):\n"
+        "    short = (m.get('License') or '') if len((m.get('License') or '')) < 80 else ''\n"
+        "    cls = [c for c in (m.get_all('Classifier') or []) if c.startswith('License')]\n"
+        "    text = ' '.join([m.get('License-Expression') or '', short, *cls])\n"
+        "    return text.replace('LGPL', '').replace('Lesser General Public', '')\n"
+        "print([d.metadata['Name'] for d in ds() if 'GPL' in lic(d.metadata) or 'General Public' in lic(d.metadata)])"
+    )
+    r = subprocess.run(
+        [engine, "run", "--rm", "--network", "none", "--entrypoint", "python3", images["ctv"], "-c", probe],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr[-2000:]
     # Both MAPs are built FROM one runtime: the engine stores its layers once.
     layers = {
         name: subprocess.run(

@@ -118,5 +118,6 @@ def test_runtime_installs_every_pinned_wheel_of_the_wheelhouse_with_no_index(tmp
     cpu, gpu = runtime_requirements(), runtime_requirements(gpu=True)
     assert TORCH in cpu and any(r.startswith("nvidia-cuda-runtime") for r in cpu)
     assert not any(r.startswith("tensorrt") for r in cpu) and any(r.startswith("tensorrt") for r in gpu)
+    assert not any(r.startswith("scikit-survival") for r in cpu + gpu)  # GPL-3.0, used by training only
     with pytest.raises(InputError, match="not a folder of wheels"):
         check_wheelhouse(tmp_path / "missing")
