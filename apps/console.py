@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
-from oncoplan.redact import scrub_every_record
+from oncoplan.redact import CurrentStderr, scrub_every_record
 
 VERBOSE_ENV = "ONCOPLAN_VERBOSE"  # "1": -v for every run of this process (e.g. a MAP's environment)
 QUIET_ENV = {
@@ -51,7 +50,7 @@ def configure(verbose: bool) -> None:
         return
     quieted = [name for name, value in QUIET_ENV.items() if os.environ.setdefault(name, value) == value]
     os.environ[_QUIETED] = " ".join(quieted)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = CurrentStderr()
     handler.setFormatter(_Elapsed())
     ours.handlers[:] = [handler]
     ours.setLevel(logging.INFO)

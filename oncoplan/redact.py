@@ -1,5 +1,6 @@
 """Log lines without identifiers: what the listener's JSON lines and the apps' console apply to every line
-(ours and the libraries', e.g. highdicom naming the dataset it copies from by its UID).
+(ours and the libraries', e.g. highdicom naming the dataset it copies from by its UID); and the stream
+both write to.
 
 Outbound text for an LLM service has its own, stricter de-identification (oncoplan/planner/deid.py).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 
 # A UID of five or more components (an IPv4 address has four), or any digits-and-dots run longer than
 # an IPv4 address; the DICOM standard's own UIDs (SOP classes, transfer syntaxes) are kept.
@@ -42,3 +44,20 @@ def scrub_every_record() -> None:
 
     scrubbed.scrubs = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(scrubbed)
+
+
+class CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a line is written, not to the stream of the moment
+    it was made: a library logger's handler outlived the (pytest-captured, later closed) stderr it was made
+    with and wrote "--- Logging error ---" tracebacks into a later test's output."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ and setStream assign it
+        pass

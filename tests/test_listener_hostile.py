@@ -138,12 +138,12 @@ def test_another_patient_in_the_study_is_refused_even_without_or_with_the_same_p
     """A blank PatientID (both patients), or Alice's ID on Bob's instances: the name and birth date differ,
     so Bob's instance in Alice's study is a conflict, not one of Alice's (it was mixed into her job)."""
     port, spool = free_port(), tmp_path / "spool"
-    alice = rewrite(make_study(tmp_path / "a", seed=3000, patient="Alice^Anna"), tmp_path / "alice", PatientID="")
+    alice = rewrite(make_study(tmp_path / "a", seed=3010, patient="Alice^Anna"), tmp_path / "alice", PatientID="")
     if bob_id:
         alice = rewrite(alice, tmp_path / "alice2", new_sop=False, PatientID=bob_id)
     first = pydicom.dcmread(alice[0])
     bob = rewrite(
-        make_study(tmp_path / "b", seed=3001, slices=1, patient="Bob^Bert"),
+        make_study(tmp_path / "b", seed=3011, slices=1, patient="Bob^Bert"),
         tmp_path / "bob",
         PatientID=bob_id,
         PatientBirthDate="19500101",
@@ -230,7 +230,7 @@ def test_a_file_stored_but_never_recorded_before_a_crash_is_removed_at_the_next_
     port, spool = free_port(), tmp_path / "spool"
     config = listener_config(tmp_path, port, orthanc)
     with running(config):
-        assert send(port, make_study(tmp_path / "s", seed=3400)) == [SUCCESS] * 3
+        assert send(port, make_study(tmp_path / "s", seed=3410)) == [SUCCESS] * 3
         wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("done",)], 60, "the job")
     kept = sorted((spool / "incoming").rglob("*.dcm"))
     orphan = spool / "incoming" / "a" / "b" / "c.d.dcm"
@@ -742,7 +742,7 @@ def test_a_65_character_uid_in_the_store_command_ends_in_one_line_with_its_reaso
     """The DIMSE command's Affected SOP Instance UID is read by pynetdicom before any handler of ours: a
     65-character one (over VR UI's 64) must not end the association silently, nor reach a log as a UID."""
     port, seen = free_port(), []
-    study = make_study(tmp_path / "s", seed=4300, slices=1)
+    study = make_study(tmp_path / "s", seed=4310, slices=1)
     long_uid = "1.2." + "3" * 61
     assert len(long_uid) == 65
     logs.setup()

@@ -115,7 +115,7 @@ def test_a_warm_run_records_its_exit_status_durably_so_a_crash_after_it_does_not
         assert app.run(["synth", "--help"], tmp_path / "ok.log", 120, status=status_file(job_dir)) == 0
         assert read_status(status_file(job_dir)) == 0
         assert finished_before_a_crash(job_dir) is None  # finished, but it wrote no DICOM: run it again
-        shutil.copy(make_study(tmp_path / "study", seed=4600, slices=1)[0], job_dir / "output" / "result.dcm")
+        shutil.copy(make_study(tmp_path / "study", seed=4690, slices=1)[0], job_dir / "output" / "result.dcm")
         assert finished_before_a_crash(job_dir) == [job_dir / "output" / "result.dcm"]
         bad = tmp_path / "bad"
         bad.mkdir()

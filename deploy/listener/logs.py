@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 
-from oncoplan.redact import scrub
+from oncoplan.redact import CurrentStderr, scrub
 
 LOGGER = logging.getLogger("oncoplan.listener")
 LIBRARIES = ("pydicom", "pynetdicom", "py.warnings")
@@ -50,7 +49,7 @@ def _not_captured(record: logging.LogRecord) -> bool:
 
 
 def setup(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = CurrentStderr()
     handler.setFormatter(JsonLines())
     handler.addFilter(_not_captured)
     LOGGER.handlers[:] = [handler]
