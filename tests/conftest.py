@@ -44,3 +44,13 @@ def prepared_liver(liver_cohort: Path, tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("prepared") / "out"
     prepare_cohort(liver_cohort, out, spacing=(3.0, 3.0, 3.0), quiet=True)
     return out
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):
+    """A real Orthanc for each test module that asks for one (the listener tests' PACS)."""
+    from .pacs import Orthanc
+
+    pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    yield pacs
+    pacs.stop()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,25 @@ class ListenerProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
+
+
+@contextmanager
+def running(config_path: Path):
+    """The listener of `config_path`, in this process, for the block."""
+    from oncoplan.deploy.listener.config import load_config
+    from oncoplan.deploy.listener.service import Listener
+
+    listener = Listener(load_config(config_path))
+    listener.start()
+    try:
+        yield listener
+    finally:
+        listener.stop()
+
+
+def rows(spool: Path, sql: str) -> list[tuple]:
+    """`sql` on the listener's state file."""
+    import sqlite3
+
+    with sqlite3.connect(spool / "queue.sqlite") as db:
+        return db.execute(sql).fetchall()

@@ -23,7 +23,6 @@ from pynetdicom import AE
 
 from oncoplan.deploy.listener import logs
 from oncoplan.deploy.listener.config import load_config
-from oncoplan.deploy.listener.service import Listener
 from oncoplan.errors import InputError
 
 from .pacs import (
@@ -33,6 +32,7 @@ from .pacs import (
     free_port,
     listener_config,
     make_study,
+    running,
     self_signed_cert,
     send,
     wait_for,
@@ -41,23 +41,6 @@ from .pacs import (
 pytestmark = pytest.mark.integration
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory):
-    pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
-    yield pacs
-    pacs.stop()
-
-
-@contextmanager
-def running(config_path: Path):
-    listener = Listener(load_config(config_path))
-    listener.start()
-    try:
-        yield listener
-    finally:
-        listener.stop()
 
 
 def db_rows(spool: Path, sql: str) -> list[tuple]:

@@ -10,45 +10,30 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
 from oncoplan.deploy.listener import logs
-from oncoplan.deploy.listener.config import load_config
-from oncoplan.deploy.listener.service import Listener
 
-from .pacs import APP, REPO, ListenerProcess, Orthanc, free_port, listener_config, make_study, send, wait_for
+from .pacs import (
+    APP,
+    REPO,
+    ListenerProcess,
+    Orthanc,
+    free_port,
+    listener_config,
+    make_study,
+    rows,
+    running,
+    send,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 SUCCESS = 0x0000
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory):
-    pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
-    yield pacs
-    pacs.stop()
-
-
-@contextmanager
-def running(config_path: Path):
-    listener = Listener(load_config(config_path))
-    listener.start()
-    try:
-        yield listener
-    finally:
-        listener.stop()
-
-
-def rows(spool: Path, sql: str) -> list[tuple]:
-    import sqlite3
-
-    with sqlite3.connect(spool / "queue.sqlite") as db:
-        return db.execute(sql).fetchall()
 
 
 def events(capfd: pytest.CaptureFixture) -> tuple[list[dict], str]:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 import pydicom
@@ -23,8 +23,6 @@ from pydicom.uid import JPEGLosslessSV1, generate_uid
 from pynetdicom import AE
 
 from oncoplan.deploy.listener import logs
-from oncoplan.deploy.listener.config import load_config
-from oncoplan.deploy.listener.service import Listener
 from oncoplan.deploy.listener.spool import Spool
 
 from .pacs import (
@@ -35,6 +33,8 @@ from .pacs import (
     free_port,
     listener_config,
     make_study,
+    rows,
+    running,
     self_signed_cert,
     send,
     wait_for,
@@ -43,30 +43,6 @@ from .pacs import (
 pytestmark = pytest.mark.integration
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, INVALID_UID, CONFLICT = 0x0000, 0xA700, 0xC210, 0xC212, 0xC213
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory):
-    pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
-    yield pacs
-    pacs.stop()
-
-
-@contextmanager
-def running(config_path: Path):
-    listener = Listener(load_config(config_path))
-    listener.start()
-    try:
-        yield listener
-    finally:
-        listener.stop()
-
-
-def rows(spool: Path, sql: str) -> list[tuple]:
-    import sqlite3
-
-    with sqlite3.connect(spool / "queue.sqlite") as db:
-        return db.execute(sql).fetchall()
 
 
 def events(capfd: pytest.CaptureFixture, seen: list[str]) -> list[dict]:
