@@ -615,6 +615,7 @@ def test_a_pacs_sending_jpeg_lossless_only_is_served_and_the_study_kept_as_sent(
 def captured_associate_rq() -> bytes:
     """The A-ASSOCIATE-RQ PDU pynetdicom sends, as bytes (to be altered as a broken sender would)."""
     server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(30)  # a caller that never connects fails the test, never hangs it
     ae = AE(ae_title="SENDER")
     ae.acse_timeout = ae.network_timeout = 2
     ae.add_requested_context("1.2.840.10008.1.1")
@@ -627,7 +628,7 @@ def captured_associate_rq() -> bytes:
         data += conn.recv(65536)
     conn.close()
     server.close()
-    caller.join()
+    caller.join(timeout=30)
     return data
 
 
@@ -676,12 +677,15 @@ def test_a_connection_whose_protocol_reader_dies_ends_at_once_with_one_line(
     def broken(self: DULServiceProvider) -> bool:
         raise RuntimeError("reader broke")
 
+    # Captured before the reader is broken: the capture's own pynetdicom requestor would break with it, at
+    # times before it connected (CI, stop 38: the capture then waited for a connection for ever).
+    request = captured_associate_rq()
     monkeypatch.setattr(DULServiceProvider, "_is_transport_event", broken)
     port, seen = free_port(), []
     logs.setup()
     with running(listener_config(tmp_path, port, orthanc, association_timeout_s=60)) as listener:
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-            s.sendall(captured_associate_rq())
+            s.sendall(request)
             s.recv(1024)
         ended = wait_for(
             lambda: [e for e in events(capfd, seen) if e["event"] == "association_aborted"],
