@@ -4,6 +4,7 @@ senders (pynetdicom and dcmtk's storescu), and the listener as a separate proces
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -50,6 +51,57 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
     command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
     subprocess.run([*command, "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
     return cert, key
+
+
+def listener_logs() -> list[str]:
+    """The listener's logging set up as `logs.setup()` does, its lines also kept in the returned list as they
+    are written (by any thread of this process), for a test to poll. Polling pytest's capfd instead loses
+    lines: its read-then-truncate drops what another thread writes in between (seen under load, 6 in 75)."""
+    from oncoplan.deploy.listener import logs
+    from oncoplan.redact import CurrentStderr
+
+    class Kept(CurrentStderr):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                self.lines.append(self.format(record))
+            except Exception:
+                self.handleError(record)
+                return
+            super().emit(record)
+
+    logs.setup()
+    installed, kept = logs.LOGGER.handlers[0], Kept()
+    kept.setFormatter(installed.formatter)
+    for f in installed.filters:  # one handler, as setup() makes: its capture filters run once a record
+        kept.addFilter(f)
+    for name in (logs.LOGGER.name, *logs.LIBRARIES):
+        logging.getLogger(name).handlers[:] = [kept]
+    return kept.lines
+
+
+def log_events(lines: list[str]) -> list[dict]:
+    """The JSON lines of `lines` (from listener_logs), parsed."""
+    return [json.loads(line) for line in list(lines) if line.startswith("{")]
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on `port` (each receiving process binds its own, SO_REUSEPORT): a readiness
+    check that needs no log line."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.2):

@@ -32,6 +32,8 @@ from .pacs import (
     dcmtk,
     free_port,
     listener_config,
+    listener_logs,
+    log_events,
     make_study,
     rows,
     running,
@@ -43,11 +45,6 @@ from .pacs import (
 pytestmark = pytest.mark.integration
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, INVALID_UID, CONFLICT = 0x0000, 0xA700, 0xC210, 0xC212, 0xC213
-
-
-def events(capfd: pytest.CaptureFixture, seen: list[str]) -> list[dict]:
-    seen.append(capfd.readouterr().err)
-    return [json.loads(line) for line in "".join(seen).splitlines() if line.startswith("{")]
 
 
 def rewrite(files: list[Path], folder: Path, new_sop: bool = True, **changes) -> list[Path]:
@@ -240,19 +237,19 @@ def test_a_late_instance_of_a_purged_study_is_not_run_alone_and_the_whole_resend
     """2 of 3 instances processed, delivered and deleted by the retention; then the third: the route does
     not run on it alone (it did, and its result would have superseded the whole study's), one line says
     why; when the whole study is sent again, the route runs on all 3."""
-    port, spool, seen = free_port(), tmp_path / "spool", []
+    port, spool = free_port(), tmp_path / "spool"
     config = listener_config(tmp_path, port, orthanc, retention_days=0)
     study = make_study(tmp_path / "s", seed=3350)
-    logs.setup()
+    lines = listener_logs()
     with running(config) as listener:
         assert send(port, study[:2]) == [SUCCESS] * 2
         wait_for(lambda: rows(spool, "SELECT state FROM deliveries") == [("sent",)], 60, "the first result")
         assert listener.purge_finished() == 1
         assert send(port, study[2:]) == [SUCCESS]
-        lines = wait_for(
-            lambda: [e for e in events(capfd, seen) if e["event"] == "study_not_routed"], 20, "the line saying why"
+        said = wait_for(
+            lambda: [e for e in log_events(lines) if e["event"] == "study_not_routed"], 20, "the line saying why"
         )
-        assert lines[0]["missing"] == 2
+        assert said[0]["missing"] == 2
         assert rows(spool, "SELECT COUNT(*) FROM jobs") == [(1,)]
         assert send(port, study) == [SUCCESS] * 3  # the whole study again
         wait_for(lambda: rows(spool, "SELECT COUNT(*) FROM jobs WHERE state = 'done'") == [(2,)], 60, "a rerun")
@@ -384,7 +381,7 @@ def test_an_undeliverable_result_fails_alone(tmp_path: Path, orthanc: Orthanc, c
     port, spool = free_port(), tmp_path / "spool"
     config = listener_config(tmp_path, port, orthanc, app_args=["--bad-result"])
     before = len(orthanc.results())
-    logs.setup()
+    lines = listener_logs()
     with running(config):
         for seed in (3700, 3701):
             assert send(port, make_study(tmp_path / f"s{seed}", seed=seed)) == [SUCCESS] * 3
@@ -394,7 +391,7 @@ def test_an_undeliverable_result_fails_alone(tmp_path: Path, orthanc: Orthanc, c
             30,
             "the deliveries recorded",
         )
-    failed = [e for e in events(capfd, []) if e["event"] == "result_not_sent"]
+    failed = [e for e in log_events(lines) if e["event"] == "result_not_sent"]
     assert len(failed) == 2 and all(e["final"] and "not a valid UID" in e["error"] for e in failed)
     assert "2222222222" not in capfd.readouterr().err
 
@@ -413,8 +410,7 @@ def test_silent_connections_neither_block_an_allowed_sender_nor_outlive_the_asso
     config = listener_config(
         tmp_path, port, orthanc, max_associations=8, max_associations_per_peer=4, association_timeout_s=2
     )
-    seen: list[str] = []
-    logs.setup()
+    lines = listener_logs()
     with running(config) as listener:
         silent = []
         for _ in range(20):
@@ -423,13 +419,11 @@ def test_silent_connections_neither_block_an_allowed_sender_nor_outlive_the_asso
                 s.sendall(ASSOCIATE_RQ_START)
             silent.append(s)
         assert send(port, make_study(tmp_path / "s", seed=3800), timeout_s=10) == [SUCCESS] * 3
-        wait_for(
-            lambda: sum(e["event"] == "association_aborted" for e in events(capfd, seen)) >= 4, 20, "the silent cut"
-        )
+        wait_for(lambda: sum(e["event"] == "association_aborted" for e in log_events(lines)) >= 4, 20, "the silent cut")
         counted = listener.status()["counts"]["events"]
         for s in silent:
             s.close()
-    log = events(capfd, seen)
+    log = log_events(lines)
     refused = [e for e in log if e["event"] == "connection_refused"]
     cut = [e for e in log if e["event"] == "association_aborted"]
     assert len(refused) == 16 and all(e["reason"] == "per-peer limit (4)" for e in refused)
@@ -462,11 +456,11 @@ def test_a_call_to_another_ae_title_is_refused_with_its_reason(
 ) -> None:
     port = free_port()
     config = listener_config(tmp_path, port, orthanc)
-    logs.setup()
+    lines = listener_logs()
     with running(config):
         assert send(port, make_study(tmp_path / "s", seed=3900), called="SOMEONE_ELSE") == [None] * 3
         assert send(port, make_study(tmp_path / "t", seed=3901), calling="INTRUDER") == [None] * 3
-    refused = {e["reason"] for e in events(capfd, []) if e["event"] == "association_refused"}
+    refused = {e["reason"] for e in log_events(lines) if e["event"] == "association_refused"}
     assert refused == {"called AE title is not ours", "calling AE title not allowed"}
 
 
@@ -486,13 +480,13 @@ def test_a_study_uid_that_is_not_a_uid_is_refused_and_quarantined(
 ) -> None:
     port, spool = free_port(), tmp_path / "spool"
     config = listener_config(tmp_path, port, orthanc)
-    logs.setup()  # pydicom's complaints about the bad value, here and in the listener, are captured and blanked
+    lines = listener_logs()  # pydicom's complaints about the bad value, here and in the listener, are captured
     bad = rewrite(make_study(tmp_path / "s", seed=4000, slices=1), tmp_path / "bad", StudyInstanceUID=uid)
     with running(config) as listener:
-        capfd.readouterr()
+        start = len(lines)
         assert send(port, bad) == [INVALID_UID], why
         wait_for(lambda: listener.status()["associations_open"] == 0, 10, "the association to end")
-        inside = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+        inside = log_events(lines[start:])
     # one line for the refusal: pydicom's own complaints inside the association are not lines of their own
     assert [e["event"] for e in inside if e["event"] in ("quarantined", "library_message")] == ["quarantined"], inside
     (reason,) = [p.read_text() for p in (spool / "quarantine").glob("*.txt")]
@@ -533,9 +527,9 @@ def test_a_transfer_cut_mid_instance_leaves_nothing_in_receiving(
 ) -> None:
     """A sender killed while a 32 MB instance is arriving: the part already written is removed when the
     association ends (it stayed a day, with its PHI, and seven such cuts filled the spool)."""
-    port, spool, seen = free_port(), tmp_path / "spool", []
+    port, spool = free_port(), tmp_path / "spool"
     big = make_study(tmp_path / "big", seed=4150, slices=1, size=4096)
-    logs.setup()
+    lines = listener_logs()
     with running(listener_config(tmp_path, port, orthanc)):
         sender = subprocess.Popen([sys.executable, "-c", SEND_ONE, str(port), str(big[0])])
         try:
@@ -548,7 +542,7 @@ def test_a_transfer_cut_mid_instance_leaves_nothing_in_receiving(
         finally:
             sender.kill()
             sender.wait()
-        wait_for(lambda: [e for e in events(capfd, seen) if e["event"] == "association_aborted"], 30, "the end")
+        wait_for(lambda: [e for e in log_events(lines) if e["event"] == "association_aborted"], 30, "the end")
         wait_for(lambda: not list((spool / "receiving").iterdir()), 10, "receiving/ to be empty")
     assert rows(spool, "SELECT COUNT(*) FROM instances") == [(0,)]
 
@@ -640,11 +634,11 @@ def captured_associate_rq() -> bytes:
 def test_an_association_request_with_an_odd_ae_title_ends_in_one_line_with_its_reason(
     tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture, calling: bytes
 ) -> None:
-    port, seen = free_port(), []
+    port = free_port()
     request = bytearray(captured_associate_rq())
     assert len(calling) == 16
     request[26:42] = calling  # the calling AE title field of the A-ASSOCIATE-RQ
-    logs.setup()
+    lines = listener_logs()
     # The association timeout (pynetdicom's wait for the A-ASSOCIATE-RQ) is set past the wait below: the line
     # must come from the connection ending, not from that wait running out.
     with running(listener_config(tmp_path, port, orthanc, association_timeout_s=60)) as listener:
@@ -653,16 +647,14 @@ def test_an_association_request_with_an_odd_ae_title_ends_in_one_line_with_its_r
             answer = s.recv(1024)  # A-ASSOCIATE-RJ or A-ABORT, then the close
         try:
             wait_for(
-                lambda: [
-                    e for e in events(capfd, seen) if e["event"] in ("association_aborted", "association_refused")
-                ],
+                lambda: [e for e in log_events(lines) if e["event"] in ("association_aborted", "association_refused")],
                 30,
                 "the line saying how it ended",
             )
         except AssertionError as exc:  # what it saw instead (a CI run once timed out here)
-            raise AssertionError(f"{exc}; answer {answer[:12]!r}; {listener.status()}; {events(capfd, seen)}") from None
+            raise AssertionError(f"{exc}; answer {answer[:12]!r}; {listener.status()}; {log_events(lines)}") from None
         time.sleep(0.5)
-    ended = [e for e in events(capfd, seen) if e["event"] in ("association_aborted", "association_refused")]
+    ended = [e for e in log_events(lines) if e["event"] in ("association_aborted", "association_refused")]
     assert len(ended) == 1 and ended[0]["reason"], ended
 
 
@@ -681,14 +673,14 @@ def test_a_connection_whose_protocol_reader_dies_ends_at_once_with_one_line(
     # times before it connected (CI, stop 38: the capture then waited for a connection for ever).
     request = captured_associate_rq()
     monkeypatch.setattr(DULServiceProvider, "_is_transport_event", broken)
-    port, seen = free_port(), []
-    logs.setup()
+    port = free_port()
+    lines = listener_logs()
     with running(listener_config(tmp_path, port, orthanc, association_timeout_s=60)) as listener:
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
             s.sendall(request)
             s.recv(1024)
         ended = wait_for(
-            lambda: [e for e in events(capfd, seen) if e["event"] == "association_aborted"],
+            lambda: [e for e in log_events(lines) if e["event"] == "association_aborted"],
             30,
             "the line saying how it ended",
         )
@@ -721,11 +713,11 @@ def test_a_65_character_uid_in_the_store_command_ends_in_one_line_with_its_reaso
 ) -> None:
     """The DIMSE command's Affected SOP Instance UID is read by pynetdicom before any handler of ours: a
     65-character one (over VR UI's 64) must not end the association silently, nor reach a log as a UID."""
-    port, seen = free_port(), []
+    port = free_port()
     study = make_study(tmp_path / "s", seed=4310, slices=1)
     long_uid = "1.2." + "3" * 61
     assert len(long_uid) == 65
-    logs.setup()
+    lines = listener_logs()
     with running(listener_config(tmp_path, port, orthanc)) as listener:
         sent = subprocess.run(
             [sys.executable, "-c", SEND_WITH_ANY_UID, str(port), str(study[0]), long_uid],
@@ -734,17 +726,17 @@ def test_a_65_character_uid_in_the_store_command_ends_in_one_line_with_its_reaso
             timeout=120,
         )
         ended = wait_for(
-            lambda: [e for e in events(capfd, seen) if e["event"] in ("association_aborted", "instance_quarantined")],
+            lambda: [e for e in log_events(lines) if e["event"] in ("association_aborted", "instance_quarantined")],
             30,
             "the line saying what happened",
         )
         time.sleep(0.5)
-        lines = events(capfd, seen)
+        logged = log_events(lines)
         assert listener.status()["counts"]["instances"]["received"] == 0
     assert "STATUS 0" not in sent.stdout, sent.stdout  # never acknowledged as stored
     assert [e["reason"] for e in ended] == ["protocol error"], ended
     assert "must not exceed 64 characters" in ended[0]["detail"]
-    assert long_uid not in json.dumps(lines) and "3" * 61 not in json.dumps(lines)
+    assert long_uid not in json.dumps(logged) and "3" * 61 not in json.dumps(logged)
 
 
 def test_a_pdu_that_stops_part_way_ends_its_association_after_the_pdu_timeout(
@@ -752,10 +744,10 @@ def test_a_pdu_that_stops_part_way_ends_its_association_after_the_pdu_timeout(
 ) -> None:
     """An allowed caller's association is accepted, then a P-DATA-TF PDU announces 1,000 bytes and sends
     10: the read timeout ends it (pynetdicom's own timers never fire while its reader waits inside a PDU)."""
-    port, seen = free_port(), []
+    port = free_port()
     request = bytearray(captured_associate_rq())
     request[10:26] = b"ONCOPLAN".ljust(16)  # the called AE title field
-    logs.setup()
+    lines = listener_logs()
     with running(listener_config(tmp_path, port, orthanc, pdu_timeout_s=2)):
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
             s.sendall(bytes(request))
@@ -765,10 +757,8 @@ def test_a_pdu_that_stops_part_way_ends_its_association_after_the_pdu_timeout(
             while s.recv(65536):  # until the listener closes the connection
                 pass
             waited = time.monotonic() - t0
-        wait_for(
-            lambda: [e for e in events(capfd, seen) if e["event"] == "association_aborted"], 10, "the closing line"
-        )
-    (ended,) = [e for e in events(capfd, seen) if e["event"] == "association_aborted"]
+        wait_for(lambda: [e for e in log_events(lines) if e["event"] == "association_aborted"], 10, "the closing line")
+    (ended,) = [e for e in log_events(lines) if e["event"] == "association_aborted"]
     assert ended["accepted"] and ended["caller"] == "SENDER" and waited < 15, (ended, waited)
 
 
@@ -778,10 +768,10 @@ def test_a_pdu_dribbled_a_byte_at_a_time_ends_its_association_by_its_deadline(
     """A P-DATA-TF PDU of 1,000 bytes sent a byte a second: every read succeeds within the PDU timeout, but
     the PDU as a whole must arrive within the timeout plus its length at a minimum rate (a slow-loris held
     every slot for as long as it liked)."""
-    port, seen = free_port(), []
+    port = free_port()
     request = bytearray(captured_associate_rq())
     request[10:26] = b"ONCOPLAN".ljust(16)
-    logs.setup()
+    lines = listener_logs()
     with running(listener_config(tmp_path, port, orthanc, pdu_timeout_s=3)):
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
             s.sendall(bytes(request))
@@ -798,10 +788,8 @@ def test_a_pdu_dribbled_a_byte_at_a_time_ends_its_association_by_its_deadline(
                         if s.recv(65536) == b"":  # the listener closed the connection
                             break
             waited = time.monotonic() - t0
-        wait_for(
-            lambda: [e for e in events(capfd, seen) if e["event"] == "association_aborted"], 10, "the closing line"
-        )
-    (ended,) = [e for e in events(capfd, seen) if e["event"] == "association_aborted"]
+        wait_for(lambda: [e for e in log_events(lines) if e["event"] == "association_aborted"], 10, "the closing line")
+    (ended,) = [e for e in log_events(lines) if e["event"] == "association_aborted"]
     assert waited < 10 and sent < 12, (waited, sent)
     assert "not received in time" in (ended["detail"] or ""), ended
 
@@ -813,8 +801,8 @@ def test_a_pdu_claiming_more_than_the_limit_is_refused_before_it_is_read(
     header, so the listener's memory does not grow with it (it grew 1.2 GB)."""
     import resource
 
-    port, seen = free_port(), []
-    logs.setup()
+    port = free_port()
+    lines = listener_logs()
     with running(listener_config(tmp_path, port, orthanc)):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
         zeros, sent = bytes(2**20), 0
@@ -824,13 +812,11 @@ def test_a_pdu_claiming_more_than_the_limit_is_refused_before_it_is_read(
                 while sent < 600 * 2**20:
                     s.sendall(zeros)
                     sent += len(zeros)
-        wait_for(
-            lambda: [e for e in events(capfd, seen) if e["event"] == "association_aborted"], 10, "the closing line"
-        )
+        wait_for(lambda: [e for e in log_events(lines) if e["event"] == "association_aborted"], 10, "the closing line")
         grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
-    (ended,) = [e for e in events(capfd, seen) if e["event"] == "association_aborted"]
+    (ended,) = [e for e in log_events(lines) if e["event"] == "association_aborted"]
     assert "over the 1048576-byte limit" in (ended["detail"] or ""), ended
-    assert not [e for e in events(capfd, seen) if e["event"] == "library_message"]  # one line, not two
+    assert not [e for e in log_events(lines) if e["event"] == "library_message"]  # one line, not two
     assert sent < 100 * 2**20 and grown_mb < 50, (sent, grown_mb)
 
 
