@@ -24,6 +24,8 @@ from .pacs import (
     Orthanc,
     free_port,
     listener_config,
+    listener_logs,
+    log_events,
     make_study,
     rows,
     running,
@@ -213,3 +215,26 @@ def test_a_failing_apps_output_never_reaches_the_listeners_log(
     assert str(spool / "jobs" / "1") in failed[0]["error"] and "app.log" in failed[0]["error"], failed
     assert "Leak^Lena" not in err and "P05400" not in err
     assert "Leak^Lena" in (spool / "jobs" / "1" / "app.log").read_text()  # kept where a person can read it
+
+
+# --- a destination that is down is one line ----------------------------------------------------------------
+def test_a_delivery_to_a_destination_that_is_down_is_one_line_with_the_connection_error(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    """The destination refuses the TCP connection: the result_not_sent line says so, with pynetdicom's own
+    reason in it, and pynetdicom's two error lines about it are not lines of their own."""
+    port, closed, spool = free_port(), free_port(), tmp_path / "spool"
+    config = listener_config(tmp_path, port, orthanc, max_backoff_s=30.0, retry_backoff_s=30.0)
+    raw = yaml.safe_load(config.read_text())
+    raw["destinations"]["pacs"]["port"] = closed  # nothing listens there
+    config.write_text(yaml.safe_dump(raw))
+    lines = listener_logs()
+    with running(config):
+        assert send(port, make_study(tmp_path / "s", seed=5500)) == [SUCCESS] * 3
+        wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("done",)], 60, "the job")
+        failed = wait_for(
+            lambda: [e for e in log_events(lines) if e["event"] == "result_not_sent"], 30, "the delivery's line"
+        )
+    assert len(failed) == 1 and not failed[0]["final"], failed
+    assert "destination unreachable" in failed[0]["error"] and "Connection refused" in failed[0]["error"], failed
+    assert not [e for e in log_events(lines) if e["event"] == "library_message"], log_events(lines)

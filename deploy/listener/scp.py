@@ -244,7 +244,7 @@ def _raised_by_us(record: logging.LogRecord) -> bool:
     return False
 
 
-def _association_of(thread: threading.Thread) -> Association | None:
+def association_of(thread: threading.Thread) -> Association | None:
     """The association a pynetdicom thread (its reactor or its DUL reader) works for."""
     assoc = thread.assoc if isinstance(thread, DULServiceProvider) else thread
     return assoc if isinstance(assoc, Association) else None
@@ -254,7 +254,7 @@ def capture_association_log(record: logging.LogRecord) -> bool:
     """What pynetdicom says from inside an association (an undecodable PDU, an odd AE title, a socket
     timeout) becomes the `detail` of that association's one closing line instead of lines of its own;
     an error before the association was accepted ends the connection at once."""
-    assoc = _association_of(threading.current_thread())
+    assoc = association_of(threading.current_thread())
     if assoc is None or not assoc.is_acceptor:
         return False  # only what is said inside the associations we accept (not our own deliveries')
     if record.name.startswith(("pydicom", "py.warnings")):
@@ -327,7 +327,7 @@ class ArrivingFile:
         self.problem: str | None = None
         # pynetdicom removes the file after the C-STORE handler, never when the association ends mid-dataset:
         # its association removes what is left when it ends (cut transfers filled the spool, finding 7)
-        assoc = _association_of(threading.current_thread())
+        assoc = association_of(threading.current_thread())
         if assoc is not None:
             connection(assoc).arriving.append(Path(self.name))
 

@@ -4,7 +4,9 @@ invalid UID or is refused fails alone, never the files batched with it."""
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,26 @@ from pynetdicom import AE, build_context
 
 from . import logs
 from .config import Peer
-from .scp import valid_uid
+from .scp import association_of, valid_uid
+
+# What pynetdicom says inside one of our deliveries (a refused connection is two ERROR lines from its DUL
+# thread) is kept on the AE of that delivery and becomes part of the delivery's own result_not_sent line.
+SAID = "oncoplan_said"
+
+
+def capture_delivery_log(record: logging.LogRecord) -> bool:
+    if not record.name.startswith("pynetdicom"):
+        return False
+    assoc = association_of(threading.current_thread())
+    said = getattr(getattr(assoc, "ae", None), SAID, None) if assoc is not None and assoc.is_requestor else None
+    if said is None:
+        return False
+    if record.levelno >= logging.WARNING:
+        said.append(logs.scrub((record.getMessage().strip().splitlines() or [""])[0], quoted=True)[:200])
+    return True
+
+
+logs.CAPTURES.append(capture_delivery_log)
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,8 @@ def send(peer: Peer, calling_ae: str, files: Iterable[Path], timeout_s: float = 
         return out
     contexts = {_context(ds) for ds in datasets.values()}
     ae = AE(ae_title=calling_ae)
+    said: list[str] = []
+    setattr(ae, SAID, said)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     proposed = sorted(contexts)[:128]
     ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in proposed]
@@ -79,7 +102,8 @@ def send(peer: Peer, calling_ae: str, files: Iterable[Path], timeout_s: float = 
         # whose context was refused fails for good; one not proposed (past 128 contexts) waits.
         refused = _refused(assoc, proposed) if assoc.is_aborted and assoc.rejected_contexts else {}
         reason = "association rejected" if assoc.is_rejected else "destination unreachable"
-        unsent = Failure(f"{reason} ({peer.ae_title}@{peer.host}:{peer.port})")
+        detail = f": {said[-1]}" if said else ""  # e.g. "TCP Initialisation Error: [Errno 111] Connection refused"
+        unsent = Failure(f"{reason} ({peer.ae_title}@{peer.host}:{peer.port}){detail}")
         return out | {
             f: _never_accepted(peer, refused[_context(ds)]) if _context(ds) in refused else unsent
             for f, ds in datasets.items()
