@@ -169,6 +169,17 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _llm_arguments(parser: argparse.ArgumentParser, what_is_sent: str) -> None:
+    """--allow-send, --llm-model and --llm-base-url of a command whose reader can be an LLM."""
+    parser.add_argument(
+        "--allow-send",
+        action="store_true",
+        help=f"opt in to sending {what_is_sent} (also $ONCOPLAN_LLM_ALLOW_SEND=1)",
+    )
+    parser.add_argument("--llm-model", help="openai: the model name; transformers: the model folder")
+    parser.add_argument("--llm-base-url", help="openai: the endpoint's base URL, e.g. http://llm.hospital:8000/v1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="oncoplan",
@@ -258,14 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
         "held to the rules' field checks, and on a timeout, error or invalid answer the rules read the note "
         "(ctv_note.json says which reader read it and why)",
     )
-    contour.add_argument(
-        "--allow-send",
-        action="store_true",
-        help="opt in to sending the de-identified note (the study's names, IDs, UIDs and dates removed) to the "
-        "openai note reader's endpoint (also $ONCOPLAN_LLM_ALLOW_SEND=1)",
+    _llm_arguments(
+        contour,
+        "the de-identified note (the study's names, IDs, UIDs and dates removed) to the openai note reader's endpoint",
     )
-    contour.add_argument("--llm-model", help="openai: the model name; transformers: the model folder")
-    contour.add_argument("--llm-base-url", help="openai: the endpoint's base URL, e.g. http://llm.hospital:8000/v1")
     contour.set_defaults(func=_contour)
 
     plan = sub.add_parser(
@@ -304,14 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-send) or transformers (a local chat model folder: --llm-model DIR); on a timeout, error or "
         "an answer outside the action base the offline policy plans, and plan.json says why",
     )
-    plan.add_argument(
-        "--allow-send",
-        action="store_true",
-        help="opt in to sending the de-identified case (clinical fields, one CT slice) to the openai policy's "
-        "endpoint (also $ONCOPLAN_LLM_ALLOW_SEND=1)",
-    )
-    plan.add_argument("--llm-model", help="openai: the model name; transformers: the model folder")
-    plan.add_argument("--llm-base-url", help="openai: the endpoint's base URL, e.g. http://llm.hospital:8000/v1")
+    _llm_arguments(plan, "the de-identified case (clinical fields, one CT slice) to the openai policy's endpoint")
     plan.set_defaults(func=_plan)
 
     package = sub.add_parser(
