@@ -25,7 +25,7 @@ from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from oncoplan.errors import InputError
+from oncoplan.errors import InputError, json_object
 from oncoplan.operators.clinical_note import clinical_json, study_srs, text_items
 from oncoplan.planner.deid import IDENTIFIER_COLUMNS
 from oncoplan.tace.patient import LOINC, ClinicalData, Flag, field_named, flags, read_text
@@ -107,12 +107,11 @@ def read_clinical(input_dir: str | Path, given: str | Path | None = None) -> Cli
         return _from_file(Path(given), "the --clinical file")
     env = os.environ.get(CLINICAL_ENV, "").strip()
     if env.startswith("{"):
-        try:
-            data = json.loads(env)
-        except ValueError as exc:
-            raise InputError(f"${CLINICAL_ENV}: not a JSON object ({exc})") from None
-        if not isinstance(data, dict):
-            raise InputError(f"${CLINICAL_ENV}: expected a JSON object of clinical fields")
+        not_json, not_an_object = (
+            f"${CLINICAL_ENV}: not a JSON object",
+            f"${CLINICAL_ENV}: expected a JSON object of clinical fields",
+        )
+        data = json_object(env, not_json, not_an_object)
         return _from_object(data, f"${CLINICAL_ENV}", f"${CLINICAL_ENV}")
     if env:
         return _from_file(Path(env), f"${CLINICAL_ENV}")
