@@ -102,6 +102,15 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """What `JobQueue.route_study` did with a quiet study: the jobs it queued, and how many of the study's
+    instances the retention had deleted (while any has, a new generation queues none)."""
+
+    jobs: list[int]
+    purged: int
+
+
+@dataclass(frozen=True)
 class Delivery:
     id: int
     job_id: int
@@ -230,7 +239,7 @@ class JobQueue:
         rows = self._read("SELECT series_uid, attrs FROM series WHERE study_uid = ?", (study,))
         return {uid: json.loads(attrs) for uid, attrs in rows}
 
-    def route_study(self, study: str, routes: dict[str, list[str]], quiet_s: float) -> list[int] | None:
+    def route_study(self, study: str, routes: dict[str, list[str]], quiet_s: float) -> Routing | None:
         """Close the study and queue one job per route (`routes`: route name -> the series it takes) for
         the study's generation, its inputs fixed now; a generation that brought no new content (only
         identical resends) queues none. None when an instance arrived since the study was found quiet."""
@@ -252,12 +261,12 @@ class JobQueue:
                 # (a late instance re-ran the route on itself alone, hostile test finding 5). The study waits,
                 # unrouted, for the whole of it to be sent again (RESTORED reopens it) or for its retention.
                 db.execute("UPDATE studies SET state = 'complete' WHERE study_uid = ?", (study,))
-                return []
+                return Routing([], purged)
             db.execute(
                 "UPDATE studies SET state = 'complete', routed_generation = ? WHERE study_uid = ?", (generation, study)
             )
             if generation <= routed:
-                return []
+                return Routing([], purged)
             jobs = []
             for route, series in routes.items():
                 cur = db.execute(
@@ -278,17 +287,13 @@ class JobQueue:
                     (cur.lastrowid, cur.lastrowid),
                 )
                 jobs.append(cur.lastrowid)
-        return jobs
+        return Routing(jobs, purged)
 
     def unrecorded(self, files: list[Path]) -> list[Path]:
         """Of `files` (what incoming/ holds), those no instance names: renamed in by a receiver that died
         before recording them, so never acknowledged to their sender. Only while nothing receives."""
         recorded = {os.path.realpath(r[0]) for r in self._read("SELECT path FROM instances WHERE path != ''")}
         return [f for f in files if os.path.realpath(f) not in recorded]
-
-    def purged_instances(self, study: str) -> int:
-        """How many of the study's instances the retention deleted (they are no longer on disk)."""
-        return int(self._read("SELECT COUNT(*) FROM instances WHERE study_uid = ? AND path = ''", (study,))[0][0])
 
     def job_inputs(self, job: int) -> list[tuple[str, Path]]:
         """(series UID, file) of every instance the job was created with."""

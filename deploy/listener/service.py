@@ -81,12 +81,14 @@ class Listener:
                 matched = [uid for uid, attrs in series.items() if route.matches(attrs)]
                 if matched:
                     routes[route.name] = matched if route.input == "series" else list(series)
-            jobs = self.queue.route_study(study, routes, self.config.quiet_period_s)
-            if jobs == [] and (missing := self.queue.purged_instances(study)):
+            routing = self.queue.route_study(study, routes, self.config.quiet_period_s)
+            if routing is None:
+                continue
+            if routing.jobs == [] and routing.purged:
                 why = "instances of a study whose others the retention deleted: send the whole study again"
-                logs.event("study_not_routed", logging.WARNING, study=key(study), missing=missing, reason=why)
-            elif jobs is not None:
-                logs.event("study_complete", study=key(study), routes=list(routes), jobs=jobs)
+                logs.event("study_not_routed", logging.WARNING, study=key(study), missing=routing.purged, reason=why)
+            else:
+                logs.event("study_complete", study=key(study), routes=list(routes), jobs=routing.jobs)
         return False
 
     def _work(self) -> None:
