@@ -56,6 +56,9 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     row = cohort_rows(cohort)[0]
     series = {k: cohort / v for k, v in row.items() if k.endswith("_series") and v}
     assert {"pre_AP_series", "pre_PVP_series"} <= set(series), row
+    # DICOM only, as a PACS sends it: without the generated clinical.json the app plans from the CT alone
+    # (the training medians), the baseline the clinical-data tests compare with.
+    (cohort / row["TCIA_ID"] / "dicom" / "pre" / "clinical.json").unlink()
     return {"dir": cohort / row["TCIA_ID"] / "dicom", "series": series}
 
 

@@ -5,7 +5,8 @@ Two studies (pre- and post-TACE), each with non-contrast, arterial (AP) and port
 the post study is misregistered (rigid shift <= 10 mm, rotation <= 5 degrees, smooth
 deformation <= 3 mm) and shows Lipiodol, necrosis, residual viable tumor and shrinkage
 from the physician's protocol. Ground truth per study: NIfTI label map on the CT grid and a
-DICOM-SEG referencing the PVP (else AP, else non-contrast) series.
+DICOM-SEG referencing the PVP (else AP, else non-contrast) series. The case's clinical data, in the
+TACE app's schema (`oncoplan.tace.patient`), as `dicom/pre/clinical.json`: the values of its cohort.csv row.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from oncoplan.tace.actions import Protocol
+from oncoplan.tace.patient import SEXES, TCIA_COLUMNS
 from oncoplan.training.synth import liver as L
 from oncoplan.training.synth.dicom_ct import Patient, Series, Study, ct_datasets, stable_uid, write_datasets
 from oncoplan.training.synth.labels import ANATOMY, MORPH, SegmentSpec, save_label_map, write_seg
@@ -183,6 +185,24 @@ def draw_clinical(index: int, seed: int, site: str, protocols: str = "practice")
     return ClinicalDraw(rng, case_id, regions, width, patient, gold, gold_out, os_weeks, event)
 
 
+def clinical_record(row: dict[str, object]) -> dict[str, object]:
+    """The clinical data of a cohort.csv row in the TACE app's schema (field names and units of
+    `oncoplan.tace.patient`: age years, sex M/F, Child-Pugh class, AFP ng/mL, vascular invasion true/false,
+    nodularity, largest diameter cm): the row's own values, recoded, none added; a value the row leaves
+    empty (Tr_Size, often unreported) is not given."""
+    record: dict[str, object] = {}
+    for name, column in TCIA_COLUMNS.items():
+        value = row.get(column, "")
+        if value == "" or value is None:
+            continue
+        if name == "sex":
+            value = SEXES[int(value) - 1]  # TCIA coding: 1 male, 2 female
+        elif name == "vascular_invasion":
+            value = bool(int(value))
+        record[name] = value
+    return record
+
+
 def write_case(
     root: Path, index: int, seed: int, site: str, size: str, protocols: str = "practice"
 ) -> dict[str, object]:
@@ -299,7 +319,7 @@ def write_case(
         "oracle_outcome": asdict(oracle_out),
     }
     (case_dir / "truth.json").write_text(json.dumps(truth, indent=1))
-    return {
+    row = {
         "TCIA_ID": case_id,
         "site": site,
         "age": patient.age,
@@ -324,3 +344,6 @@ def write_case(
         "pre_seg": f"{case_id}/labels/pre_seg.dcm",
         "post_seg": f"{case_id}/labels/post_seg.dcm",
     }
+    # Pre-treatment clinical data in the pre-treatment study: `oncoplan plan -i <case>/dicom/pre` reads it.
+    (case_dir / "dicom" / "pre" / "clinical.json").write_text(json.dumps(clinical_record(row), indent=1))
+    return row
