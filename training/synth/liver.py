@@ -273,7 +273,7 @@ def sample_patient(
         age=int(np.clip(rng.normal(67.5, 11.3), 31, 93)),
         sex=1 if rng.random() < 0.65 else 2,
         cps=cps,
-        afp=float(10 ** rng.normal(1.9, 1.3)),
+        afp=float(min(10 ** rng.normal(1.9, 1.3), 1e7)),  # within the clinical schema's range (4 in 100,000 were not)
         vascular_invasion=int(rng.random() < 0.22),
         lesions=tuple(lesions),
         profile=ResponseProfile(sens, float(rng.beta(*VASCULARITY_BETA))),
