@@ -3,7 +3,7 @@
 The demo generates a breast RT study and a liver TACE study (DICOM CT + ground truth), shaped as a
 PACS sends them (training/synth/pacs.py), runs
 the CTV contouring app on the breast study (note from its clinical.json) and the TACE planning
-app on the liver study's pre-treatment CT (search settings `cpu` unless told otherwise), and
+app on the liver study's pre-treatment CT and its clinical.json (search settings `cpu` unless told otherwise), and
 lists the files written.
 """
 
