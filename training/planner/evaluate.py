@@ -12,6 +12,11 @@ protocol, which is scored two ways:
   at most ``drug_horizon`` drugs and ``embolic_horizon`` embolics). A protocol outside that space
   (e.g. a three-drug practice regimen) can beat the oracle: its regret is then negative.
 
+Two paths plan the ``world_model`` method (``--path``): ``evaluation`` (default: the prepared case's
+model-space CT and label mask, the covariates from ``cohort.csv``, the site's practice prior) and ``app``
+(:mod:`oncoplan.training.planner.app_path`: ``oncoplan plan`` on the case's pre-treatment DICOM with a
+clinical.json written from its row, or none, its plan.json read back); both are scored alike.
+
 Methods: ``world_model`` (the planner: offline policy + world model + heuristic, beam search or
 best-of-N), ``policy_top1`` (the same policy's first candidate, no search), ``most_common`` (the most
 used protocol of the case's site: from a training cohort's ``chemotherapy`` column, else from
@@ -23,7 +28,8 @@ the planner minus each baseline gets paired bootstrap CIs (resampling cases). Ev
 to ``planning_evaluation.json`` and ``planning_evaluation.md`` (labelled SYNTHETIC), atomically.
 
     python -m oncoplan.training.planner.evaluate --prepared DIR --cohort DIR --out DIR \\
-        [--dynamics BUNDLE --assistant BUNDLE --survival BUNDLE] [--limit N] [--settings cpu|paper]
+        [--dynamics BUNDLE --assistant BUNDLE --survival BUNDLE] [--limit N] [--settings cpu|paper] \\
+        [--clinical cohort|none] [--path evaluation|app [--models MODELS]]
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -57,6 +64,13 @@ from oncoplan.tace.clinical import WEEKS_PER_MONTH
 
 BUNDLES = shipped_bundles()
 CLINICAL_MODES = ("cohort", "none")
+PATHS = ("evaluation", "app")
+PATH_TEXT = {
+    "evaluation": "evaluation (prepared model-space CT and label mask, the site's practice prior)",
+    "app": "app (`oncoplan plan` on each case's pre-treatment DICOM: the app's series choice, preprocessing, "
+    "the assistant's segmentation, no practice prior; clinical data as a clinical.json given with --clinical)",
+}
+PLAN_KEYS = ("best", "pick", "separation", "evaluations", "timing_s", "steps", "skipped_candidates")
 METHODS = ("world_model", "policy_top1", "most_common", "random", "gold", "population_oracle", "oracle")
 LABELS = {
     "world_model": "World-model planner (policy + dynamics + assistant + heuristic search)",
@@ -191,12 +205,16 @@ def evaluate_planning(
     progress: bool = True,
     policy: PolicyChoice | None = None,
     clinical: str = "cohort",
+    app: Any = None,
 ) -> dict[str, Any]:
     """Every method on every case (module doc); returns the report written by :func:`write_report`.
     `policy`: who proposes the candidates (offline by default; an LLM policy sees each case's
     de-identified observation built from its cohort row, text only, and falls back as in the app).
     `clinical`: ``cohort`` (the planner reads each case's covariates from cohort.csv) or ``none`` (CT only:
-    every covariate takes the response model's training median, as the app without clinical data)."""
+    every covariate takes the response model's training median, as the app without clinical data).
+    `app`: an :class:`~oncoplan.training.planner.app_path.AppPath`: the app plans each case from its DICOM
+    (``world_model``; `world_model`, `scorer` and `preprocessing` are then unused and may be None) and the
+    policy's top-1 is the app's policy (no practice prior)."""
     if clinical not in CLINICAL_MODES:
         raise InputError(f"unknown clinical mode {clinical!r}; choose {', '.join(CLINICAL_MODES)}")
     from tqdm import tqdm
@@ -227,8 +245,11 @@ def evaluate_planning(
         key = (action_set, site)
         if key not in planners:
             chosen = policy or PolicyChoice()
-            built = chosen.build(action_set, prior(site), settings.drug_horizon, settings.embolic_horizon)
-            planners[key] = WorldModelPlanner(world_model, scorer, built, settings)
+            site_prior = None if app is not None else prior(site)  # the app plans with no practice prior
+            built = chosen.build(action_set, site_prior, settings.drug_horizon, settings.embolic_horizon)
+            # The app path: this planner only defines the space and the policy's top-1; the app searches.
+            world = SimpleNamespace() if app is not None else world_model
+            planners[key] = WorldModelPlanner(world, scorer, built, settings)
         return planners[key]
 
     cases = []
@@ -244,18 +265,36 @@ def evaluate_planning(
         planner = planner_for(action_set, site)
         space = planner.space()
         oracle = L.oracle_protocol(patient, space)
-        pre, mask, _ = model_space_case(preprocessing, entry)
-        pre_window, mask_window, _ = window_around(pre, mask, tuple(world_model.window))
         seen = row if clinical == "cohort" else {}  # what the planner knows of the patient besides the CT
         observation = None if policy is None or policy.kind == "offline" else build_observation(seen)
-        plan = (
-            planner.beam_search(pre_window, mask_window, observation, clinical=seen)
-            if search == "beam"
-            else planner.best_of_n(pre_window, mask_window, clinical=seen)
-        )
+        if app is not None:
+            app_plan = app.plan(cohort, case_id, row, action_set)
+            best = Protocol.parse(app_plan["best"]["protocol"])
+            plan_record = {k: app_plan.get(k) for k in PLAN_KEYS}
+            plan_record["top"] = (app_plan.get("ranked") or [])[:5]
+            plan_record["app"] = app_plan["app"]
+        else:
+            pre, mask, _ = model_space_case(preprocessing, entry)
+            pre_window, mask_window, _ = window_around(pre, mask, tuple(world_model.window))
+            plan = (
+                planner.beam_search(pre_window, mask_window, observation, clinical=seen)
+                if search == "beam"
+                else planner.best_of_n(pre_window, mask_window, clinical=seen)
+            )
+            best = plan.best.protocol
+            plan_record = {
+                "best": plan.best.to_dict(),
+                "pick": plan.pick,
+                "separation": plan.separation,
+                "top": [r.to_dict() for r in plan.ranked[:5]],
+                "evaluations": plan.evaluations,
+                "timing_s": plan.timing_s,
+                "steps": plan.steps,
+                "skipped_candidates": plan.skipped_candidates,
+            }
         rng = np.random.default_rng([seed, index])
         chosen = {
-            "world_model": plan.best.protocol,
+            "world_model": best,
             "policy_top1": planner.initial_candidates(observation)[0][0],
             "most_common": common(site),
             "random": space[int(rng.integers(len(space)))],
@@ -284,24 +323,22 @@ def evaluate_planning(
                 "gold": str(gold),
                 "oracle": str(oracle),
                 "methods": results,
-                "policy_fallback": getattr(planner.policy, "last_fallback_reason", None),
-                "plan": {
-                    "best": plan.best.to_dict(),
-                    "pick": plan.pick,
-                    "separation": plan.separation,
-                    "top": [r.to_dict() for r in plan.ranked[:5]],
-                    "evaluations": plan.evaluations,
-                    "timing_s": plan.timing_s,
-                    "steps": plan.steps,
-                    "skipped_candidates": plan.skipped_candidates,
-                },
+                "policy_fallback": (
+                    (app_plan.get("policy") or {}).get("fallback")
+                    if app is not None
+                    else getattr(planner.policy, "last_fallback_reason", None)
+                ),
+                "plan": plan_record,
             }
         )
     report = summarise(cases, settings, search, action_sets, prepared, cohort, train_cohort, n_bootstrap, seed)
     chosen = policy.to_dict() if policy is not None else {"kind": "offline", "label": "offline"}
     chosen["fallbacks"] = sum(1 for c in cases if c["policy_fallback"])
     heuristic = getattr(scorer, "name", type(scorer).__name__)
-    return {**report, "heuristic": heuristic, "policy": chosen, "clinical": clinical}
+    if app is not None:
+        heuristic = "the app's default"
+    path = "app" if app is not None else "evaluation"
+    return {**report, "heuristic": heuristic, "policy": chosen, "clinical": clinical, "path": path}
 
 
 def summarise(
@@ -399,7 +436,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"{n} held-out cases from `{report['prepared']}` (cohort `{report['cohort']}`); planner: {policy} "
         f"policy + world model, {search}, heuristic {report.get('heuristic', 'survival_network')}; "
         f"action sets: {report['action_sets']}; clinical covariates: "
-        f"{'cohort.csv' if report.get('clinical', 'cohort') == 'cohort' else 'none (CT only, training medians)'}. "
+        f"{'cohort.csv' if report.get('clinical', 'cohort') == 'cohort' else 'none (CT only, training medians)'}; "
+        f"path: {PATH_TEXT[report.get('path', 'evaluation')]}. "
         "Mean over cases "
         f"[percentile bootstrap 95% CI, {report['n_bootstrap']} resamples]; set metrics in %.",
         "",
@@ -529,7 +567,23 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         "--clinical",
         choices=CLINICAL_MODES,
         default="cohort",
-        help="cohort: the planner reads each case's covariates (cohort.csv); none: CT only, training medians",
+        help="cohort: the planner reads each case's covariates (cohort.csv; --path app: as a clinical.json written "
+        "for the case and given with --clinical); none: CT only, training medians",
+    )
+    parser.add_argument(
+        "--path",
+        choices=PATHS,
+        default="evaluation",
+        help="evaluation (default): plan the prepared model-space CT and label mask with the site's practice prior; "
+        "app: run `oncoplan plan` on each case's pre-treatment DICOM (COHORT/<case>/dicom/pre), as users do: the "
+        "app's series choice, preprocessing, the assistant's segmentation, its policy without practice prior, its "
+        "default heuristic; its outputs under OUT/app/<case>/",
+    )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        help="--path app: the MODELS folder `oncoplan plan -m` takes (default: --dynamics/--assistant/--survival, "
+        "which default to the shipped bundles)",
     )
     args = parser.parse_args(argv)
     try:
@@ -543,6 +597,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
             changes["defer_alpha"] = None
         settings = replace(settings, seed=args.seed, **changes)
         given = overrides_from(args, ("dynamics", "assistant", "survival"))
+        if args.path == "app":
+            report = evaluate_through_app(args, policy, settings, changes, given)
+            js, md = write_report(report, args.out)
+            if not args.quiet:
+                print(md.read_text())
+            print(f"wrote {js} and {md}")
+            return 0
         # The planner's defaults under --*-overrides, once: what the world model runs with and the report records.
         paths = {"dynamics": args.dynamics, "assistant": args.assistant, "survival": args.survival}
         overrides = {k: planner_overrides(k, given.get(k), path=p) for k, p in paths.items()}
@@ -581,6 +642,61 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         print(md.read_text())
     print(f"wrote {js} and {md}")
     return 0
+
+
+def evaluate_through_app(
+    args: argparse.Namespace,
+    policy: PolicyChoice,
+    settings: SearchSettings,
+    changes: Mapping[str, Any],
+    overrides: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """`--path app`: every case planned by `oncoplan plan` (:mod:`.app_path`); options the app does not
+    take are refused (one line)."""
+    from oncoplan.training.planner.app_path import AppPath
+
+    refused = [f"--{k}-overrides" for k, v in overrides.items() if v]
+    refused += ["--search best_of_n"] if args.search != "beam" else []
+    refused += [f"--heuristic {args.heuristic}"] if args.heuristic != DEFAULT_HEURISTIC else []
+    if refused:
+        raise InputError(f"--path app plans as the app does, which takes no {', '.join(refused)}")
+    models = args.models
+    paths = {"tace_dynamics": args.dynamics, "tace_assistant": args.assistant, "tace_survival": args.survival}
+    if models is None and any(Path(p).resolve() != (BUNDLES / n).resolve() for n, p in paths.items()):
+        models = args.out / "app" / "models"  # the bundles given, under the names `oncoplan plan -m` looks for
+        models.mkdir(parents=True, exist_ok=True)
+        for name, path in paths.items():
+            link = models / name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(Path(path).resolve(), target_is_directory=True)
+    policy_args = ["--policy", policy.kind] if policy.kind != "offline" else []
+    policy_args += ["--allow-send"] if policy.allow_send else []
+    policy_args += ["--llm-model", args.llm_model] if args.llm_model else []
+    policy_args += ["--llm-base-url", args.llm_base_url] if args.llm_base_url else []
+    app_settings = {"base": args.settings, "seed": args.seed, **changes}
+    app = AppPath(args.out, app_settings, models, policy_args, args.clinical)
+    report = evaluate_planning(
+        None,
+        None,
+        None,
+        args.prepared,
+        args.cohort,
+        settings,
+        "beam",
+        args.action_set,
+        args.train_cohort,
+        args.limit,
+        args.seed,
+        args.n_bootstrap,
+        not args.quiet,
+        policy,
+        args.clinical,
+        app,
+    )
+    report["app_settings"] = app_settings
+    report["app_models"] = str(models) if models is not None else "shipped"
+    return report
 
 
 if __name__ == "__main__":

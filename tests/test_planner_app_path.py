@@ -1,0 +1,80 @@
+"""`oncoplan evaluate tace --path app`: the evaluation plans each case through the app users run
+(`oncoplan plan` on the case's pre-treatment DICOM, with its clinical data as the app reads it) and
+scores the app's recommendation under the ground truth. Tiny random-weight bundles (tests/helpers.py):
+the plumbing is the shipped one, the plans mean nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from oncoplan.training.planner.app_path import clinical_fields
+from oncoplan.training.planner.evaluate import METHODS, main
+
+from .helpers import cohort_rows, tiny_tace_models
+
+APP_OUTPUTS = {"plan.json", "report.pdf", "tace_plan_sr.dcm", "tace_post_seg.dcm", "tace_report_pdf.dcm"}
+FAST = ("--samples", "1", "--steps", "2", "--beam", "2", "--n-bootstrap", "50", "--quiet")
+
+
+def test_the_case_clinical_json_holds_the_schema_fields_of_its_row_and_no_identifier_or_outcome() -> None:
+    row = {"TCIA_ID": "HCC_X1", "site": "internal", "age": 61, "Sex": 1, "CPS": "B", "Tr_Size": "", "AFP": 12.5}
+    row |= {"Vascular invasion": 1, "chemotherapy": "Cisplatin; Lipiodol", "OS": 88.0, "gold_protocol": "x"}
+    assert clinical_fields(row) == {"age": 61, "Sex": 1, "CPS": "B", "AFP": 12.5, "Vascular invasion": 1}
+
+
+@pytest.mark.slow
+def test_evaluate_tace_through_the_app_path_plans_from_dicom_with_the_cases_clinical_data(
+    prepared_liver: Path, liver_cohort: Path, tmp_path: Path
+) -> None:
+    models = tiny_tace_models(tmp_path / "models")
+    out = tmp_path / "planning"
+    argv = ["--prepared", str(prepared_liver), "--cohort", str(liver_cohort), "--out", str(out), "--limit", "1"]
+    assert main([*argv, "--path", "app", "--models", str(models), *FAST]) == 0
+    report = json.loads((out / "planning_evaluation.json").read_text())
+    assert report["path"] == "app" and report["n_cases"] == 1 and set(report["methods"]) == set(METHODS)
+    assert "path: app (`oncoplan plan`" in (out / "planning_evaluation.md").read_text()
+    rows = {r["TCIA_ID"]: r for r in cohort_rows(liver_cohort)}
+    for case in report["cases"]:
+        row = rows[case["case_id"]]
+        folder = out / "app" / case["case_id"]
+        # The app ran on the case's pre-treatment DICOM and wrote all its outputs there.
+        assert {p.name for p in (folder / "plan").iterdir()} == APP_OUTPUTS
+        plan = json.loads((folder / "plan" / "plan.json").read_text())
+        pvp = liver_cohort / row["pre_PVP_series"]
+        uid = pydicom.dcmread(next(pvp.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID
+        assert plan["phase"] == "PVP" and plan["series_instance_uid"] == str(uid)  # the app's series choice
+        assert plan["segmentation"]["tumor_cm3"] > 0  # the assistant's segmentation, not the prepared labels
+        assert plan["settings"]["beam"] == 2 and plan["settings"]["samples"] == 1
+        # The recommendation scored is the app's, over the case's action set.
+        assert case["methods"]["world_model"]["protocol"] == plan["best"]["protocol"]
+        assert case["plan"]["app"]["clinical_source"] == "the --clinical file" and case["space_size"] == 18
+        # The case's clinical data reached the plan: read from its clinical.json, nothing imputed.
+        given = json.loads((folder / "clinical.json").read_text())
+        assert given["CPS"] == row["CPS"] and given["AFP"] == pytest.approx(float(row["AFP"]))
+        assert not {"TCIA_ID", "chemotherapy", "gold_protocol", "OS"} & set(given)
+        assert plan["clinical"]["source"] == "the --clinical file" and plan["clinical"]["imputed"] == []
+        assert plan["clinical"]["given"]["child_pugh"] == row["CPS"]
+        assert plan["clinical"]["given"]["afp_ng_ml"] == pytest.approx(float(row["AFP"]))
+        assert not any(k in json.dumps(plan["clinical"]["given"]) for k in ("chemotherapy", row["TCIA_ID"]))
+
+    # CT only: the app finds no clinical data and plans with the training medians.
+    none = tmp_path / "ct_only"
+    argv[argv.index(str(out))] = str(none)
+    assert main([*argv, "--path", "app", "--models", str(models), "--clinical", "none", *FAST]) == 0
+    case = json.loads((none / "planning_evaluation.json").read_text())["cases"][0]
+    plan = json.loads((none / "app" / case["case_id"] / "plan" / "plan.json").read_text())
+    assert plan["clinical"]["source"] == "none" and "child_pugh" in plan["clinical"]["imputed"]
+    assert not (none / "app" / case["case_id"] / "clinical.json").exists()
+
+
+def test_the_app_path_refuses_options_the_app_does_not_take(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "planning"
+    argv = ["--prepared", str(tmp_path), "--out", str(out), "--path", "app", "--search", "best_of_n", "--quiet"]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "--path app" in err[0] and "best_of_n" in err[0]
+    assert not out.exists()
