@@ -1,181 +1,56 @@
-"""Every config of the CTV bundle runs with `python -m monai.bundle run` (tiny sizes), the 2-rank
-gloo run included, and metadata.json verifies against the offline schema."""
+"""Every config of the CTV bundle runs with `python -m monai.bundle run` (tiny sizes); the checks every
+bundle passes (metadata, the 2-rank gloo run, the TensorRT fallback) are in tests/test_bundles.py."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from .conftest import shared_file
-from .helpers import run_bundle, verify_metadata
+from .bundle_harness import CTV, Paths
 
 pytestmark = pytest.mark.slow
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ctv_llmseg"
-TINY = [
-    "--channels",
-    "[4,8,8,16,16]",
-    "--roi_size",
-    "[32,32,16]",
-    "--pixdim",
-    "[8.0,8.0,16.0]",
-    "--n_prompts",
-    "1",
-    "--prompt_length",
-    "2",
-]
-
-
-def _bundle(args: list[str], tmp: Path, launcher: list[str] | None = None, timeout: int = 300) -> str:
-    return run_bundle(BUNDLE, args, launcher, timeout)
-
 
 @pytest.fixture(scope="module")
-def trained(breast_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("ctv_bundle")
-    paths = {"tmp": tmp, "models": tmp / "models", "cache": tmp / "cache", "cohort": breast_cohort}
-    _bundle(
-        [
-            "--config_file",
-            "configs/train.json",
-            "--train_source",
-            str(breast_cohort),
-            "--val_source",
-            str(breast_cohort),
-            "--cache_dir",
-            str(paths["cache"]),
-            "--ckpt_dir",
-            str(paths["models"]),
-            "--output_dir",
-            str(tmp / "eval"),
-            "--epochs",
-            "2",
-            "--val_interval",
-            "1",
-            *TINY,
-        ],
-        tmp,
-    )
-    return paths
+def trained(request: pytest.FixtureRequest) -> Paths:
+    return CTV.trained(request)
 
 
-def _infer_args(t: dict[str, Path], *configs: str) -> list[str]:
-    files = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in configs) + "]"
-    return [
-        "--config_file",
-        files,
-        "--data_source",
-        str(t["cohort"]),
-        "--cache_dir",
-        str(t["cache"]),
-        "--ckpt_path",
-        str(t["models"] / "model.pt"),
-        "--output_dir",
-        str(t["tmp"] / "pred"),
-        *TINY,
-    ]
-
-
-def test_train_writes_checkpoint_and_curve(trained: dict[str, Path]) -> None:
+def test_train_writes_checkpoint_and_curve(trained: Paths) -> None:
     assert (trained["models"] / "model.pt").stat().st_size > 0
     assert (trained["tmp"] / "eval" / "training_curve.png").exists()
     state = torch.load(trained["models"] / "model.pt", weights_only=True)
     assert "text.prompts" in state and not any(k.startswith("text.lm.") for k in state)
 
 
-def test_inference_writes_masks_on_the_input_grid(trained: dict[str, Path]) -> None:
+def test_inference_writes_masks_on_the_input_grid(trained: Paths) -> None:
     import nibabel as nib
 
-    _bundle(_infer_args(trained, "inference.json"), trained["tmp"])
+    CTV.run_inference(trained, "pred", "inference.json")
     preds = sorted((trained["tmp"] / "pred").glob("*_ctv.nii.gz"))
     assert len(preds) == 3
     case = preds[0].name.replace("_ctv.nii.gz", "")
-    image = nib.load(trained["cache"] / trained["cohort"].name / f"{case}.nii.gz")
+    image = nib.load(trained["cache"] / trained["data"].name / f"{case}.nii.gz")
     pred = nib.load(preds[0])
     assert pred.shape[:3] == image.shape and abs(pred.affine - image.affine).max() < 1e-3
 
 
-def test_evaluate_config_reports_dice(trained: dict[str, Path]) -> None:
-    log = _bundle(_infer_args(trained, "inference.json", "evaluate.json"), trained["tmp"])
+def test_evaluate_config_reports_dice(trained: Paths) -> None:
+    log = CTV.run_inference(trained, "pred", "inference.json", "evaluate.json")
     assert "val_mean_dice" in log
     assert (trained["tmp"] / "pred" / "val_mean_dice_raw.csv").exists()
 
 
-def test_tensorrt_config_falls_back_cleanly_without_a_gpu(trained: dict[str, Path]) -> None:
-    log = _bundle(_infer_args(trained, "inference.json", "inference_trt.json"), trained["tmp"])
-    if not torch.cuda.is_available():
-        # MONAI's trt_compile says it did nothing, and the run went on with the eager network (it wrote its
-        # outputs: run_bundle fails on a non-zero exit). The bundle's name for the output folder is not it.
-        assert "trt_compile() has no effect" in log, log[-2000:]
-
-
-def test_vision_only_baseline_trains_from_the_same_config(trained: dict[str, Path]) -> None:
-    _bundle(
-        [
-            "--config_file",
-            "configs/train.json",
-            "--text_guided",
-            "False",
-            "--train_source",
-            str(trained["cohort"]),
-            "--val_source",
-            str(trained["cohort"]),
-            "--cache_dir",
-            str(trained["cache"]),
-            "--ckpt_dir",
-            str(trained["models"]),
-            "--output_dir",
-            str(trained["tmp"] / "eval"),
-            "--epochs",
-            "1",
-            "--val_interval",
-            "1",
-            *TINY,
-        ],
-        trained["tmp"],
-    )
+def test_vision_only_baseline_trains_from_the_same_config(trained: Paths) -> None:
+    args = CTV.train(trained, trained["models"], trained["tmp"] / "eval", "1")
+    CTV.run(["--config_file", "configs/train.json", "--text_guided", "False", *args])
     state = torch.load(trained["models"] / "vision_only.pt", weights_only=True)
     assert not any(k.startswith("text.") for k in state)
 
 
-def test_multi_gpu_config_runs_two_ranks_with_gloo(trained: dict[str, Path]) -> None:
-    files = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
-    log = _bundle(
-        [
-            "--config_file",
-            files,
-            "--train_source",
-            str(trained["cohort"]),
-            "--val_source",
-            str(trained["cohort"]),
-            "--cache_dir",
-            str(trained["cache"]),
-            "--ckpt_dir",
-            str(trained["tmp"] / "ddp"),
-            "--output_dir",
-            str(trained["tmp"] / "ddp_eval"),
-            "--epochs",
-            "1",
-            "--val_interval",
-            "1",
-            *TINY,
-        ],
-        trained["tmp"],
-        launcher=torchrun,
-    )
-    assert (trained["tmp"] / "ddp" / "model.pt").exists(), log[-2000:]
-
-
-@pytest.mark.needs_shared
-def test_metadata_verifies_offline() -> None:
-    verify_metadata(BUNDLE, shared_file("monai/meta_schema_20240725.json"))
-
-
-def test_oncoplan_evaluation_reports_cis_sites_and_counterfactuals(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_oncoplan_evaluation_reports_cis_sites_and_counterfactuals(trained: Paths, tmp_path: Path) -> None:
     """`oncoplan evaluate ctv`'s pipeline on the tiny model: every metric, its CI, the flips."""
     from oncoplan.training.ctv.evaluate import evaluate_cohorts, write_report
 
@@ -188,8 +63,8 @@ def test_oncoplan_evaluation_reports_cis_sites_and_counterfactuals(trained: dict
         "ckpt_path": str(trained["models"] / "model.pt"),
     }
     result = evaluate_cohorts(
-        BUNDLE,
-        {"internal": str(trained["cohort"])},
+        CTV.root,
+        {"internal": str(trained["data"])},
         {"text-guided": {"overrides": overrides}},
         cache_dir=str(trained["cache"]),
         progress=False,

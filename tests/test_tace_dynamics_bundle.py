@@ -1,11 +1,11 @@
-"""The TACE dynamics bundle: every config runs with `python -m monai.bundle run` (tiny sizes), the
-2-rank gloo run included; metadata verifies offline; the protocol reaches the response, the layout
-draws it and the layout reaches the image; simulation batches protocols and samples."""
+"""The TACE dynamics bundle: every config runs with `python -m monai.bundle run` (tiny sizes); the
+protocol reaches the response, the layout draws it and the layout reaches the image; simulation batches
+protocols and samples. The checks every bundle passes (metadata, the 2-rank gloo run, the TensorRT
+fallback) are in tests/test_bundles.py."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,72 +16,27 @@ import torch
 from oncoplan.tace.actions import ACTION_BASE
 from oncoplan.tace.dynamics import HU_WINDOW, ResponseConditionedUNet, condition, multi_hot
 
-from .conftest import shared_file
-from .helpers import run_bundle, verify_metadata
+from .bundle_harness import ASSISTANT, DYNAMICS, Paths
+from .helpers import TINY_TACE
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "tace_dynamics"
-ASSISTANT = ROOT / "bundles" / "tace_assistant"
-TINY = ["--channels", "[8,16,16]", "--roi_size", "[16,16,16]", "--pixdim", "[6.0,6.0,6.0]"]
-TINY_ASSISTANT = {"filters": [4, 8, 16], "roi_size": [32, 32, 32], "pixdim": [6.0, 6.0, 6.0]}
-
-
-def _train_args(prepared: Path, models: Path, out: Path) -> list[str]:
-    return [
-        "--train_source",
-        str(prepared),
-        "--val_source",
-        str(prepared),
-        "--ckpt_dir",
-        str(models),
-        "--output_dir",
-        str(out),
-        "--epochs",
-        "2",
-        "--val_interval",
-        "1",
-        *TINY,
-    ]
+BUNDLE = DYNAMICS.root
+TINY_ASSISTANT = TINY_TACE["tace_assistant"]
 
 
 @pytest.fixture(scope="module")
-def trained(prepared_liver: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("tace_dynamics")
-    paths = {"tmp": tmp, "models": tmp / "models", "prepared": prepared_liver}
-    run_bundle(
-        BUNDLE, ["--config_file", "configs/train.json", *_train_args(prepared_liver, paths["models"], tmp / "eval")]
-    )
-    return paths
+def trained(request: pytest.FixtureRequest) -> Paths:
+    return DYNAMICS.trained(request)
 
 
-def _infer_args(t: dict[str, Path], out: str, *configs: str) -> list[str]:
-    files = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in configs) + "]"
-    return [
-        "--config_file",
-        files,
-        "--data_source",
-        str(t["prepared"]),
-        "--ckpt_path",
-        str(t["models"] / "model.pt"),
-        "--output_dir",
-        str(t["tmp"] / out),
-        "--samples",
-        "2",
-        "--num_inference_steps",
-        "4",
-        *TINY,
-    ]
-
-
-def test_train_writes_checkpoint_and_curve(trained: dict[str, Path]) -> None:
+def test_train_writes_checkpoint_and_curve(trained: Paths) -> None:
     assert (trained["models"] / "model.pt").stat().st_size > 0
     assert (trained["tmp"] / "eval" / "training_curve.png").exists()
 
 
-def test_inference_simulates_every_case_with_its_protocol(trained: dict[str, Path]) -> None:
-    run_bundle(BUNDLE, _infer_args(trained, "sim", "inference.json"))
+def test_inference_simulates_every_case_with_its_protocol(trained: Paths) -> None:
+    DYNAMICS.run_inference(trained, "sim", "inference.json")
     cases = sorted(p for p in (trained["tmp"] / "sim").iterdir() if p.is_dir())
     assert len(cases) == 2
     for case in cases:
@@ -94,18 +49,18 @@ def test_inference_simulates_every_case_with_its_protocol(trained: dict[str, Pat
         assert list(predicted) == ["viable share", "necrosis share", "Lipiodol share", "volume ratio"]
 
 
-def test_evaluate_reports_protocol_sensitivity(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_evaluate_reports_protocol_sensitivity(trained: Paths, tmp_path: Path) -> None:
     """The evaluation pipeline end to end on tiny untrained-quality models (the number is not checked here)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(ASSISTANT / "configs" / "inference.json")
-    parser.update({"bundle_root": str(ASSISTANT), **TINY_ASSISTANT})
+    parser.read_config(ASSISTANT.root / "configs" / "inference.json")
+    parser.update({"bundle_root": str(ASSISTANT.root), **TINY_ASSISTANT})
     assistant_ckpt = tmp_path / "assistant.pt"
     torch.save(parser.get_parsed_content("network").state_dict(), assistant_ckpt)
     overrides = json.dumps({**TINY_ASSISTANT, "ckpt_path": str(assistant_ckpt)}).replace("true", "True")
-    args = _infer_args(trained, "sensitivity", "inference.json", "evaluate.json")
-    run_bundle(BUNDLE, [*args, "--assistant_overrides", overrides, "--protocols_per_case", "4"])
+    extra = ("--assistant_overrides", overrides, "--protocols_per_case", "4")
+    DYNAMICS.run_inference(trained, "sensitivity", "inference.json", "evaluate.json", extra=extra)
     report = json.loads((trained["tmp"] / "sensitivity" / "protocol_sensitivity.json").read_text())
     assert report["summary"]["n_cases"] == 2
     case = report["cases"][0]
@@ -128,23 +83,6 @@ def test_intensity_read_out_classifies_voxels_by_the_cohort_hu_table() -> None:
     assert intensity_viable_fraction(window, np.zeros(6, bool), "PVP") == 0.0
 
 
-def test_tensorrt_config_falls_back_cleanly_without_a_gpu(trained: dict[str, Path]) -> None:
-    log = run_bundle(BUNDLE, _infer_args(trained, "trt", "inference.json", "inference_trt.json"))
-    if not torch.cuda.is_available():
-        # MONAI's trt_compile says it did nothing, and the run went on with the eager network (it wrote its
-        # outputs: run_bundle fails on a non-zero exit). The bundle's name for the output folder is not it.
-        assert "trt_compile() has no effect" in log, log[-2000:]
-
-
-def test_multi_gpu_config_runs_two_ranks_with_gloo(trained: dict[str, Path]) -> None:
-    files = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29523"]
-    ddp = trained["tmp"] / "ddp"
-    args = ["--config_file", files, *_train_args(trained["prepared"], ddp, trained["tmp"] / "ddp_eval")]
-    log = run_bundle(BUNDLE, args, launcher=torchrun)
-    assert (ddp / "model.pt").exists(), log[-2000:]
-
-
 def _scalings(node: object) -> list[dict]:
     """Every ScaleIntensityRanged transform in a parsed config."""
     if isinstance(node, dict):
@@ -161,11 +99,6 @@ def test_the_hu_window_is_one_value_in_configs_and_code() -> None:
     assert tuple(inference["hu_window"]) == HU_WINDOW
     assert [(t["a_min"], t["a_max"]) for t in _scalings(inference)] == [("@hu_window#0", "@hu_window#1")]
     assert {(t["a_min"], t["a_max"]) for t in _scalings(train)} == {HU_WINDOW}
-
-
-@pytest.mark.needs_shared
-def test_metadata_verifies_offline() -> None:
-    verify_metadata(BUNDLE, shared_file("monai/meta_schema_20240725.json"))
 
 
 def _perturbed(seed: int = 0) -> ResponseConditionedUNet:

@@ -1,14 +1,14 @@
 """The TACE survival (heuristic function) bundle: every config runs with `python -m monai.bundle run` at
-tiny sizes, the 2-rank gloo run included; metadata verifies offline; the Cox loss matches a hand
-computation; the risk depends on the post-treatment input; MIL pooling ignores patch order; and the
-C-indices agree with scikit-survival."""
+tiny sizes; the Cox loss matches a hand computation; the risk depends on the post-treatment input; MIL
+pooling ignores patch order; and the C-indices agree with scikit-survival. The checks every bundle passes
+(metadata, the 2-rank gloo run) are in tests/test_bundles.py; the TensorRT fallback is checked here, on the
+inference run."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,79 +25,32 @@ from oncoplan.training.tace.survival import (
     uno_c,
 )
 
-from .conftest import shared_file
-from .helpers import run_bundle, verify_metadata
+from .bundle_harness import SURVIVAL, Paths, assert_tensorrt_fell_back, survival_cohort
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "tace_survival"
-TINY = [
-    *("--channels", "[8,16,16]", "--roi_size", "[16,16,16]", "--pixdim", "[6.0,6.0,6.0]"),
-    *("--eval_patches", "2", "--num_heads", "2"),
-]
-# Four cases (two prepared cases, each twice with its own survival): the Cox loss needs several per step.
-SURVIVAL = [(20.0, 1), (60.0, 0), (40.0, 1), (100.0, 1)]  # (OS weeks, death)
+
+@pytest.fixture(scope="module")
+def cohort(request: pytest.FixtureRequest) -> Path:
+    return survival_cohort(request)
 
 
 @pytest.fixture(scope="module")
-def cohort(prepared_liver: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("survival_cohort")
-    cases = json.loads((prepared_liver / "datalist.json").read_text())["data"]
-    entries = []
-    for i, (weeks, event) in enumerate(SURVIVAL):
-        entry = dict(cases[i % len(cases)], case_id=f"S{i}", os_weeks=weeks, event=float(event))
-        for key in ("pre_image", "post_image", "pre_label", "post_label"):
-            entry[key] = str(prepared_liver / entry[key])  # absolute: load_prepared keeps it
-        entries.append(entry)
-    (out / "datalist.json").write_text(json.dumps({"data": entries}))
-    with open(out / "cohort.csv", "w", newline="") as fh:  # the same survival, halved, to test the CSV path
-        w = csv.writer(fh)
-        w.writerow(["TCIA_ID", "OS", "Death_1_StillAliveorLostToFU_0"])
-        w.writerows([f"S{i}", weeks / 2, event] for i, (weeks, event) in enumerate(SURVIVAL))
-    return out
+def trained(request: pytest.FixtureRequest) -> Paths:
+    return SURVIVAL.trained(request)
 
 
-@pytest.fixture(scope="module")
-def trained(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("tace_survival")
-    paths = {"tmp": tmp, "models": tmp / "models", "cohort": cohort}
-    run_bundle(BUNDLE, ["--config_file", "configs/train.json", *_train_args(cohort, paths["models"], tmp / "eval")])
-    return paths
-
-
-def _train_args(cohort: Path, models: Path, out: Path) -> list[str]:
-    return [
-        *("--train_source", str(cohort), "--val_source", str(cohort)),
-        *("--ckpt_dir", str(models), "--output_dir", str(out)),
-        *("--epochs", "2", "--batch_size", "4", "--patches_per_case", "2"),
-        *TINY,
-    ]
-
-
-def _infer_args(t: dict[str, Path], out: str, *configs: str) -> list[str]:
-    files = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in configs) + "]"
-    return [
-        *("--config_file", files, "--data_source", str(t["cohort"])),
-        *("--ckpt_path", str(t["models"] / "model.pt"), "--output_dir", str(t["tmp"] / out)),
-        *TINY,
-    ]
-
-
-def test_train_writes_checkpoint_and_curve(trained: dict[str, Path]) -> None:
+def test_train_writes_checkpoint_and_curve(trained: Paths) -> None:
     assert (trained["models"] / "model.pt").stat().st_size > 0
     with open(trained["tmp"] / "eval" / "training_curve.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and all(0.0 <= float(r["val_metric"]) <= 1.0 for r in rows)
 
 
-def test_inference_writes_a_risk_per_case(trained: dict[str, Path]) -> None:
+def test_inference_writes_a_risk_per_case(trained: Paths) -> None:
     """inference.json, run through the TensorRT overlay (which falls back to PyTorch without a GPU)."""
-    log = run_bundle(BUNDLE, _infer_args(trained, "infer", "inference.json", "inference_trt.json"))
-    if not torch.cuda.is_available():
-        # MONAI's trt_compile says it did nothing, and the run went on with the eager network (it wrote its
-        # outputs: run_bundle fails on a non-zero exit). The bundle's name for the output folder is not it.
-        assert "trt_compile() has no effect" in log, log[-2000:]
+    log = SURVIVAL.run_inference(trained, "infer", "inference.json", "inference_trt.json")
+    assert_tensorrt_fell_back(log)
     rows = json.loads((trained["tmp"] / "infer" / "risk.json").read_text())
     assert [r["case_id"] for r in rows] == ["S0", "S1", "S2", "S3"]
     assert all(math.isfinite(r["risk"]) for r in rows)
@@ -105,11 +58,10 @@ def test_inference_writes_a_risk_per_case(trained: dict[str, Path]) -> None:
     assert (trained["tmp"] / "infer" / "risk.csv").read_text().startswith("case_id,risk")
 
 
-def test_evaluate_reports_c_indices_with_cis(trained: dict[str, Path]) -> None:
-    args = _infer_args(trained, "evaluate", "inference.json", "evaluate.json")
-    cohort_csv = str(trained["cohort"] / "cohort.csv")
-    extra = ["--train_source", str(trained["cohort"]), "--cohort_csv", cohort_csv, "--n_bootstrap", "200"]
-    run_bundle(BUNDLE, [*args, *extra])
+def test_evaluate_reports_c_indices_with_cis(trained: Paths) -> None:
+    cohort_csv = str(trained["data"] / "cohort.csv")
+    extra = ("--train_source", str(trained["data"]), "--cohort_csv", cohort_csv, "--n_bootstrap", "200")
+    SURVIVAL.run_inference(trained, "evaluate", "inference.json", "evaluate.json", extra=extra)
     report = json.loads((trained["tmp"] / "evaluate" / "survival_evaluation.json").read_text())
     summary = report["summary"]
     assert summary["n"] == 4 and summary["events"] == 3
@@ -118,20 +70,6 @@ def test_evaluate_reports_c_indices_with_cis(trained: dict[str, Path]) -> None:
         assert 0.0 <= lo <= c <= hi <= 1.0
     assert report["cases"][0]["os_months"] == pytest.approx(10.0 / WEEKS_PER_MONTH)  # from cohort_csv
     assert "Uno's C" in (trained["tmp"] / "evaluate" / "survival_evaluation.md").read_text()
-
-
-def test_multi_gpu_config_runs_two_ranks_with_gloo(trained: dict[str, Path]) -> None:
-    files = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29527"]
-    ddp = trained["tmp"] / "ddp"
-    args = ["--config_file", files, *_train_args(trained["cohort"], ddp, trained["tmp"] / "ddp_eval")]
-    log = run_bundle(BUNDLE, args, launcher=torchrun)
-    assert (ddp / "model.pt").exists(), log[-2000:]
-
-
-@pytest.mark.needs_shared
-def test_metadata_verifies_offline() -> None:
-    verify_metadata(BUNDLE, shared_file("monai/meta_schema_20240725.json"))
 
 
 def test_survival_items_read_months_and_the_cohort_csv(cohort: Path) -> None:
