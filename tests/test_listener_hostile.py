@@ -834,6 +834,9 @@ def test_an_app_that_finished_just_before_a_crash_is_not_run_again(tmp_path: Pat
         for study in studies:
             assert send(port, study) == [SUCCESS] * 3
         wait_for(lambda: rows(spool, "SELECT state FROM jobs") == [("done",), ("done",)], 60, "both jobs")
+        # and both results in the PACS before the stop: one still on its way then was sent by the restart and
+        # counted as a new result (a race of the test, seen under load)
+        wait_for(lambda: rows(spool, "SELECT COUNT(*) FROM deliveries WHERE state = 'sent'") == [(2,)], 60, "sent")
     with sqlite3.connect(spool / "queue.sqlite") as db:  # as if killed before either job was recorded done
         db.execute("UPDATE jobs SET state = 'running'")
         db.execute("DELETE FROM deliveries")
