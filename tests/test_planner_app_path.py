@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -78,3 +79,25 @@ def test_the_app_path_refuses_options_the_app_does_not_take(tmp_path: Path, caps
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "--path app" in err[0] and "best_of_n" in err[0]
     assert not out.exists()
+
+
+def test_the_evaluation_path_plans_without_the_practice_prior_when_told(
+    prepared_liver: Path, liver_cohort: Path, tmp_path: Path
+) -> None:
+    """`--practice-prior none`: the evaluation path's policy has no prior, as the app's (one difference of the
+    two paths, measured alone); the report and its page say so."""
+    from oncoplan.planner.policy import PolicyChoice
+    from oncoplan.planner.search import SETTINGS, WorldModelPlanner
+    from oncoplan.tace.actions import TCIA_DRUGS, TCIA_EMBOLICS
+
+    models = tiny_tace_models(tmp_path / "models")
+    bundles = [f"--{k}={models / f'tace_{k}'}" for k in ("dynamics", "assistant", "survival")]
+    out = tmp_path / "planning"
+    argv = ["--prepared", str(prepared_liver), "--cohort", str(liver_cohort), "--out", str(out), "--limit", "1"]
+    assert main([*argv, *bundles, "--practice-prior", "none", *FAST]) == 0
+    report = json.loads((out / "planning_evaluation.json").read_text())
+    assert report["path"] == "evaluation" and report["practice_prior"] is False
+    assert ", without the practice prior." in (out / "planning_evaluation.md").read_text()
+    no_prior = PolicyChoice().build(TCIA_DRUGS + TCIA_EMBOLICS, None, 2, 2)
+    first = str(WorldModelPlanner(SimpleNamespace(), None, no_prior, SETTINGS["cpu"]).initial_candidates()[0][0])
+    assert report["cases"][0]["methods"]["policy_top1"]["protocol"] == first

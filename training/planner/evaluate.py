@@ -206,6 +206,7 @@ def evaluate_planning(
     policy: PolicyChoice | None = None,
     clinical: str = "cohort",
     app: Any = None,
+    practice_prior: bool = True,
 ) -> dict[str, Any]:
     """Every method on every case (module doc); returns the report written by :func:`write_report`.
     `policy`: who proposes the candidates (offline by default; an LLM policy sees each case's
@@ -214,7 +215,8 @@ def evaluate_planning(
     every covariate takes the response model's training median, as the app without clinical data).
     `app`: an :class:`~oncoplan.training.planner.app_path.AppPath`: the app plans each case from its DICOM
     (``world_model``; `world_model`, `scorer` and `preprocessing` are then unused and may be None) and the
-    policy's top-1 is the app's policy (no practice prior)."""
+    policy's top-1 is the app's policy (no practice prior). `practice_prior`: False plans the evaluation
+    path without the site's practice prior too, as the app (the ablation of that one difference)."""
     if clinical not in CLINICAL_MODES:
         raise InputError(f"unknown clinical mode {clinical!r}; choose {', '.join(CLINICAL_MODES)}")
     from tqdm import tqdm
@@ -245,7 +247,8 @@ def evaluate_planning(
         key = (action_set, site)
         if key not in planners:
             chosen = policy or PolicyChoice()
-            site_prior = None if app is not None else prior(site)  # the app plans with no practice prior
+            # The app plans with no practice prior; the evaluation path with the site's unless told not to.
+            site_prior = prior(site) if app is None and practice_prior else None
             built = chosen.build(action_set, site_prior, settings.drug_horizon, settings.embolic_horizon)
             # The app path: this planner only defines the space and the policy's top-1; the app searches.
             world = SimpleNamespace() if app is not None else world_model
@@ -338,7 +341,8 @@ def evaluate_planning(
     if app is not None:
         heuristic = "the app's default"
     path = "app" if app is not None else "evaluation"
-    return {**report, "heuristic": heuristic, "policy": chosen, "clinical": clinical, "path": path}
+    report = {**report, "heuristic": heuristic, "policy": chosen, "clinical": clinical, "path": path}
+    return {**report, "practice_prior": practice_prior and app is None}
 
 
 def summarise(
@@ -426,6 +430,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     if report.get("bundle_overrides"):
         search += ", bundle overrides " + json.dumps({k: v for k, v in report["bundle_overrides"].items() if v})
     chosen = report.get("policy") or {"label": "offline", "fallbacks": 0}
+    with_prior = report.get("practice_prior", True) or report.get("path") == "app"
+    no_prior = "" if with_prior else ", without the practice prior"
     policy = chosen["label"] + (f" ({chosen['fallbacks']} case(s) fell back to offline)" if chosen["fallbacks"] else "")
     lines = [
         "# TACE planning evaluation - SYNTHETIC cohort",
@@ -437,7 +443,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"policy + world model, {search}, heuristic {report.get('heuristic', 'survival_network')}; "
         f"action sets: {report['action_sets']}; clinical covariates: "
         f"{'cohort.csv' if report.get('clinical', 'cohort') == 'cohort' else 'none (CT only, training medians)'}; "
-        f"path: {PATH_TEXT[report.get('path', 'evaluation')]}. "
+        f"path: {PATH_TEXT[report.get('path', 'evaluation')]}{no_prior}. "
         "Mean over cases "
         f"[percentile bootstrap 95% CI, {report['n_bootstrap']} resamples]; set metrics in %.",
         "",
@@ -580,6 +586,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         "default heuristic; its outputs under OUT/app/<case>/",
     )
     parser.add_argument(
+        "--practice-prior",
+        choices=("site", "none"),
+        default="site",
+        help="--path evaluation: the offline policy's prior, the site's practice (default) or none (as the app)",
+    )
+    parser.add_argument(
         "--models",
         type=Path,
         help="--path app: the MODELS folder `oncoplan plan -m` takes (default: --dynamics/--assistant/--survival, "
@@ -632,6 +644,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
             not args.quiet,
             policy,
             args.clinical,
+            None,
+            args.practice_prior == "site",
         )
         report["bundle_overrides"] = overrides
         js, md = write_report(report, args.out)
