@@ -44,6 +44,9 @@ def liver(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cohort = generate_cohort("liver", tmp_path_factory.mktemp("pacsl") / "c", 1, seed=5, size="small", progress=False)
     row = cohort_rows(cohort)[0]
     dicom = cohort / row["TCIA_ID"] / "dicom"
+    # DICOM only, as a PACS sends it: the variants are made of the DICOM files, so the plain study must not
+    # plan with the case's clinical.json when they cannot
+    (dicom / "pre" / "clinical.json").unlink()
     return {"dir": dicom, "pre": dicom / "pre", "pvp": cohort / row["pre_PVP_series"]}
 
 
