@@ -117,7 +117,7 @@ def test_contraindications_and_cautions_follow_the_guideline_thresholds() -> Non
 
     assert codes({"child_pugh": "A", "bilirubin_mg_dl": 1.0, "ecog": 0}) == {}
     assert codes({"child_pugh": "C"}) == {"child_pugh_c": "contraindication"}
-    assert codes(parts(1.0, 3.0, 1.0, "mild", "grade 1-2")) == {"child_pugh_b8": "caution"}  # B8
+    assert codes(parts(1.0, 3.0, 1.0, "mild", "grade 1-2")) == {"child_pugh_b8": "contraindication"}  # B8
     assert codes({"main_portal_vein_invasion": True, "portal_vein_thrombosis": True}) == {
         "main_portal_vein": "contraindication"
     }

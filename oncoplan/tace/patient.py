@@ -368,7 +368,7 @@ def read_text(text: str, where: str) -> tuple[ClinicalData, list[str]] | None:
 CONTRAINDICATION, CAUTION = "contraindication", "caution"
 BILIRUBIN_CONTRA_MG_DL = 3.0
 BILIRUBIN_CAUTION_MG_DL = 2.0
-CHILD_PUGH_B_CAUTION_POINTS = 8
+CHILD_PUGH_B_CONTRA_POINTS = 8  # decompensated cirrhosis: an absolute contraindication in the table above
 LARGE_TUMOR_CM = 10.0
 
 
@@ -395,8 +395,9 @@ def flags(data: ClinicalData) -> list[Flag]:
     points = data.child_pugh_points()
     if cls == "C":
         out.append(Flag(CONTRAINDICATION, "child_pugh_c", f"Child-Pugh C ({how})", "EASL 2018; BCLC 2022 stage D"))
-    elif cls == "B" and points is not None and points >= CHILD_PUGH_B_CAUTION_POINTS:
-        out.append(Flag(CAUTION, "child_pugh_b8", f"Child-Pugh B{points} (decompensation)", "EASL 2018"))
+    elif cls == "B" and points is not None and points >= CHILD_PUGH_B_CONTRA_POINTS:
+        text = f"Child-Pugh B{points} (decompensated cirrhosis)"
+        out.append(Flag(CONTRAINDICATION, "child_pugh_b8", text, "EASL 2018; Raoul et al. 2011"))
     if data.main_portal_vein_invasion:
         out.append(Flag(CONTRAINDICATION, "main_portal_vein", "tumor invasion of the main portal vein", "EASL 2018"))
     elif data.portal_vein_thrombosis:
