@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from oncoplan.errors import InputError
+from oncoplan.errors import InputError, json_object
 from oncoplan.planner.models import (
     DEFAULT_HEURISTIC,
     HEURISTICS,
@@ -521,13 +521,7 @@ def overrides_from(args: argparse.Namespace, names: Sequence[str]) -> dict[str, 
 def parse_overrides(text: str | None, what: str) -> dict[str, Any]:
     if not text:
         return {}
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InputError(f"--{what}-overrides is not JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise InputError(f"--{what}-overrides must be a JSON object")
-    return value
+    return json_object(text, f"--{what}-overrides is not JSON", f"--{what}-overrides must be a JSON object")
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.training.planner.evaluate") -> int:
