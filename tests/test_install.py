@@ -56,7 +56,7 @@ def test_the_wheel_holds_every_package_folder_of_the_tree(wheel_site: Path) -> N
     for folder, where in FOLDERS.items():
         for init in (REPO / folder).rglob("__init__.py"):
             packaged = wheel_site / where / init.parent.relative_to(REPO / folder) / "__init__.py"
-            assert packaged.is_file(), f"{init.parent.relative_to(REPO)} is not in the wheel (pyproject.toml packages)"
+            assert packaged.is_file(), f"{init.parent.relative_to(REPO)} is not in the wheel (setup.py packages)"
     for bundle in ("ctv_llmseg", "tace_assistant", "tace_dynamics", "tace_survival"):
         assert (wheel_site / "oncoplan" / "bundles" / bundle / "configs" / "inference.json").is_file()
         assert list((wheel_site / "oncoplan" / "bundles" / bundle / "models").glob("*.pt")), bundle
