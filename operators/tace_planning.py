@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from oncoplan.errors import InputError
@@ -200,7 +199,8 @@ class TacePlanner:
 
     def __init__(self, bundles: dict[str, Path], settings: PlanSettings, policy: PolicyChoice | None = None) -> None:
         from oncoplan.planner.models import load_models
-        from oncoplan.runtime.bundles import bundle_parser
+        from oncoplan.planner.segmenter import StudySegmenter
+        from oncoplan.runtime.backends import cache_dir
 
         self.bundles, self.settings = {k: Path(v) for k, v in bundles.items()}, settings
         self.choice = policy or PolicyChoice()
@@ -209,36 +209,19 @@ class TacePlanner:
         self.world, self.scorer, _ = load_models(
             self.bundles["dynamics"], self.bundles["assistant"], self.bundles["survival"], None, settings.search
         )
-        # Preprocessing on the CPU (it reads the volume there); the networks on the world model's device.
-        overrides = {"device": "$torch.device('cpu')", "overlap": settings.search.seg_overlap}
-        parser = bundle_parser(self.bundles["assistant"], overrides=overrides)
-        self.preprocessing = parser.get_parsed_content("preprocessing").transforms[1:]  # no loader: in memory
-        self.inferer = parser.get_parsed_content("inferer")
-        from oncoplan.runtime.backends import cache_dir
-
         # The fastest backend here for the dynamics UNet (every DDIM step of every candidate) and the
         # assistant (the study's sliding windows and every simulated window): one export each.
         self.backends = self.world.accelerate(cache_dir())
         log.info("world model on %s; backends: %s", self.world.device, self.backends)
-        from monai.transforms import Invertd
-
-        # The label map without the inversion: planning stays in model space.
-        self.label_map = [t for t in parser.get_parsed_content("label_map") if not isinstance(t, Invertd)]
-        self.spacing = tuple(float(v) for v in parser.get_parsed_content("pixdim"))
+        # The forward is looked up per call: it is the world model's accelerated assistant.
+        forward = lambda x: self.world.assistant_forward(x)  # noqa: E731
+        self.segmenter = StudySegmenter(self.bundles["assistant"], forward, settings.search.seg_overlap)
+        self.spacing = self.segmenter.spacing
         self.versions = {NAMES[r]: _version(p) for r, p in self.bundles.items()}
 
-    @torch.no_grad()
     def segment(self, volume: CTVolume):
         """(scaled CT (X, Y, Z), labels (X, Y, Z), index -> RAS affine) in model space."""
-        data = {"image": volume.metatensor()}
-        for t in self.preprocessing:
-            data = t(data)
-        image = data["image"]
-        pred = {"pred": self.inferer(image[None].float().to(self.world.device), self.world.assistant_forward)[0]}
-        for t in self.label_map:
-            pred = t(pred)
-        labels = np.asarray(pred["pred"][0].cpu()).astype(np.uint8)
-        return np.asarray(image[0].cpu(), dtype=np.float32), labels, np.asarray(image.affine, dtype=float)
+        return self.segmenter.segment(volume.metatensor(), self.world.device)
 
     def plan(self, volume: CTVolume, phase: str, clinical: ClinicalReading | None = None) -> TacePlan:
         """The plan of one CT, with the time each network took over all of it (the study's
