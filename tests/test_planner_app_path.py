@@ -81,23 +81,70 @@ def test_the_app_path_refuses_options_the_app_does_not_take(tmp_path: Path, caps
     assert not out.exists()
 
 
-def test_the_evaluation_path_plans_without_the_practice_prior_when_told(
+def test_the_evaluation_path_plans_with_the_apps_policy_by_default_and_the_site_prior_only_when_told(
     prepared_liver: Path, liver_cohort: Path, tmp_path: Path
 ) -> None:
-    """`--practice-prior none`: the evaluation path's policy has no prior, as the app's (one difference of the
-    two paths, measured alone); the report and its page say so."""
+    """The app and the evaluation share one default: no practice prior (the app has none; on the external site
+    the prior cost 9 months). `--practice-prior site` is the ablation; the report and its page say which ran."""
     from oncoplan.planner.policy import PolicyChoice
+    from oncoplan.planner.prior import Prior
     from oncoplan.planner.search import SETTINGS, WorldModelPlanner
     from oncoplan.tace.actions import TCIA_DRUGS, TCIA_EMBOLICS
 
     models = tiny_tace_models(tmp_path / "models")
     bundles = [f"--{k}={models / f'tace_{k}'}" for k in ("dynamics", "assistant", "survival")]
-    out = tmp_path / "planning"
-    argv = ["--prepared", str(prepared_liver), "--cohort", str(liver_cohort), "--out", str(out), "--limit", "1"]
-    assert main([*argv, *bundles, "--practice-prior", "none", *FAST]) == 0
-    report = json.loads((out / "planning_evaluation.json").read_text())
+    argv = ["--prepared", str(prepared_liver), "--cohort", str(liver_cohort), "--limit", "1", *bundles, *FAST]
+
+    def first(prior: Prior | None) -> str:
+        policy = PolicyChoice().build(TCIA_DRUGS + TCIA_EMBOLICS, prior, 2, 2)
+        return str(WorldModelPlanner(SimpleNamespace(), None, policy, SETTINGS["cpu"]).initial_candidates()[0][0])
+
+    assert main([*argv, "--out", str(tmp_path / "default")]) == 0
+    report = json.loads((tmp_path / "default" / "planning_evaluation.json").read_text())
     assert report["path"] == "evaluation" and report["practice_prior"] is False
-    assert ", without the practice prior." in (out / "planning_evaluation.md").read_text()
-    no_prior = PolicyChoice().build(TCIA_DRUGS + TCIA_EMBOLICS, None, 2, 2)
-    first = str(WorldModelPlanner(SimpleNamespace(), None, no_prior, SETTINGS["cpu"]).initial_candidates()[0][0])
-    assert report["cases"][0]["methods"]["policy_top1"]["protocol"] == first
+    assert "practice prior" not in (tmp_path / "default" / "planning_evaluation.md").read_text()
+    assert report["cases"][0]["methods"]["policy_top1"]["protocol"] == first(None)
+
+    assert main([*argv, "--out", str(tmp_path / "site"), "--practice-prior", "site"]) == 0
+    report = json.loads((tmp_path / "site" / "planning_evaluation.json").read_text())
+    assert report["practice_prior"] is True
+    assert ", with the site's practice prior," in (tmp_path / "site" / "planning_evaluation.md").read_text()
+    assert report["cases"][0]["methods"]["policy_top1"]["protocol"] == first(Prior.from_practice("internal"))
+
+
+def test_the_evaluation_path_can_plan_with_the_assistants_mask_of_the_prepared_ct(
+    prepared_liver: Path, liver_cohort: Path, tmp_path: Path
+) -> None:
+    """`--mask assistant`: the evaluation path plans each prepared CT with the tumour the app's own segmenter
+    finds in it (the ablation that separates the mask from the app's preprocessing of the DICOM); each case
+    records which mask it planned with and its size."""
+    import numpy as np
+
+    from oncoplan.planner.segmenter import StudySegmenter
+    from oncoplan.tace.labels import TUMOR_LABELS
+    from oncoplan.training.tace.data import load_prepared
+
+    models = tiny_tace_models(tmp_path / "models")
+    bundles = [f"--{k}={models / f'tace_{k}'}" for k in ("dynamics", "assistant", "survival")]
+    out = tmp_path / "planning"
+    argv = ["--prepared", str(prepared_liver), "--cohort", str(liver_cohort), "--limit", "1", *bundles, *FAST]
+    assert main([*argv, "--out", str(out), "--mask", "assistant"]) == 0
+    report = json.loads((out / "planning_evaluation.json").read_text())
+    assert report["mask"] == "assistant"
+    assert "the assistant's segmentation of the prepared CT" in (out / "planning_evaluation.md").read_text()
+    record = report["cases"][0]["plan"]["mask"]
+    # The same segmentation, made here by the segmenter itself from the assistant bundle the evaluation used.
+    from oncoplan.planner.models import load_models
+
+    world, _, _ = load_models(*(models / f"tace_{k}" for k in ("dynamics", "assistant", "survival")))
+    entry = load_prepared(prepared_liver)[0]
+    segmenter = StudySegmenter(models / "tace_assistant", world.assistant_forward, 0.5)
+    tumor = int(np.isin(segmenter.segment(entry["pre_image"])[1], TUMOR_LABELS).sum())
+    if tumor:
+        assert record["source"] == "assistant" and record["tumor_voxels"] == tumor
+    else:  # random weights may find none: the case keeps its label mask, and says so
+        assert record["source"].startswith("label (the assistant found no tumour")
+
+    assert main([*argv, "--out", str(tmp_path / "label")]) == 0
+    label = json.loads((tmp_path / "label" / "planning_evaluation.json").read_text())
+    assert label["mask"] == "label" and label["cases"][0]["plan"]["mask"]["source"] == "label"

@@ -13,9 +13,12 @@ protocol, which is scored two ways:
   (e.g. a three-drug practice regimen) can beat the oracle: its regret is then negative.
 
 Two paths plan the ``world_model`` method (``--path``): ``evaluation`` (default: the prepared case's
-model-space CT and label mask, the covariates from ``cohort.csv``, the site's practice prior) and ``app``
-(:mod:`oncoplan.training.planner.app_path`: ``oncoplan plan`` on the case's pre-treatment DICOM with a
-clinical.json written from its row, or none, its plan.json read back); both are scored alike.
+model-space CT with its label mask, or with the assistant's segmentation of that CT (``--mask assistant``),
+the covariates from ``cohort.csv``) and ``app`` (:mod:`oncoplan.training.planner.app_path`: ``oncoplan plan``
+on the case's pre-treatment DICOM with a clinical.json written from its row, or none, its plan.json read
+back); both are scored alike. Both plan with the app's defaults: the offline policy ranked by the shipped
+prior (both synthetic sites pooled), not by the case's site practice (``--practice-prior site``, an
+ablation: on the external site it cost 9 months of regret, training/planner/docs/README.md).
 
 Methods: ``world_model`` (the planner: offline policy + world model + heuristic, beam search or
 best-of-N), ``policy_top1`` (the same policy's first candidate, no search), ``most_common`` (the most
@@ -66,10 +69,13 @@ BUNDLES = shipped_bundles()
 CLINICAL_MODES = ("cohort", "none")
 PATHS = ("evaluation", "app")
 PATH_TEXT = {
-    "evaluation": "evaluation (prepared model-space CT and label mask, the site's practice prior)",
+    "evaluation": "evaluation (the prepared model-space CT and its tumour mask)",
     "app": "app (`oncoplan plan` on each case's pre-treatment DICOM: the app's series choice, preprocessing, "
-    "the assistant's segmentation, no practice prior; clinical data as a clinical.json given with --clinical)",
+    "the assistant's segmentation, the shipped policy prior; clinical data as a clinical.json given with --clinical)",
 }
+# The evaluation path's tumour mask: the prepared label, or the assistant's segmentation of the prepared CT
+# (the app's segmenter: the ablation that separates the mask from the app's own preprocessing of the DICOM).
+MASKS = {"label": "the prepared label mask", "assistant": "the assistant's segmentation of the prepared CT"}
 PLAN_KEYS = ("best", "pick", "separation", "evaluations", "timing_s", "steps", "skipped_candidates")
 METHODS = ("world_model", "policy_top1", "most_common", "random", "gold", "population_oracle", "oracle")
 LABELS = {
@@ -195,6 +201,7 @@ def evaluate_planning(
     preprocessing: Callable,
     prepared: str | Path,
     cohort: str | Path | None = None,
+    *,
     settings: SearchSettings = SETTINGS["cpu"],
     search: str = "beam",
     action_sets: str = "site",
@@ -206,7 +213,8 @@ def evaluate_planning(
     policy: PolicyChoice | None = None,
     clinical: str = "cohort",
     app: Any = None,
-    practice_prior: bool = True,
+    practice_prior: bool = False,
+    segmenter: Any = None,
 ) -> dict[str, Any]:
     """Every method on every case (module doc); returns the report written by :func:`write_report`.
     `policy`: who proposes the candidates (offline by default; an LLM policy sees each case's
@@ -215,8 +223,10 @@ def evaluate_planning(
     every covariate takes the response model's training median, as the app without clinical data).
     `app`: an :class:`~oncoplan.training.planner.app_path.AppPath`: the app plans each case from its DICOM
     (``world_model``; `world_model`, `scorer` and `preprocessing` are then unused and may be None) and the
-    policy's top-1 is the app's policy (no practice prior). `practice_prior`: False plans the evaluation
-    path without the site's practice prior too, as the app (the ablation of that one difference)."""
+    policy's top-1 is the app's policy. `practice_prior`: True ranks the evaluation path's candidates by the
+    case's site practice instead of the shipped pooled prior the app uses (an ablation). `segmenter`: a
+    :class:`~oncoplan.planner.segmenter.StudySegmenter`: the evaluation path plans each prepared CT with the
+    assistant's tumour mask instead of the prepared label (None: the label)."""
     if clinical not in CLINICAL_MODES:
         raise InputError(f"unknown clinical mode {clinical!r}; choose {', '.join(CLINICAL_MODES)}")
     from tqdm import tqdm
@@ -247,7 +257,7 @@ def evaluate_planning(
         key = (action_set, site)
         if key not in planners:
             chosen = policy or PolicyChoice()
-            # The app plans with no practice prior; the evaluation path with the site's unless told not to.
+            # None: the shipped pooled prior, as the app; the site's practice only when told (an ablation).
             site_prior = prior(site) if app is None and practice_prior else None
             built = chosen.build(action_set, site_prior, settings.drug_horizon, settings.embolic_horizon)
             # The app path: this planner only defines the space and the policy's top-1; the app searches.
@@ -278,6 +288,8 @@ def evaluate_planning(
             plan_record["app"] = app_plan["app"]
         else:
             pre, mask, _ = model_space_case(preprocessing, entry)
+            mask_record = mask_source(segmenter, entry, mask, world_model)
+            mask = mask_record.pop("mask")
             pre_window, mask_window, _ = window_around(pre, mask, tuple(world_model.window))
             plan = (
                 planner.beam_search(pre_window, mask_window, observation, clinical=seen)
@@ -294,6 +306,7 @@ def evaluate_planning(
                 "timing_s": plan.timing_s,
                 "steps": plan.steps,
                 "skipped_candidates": plan.skipped_candidates,
+                "mask": mask_record,
             }
         rng = np.random.default_rng([seed, index])
         chosen = {
@@ -342,7 +355,27 @@ def evaluate_planning(
         heuristic = "the app's default"
     path = "app" if app is not None else "evaluation"
     report = {**report, "heuristic": heuristic, "policy": chosen, "clinical": clinical, "path": path}
-    return {**report, "practice_prior": practice_prior and app is None}
+    mask = None if app is not None else ("assistant" if segmenter is not None else "label")
+    return {**report, "practice_prior": practice_prior and app is None, "mask": mask}
+
+
+def mask_source(segmenter: Any, entry: Mapping[str, Any], label: np.ndarray, world_model: Any) -> dict[str, Any]:
+    """The tumour mask the evaluation path plans with ({"mask": array, "source": ..., "tumor_voxels": ...}): the
+    prepared label, or (with a segmenter) the assistant's tumour labels on the same model-space grid. A case
+    where the assistant finds no tumour (the app refuses such a study) keeps its label mask, recorded."""
+    if segmenter is None:
+        return {"mask": label, "source": "label", "tumor_voxels": int(label.sum())}
+    from oncoplan.tace.labels import TUMOR_LABELS
+
+    _, labels, _ = segmenter.segment(entry["pre_image"], world_model.device)
+    if labels.shape != label.shape:
+        raise InputError(f"{entry['pre_image']}: the assistant's grid {labels.shape} is not the model's {label.shape}")
+    tumor = np.isin(labels, TUMOR_LABELS)
+    if not tumor.any():
+        log.warning("case %s: the assistant finds no tumour; planned with the label mask", entry["case_id"])
+        return {"mask": label, "source": "label (the assistant found no tumour)", "tumor_voxels": int(label.sum())}
+    dice = 2 * float((tumor & label).sum()) / float(tumor.sum() + label.sum())
+    return {"mask": tumor, "source": "assistant", "tumor_voxels": int(tumor.sum()), "dice_vs_label": dice}
 
 
 def summarise(
@@ -430,8 +463,10 @@ def markdown(report: Mapping[str, Any]) -> str:
     if report.get("bundle_overrides"):
         search += ", bundle overrides " + json.dumps({k: v for k, v in report["bundle_overrides"].items() if v})
     chosen = report.get("policy") or {"label": "offline", "fallbacks": 0}
-    with_prior = report.get("practice_prior", True) or report.get("path") == "app"
-    no_prior = "" if with_prior else ", without the practice prior"
+    # Reports written before the default changed (2026-12-07) planned the evaluation path with the prior.
+    evaluation = report.get("path", "evaluation") == "evaluation"
+    prior = ", with the site's practice prior" if evaluation and report.get("practice_prior", True) else ""
+    prior += f", {MASKS[report.get('mask') or 'label']}" if evaluation else ""
     policy = chosen["label"] + (f" ({chosen['fallbacks']} case(s) fell back to offline)" if chosen["fallbacks"] else "")
     lines = [
         "# TACE planning evaluation - SYNTHETIC cohort",
@@ -443,7 +478,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"policy + world model, {search}, heuristic {report.get('heuristic', 'survival_network')}; "
         f"action sets: {report['action_sets']}; clinical covariates: "
         f"{'cohort.csv' if report.get('clinical', 'cohort') == 'cohort' else 'none (CT only, training medians)'}; "
-        f"path: {PATH_TEXT[report.get('path', 'evaluation')]}{no_prior}. "
+        f"path: {PATH_TEXT[report.get('path', 'evaluation')]}{prior}. "
         "Mean over cases "
         f"[percentile bootstrap 95% CI, {report['n_bootstrap']} resamples]; set metrics in %.",
         "",
@@ -539,7 +574,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
     parser.add_argument("--search", choices=("beam", "best_of_n"), default="beam")
     parser.add_argument("--heuristic", choices=HEURISTICS, default=DEFAULT_HEURISTIC, help="the planner's risk score")
     parser.add_argument("--action-set", choices=ACTION_SETS, default="site", help="site: HCC-TACE-Seg set for internal")
-    parser.add_argument("--train-cohort", type=Path, help="training cohort for the most-common protocol and prior")
+    parser.add_argument(
+        "--train-cohort", type=Path, help="training cohort for the most-common protocol (and --practice-prior site)"
+    )
     parser.add_argument("--samples", type=int, help="override T (simulated outcomes per protocol)")
     parser.add_argument("--steps", type=int, help="override the DDIM steps")
     parser.add_argument("--beam", type=int, help="override B")
@@ -574,16 +611,24 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         "--path",
         choices=PATHS,
         default="evaluation",
-        help="evaluation (default): plan the prepared model-space CT and label mask with the site's practice prior; "
+        help="evaluation (default): plan the prepared model-space CT with its label mask (--mask); "
         "app: run `oncoplan plan` on each case's pre-treatment DICOM (COHORT/<case>/dicom/pre), as users do: the "
-        "app's series choice, preprocessing, the assistant's segmentation, its policy without practice prior, its "
+        "app's series choice, preprocessing, the assistant's segmentation, its policy (the shipped prior), its "
         "default heuristic; its outputs under OUT/app/<case>/",
     )
     parser.add_argument(
         "--practice-prior",
         choices=("site", "none"),
-        default="site",
-        help="--path evaluation: the offline policy's prior, the site's practice (default) or none (as the app)",
+        default="none",
+        help="--path evaluation: none (default): the offline policy ranks by the shipped pooled prior, as the app; "
+        "site: by the case's site practice (an ablation)",
+    )
+    parser.add_argument(
+        "--mask",
+        choices=tuple(MASKS),
+        default="label",
+        help="--path evaluation: plan with the prepared label mask (default) or the assistant's segmentation of "
+        "the prepared CT (the app's segmenter; separates the mask from the app's preprocessing of the DICOM)",
     )
     parser.add_argument(
         "--models",
@@ -622,24 +667,20 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
             heuristic=args.heuristic,
             planner_defaults=False,
         )
+        segmenter = None
+        if args.mask == "assistant":
+            from oncoplan.planner.segmenter import StudySegmenter
+
+            segmenter = StudySegmenter(args.assistant, world.assistant_forward, settings.seg_overlap)
         report = evaluate_planning(
             world,
             scorer,
             preprocessing,
             args.prepared,
             args.cohort,
-            settings,
-            args.search,
-            args.action_set,
-            args.train_cohort,
-            args.limit,
-            args.seed,
-            args.n_bootstrap,
-            not args.quiet,
-            policy,
-            args.clinical,
-            None,
-            args.practice_prior == "site",
+            practice_prior=args.practice_prior == "site",
+            segmenter=segmenter,
+            **common_arguments(args, settings, policy),
         )
         report["bundle_overrides"] = overrides
         js, md = write_report(report, args.out)
@@ -650,6 +691,22 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         print(md.read_text())
     print(f"wrote {js} and {md}")
     return 0
+
+
+def common_arguments(args: argparse.Namespace, settings: SearchSettings, policy: PolicyChoice) -> dict[str, Any]:
+    """The keyword arguments of :func:`evaluate_planning` that both paths take from the command line."""
+    return {
+        "settings": settings,
+        "search": args.search,
+        "action_sets": args.action_set,
+        "train_cohort": args.train_cohort,
+        "limit": args.limit,
+        "seed": args.seed,
+        "n_bootstrap": args.n_bootstrap,
+        "progress": not args.quiet,
+        "policy": policy,
+        "clinical": args.clinical,
+    }
 
 
 def evaluate_through_app(
@@ -664,6 +721,8 @@ def evaluate_through_app(
     from oncoplan.training.planner.app_path import AppPath
 
     refused = [f"--{k}-overrides" for k, v in overrides.items() if v]
+    refused += [f"--practice-prior {args.practice_prior}"] if args.practice_prior != "none" else []
+    refused += [f"--mask {args.mask}"] if args.mask != "label" else []
     refused += ["--search best_of_n"] if args.search != "beam" else []
     refused += [f"--heuristic {args.heuristic}"] if args.heuristic != DEFAULT_HEURISTIC else []
     if refused:
@@ -685,22 +744,7 @@ def evaluate_through_app(
     app_settings = {"base": args.settings, "seed": args.seed, **changes}
     app = AppPath(args.out, app_settings, models, policy_args, args.clinical)
     report = evaluate_planning(
-        None,
-        None,
-        None,
-        args.prepared,
-        args.cohort,
-        settings,
-        "beam",
-        args.action_set,
-        args.train_cohort,
-        args.limit,
-        args.seed,
-        args.n_bootstrap,
-        not args.quiet,
-        policy,
-        args.clinical,
-        app,
+        None, None, None, args.prepared, args.cohort, app=app, **common_arguments(args, settings, policy)
     )
     report["app_settings"] = app_settings
     report["app_models"] = str(models) if models is not None else "shipped"
