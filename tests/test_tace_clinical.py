@@ -86,6 +86,7 @@ def test_a_row_of_the_real_table_reads_with_its_own_column_names_and_codes() -> 
 def test_units_are_converted_to_the_schema_units() -> None:
     data = read({"bilirubin": "51.3 umol/L", "albumin": "31 g/L", "AFP": "20 ug/L", "largest tumor": "45 mm"})
     assert data.bilirubin_mg_dl == pytest.approx(3.0) and data.albumin_g_dl == pytest.approx(3.1)
+    assert read({"serum creatinine": "176.8 umol/L"}).creatinine_mg_dl == pytest.approx(2.0)
     assert data.afp_ng_ml == 20.0 and data.largest_tumor_cm == pytest.approx(4.5)
 
 
@@ -102,6 +103,8 @@ def test_units_are_converted_to_the_schema_units() -> None:
         ({"vascular_invasion": "maybe"}, "c.json: vascular_invasion: expected true or false"),
         ({"ecog": 1.5}, "c.json: ecog: expected a whole number"),
         ({"age": 7}, "c.json: age: 7 years is outside 18-120 years"),
+        ({"creatinine": "2 g/L"}, "c.json: creatinine_mg_dl: unit 'g/l' not understood"),
+        ({"creatinine clearance": -5}, "c.json: creatinine_clearance_ml_min: -5 mL/min is outside 0-300 mL/min"),
         ({"AFP": 10, "afp_ng_ml": 12}, "c.json: afp_ng_ml: given twice with different values"),
     ],
 )
@@ -129,6 +132,14 @@ def test_contraindications_and_cautions_follow_the_guideline_thresholds() -> Non
     assert codes({"ecog": 3}) == {"ecog": "contraindication"}
     assert codes({"bclc": "D"}) == {"bclc_d": "contraindication"}
     assert codes({"largest_tumor_cm": 11}) == {"large_tumor": "caution"}
+    # Renal insufficiency: creatinine >= 2 mg/dL or clearance < 30 mL/min (Raoul et al. 2011, absolute).
+    assert codes({"creatinine_mg_dl": 2.0}) == {"renal_insufficiency": "contraindication"}
+    assert codes({"creatinine_mg_dl": 1.9, "creatinine_clearance_ml_min": 30}) == {}
+    assert codes({"creatinine_clearance_ml_min": 29}) == {"renal_insufficiency": "contraindication"}
+    both = flags(read({"creatinine": "2.4 mg/dL", "CrCl": 25}))
+    assert [f.text for f in both] == [
+        "renal insufficiency: creatinine 2.4 mg/dL >= 2 mg/dL, creatinine clearance 25 mL/min < 30 mL/min"
+    ]
     # Main portal vein invasion implies vascular invasion for the models.
     assert read({"main_portal_vein_invasion": True}).row() == {"Vascular invasion": 1}
 
@@ -216,11 +227,13 @@ def test_sources_follow_the_documented_order(tmp_path: Path, ct: list, monkeypat
         ("1975-2", "Bilirubin.total"): (51.3, "umol/L"),
         ("1751-7", "Albumin"): (3.1, "g/dL"),
         ("6301-6", "INR"): (1.2, "{INR}"),
+        ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"): (221.0, "umol/L"),
     }
     structured_sr(ct[0], labs).save_as(study / "a_labs.dcm")
     reading = read_clinical(study)
     assert reading.source == "a structured SR in the study"
     assert (reading.data.bilirubin_mg_dl, reading.data.albumin_g_dl, reading.data.inr) == (3.0, 3.1, 1.2)
+    assert reading.data.creatinine_mg_dl == pytest.approx(2.5)
     # 2. clinical.json beside the input folder, then in it
     (study.parent / "clinical.json").write_text(json.dumps({"note": "left breast", "CPS": "C"}))
     reading = read_clinical(study)

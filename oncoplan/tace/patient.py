@@ -3,29 +3,31 @@ the guideline contraindications and cautions.
 
 Fields (JSON names; the HCC-TACE-Seg column each one reads where the table has it; units):
 
-=============================  ===========================  ======================================
-field                          HCC-TACE-Seg column          value
-=============================  ===========================  ======================================
-``age``                        ``age``                      years, 18-120
-``sex``                        ``Sex`` (1 male, 2 female)   ``M`` | ``F``
-``child_pugh``                 ``CPS``                      class ``A`` | ``B`` | ``C``
-``bilirubin_mg_dl``            -                            total bilirubin, mg/dL (or "34 umol/L")
-``albumin_g_dl``               -                            serum albumin, g/dL (or "31 g/L")
-``inr``                        -                            INR, no unit
-``ascites``                    -                            ``none`` | ``mild`` | ``moderate-severe``
-``encephalopathy``             -                            ``none`` | ``grade 1-2`` | ``grade 3-4``
-``afp_ng_ml``                  ``AFP``                      alpha-fetoprotein, ng/mL (= ug/L)
-``bclc``                       ``BCLC`` (``Stage-A``)       ``0`` | ``A`` | ``B`` | ``C`` | ``D``
-``ecog``                       ``PS_bclc_0_0_1-2_1_3-4_3``  ECOG performance status 0-4
-``vascular_invasion``          ``Vascular invasion``        macrovascular invasion, true/false
-``portal_vein_thrombosis``     ``Portal Vein Thrombosis``   any portal vein tumor thrombus, true/false
-``main_portal_vein_invasion``  -                            tumor in the main portal trunk, true/false
-``extrahepatic_spread``        ``Metastasis``               true/false
-``tumor_count``                -                            number of nodules, >= 1
-``tumor_nodularity``           ``tumor_nodul``              ``uninodular`` | ``multinodular``
-``largest_tumor_cm``           ``Tr_Size``                  largest diameter, cm
-``prior_treatments``           -                            list of short strings (never sent to an LLM)
-=============================  ===========================  ======================================
+===============================  ===========================  ======================================
+field                            HCC-TACE-Seg column          value
+===============================  ===========================  ======================================
+``age``                          ``age``                      years, 18-120
+``sex``                          ``Sex`` (1 male, 2 female)   ``M`` | ``F``
+``child_pugh``                   ``CPS``                      class ``A`` | ``B`` | ``C``
+``bilirubin_mg_dl``              -                            total bilirubin, mg/dL (or "34 umol/L")
+``albumin_g_dl``                 -                            serum albumin, g/dL (or "31 g/L")
+``inr``                          -                            INR, no unit
+``ascites``                      -                            ``none`` | ``mild`` | ``moderate-severe``
+``encephalopathy``               -                            ``none`` | ``grade 1-2`` | ``grade 3-4``
+``creatinine_mg_dl``             -                            serum creatinine, mg/dL (or "177 umol/L")
+``creatinine_clearance_ml_min``  -                            creatinine clearance, mL/min
+``afp_ng_ml``                    ``AFP``                      alpha-fetoprotein, ng/mL (= ug/L)
+``bclc``                         ``BCLC`` (``Stage-A``)       ``0`` | ``A`` | ``B`` | ``C`` | ``D``
+``ecog``                         ``PS_bclc_0_0_1-2_1_3-4_3``  ECOG performance status 0-4
+``vascular_invasion``            ``Vascular invasion``        macrovascular invasion, true/false
+``portal_vein_thrombosis``       ``Portal Vein Thrombosis``   any portal vein tumor thrombus, true/false
+``main_portal_vein_invasion``    -                            tumor in the main portal trunk, true/false
+``extrahepatic_spread``          ``Metastasis``               true/false
+``tumor_count``                  -                            number of nodules, >= 1
+``tumor_nodularity``             ``tumor_nodul``              ``uninodular`` | ``multinodular``
+``largest_tumor_cm``             ``Tr_Size``                  largest diameter, cm
+``prior_treatments``             -                            list of short strings (never sent to an LLM)
+===============================  ===========================  ======================================
 
 Child-Pugh: the class is computed from its five components (bilirubin, albumin, INR, ascites,
 encephalopathy; Pugh et al. 1973 points, 5-6 A, 7-9 B, 10-15 C) when all five are given; a class
@@ -60,6 +62,9 @@ NUMBERS: dict[str, tuple[str, dict[str, float], tuple[float, float]]] = {
     "bilirubin_mg_dl": ("mg/dL", {"": 1.0, "mg/dl": 1.0, "umol/l": 1 / 17.1, "µmol/l": 1 / 17.1}, (0.0, 60.0)),
     "albumin_g_dl": ("g/dL", {"": 1.0, "g/dl": 1.0, "g/l": 0.1}, (0.5, 7.0)),
     "inr": ("no unit", {"": 1.0, "{inr}": 1.0, "1": 1.0}, (0.5, 15.0)),
+    # Creatinine: 88.4 umol/L per mg/dL (molar mass 113.12 g/mol).
+    "creatinine_mg_dl": ("mg/dL", {"": 1.0, "mg/dl": 1.0, "umol/l": 1 / 88.4, "µmol/l": 1 / 88.4}, (0.05, 30.0)),
+    "creatinine_clearance_ml_min": ("mL/min", {"": 1.0, "ml/min": 1.0}, (0.0, 300.0)),
     "afp_ng_ml": ("ng/mL", {"": 1.0, "ng/ml": 1.0, "ug/l": 1.0, "µg/l": 1.0}, (0.0, 1e7)),
     "ecog": ("ECOG 0-4", {"": 1.0}, (0.0, 4.0)),
     "tumor_count": ("nodules", {"": 1.0}, (1.0, 100.0)),
@@ -100,6 +105,8 @@ LABELS: dict[str, tuple[str, ...]] = {
     "inr": ("inr", "international normalized ratio", "inr in platelet poor plasma by coagulation assay"),
     "ascites": ("ascites",),
     "encephalopathy": ("encephalopathy", "hepatic encephalopathy"),
+    "creatinine_mg_dl": ("creatinine", "serum creatinine", "creatinine serum", "creat"),
+    "creatinine_clearance_ml_min": ("creatinine clearance", "crcl", "cockcroft-gault clearance"),
     "afp_ng_ml": ("afp", "alpha-fetoprotein", "alpha fetoprotein", "alpha-1-fetoprotein"),
     "bclc": ("bclc", "bclc stage"),
     "ecog": ("ecog", "performance status", "ecog performance status", "ps"),
@@ -113,7 +120,14 @@ LABELS: dict[str, tuple[str, ...]] = {
     "prior_treatments": ("prior treatments", "prior treatment", "previous treatments"),
 }
 # LOINC codes of the laboratory values, for NUM items of a structured SR.
-LOINC = {"1975-2": "bilirubin_mg_dl", "1751-7": "albumin_g_dl", "6301-6": "inr", "1834-1": "afp_ng_ml"}
+LOINC = {
+    "1975-2": "bilirubin_mg_dl",
+    "1751-7": "albumin_g_dl",
+    "6301-6": "inr",
+    "1834-1": "afp_ng_ml",
+    "2160-0": "creatinine_mg_dl",  # Creatinine [Mass/volume] in Serum or Plasma
+    "2164-2": "creatinine_clearance_ml_min",  # Creatinine renal clearance in 24 hour urine and Serum or Plasma
+}
 
 
 def _key(text: str) -> str:
@@ -143,6 +157,8 @@ class ClinicalData:
     inr: float | None = None
     ascites: str | None = None
     encephalopathy: str | None = None
+    creatinine_mg_dl: float | None = None
+    creatinine_clearance_ml_min: float | None = None
     afp_ng_ml: float | None = None
     bclc: str | None = None
     ecog: int | None = None
@@ -359,7 +375,9 @@ def read_text(text: str, where: str) -> tuple[ClinicalData, list[str]] | None:
 # - EASL Clinical Practice Guidelines: Management of hepatocellular carcinoma, J Hepatol 2018;69:182-236
 #   (table of contraindications to TACE, after Raoul et al., Cancer Treat Rev 2011;37:212-20): absolute -
 #   decompensated cirrhosis (Child-Pugh B >= 8, including jaundice, clinical encephalopathy, refractory
-#   ascites), severely reduced portal vein flow (portal vein occlusion); relative - tumour >= 10 cm.
+#   ascites), severely reduced portal vein flow (portal vein occlusion), renal insufficiency (creatinine
+#   >= 2 mg/dL or creatinine clearance < 30 mL/min); relative - tumour >= 10 cm. Checked against that table as
+#   World J Hepatol 2015;7:2009 (Table 1) reprints it.
 # - BCLC 2022 update (Reig et al., J Hepatol 2022;76:681-93): portal invasion or extrahepatic spread is
 #   stage C (systemic therapy first), ECOG PS > 2 or Child-Pugh C (end-stage liver function) stage D
 #   (best supportive care); TACE is the treatment of stage B.
@@ -370,6 +388,8 @@ BILIRUBIN_CONTRA_MG_DL = 3.0
 BILIRUBIN_CAUTION_MG_DL = 2.0
 CHILD_PUGH_B_CONTRA_POINTS = 8  # decompensated cirrhosis: an absolute contraindication in the table above
 LARGE_TUMOR_CM = 10.0
+CREATININE_CONTRA_MG_DL = 2.0  # renal insufficiency: ">= 2 mg/dL" in the table above
+CLEARANCE_CONTRA_ML_MIN = 30.0  # "< 30 mL/min"
 
 
 @dataclass(frozen=True)
@@ -413,6 +433,15 @@ def flags(data: ClinicalData) -> list[Flag]:
     elif bili is not None and bili > BILIRUBIN_CAUTION_MG_DL:
         text = f"bilirubin {bili:.3g} mg/dL > {BILIRUBIN_CAUTION_MG_DL:g} mg/dL"
         out.append(Flag(CAUTION, "bilirubin", text, "TACE trial exclusion"))
+    renal = []
+    if data.creatinine_mg_dl is not None and data.creatinine_mg_dl >= CREATININE_CONTRA_MG_DL:
+        renal.append(f"creatinine {data.creatinine_mg_dl:.3g} mg/dL >= {CREATININE_CONTRA_MG_DL:g} mg/dL")
+    clearance = data.creatinine_clearance_ml_min
+    if clearance is not None and clearance < CLEARANCE_CONTRA_ML_MIN:
+        renal.append(f"creatinine clearance {clearance:.3g} mL/min < {CLEARANCE_CONTRA_ML_MIN:g} mL/min")
+    if renal:
+        text = "renal insufficiency: " + ", ".join(renal)
+        out.append(Flag(CONTRAINDICATION, "renal_insufficiency", text, "EASL 2018; Raoul et al. 2011"))
     if data.ecog is not None and data.ecog > 2:
         out.append(Flag(CONTRAINDICATION, "ecog", f"ECOG performance status {data.ecog}", "BCLC 2022 stage D"))
     if data.bclc == "D" and not any(f.code in ("ecog", "child_pugh_c") for f in out):
