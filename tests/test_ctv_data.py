@@ -135,3 +135,57 @@ def test_dicom_export_with_rtstruct_and_clinical_table(breast_cohort: Path, tmp_
         assert 2 * (got & truth).sum() / (got.sum() + truth.sum()) >= 0.98
     with pytest.raises(InputError, match="matches"):
         build_datalist(export, tmp_path / "cache2", clinical=str(table), roi="heart")
+
+
+def test_free_text_fraction_paraphrases_a_seeded_share_of_notes_with_the_same_fields_and_truth(
+    breast_cohort: Path, tmp_path: Path
+) -> None:
+    """Issue 36: `free_text_fraction` trains the text path on generated free-text paraphrases; each says the
+    same side, surgery and N stage as the Table 5 note it replaces (so the truth is unchanged), the draw is
+    deterministic in the seed, and 0 (the default) leaves the shipped recipe's datalist as it was."""
+    from oncoplan.ctv.note_reader import read_note
+
+    def datalist(fraction: float, seed: int = 0) -> list[dict]:
+        return build_datalist(
+            breast_cohort, tmp_path / "cache", seed=seed, counterfactual=True, free_text_fraction=fraction
+        )
+
+    template = build_datalist(breast_cohort, tmp_path / "cache", counterfactual=True)
+    assert datalist(0.0) == template
+    every = datalist(1.0)
+    assert len(every) == len(template)
+    for free, plain in zip(every, template, strict=True):
+        assert free["note_form"] == "free_text" and free["template_note"] == plain["note"]
+        assert free["note"] != plain["note"]
+        assert (free["image"], free["label"], free["variant"]) == (plain["image"], plain["label"], plain["variant"])
+        assert read_note(free["note"]).note == plain["note"]  # the same fields, paraphrased
+    assert every == datalist(1.0) and every != datalist(1.0, seed=1)
+    some, more = datalist(0.3), datalist(0.6)
+    chosen = [{i for i, it in enumerate(d) if it["note_form"] == "free_text"} for d in (some, more)]
+    assert chosen[0] <= chosen[1] and 0 < len(chosen[1]) < len(template)
+    for it in some:
+        assert (it["note"] == it["template_note"]) == (it["note_form"] == "template")
+    with pytest.raises(InputError, match="free_text_fraction"):
+        datalist(1.5)
+
+
+def test_train_config_keeps_the_shipped_recipe_unless_free_text_or_init_weights_are_passed(
+    breast_cohort: Path, tmp_path: Path
+) -> None:
+    """configs/train.json: `free_text_fraction` 0 and `init_ckpt` null by default (the shipped weights'
+    recipe reproduces); passed, the training datalist is paraphrased and the network starts from the weights."""
+    import torch
+
+    from oncoplan.runtime.bundles import bundle_parser, checkpoint_state, shipped_bundles
+
+    bundle = shipped_bundles() / "ctv_llmseg"
+    paths = {"train_source": str(breast_cohort), "cache_dir": str(tmp_path / "cache")}
+    default = bundle_parser(bundle, "train.json", paths)
+    assert default["free_text_fraction"] == 0 and default["init_ckpt"] is None
+    assert all("note_form" not in it for it in default.get_parsed_content("train#datalist"))
+    free = bundle_parser(bundle, "train.json", paths | {"free_text_fraction": 1.0})
+    assert {it["note_form"] for it in free.get_parsed_content("train#datalist")} == {"free_text"}
+    ckpt = bundle / "models" / "model.pt"
+    tuned = bundle_parser(bundle, "train.json", {"init_ckpt": str(ckpt)}).get_parsed_content("network_init")
+    state = checkpoint_state(ckpt)
+    assert all(torch.equal(tuned.state_dict()[k], v) for k, v in state.items())

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from oncoplan.ctv.notes import note_from_row
+from oncoplan.ctv.notes import note_from_row, parse_note
 from oncoplan.errors import InputError
 from oncoplan.fsio import atomic_path
 from oncoplan.training.dicom_series import read_ct_series
@@ -80,6 +80,36 @@ def with_counterfactuals(items: list[dict], enabled: bool = True) -> list[dict]:
         out.append(base)
         for cf in item.get("counterfactuals", []) if enabled else []:
             out.append(base | {"note": cf["note"], "label": cf["label"], "variant": cf["kind"]})
+    return out
+
+
+FREE_TEXT_STREAM = 36  # the free-text draw's own random stream (issue 36), apart from the subset draw
+
+
+def with_free_text(items: list[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """A seeded share `fraction` of the entries with their note (factual or counterfactual alike)
+    replaced by a generated free-text paraphrase of the same fields (training/synth/breast_notes.py),
+    so the text path learns the fields, not the template's wording. The truth is unchanged: the
+    paraphrase says the same side, surgery and N stage. Deterministic in (`seed`, `fraction`), and
+    the entries chosen at a smaller fraction are among those chosen at a larger one; `fraction` 0
+    leaves the datalist as it was (the shipped recipe). Each chosen entry keeps its Table 5 note in
+    `template_note`; every entry says which it carries in `note_form`.
+    """
+    if not 0 <= fraction <= 1:
+        raise InputError(f"free_text_fraction must be in [0, 1], got {fraction}")
+    if fraction == 0:
+        return items
+    from oncoplan.training.synth.breast_notes import free_text_note
+
+    chosen = np.random.default_rng([seed, FREE_TEXT_STREAM, 0]).random(len(items)) < fraction
+    words = np.random.default_rng([seed, FREE_TEXT_STREAM, 1])
+    out = []
+    for item, free in zip(items, chosen, strict=True):
+        if free:
+            text = free_text_note(parse_note(item["note"]), words)
+            out.append(item | {"note": text, "template_note": item["note"], "note_form": "free_text"})
+        else:
+            out.append(item | {"template_note": item["note"], "note_form": "template"})
     return out
 
 
@@ -187,10 +217,13 @@ def build_datalist(
     clinical: str | None = None,
     roi: str = "CTV",
     counterfactual: bool = False,
+    free_text_fraction: float = 0.0,
 ) -> list[dict]:
     """A datalist from any of the three layouts, optionally a seeded fraction of it (data efficiency).
 
     `counterfactual` adds the synthetic cohort's counterfactual note/truth pairs of the kept cases.
+    `free_text_fraction` turns that seeded share of the notes (counterfactual ones too) into generated
+    free-text paraphrases of the same fields (`with_free_text`; 0, the default, changes nothing).
     """
     src = Path(source)
     cache = Path(cache_dir) if cache_dir else src.parent / ".oncoplan_cache"
@@ -211,7 +244,7 @@ def build_datalist(
     if fraction < 1:
         keep = np.random.default_rng(seed).permutation(len(items))[: max(1, round(fraction * len(items)))]
         items = [items[i] for i in sorted(keep)]
-    return with_counterfactuals(items, counterfactual)
+    return with_free_text(with_counterfactuals(items, counterfactual), free_text_fraction, seed)
 
 
 def prepare_batch(batch: dict, device=None, non_blocking: bool = False, **kwargs):

@@ -10,8 +10,13 @@
    every case the nodal flip written in free text (N0 <-> N1 changed in the text, read again), a success
    when at least half of the case's nodal regions are added (N0 -> N1) or removed (N+ -> N0), as
    `oncoplan evaluate ctv` scores its template-note counterfactual.
+3. `--raw`: the same notes fed to the model as written, bypassing the reader (the model hears the
+   free text itself, not the Table 5 note rendered from what the reader read): how robust the text
+   path is to paraphrase on its own (issue 36). The same free-text notes are drawn as without
+   `--raw` (the reader draws nothing), so the two runs compare the same notes on the same cases.
+   `--model-name` evaluates other weights of the bundle (e.g. `model_free_text.pt`).
 
-    python -m oncoplan.training.ctv.free_text --cohort DIR [--bundle DIR] --out DIR
+    python -m oncoplan.training.ctv.free_text --cohort DIR [--bundle DIR] --out DIR [--raw] [--model-name F]
 """
 
 from __future__ import annotations
@@ -67,29 +72,41 @@ def field_accuracy(n: int = 2000, seed: int = 7, n_ambiguous: int = 200) -> dict
     }
 
 
-def ctv_free_vs_template(bundle_dir: str | Path, cohort: str | Path, seed: int = 11, limit: int | None = None) -> dict:
+def ctv_free_vs_template(
+    bundle_dir: str | Path,
+    cohort: str | Path,
+    seed: int = 11,
+    limit: int | None = None,
+    raw: bool = False,
+    model_name: str | None = None,
+) -> dict:
+    """`raw`: the model is fed the free text as written instead of the reader's Table 5 note."""
     from oncoplan.ctv.predict import CTVPredictor
     from oncoplan.training.ctv.data import build_datalist, label_on_image_grid
     from oncoplan.training.ctv.evaluate import NODAL_SHARE, _left_of_midline, _load, _nodal_mask
     from oncoplan.training.synth.breast import NODE_POSITIVE
 
     rng = np.random.default_rng(seed)
-    predictor = CTVPredictor(bundle_dir, backends=("torch",))
+    predictor = CTVPredictor(bundle_dir, model_name=model_name, backends=("torch",))
+
+    def fed(text: str) -> str:
+        return text if raw else read_note(text).note
+
     rows = []
     for item in build_datalist(str(cohort))[:limit]:
         sides = parse_note(item["note"])
         free = free_text_note(sides, rng)
         free_note = read_note(free).note
-        notes = [item["note"], free_note]
+        notes = [item["note"], fed(free)]
         row = {"case_id": item["case_id"], "template": item["note"], "free_text": free, "read_as": free_note}
         positive = any(s.n_stage in NODE_POSITIVE for s in sides)
         nodal_text = free_text_note([replace(s, n_stage="N0" if positive else "N1") for s in sides], rng)
-        notes.append(read_note(nodal_text).note)
+        notes.append(fed(nodal_text))
         row["free_text_nodal_flip"] = nodal_text
         if len(sides) == 1:
             other = {"left": "right", "right": "left"}
             flipped_text = free_text_note([replace(s, side=other[s.side]) for s in sides], rng)
-            notes.append(read_note(flipped_text).note)
+            notes.append(fed(flipped_text))
             row["free_text_flipped"] = flipped_text
         preds = predictor.predict(item["image"], notes)
         image, affine = _load(item["image"])
@@ -109,6 +126,8 @@ def ctv_free_vs_template(bundle_dir: str | Path, cohort: str | Path, seed: int =
     nodal = {d: [r["nodal_obeyed"] for r in rows if r.get("nodal_direction") == d] for d in ("add", "remove")}
     return {
         "cohort": str(cohort),
+        "model": model_name or "model.pt",
+        "fed_to_model": "free text as written (raw)" if raw else "the reader's Table 5 note",
         "cases": len(rows),
         "dice_template": float(np.mean([r["dice_template"] for r in rows])),
         "dice_free_text": float(np.mean([r["dice_free_text"] for r in rows])),
@@ -131,21 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--notes", type=int, default=2000)
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--raw", action="store_true", help="feed the free text to the model as written (no reader)")
+    ap.add_argument("--model-name", help="weights file in the bundle's models/ (default model.pt)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"synthetic": True, "fields": field_accuracy(args.notes)}
+    result = {"synthetic": True, "fields": field_accuracy(args.notes) if args.notes else None}
     if args.cohort:
         from oncoplan.runtime.bundles import CTV_BUNDLE, shipped_bundles
 
         bundle = args.bundle or shipped_bundles() / CTV_BUNDLE
-        result["ctv"] = ctv_free_vs_template(bundle, args.cohort, limit=args.limit)
+        result["ctv"] = ctv_free_vs_template(
+            bundle, args.cohort, limit=args.limit, raw=args.raw, model_name=args.model_name
+        )
     (args.out / "free_text_notes.json").write_text(json.dumps(result, indent=2) + "\n")
-    f = result["fields"]
-    print(f"field accuracy {f['field_accuracy']:.4f} on {f['notes']} generated notes (synthetic)")
-    print("ambiguous refused:", {k: f"{v['refused']}/{v['notes']}" for k, v in f["ambiguous"].items()})
+    if f := result["fields"]:
+        print(f"field accuracy {f['field_accuracy']:.4f} on {f['notes']} generated notes (synthetic)")
+        print("ambiguous refused:", {k: f"{v['refused']}/{v['notes']}" for k, v in f["ambiguous"].items()})
     if "ctv" in result:
         c = result["ctv"]
         print(
+            f"[{c['model']}; model fed {c['fed_to_model']}] "
             f"CTV Dice template {c['dice_template']:.4f} vs free text {c['dice_free_text']:.4f} on {c['cases']} cases; "
             f"read as the template note {c['notes_read_as_template']}/{c['cases']}; laterality flip in free text "
             f"{c['laterality_flip_free_text']['success_rate']} of {c['laterality_flip_free_text']['cases']}; "
