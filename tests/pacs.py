@@ -256,6 +256,45 @@ def listener_config(folder: Path, port: int, orthanc: Orthanc, app_args: list[st
     return path
 
 
+def with_route(config: Path, **route) -> Path:
+    """The configuration file `config` with its one route changed by `route` (key -> value), rewritten."""
+    raw = yaml.safe_load(config.read_text())
+    raw["routes"] = [raw["routes"][0] | route]
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+# The fast settings of the listener tests' TACE routes: the plumbing, not the plan.
+TACE_SETTINGS = json.dumps({"beam": 1, "samples": 1, "steps": 2, "drug_horizon": 1, "embolic_horizon": 1})
+
+
+def with_tace_route(config: Path, models: Path, *args: str) -> Path:
+    """The configuration file `config` with its one route the TACE app's on CT studies (the bundles in
+    `models`, TACE_SETTINGS, then `args`), rewritten."""
+    raw = yaml.safe_load(config.read_text())
+    raw["routes"] = [
+        {
+            "name": "tace",
+            "app": "tace",
+            "args": ["-m", str(models), "--settings", TACE_SETTINGS, *args],
+            "match": {"Modality": "^CT$"},
+            "destination": "pacs",
+        }
+    ]
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def send_and_wait_for_the_job(port: int, files: list[Path], lines: list[str], spool: Path, what: str) -> dict:
+    """Sends `files` (every one stored), waits up to 300 s for the first job's end in the listener's
+    `lines` (from listener_logs) and fails with the tail of the job's app.log unless it is done: its line."""
+    statuses = send(port, files)
+    assert set(statuses) == {0x0000}, statuses  # Success
+    done = wait_for(lambda: [e for e in log_events(lines) if e["event"] in ("job_done", "job_failed")], 300, what)
+    assert done[0]["event"] == "job_done", (spool / "jobs" / str(done[0]["job"]) / "app.log").read_text()[-3000:]
+    return done[0]
+
+
 class ListenerProcess:
     """`oncoplan listen` as its own process, so tests can kill -9 it."""
 

@@ -37,6 +37,7 @@ from .pacs import (
     self_signed_cert,
     send,
     wait_for,
+    with_tace_route,
 )
 
 pytestmark = pytest.mark.integration
@@ -522,19 +523,7 @@ def test_tace_route_delivers_sr_seg_and_encapsulated_pdf(tmp_path: Path, orthanc
     cohort = generate_cohort("liver", tmp_path / "c", 1, seed=62, size="small", progress=False)
     pre = sorted((cohort / cohort_rows(cohort)[0]["TCIA_ID"] / "dicom" / "pre").rglob("*.dcm"))
     port = free_port()
-    config = listener_config(tmp_path, port, orthanc)
-    raw = yaml.safe_load(config.read_text())
-    settings = json.dumps({"beam": 1, "samples": 1, "steps": 2, "drug_horizon": 1, "embolic_horizon": 1})
-    raw["routes"] = [
-        {
-            "name": "tace",
-            "app": "tace",
-            "args": ["-m", str(models), "--settings", settings],
-            "match": {"Modality": "^CT$"},
-            "destination": "pacs",
-        }
-    ]
-    config.write_text(yaml.safe_dump(raw))
+    config = with_tace_route(listener_config(tmp_path, port, orthanc), models)
     study_uid = str(pydicom.dcmread(pre[0]).StudyInstanceUID)
     with running(config):
         assert set(send(port, pre)) == {SUCCESS}

@@ -11,13 +11,21 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 
-from .pacs import Orthanc, free_port, listener_config, listener_logs, log_events, rows, running, send, wait_for
+from .pacs import (
+    Orthanc,
+    free_port,
+    listener_config,
+    listener_logs,
+    rows,
+    running,
+    send_and_wait_for_the_job,
+    wait_for,
+    with_tace_route,
+)
 
 pytestmark = pytest.mark.integration
 
-SUCCESS = 0x0000
 # As a hospital system writes it into a text SR: name: value pairs, units spelled out.
 CLINICAL_TEXT = (
     "Child-Pugh: C; AFP: 850 ng/mL; vascular invasion: yes; main portal vein invasion: yes; "
@@ -32,8 +40,6 @@ GIVEN = {
     "ecog": 1,
     "bclc": "C",
 }
-# The fast settings of test_listener's TACE route: the plumbing, not the plan.
-SETTINGS = json.dumps({"beam": 1, "samples": 1, "steps": 2, "drug_horizon": 1, "embolic_horizon": 1})
 
 
 def _items(item):
@@ -73,25 +79,10 @@ def test_a_text_sr_with_the_study_gives_the_tace_route_its_clinical_data_and_fla
     study_uid, patient_id = str(first.StudyInstanceUID), str(first.PatientID)
 
     port, spool = free_port(), tmp_path / "spool"
-    config = listener_config(tmp_path, port, orthanc)
-    raw = yaml.safe_load(config.read_text())
-    raw["routes"] = [
-        {
-            "name": "tace",
-            "app": "tace",
-            "args": ["-m", str(models), "--settings", SETTINGS],
-            "match": {"Modality": "^CT$"},
-            "destination": "pacs",
-        }
-    ]
-    config.write_text(yaml.safe_dump(raw))
+    config = with_tace_route(listener_config(tmp_path, port, orthanc), models)
     lines = listener_logs()
     with running(config):
-        assert set(send(port, [*pre, tmp_path / "clinical_sr.dcm"])) == {SUCCESS}
-        done = wait_for(
-            lambda: [e for e in log_events(lines) if e["event"] in ("job_done", "job_failed")], 300, "the TACE job"
-        )
-        assert done[0]["event"] == "job_done", (spool / "jobs" / str(done[0]["job"]) / "app.log").read_text()[-3000:]
+        send_and_wait_for_the_job(port, [*pre, tmp_path / "clinical_sr.dcm"], lines, spool, "the TACE job")
         wait_for(
             lambda: (
                 {"SR", "SEG", "DOC"} <= {s["MainDicomTags"].get("Modality") for s in _study_series(orthanc, study_uid)}
@@ -160,20 +151,10 @@ def test_a_route_given_a_fixed_clinical_file_plans_with_it_over_the_studys_sr(
     fixed.write_text(json.dumps({"CPS": "B", "AFP": "31 ug/L", "Vascular invasion": 0, "bilirubin": "68 umol/L"}))
 
     port, spool = free_port(), tmp_path / "spool"
-    config = listener_config(tmp_path, port, orthanc)
-    raw = yaml.safe_load(config.read_text())
-    args = ["-m", str(models), "--settings", SETTINGS, "--clinical", str(fixed)]
-    raw["routes"] = [
-        {"name": "tace", "app": "tace", "args": args, "match": {"Modality": "^CT$"}, "destination": "pacs"}
-    ]
-    config.write_text(yaml.safe_dump(raw))
+    config = with_tace_route(listener_config(tmp_path, port, orthanc), models, "--clinical", str(fixed))
     lines = listener_logs()
     with running(config):
-        assert set(send(port, [*pre, tmp_path / "clinical_sr.dcm"])) == {SUCCESS}
-        done = wait_for(
-            lambda: [e for e in log_events(lines) if e["event"] in ("job_done", "job_failed")], 300, "the TACE job"
-        )
-        assert done[0]["event"] == "job_done", (spool / "jobs" / str(done[0]["job"]) / "app.log").read_text()[-3000:]
+        send_and_wait_for_the_job(port, [*pre, tmp_path / "clinical_sr.dcm"], lines, spool, "the TACE job")
     ((job, inputs),) = rows(spool, "SELECT id, inputs FROM jobs")
     assert inputs == len(pre) + 1  # the SR was there too
     clinical = json.loads((spool / "jobs" / str(job) / "output" / "plan.json").read_text())["clinical"]

@@ -31,6 +31,7 @@ from .pacs import (
     running,
     send,
     wait_for,
+    with_route,
 )
 
 pytestmark = pytest.mark.integration
@@ -41,13 +42,6 @@ SUCCESS = 0x0000
 def events(capfd: pytest.CaptureFixture) -> tuple[list[dict], str]:
     err = capfd.readouterr().err
     return [json.loads(line) for line in err.splitlines() if line.startswith("{")], err
-
-
-def with_route(config: Path, **route) -> Path:
-    raw = yaml.safe_load(config.read_text())
-    raw["routes"] = [raw["routes"][0] | route]
-    config.write_text(yaml.safe_dump(raw))
-    return config
 
 
 def alive(pid: int) -> bool:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 from pydicom.uid import JPEGLosslessSV1, generate_uid
 from pynetdicom import AE
 
@@ -40,6 +39,7 @@ from .pacs import (
     self_signed_cert,
     send,
     wait_for,
+    with_route,
 )
 
 pytestmark = pytest.mark.integration
@@ -61,13 +61,6 @@ def rewrite(files: list[Path], folder: Path, new_sop: bool = True, **changes) ->
         ds.save_as(path)
         out.append(path)
     return out
-
-
-def with_route(config: Path, **route) -> Path:
-    raw = yaml.safe_load(config.read_text())
-    raw["routes"] = [raw["routes"][0] | route]
-    config.write_text(yaml.safe_dump(raw))
-    return config
 
 
 # --- one patient per job ------------------------------------------------------------------------
@@ -232,7 +225,7 @@ def test_a_study_resent_after_retention_is_deleted_again_and_not_rerun(tmp_path:
 
 
 def test_a_late_instance_of_a_purged_study_is_not_run_alone_and_the_whole_resend_runs(
-    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+    tmp_path: Path, orthanc: Orthanc
 ) -> None:
     """2 of 3 instances processed, delivered and deleted by the retention; then the third: the route does
     not run on it alone (it did, and its result would have superseded the whole study's), one line says
@@ -401,7 +394,7 @@ ASSOCIATE_RQ_START = bytes([0x01, 0x00, 0x00, 0x00, 0x00, 0xCD, 0x00, 0x01, 0x00
 
 
 def test_silent_connections_neither_block_an_allowed_sender_nor_outlive_the_association_timeout(
-    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+    tmp_path: Path, orthanc: Orthanc
 ) -> None:
     """20 connections from another address, each sending 10 bytes of an A-ASSOCIATE-RQ and then nothing:
     4 are let in (the per-peer limit) and cut after the 2 s association timeout, 16 are refused at once;
@@ -451,9 +444,7 @@ def test_an_idle_tcp_connection_does_not_block_tls_associations(tmp_path: Path, 
         idle.close()
 
 
-def test_a_call_to_another_ae_title_is_refused_with_its_reason(
-    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
-) -> None:
+def test_a_call_to_another_ae_title_is_refused_with_its_reason(tmp_path: Path, orthanc: Orthanc) -> None:
     port = free_port()
     config = listener_config(tmp_path, port, orthanc)
     lines = listener_logs()
@@ -476,7 +467,7 @@ def test_a_call_to_another_ae_title_is_refused_with_its_reason(
     ],
 )
 def test_a_study_uid_that_is_not_a_uid_is_refused_and_quarantined(
-    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture, uid: object, why: str
+    tmp_path: Path, orthanc: Orthanc, uid: object, why: str
 ) -> None:
     port, spool = free_port(), tmp_path / "spool"
     config = listener_config(tmp_path, port, orthanc)
@@ -522,9 +513,7 @@ assoc.send_c_store(ds)
 """
 
 
-def test_a_transfer_cut_mid_instance_leaves_nothing_in_receiving(
-    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
-) -> None:
+def test_a_transfer_cut_mid_instance_leaves_nothing_in_receiving(tmp_path: Path, orthanc: Orthanc) -> None:
     """A sender killed while a 32 MB instance is arriving: the part already written is removed when the
     association ends (it stayed a day, with its PHI, and seven such cuts filled the spool)."""
     port, spool = free_port(), tmp_path / "spool"
@@ -632,7 +621,7 @@ def captured_associate_rq() -> bytes:
     ids=["control", "non-ascii"],
 )
 def test_an_association_request_with_an_odd_ae_title_ends_in_one_line_with_its_reason(
-    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture, calling: bytes
+    tmp_path: Path, orthanc: Orthanc, calling: bytes
 ) -> None:
     port = free_port()
     request = bytearray(captured_associate_rq())
@@ -659,7 +648,7 @@ def test_an_association_request_with_an_odd_ae_title_ends_in_one_line_with_its_r
 
 
 def test_a_connection_whose_protocol_reader_dies_ends_at_once_with_one_line(
-    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, orthanc: Orthanc, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pynetdicom's reader thread can end on an exception without handing anything to the association's
     thread, which then waited out the association timeout before its closing line (and held its slot): the
@@ -709,7 +698,7 @@ if assoc.is_established:
 
 
 def test_a_65_character_uid_in_the_store_command_ends_in_one_line_with_its_reason(
-    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
+    tmp_path: Path, orthanc: Orthanc
 ) -> None:
     """The DIMSE command's Affected SOP Instance UID is read by pynetdicom before any handler of ours: a
     65-character one (over VR UI's 64) must not end the association silently, nor reach a log as a UID."""
@@ -739,9 +728,7 @@ def test_a_65_character_uid_in_the_store_command_ends_in_one_line_with_its_reaso
     assert long_uid not in json.dumps(logged) and "3" * 61 not in json.dumps(logged)
 
 
-def test_a_pdu_that_stops_part_way_ends_its_association_after_the_pdu_timeout(
-    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
-) -> None:
+def test_a_pdu_that_stops_part_way_ends_its_association_after_the_pdu_timeout(tmp_path: Path, orthanc: Orthanc) -> None:
     """An allowed caller's association is accepted, then a P-DATA-TF PDU announces 1,000 bytes and sends
     10: the read timeout ends it (pynetdicom's own timers never fire while its reader waits inside a PDU)."""
     port = free_port()
@@ -762,9 +749,7 @@ def test_a_pdu_that_stops_part_way_ends_its_association_after_the_pdu_timeout(
     assert ended["accepted"] and ended["caller"] == "SENDER" and waited < 15, (ended, waited)
 
 
-def test_a_pdu_dribbled_a_byte_at_a_time_ends_its_association_by_its_deadline(
-    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
-) -> None:
+def test_a_pdu_dribbled_a_byte_at_a_time_ends_its_association_by_its_deadline(tmp_path: Path, orthanc: Orthanc) -> None:
     """A P-DATA-TF PDU of 1,000 bytes sent a byte a second: every read succeeds within the PDU timeout, but
     the PDU as a whole must arrive within the timeout plus its length at a minimum rate (a slow-loris held
     every slot for as long as it liked)."""
@@ -794,9 +779,7 @@ def test_a_pdu_dribbled_a_byte_at_a_time_ends_its_association_by_its_deadline(
     assert "not received in time" in (ended["detail"] or ""), ended
 
 
-def test_a_pdu_claiming_more_than_the_limit_is_refused_before_it_is_read(
-    tmp_path: Path, orthanc: Orthanc, capfd: pytest.CaptureFixture
-) -> None:
+def test_a_pdu_claiming_more_than_the_limit_is_refused_before_it_is_read(tmp_path: Path, orthanc: Orthanc) -> None:
     """An unauthenticated peer's A-ASSOCIATE-RQ header claiming 600 MB, then the bytes: refused on its
     header, so the listener's memory does not grow with it (it grew 1.2 GB)."""
     import resource
