@@ -26,6 +26,7 @@ from torch import nn
 from oncoplan.errors import InputError
 from oncoplan.tace.clinical import WEEKS_PER_MONTH
 from oncoplan.tace.survival_net import BAG_KEYS
+from oncoplan.training.tace.concordance import harrell_c, uno_c, uno_tau
 from oncoplan.training.tace.data import load_prepared, subset
 
 FIVE_YEARS_MONTHS = 60.0
@@ -108,58 +109,6 @@ class CoxPHLoss(nn.Module):
 
 
 # ---------------------------------------------------------------- evaluation
-
-
-def _structured(time: np.ndarray, event: np.ndarray) -> np.ndarray:
-    from sksurv.util import Surv
-
-    return Surv.from_arrays(event=np.asarray(event) > 0, time=np.asarray(time, dtype=float))
-
-
-def harrell_c(time: Sequence[float], event: Sequence[float], risk: Sequence[float]) -> float:
-    """Harrell's C (sksurv); NaN when no pair is comparable (no event, or every event last)."""
-    from sksurv.exceptions import NoComparablePairException
-    from sksurv.metrics import concordance_index_censored
-
-    time, event, risk = (np.asarray(v, dtype=float) for v in (time, event, risk))
-    if not (event > 0).any():
-        return math.nan
-    try:
-        return float(concordance_index_censored(event > 0, time, risk)[0])
-    except NoComparablePairException:
-        return math.nan
-
-
-def uno_tau(time: Sequence[float], ref_time: Sequence[float], ref_event: Sequence[float]) -> float:
-    """Truncation time: the test set's largest time, clipped where the reference censoring
-    survival (Kaplan-Meier of censoring in the training set) reaches zero and IPCW is undefined."""
-    from sksurv.nonparametric import CensoringDistributionEstimator
-
-    cens = CensoringDistributionEstimator().fit(_structured(ref_time, ref_event))
-    zero = cens.unique_time_[cens.prob_ <= 0]
-    return float(min(np.max(time), zero.min() if zero.size else math.inf))
-
-
-def uno_c(
-    time: Sequence[float],
-    event: Sequence[float],
-    risk: Sequence[float],
-    ref_time: Sequence[float],
-    ref_event: Sequence[float],
-) -> float:
-    """Uno's IPCW C up to `uno_tau` (sksurv), censoring weights from the reference (training) set."""
-    from sksurv.metrics import concordance_index_ipcw
-
-    time, event, risk = (np.asarray(v, dtype=float) for v in (time, event, risk))
-    tau = uno_tau(time, ref_time, ref_event)
-    if not ((event > 0) & (time < tau)).any():
-        return math.nan
-    try:
-        with np.errstate(divide="ignore", invalid="ignore"):  # no comparable pair: NaN, not a warning
-            c = concordance_index_ipcw(_structured(ref_time, ref_event), _structured(time, event), risk, tau=tau)[0]
-    except (ValueError, ZeroDivisionError):
-        return math.nan
-    return float(c)
 
 
 def bootstrap_c(

@@ -92,8 +92,9 @@ response profile, so it is the ceiling of any risk score on these data, up to th
 survival draw.
 
 ``training/metrics.py`` ``bootstrap_ci`` resamples a mean of per-case values; a concordance index is
-a statistic of pairs, so the bootstraps here resample cases and recompute C (vectorised, and checked
-against scikit-survival's implementation in the tests).
+a statistic of pairs, so the bootstraps here resample cases and recompute C (vectorised, in
+:mod:`oncoplan.training.tace.concordance`, the one home of the C-index, checked against
+scikit-survival's implementation in the tests).
 
 Bad input (missing file, missing column, unknown category) prints one line naming the file and exits 2.
 """
@@ -114,6 +115,7 @@ import pandas as pd
 from oncoplan.errors import InputError
 from oncoplan.tace.actions import ACTION_BASE, Protocol
 from oncoplan.tace.clinical import CHILD_PUGH, WEEKS_PER_MONTH
+from oncoplan.training.tace.concordance import concordance, fold_concordance, uno_weights
 
 CLINICAL_CSV = Path(__file__).resolve().parents[2].parent / "shared/data/hcc_tace_seg/clinical.csv"
 ALPHA = 0.1
@@ -155,60 +157,6 @@ SYNTH_PRE = ["age/10", "female", "Child-Pugh", "log10 AFP", "vascular invasion",
 SYNTH_COLUMNS = ("TCIA_ID", "age", "Sex", "CPS", "AFP", "Vascular invasion", "chemotherapy", "OS")
 STATUS = "Death_1_StillAliveorLostToFU_0"
 TRUTH_REFERENCE = "ground truth: expected OS under the given protocol (reference, not a model)"
-
-
-# ---------------------------------------------------------------------------------------------
-# Concordance (vectorised; equal to scikit-survival's Harrell and Uno estimators)
-# ---------------------------------------------------------------------------------------------
-
-
-def _comparable(event: np.ndarray, time: np.ndarray) -> np.ndarray:
-    """Pairs (i, j) scikit-survival compares: i an event and j later, or j censored at the same time."""
-    later = time[None, :] > time[:, None]
-    tied_censored = (time[None, :] == time[:, None]) & ~event[None, :]
-    return event[:, None] & (later | tied_censored)
-
-
-def concordance(
-    event: np.ndarray, time: np.ndarray, risks: np.ndarray, weights: np.ndarray | None = None, tied_tol: float = 1e-8
-) -> np.ndarray | float:
-    """C of each row of `risks` (k, n) or of one risk vector (n,); `weights` per patient i of a pair
-    (None: Harrell; squared inverse censoring weights: Uno). NaN without comparable pairs."""
-    event = np.asarray(event, dtype=bool)
-    time = np.asarray(time, dtype=float)
-    r = np.atleast_2d(np.asarray(risks, dtype=float))
-    w = _comparable(event, time).astype(float)
-    if weights is not None:
-        w *= np.asarray(weights, dtype=float)[:, None]
-    den = w.sum()
-    if den <= 0:
-        out = np.full(r.shape[0], np.nan)
-    else:
-        diff = r[:, :, None] - r[:, None, :]
-        score = np.where(np.abs(diff) <= tied_tol, 0.5, (diff > 0).astype(float))
-        out = (score * w[None]).sum(axis=(1, 2)) / den
-    return out if np.ndim(risks) == 2 else float(out[0])
-
-
-def uno_weights(
-    train_event: np.ndarray, train_time: np.ndarray, event: np.ndarray, time: np.ndarray, tau: float
-) -> tuple[np.ndarray, float]:
-    """Uno's weights 1/G(t_i)^2 for events before tau (G: Kaplan-Meier of censoring on the training
-    data), zero otherwise; tau is lowered to the training data's longest time. Returns (weights, tau)."""
-    from sksurv.nonparametric import CensoringDistributionEstimator
-    from sksurv.util import Surv
-
-    tau = float(min(tau, np.max(train_time)))
-    cens = CensoringDistributionEstimator().fit(Surv.from_arrays(np.asarray(train_event, bool), train_time))
-    w = np.zeros(len(time))
-    sel = np.asarray(event, bool) & (np.asarray(time) < tau)
-    if sel.any():
-        g = cens.predict_proba(np.asarray(time, float)[sel])
-        with np.errstate(divide="ignore"):
-            w[sel] = np.where(g > 0, 1.0 / np.square(g), np.nan)
-    if np.isnan(w).any():
-        raise ValueError("censoring survival function is zero before tau")
-    return w, tau
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,32 +275,6 @@ def load_real(path: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc).splitlines()[0]) from None
     return real_design(df, path), df["event"].to_numpy(bool), df["OS_months"].to_numpy(float)
-
-
-def fold_concordance(
-    event: np.ndarray, time: np.ndarray, risks: np.ndarray, folds: np.ndarray, weights: np.ndarray | None = None
-) -> np.ndarray:
-    """C within each test fold: `risks` and `folds` (repeats, n) hold each patient's out-of-fold risk
-    and fold index per repeat; only pairs of one fold are compared. Returns (repeats, n_folds), NaN for
-    a fold without comparable pairs."""
-    r = np.asarray(risks, dtype=float)
-    f = np.asarray(folds, dtype=int)
-    w = _comparable(np.asarray(event, bool), np.asarray(time, float)).astype(float)
-    if weights is not None:
-        w *= np.asarray(weights, dtype=float)[:, None]
-    same = f[:, :, None] == f[:, None, :]
-    diff = r[:, :, None] - r[:, None, :]
-    score = np.where(np.abs(diff) <= 1e-8, 0.5, (diff > 0).astype(float))
-    pair_w = w[None] * same
-    num_i, den_i = (score * pair_w).sum(axis=2), pair_w.sum(axis=2)
-    n_folds = int(f.max()) + 1
-    out = np.full((r.shape[0], n_folds), np.nan)
-    for k in range(r.shape[0]):
-        num = np.bincount(f[k], weights=num_i[k], minlength=n_folds)
-        den = np.bincount(f[k], weights=den_i[k], minlength=n_folds)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[k] = np.where(den > 0, num / den, np.nan)
-    return out
 
 
 def _bootstrap_real(
