@@ -104,10 +104,6 @@ def _check_k(k: int) -> None:
         raise ValueError(f"k must be a positive integer, got {k!r}")
 
 
-def _order(protocol: Protocol) -> tuple[int, ...]:
-    return tuple(ACTION_BASE.index(a) for a in protocol.items)
-
-
 class OfflinePolicy:
     """Conflict-free protocols of the action set ranked by the practice prior; no network."""
 
@@ -131,7 +127,7 @@ class OfflinePolicy:
         """Every conflict-free protocol over `drugs` x `embolics` (within the size limits), best first."""
         space = protocol_space(tuple(drugs), tuple(embolics), self.max_drugs, self.max_embolics)
         scored = [(p, self.prior.score(p)) for p in space if not conflicts(p.items)]
-        return sorted(scored, key=lambda ps: (-ps[1], _order(ps[0])))
+        return sorted(scored, key=lambda ps: (-ps[1], ps[0].base_order()))
 
     def probability(self, protocol: Protocol) -> float:
         """Prior of `protocol`, normalised over this policy's whole candidate space."""

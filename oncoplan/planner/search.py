@@ -83,10 +83,10 @@ PAPER_SETTINGS = SearchSettings(beam=5, samples=5, steps=25, drug_horizon=2, emb
 SETTINGS = {"cpu": CPU_SETTINGS, "paper": PAPER_SETTINGS}
 
 
-def _order(protocol: Protocol) -> tuple[int, ...]:
+def _fewest_items_first(protocol: Protocol) -> tuple[int, tuple[int, ...]]:
     """Tie-break between equal risks: fewer items first (an item joins a plan only if the risk drops,
     and equal simulations are common: the dynamics layout counts whole voxels), then action-base order."""
-    return (len(protocol.items), *(ACTION_BASE.index(a) for a in protocol.items))
+    return len(protocol.items), protocol.base_order()
 
 
 def valid_protocols(action_set: Iterable[str], max_drugs: int = 2, max_embolics: int = 2) -> list[Protocol]:
@@ -283,7 +283,7 @@ class _Session:
         settings = {**asdict(self.planner.settings), "action_set": list(self.planner.action_set)}
         if beam is not None:
             settings["final_beam"] = [str(p) for p in beam]
-        ranked = sorted(self.cache.values(), key=lambda r: (r.mean_risk, _order(r.protocol)))
+        ranked = sorted(self.cache.values(), key=lambda r: (r.mean_risk, _fewest_items_first(r.protocol)))
         separation = separation_of(ranked)
         alpha = self.planner.settings.defer_alpha
         noise = separation is not None and not separation["exact"]  # exact: nothing to defer on
@@ -390,13 +390,13 @@ class WorldModelPlanner:
         start, skipped = self.initial_candidates(observation)
         with self._session(pre_window, mask_window, clinical) as session:
             session.evaluate(start, "policy candidates")
-            beam = sorted(start, key=lambda p: (session.mean(p), _order(p)))[: self.settings.beam]
+            beam = sorted(start, key=lambda p: (session.mean(p), _fewest_items_first(p)))[: self.settings.beam]
             for step in range(1, self.settings.drug_horizon + self.settings.embolic_horizon + 1):
                 kids = {p: self.children(p) for p in beam}
                 session.evaluate([c for cs in kids.values() for c in cs], f"expansion {step}")
                 improving = [c for p, cs in kids.items() for c in cs if session.mean(c) < session.mean(p)]
                 pool = list(dict.fromkeys([*beam, *improving]))
-                new_beam = sorted(pool, key=lambda p: (session.mean(p), _order(p)))[: self.settings.beam]
+                new_beam = sorted(pool, key=lambda p: (session.mean(p), _fewest_items_first(p)))[: self.settings.beam]
                 if new_beam == beam:
                     break
                 beam = new_beam

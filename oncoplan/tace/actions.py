@@ -148,6 +148,11 @@ class Protocol:
     def __str__(self) -> str:
         return "; ".join(self.items)
 
+    def base_order(self) -> tuple[int, ...]:
+        """The items' positions in ACTION_BASE: a total order of protocols, the stable tie-break wherever
+        protocols are ranked (the policy's prior, the search's risk)."""
+        return tuple(ACTION_BASE.index(a) for a in self.items)
+
     def multi_hot(self) -> list[int]:
         """One entry per action-base item, in ACTION_BASE order."""
         chosen = set(self.items)
