@@ -83,8 +83,9 @@ def parse_settings(text: str | None = None) -> PlanSettings:
 
 
 @dataclass
-class Candidate:
-    """One of the top protocols with its simulated outcome in model space (mean CT, majority labels)."""
+class SimulatedCandidate:
+    """One of the top protocols with its simulated outcome in model space (mean CT, majority labels), for
+    the outputs (not `oncoplan.planner.policy.Candidate`, a protocol the policy proposes)."""
 
     ranked: object  # oncoplan.planner.search.RankedProtocol
     post_window: np.ndarray
@@ -102,7 +103,7 @@ class TacePlan:
     pre_window: np.ndarray  # scaled CT [-1, 1], RAS, model spacing
     mask_window: np.ndarray  # pre-treatment tumor (assistant)
     patch: tuple[slice, ...]  # the region of the window the dynamics model regenerates
-    candidates: list[Candidate]
+    candidates: list[SimulatedCandidate]
     post_labels: np.ndarray  # (slice, row, column) on the CT: 0, 2 viable, 3 necrosis, 4 Lipiodol
     spacing_mm: tuple[float, ...]
     bundles: dict[str, str]  # bundle name -> version
@@ -272,7 +273,9 @@ class TacePlanner:
         top = [plan.best, *[r for r in plan.ranked if r is not plan.best]][:TOP_K]  # the recommendation first
         protocols = np.asarray([r.protocol.multi_hot() for r in top], dtype=np.float32)
         sim = self.world.simulate(pre_window, mask_window, protocols, s.seed)  # the search's noise again
-        candidates = [Candidate(r, sim.windows[i].mean(0), _majority(sim.labels[i])) for i, r in enumerate(top)]
+        candidates = [
+            SimulatedCandidate(r, sim.windows[i].mean(0), _majority(sim.labels[i])) for i, r in enumerate(top)
+        ]
         region = np.zeros(pre_window.shape, dtype=bool)
         region[sim.patch_slices] = True
         top_labels = candidates[0].post_labels
