@@ -28,6 +28,30 @@ def test_pooled_report_is_the_mean_over_every_case(tmp_path: Path) -> None:
     regrets = [c["methods"]["world_model"]["regret_months"] for c in single["cases"]]
     assert np.isclose(pooled["methods"]["world_model"]["regret_months"][0], np.mean(regrets) + 0.5)
     assert np.isclose(pooled["methods"]["gold"]["regret_months"][0], single["methods"]["gold"]["regret_months"][0])
+    # How the cases were planned travels with them: this report (2026-12-02) predates the evaluation path's
+    # default without the site's practice prior, and the pooled page says it had one.
+    assert (
+        "practice_prior" not in single
+        and "with the site's practice prior" in (tmp_path / "pooled" / "planning_evaluation.md").read_text()
+    )
+
+
+def test_pooled_runs_keep_the_evaluation_paths_prior_and_mask(tmp_path: Path) -> None:
+    runs = []
+    for name, mask in (("a", "assistant"), ("b", "assistant")):
+        report = {**json.loads(GATED.read_text()), "practice_prior": False, "mask": mask, "cohort": name}
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+        runs.append(str(tmp_path / f"{name}.json"))
+    cmd = [sys.executable, "-m", "oncoplan.training.planner.pool", *runs, "--out", str(tmp_path / "p")]
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    pooled = json.loads((tmp_path / "p" / "planning_evaluation.json").read_text())
+    assert (pooled["practice_prior"], pooled["mask"]) == (False, "assistant")
+    page = (tmp_path / "p" / "planning_evaluation.md").read_text()
+    assert "practice prior" not in page and "the assistant's segmentation of the prepared CT" in page
+    label = {**json.loads(Path(runs[1]).read_text()), "mask": "label"}
+    Path(runs[1]).write_text(json.dumps(label))
+    done = subprocess.run([*cmd[:-1], str(tmp_path / "q")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "mask differ" in done.stderr
 
 
 def test_a_span_keeps_those_cases_only(tmp_path: Path) -> None:

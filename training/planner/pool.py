@@ -21,7 +21,20 @@ from oncoplan.errors import InputError
 from oncoplan.planner.search import SearchSettings
 from oncoplan.training.planner.evaluate import summarise, write_report
 
-SAME = ("settings", "search", "action_sets", "heuristic", "bundle_overrides")
+# What makes two runs one planner; the pooled report carries it, so its page says how the cases were planned
+# (the evaluation path's practice prior and mask included: a report without them predates 2026-12-07).
+SAME = (
+    "settings",
+    "search",
+    "action_sets",
+    "heuristic",
+    "bundle_overrides",
+    "clinical",
+    "path",
+    "practice_prior",
+    "mask",
+)
+CARRIED = ("heuristic", "bundle_overrides", "clinical", "path", "practice_prior", "mask")
 
 
 def pool(reports: Sequence[dict[str, Any]], names: Sequence[str], n_bootstrap: int, seed: int) -> dict[str, Any]:
@@ -36,7 +49,7 @@ def pool(reports: Sequence[dict[str, Any]], names: Sequence[str], n_bootstrap: i
     report = summarise(
         cases, settings, first["search"], first["action_sets"], prepared, cohorts, train, n_bootstrap, seed
     )
-    return {**report, **{k: first.get(k) for k in ("heuristic", "bundle_overrides")}}
+    return {**report, **{k: first[k] for k in CARRIED if k in first}}
 
 
 def read_run(spec: str) -> dict[str, Any]:
