@@ -123,7 +123,7 @@ def most_common(protocols: Iterable[Protocol | str]) -> Protocol:
     counts = Counter(p if isinstance(p, Protocol) else Protocol.parse(p) for p in protocols)
     if not counts:
         raise InputError("no protocol to take the most common one from")
-    return min(counts, key=lambda p: (-counts[p], tuple(ACTION_BASE.index(a) for a in p.items)))
+    return min(counts, key=lambda p: (-counts[p], p.base_order()))
 
 
 def action_set_for(site: str, mode: str = "site") -> tuple[str, ...]:
