@@ -89,3 +89,35 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     assert layer("oncoplan.training.synth.liver") == "training" and layer("oncoplan.planner.search") == "core"
     assert "training" not in ALLOWED["operators"] and "operators" not in ALLOWED["core"]
     assert "top" not in ALLOWED["apps"] and "operators" not in ALLOWED["training"]
+
+
+# Config files are code too: a bundle config's `$import` runs when the config is parsed. What the apps parse
+# of the shipped bundles (each TACE bundle's inference.json with its planner.json overlay, the CTV bundle's
+# inference.json) must import no training module; the batch-job items that need one (datalists, writers,
+# the dynamics bundle's `run`) name it as a `_target_`, imported only when `monai.bundle run` builds them.
+RUNTIME_LOAD = """
+import sys
+from oncoplan.ctv.predict import CTVPredictor
+from oncoplan.planner.models import load_models
+from oncoplan.planner.segmenter import StudySegmenter
+from oncoplan.runtime.bundles import shipped_bundles
+
+b = shipped_bundles()
+world, scorer, preprocessing = load_models(b / "tace_dynamics", b / "tace_assistant", b / "tace_survival")
+StudySegmenter(b / "tace_assistant", world.assistant_forward, 0.5)
+CTVPredictor(b / "ctv_llmseg")
+print("\\n".join(sorted(m for m in sys.modules if m.startswith(("oncoplan.training", "oncoplan.operators")))))
+"""
+
+
+def test_loading_the_shipped_bundles_as_the_apps_do_imports_no_training_module() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", RUNTIME_LOAD], capture_output=True, text=True, timeout=600, cwd=REPO, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [], "imported at run time:\n" + done.stdout
