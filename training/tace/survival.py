@@ -116,7 +116,7 @@ def bootstrap_c(
 ) -> tuple[float, float, float]:
     """Point estimate on all cases and percentile-bootstrap CI over resampled cases.
 
-    (`training.metrics.bootstrap_ci` bootstraps a mean of per-case values; a C-index is not one.)
+    (`oncoplan.stats.bootstrap_ci` bootstraps a mean of per-case values; a C-index is not one.)
     `fn` maps case indices to the statistic; resamples where it is undefined are skipped.
     """
     rng = np.random.default_rng(seed)

@@ -91,7 +91,7 @@ expected OS under the given protocol (``gold_expected_os_weeks``, no fitting). I
 response profile, so it is the ceiling of any risk score on these data, up to the noise of the
 survival draw.
 
-``training/metrics.py`` ``bootstrap_ci`` resamples a mean of per-case values; a concordance index is
+``oncoplan/stats.py`` ``bootstrap_ci`` resamples a mean of per-case values; a concordance index is
 a statistic of pairs, so the bootstraps here resample cases and recompute C (vectorised, in
 :mod:`oncoplan.training.tace.concordance`, the one home of the C-index, checked against
 scikit-survival's implementation in the tests).
