@@ -139,11 +139,15 @@ def test_the_evaluation_path_can_plan_with_the_assistants_mask_of_the_prepared_c
     world, _, _ = load_models(*(models / f"tace_{k}" for k in ("dynamics", "assistant", "survival")))
     entry = load_prepared(prepared_liver)[0]
     segmenter = StudySegmenter(models / "tace_assistant", world.assistant_forward, 0.5)
-    tumor = int(np.isin(segmenter.segment(entry["pre_image"])[1], TUMOR_LABELS).sum())
+    tumor = int(np.isin(segmenter.segment(entry["pre_image"], world.device)[1], TUMOR_LABELS).sum())
     if tumor:
         assert record["source"] == "assistant" and record["tumor_voxels"] == tumor
-    else:  # random weights may find none: the case keeps its label mask, and says so
+        assert report["mask_fallbacks"] == 0
+    else:  # random weights may find none: the case keeps its label mask, and the report and its page say so
         assert record["source"].startswith("label (the assistant found no tumour")
+        assert (
+            report["mask_fallbacks"] == 1 and "1 case(s) kept the label" in (out / "planning_evaluation.md").read_text()
+        )
 
     assert main([*argv, "--out", str(tmp_path / "label")]) == 0
     label = json.loads((tmp_path / "label" / "planning_evaluation.json").read_text())

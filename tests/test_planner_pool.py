@@ -54,6 +54,28 @@ def test_pooled_runs_keep_the_evaluation_paths_prior_and_mask(tmp_path: Path) ->
     assert done.returncode == 2 and "mask differ" in done.stderr
 
 
+def test_runs_of_different_policies_are_refused_and_the_pooled_page_names_the_policy(tmp_path: Path) -> None:
+    runs = []
+    for name, label in (("a", "openai (m)"), ("b", "openai (m)"), ("c", "offline")):
+        report = json.loads(GATED.read_text())
+        report |= {"cohort": name, "policy": {"kind": label.split()[0], "label": label, "fallbacks": 1}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+        runs.append(str(tmp_path / f"{name}.json"))
+    cmd = [sys.executable, "-m", "oncoplan.training.planner.pool"]
+    assert (
+        subprocess.run([*cmd, *runs[:2], "--out", str(tmp_path / "p")], capture_output=True, timeout=300).returncode
+        == 0
+    )
+    pooled = json.loads((tmp_path / "p" / "planning_evaluation.json").read_text())
+    assert pooled["policy"]["label"] == "openai (m)" and pooled["policy"]["fallbacks"] == 2
+    assert (
+        "planner: openai (m) (2 case(s) fell back to offline)"
+        in (tmp_path / "p" / "planning_evaluation.md").read_text()
+    )
+    done = subprocess.run([*cmd, *runs[1:], "--out", str(tmp_path / "q")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "policy differ" in done.stderr
+
+
 def test_a_span_keeps_those_cases_only(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "oncoplan.training.planner.pool", f"{GATED}@13-24", "--out", str(tmp_path / "p")]
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0

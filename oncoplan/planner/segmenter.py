@@ -17,13 +17,22 @@ class StudySegmenter:
     """The assistant bundle's preprocessing and inferer on the CPU, the network through `forward` (the
     world model's assistant, on whichever device and backend it runs)."""
 
-    def __init__(self, assistant: Path, forward: Callable[..., torch.Tensor], overlap: float) -> None:
+    def __init__(
+        self,
+        assistant: Path,
+        forward: Callable[..., torch.Tensor],
+        overlap: float,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        """`overrides`: the assistant bundle's config overrides the world model was loaded with (its
+        roi_size, pixdim or label map then hold here too)."""
         from monai.transforms import Invertd
 
         from oncoplan.runtime.bundles import bundle_parser
 
         # Preprocessing on the CPU (it reads the volume there); the network on the world model's device.
-        parser = bundle_parser(Path(assistant), overrides={"device": "$torch.device('cpu')", "overlap": overlap})
+        fixed = {"device": "$torch.device('cpu')", "overlap": overlap}
+        parser = bundle_parser(Path(assistant), overrides={**(overrides or {}), **fixed})
         self.preprocessing = parser.get_parsed_content("preprocessing").transforms  # [0] is the file loader
         self.inferer = parser.get_parsed_content("inferer")
         self.label_map = [t for t in parser.get_parsed_content("label_map") if not isinstance(t, Invertd)]
@@ -31,9 +40,10 @@ class StudySegmenter:
         self.forward = forward
 
     @torch.no_grad()
-    def segment(self, image: Any, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def segment(self, image: Any, device: torch.device | str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scaled CT (X, Y, Z), labels (X, Y, Z), index -> RAS affine) in model space, from a MetaTensor
-        (in memory: the loader is skipped) or the path of an image file (read by the bundle's loader)."""
+        (in memory: the loader is skipped) or the path of an image file (read by the bundle's loader).
+        `device`: where `forward` runs (the world model's device; the forward does not move its input)."""
         on_file = isinstance(image, (str, Path))
         data = {"image": str(image) if on_file else image}
         for t in self.preprocessing if on_file else self.preprocessing[1:]:

@@ -356,7 +356,9 @@ def evaluate_planning(
     path = "app" if app is not None else "evaluation"
     report = {**report, "heuristic": heuristic, "policy": chosen, "clinical": clinical, "path": path}
     mask = None if app is not None else ("assistant" if segmenter is not None else "label")
-    return {**report, "practice_prior": practice_prior and app is None, "mask": mask}
+    kept = sum(1 for c in cases if (c["plan"].get("mask") or {}).get("source", "").startswith("label ("))
+    report = {**report, "practice_prior": practice_prior and app is None, "mask": mask}
+    return {**report, "mask_fallbacks": kept} if segmenter is not None else report
 
 
 def mask_source(segmenter: Any, entry: Mapping[str, Any], label: np.ndarray, world_model: Any) -> dict[str, Any]:
@@ -467,6 +469,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     evaluation = report.get("path", "evaluation") == "evaluation"
     prior = ", with the site's practice prior" if evaluation and report.get("practice_prior", True) else ""
     prior += f", {MASKS[report.get('mask') or 'label']}" if evaluation else ""
+    if report.get("mask_fallbacks"):
+        prior += f" ({report['mask_fallbacks']} case(s) kept the label: the assistant found no tumour)"
     policy = chosen["label"] + (f" ({chosen['fallbacks']} case(s) fell back to offline)" if chosen["fallbacks"] else "")
     lines = [
         "# TACE planning evaluation - SYNTHETIC cohort",
@@ -671,7 +675,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         if args.mask == "assistant":
             from oncoplan.planner.segmenter import StudySegmenter
 
-            segmenter = StudySegmenter(args.assistant, world.assistant_forward, settings.seg_overlap)
+            # The forward looked up per call, as the app does (a backend or a timer may replace it).
+            forward = lambda x: world.assistant_forward(x)  # noqa: E731
+            segmenter = StudySegmenter(args.assistant, forward, settings.seg_overlap, overrides["assistant"])
         report = evaluate_planning(
             world,
             scorer,

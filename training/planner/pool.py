@@ -24,23 +24,17 @@ from oncoplan.training.planner.evaluate import summarise, write_report
 # What makes two runs one planner; the pooled report carries it, so its page says how the cases were planned
 # (the evaluation path's practice prior and mask included: a report without them predates 2026-12-07).
 SAME = (
-    "settings",
-    "search",
-    "action_sets",
-    "heuristic",
-    "bundle_overrides",
-    "clinical",
-    "path",
-    "practice_prior",
-    "mask",
+    *("settings", "search", "action_sets", "heuristic", "bundle_overrides", "clinical", "path", "practice_prior"),
+    *("mask", "app_settings", "app_models"),
 )
-CARRIED = ("heuristic", "bundle_overrides", "clinical", "path", "practice_prior", "mask")
+CARRIED = ("heuristic", "bundle_overrides", "clinical", "path", "practice_prior", "mask", "app_settings", "app_models")
 
 
 def pool(reports: Sequence[dict[str, Any]], names: Sequence[str], n_bootstrap: int, seed: int) -> dict[str, Any]:
     first = reports[0]
     for name, report in zip(names[1:], reports[1:], strict=True):
         differ = [k for k in SAME if report.get(k) != first.get(k)]
+        differ += ["policy"] if _policy(report) != _policy(first) else []
         if differ:
             raise InputError(f"{name}: not the same planner as {names[0]} ({', '.join(differ)} differ)")
     cases = [{**c, "case_id": f"{r['cohort']}:{c['case_id']}"} for r in reports for c in r["cases"]]
@@ -49,7 +43,18 @@ def pool(reports: Sequence[dict[str, Any]], names: Sequence[str], n_bootstrap: i
     report = summarise(
         cases, settings, first["search"], first["action_sets"], prepared, cohorts, train, n_bootstrap, seed
     )
-    return {**report, **{k: first[k] for k in CARRIED if k in first}}
+    carried = {k: first[k] for k in CARRIED if k in first}
+    if any("mask_fallbacks" in r for r in reports):
+        carried["mask_fallbacks"] = sum(int(r.get("mask_fallbacks", 0)) for r in reports)
+    fallbacks = sum(int((r.get("policy") or {}).get("fallbacks", 0)) for r in reports)
+    policy = {**(first.get("policy") or {"kind": "offline", "label": "offline"}), "fallbacks": fallbacks}
+    return {**report, **carried, "policy": policy}
+
+
+def _policy(report: dict[str, Any]) -> tuple[str, str]:
+    """Who proposed the candidates (kind, label); a report without one planned with the offline policy."""
+    policy = report.get("policy") or {}
+    return str(policy.get("kind", "offline")), str(policy.get("label", "offline"))
 
 
 def read_run(spec: str) -> dict[str, Any]:

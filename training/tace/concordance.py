@@ -122,6 +122,8 @@ def _finite(time: np.ndarray, risk: np.ndarray) -> None:
 def harrell_c(time: Sequence[float], event: Sequence[float], risk: Sequence[float]) -> float:
     """Harrell's C; NaN when no pair is comparable (no event, or every event last)."""
     time, event, risk = (np.asarray(v, dtype=float) for v in (time, event, risk))
+    if not (event > 0).any():  # before the finite check, as scikit-survival was called: no event, NaN
+        return math.nan
     _finite(time, risk)
     return concordance(event > 0, time, risk)
 
@@ -147,7 +149,10 @@ def uno_c(
     """Uno's IPCW C up to `uno_tau`, censoring weights from the reference (training) set; NaN when no
     pair is comparable or a death before tau lies where the censoring survival is zero or undefined."""
     time, event, risk = (np.asarray(v, dtype=float) for v in (time, event, risk))
-    _finite(time, risk)
+    try:
+        _finite(time, risk)
+    except ValueError:  # scikit-survival's refusal of non-finite values was a NaN here, and stays one
+        return math.nan
     cens = _censoring(ref_time, ref_event)
     try:
         weights = _ipcw_squared(cens, event > 0, time, _tau(time, cens))
