@@ -6,7 +6,8 @@ whole; sources are not merged):
 2. ``clinical.json`` in the input folder, else beside it (the CTV app's file: its ``note`` and other
    keys that name no field are ignored and listed in plan.json);
 3. an SR in the study (OncoPlan's own SRs skipped): NUM items whose concept is a schema field (by name
-   or LOINC code: bilirubin 1975-2, albumin 1751-7, INR 6301-6, AFP 1834-1; units from the item),
+   or LOINC code, ``oncoplan.tace.patient.LOINC``: bilirubin, albumin, INR, AFP, creatinine, clearance,
+   eGFR; units from the item),
    else TEXT items written ``name: value`` (``Child-Pugh: B; bilirubin: 2.4 mg/dL``);
 4. none: every covariate the models read takes the training median, and the outputs say so.
 

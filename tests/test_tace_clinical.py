@@ -87,6 +87,11 @@ def test_units_are_converted_to_the_schema_units() -> None:
     data = read({"bilirubin": "51.3 umol/L", "albumin": "31 g/L", "AFP": "20 ug/L", "largest tumor": "45 mm"})
     assert data.bilirubin_mg_dl == pytest.approx(3.0) and data.albumin_g_dl == pytest.approx(3.1)
     assert read({"serum creatinine": "176.8 umol/L"}).creatinine_mg_dl == pytest.approx(2.0)
+    # The micro sign typed as the Greek mu reads the same; mmol/L and clearance per 1.73 m2 or per second too.
+    assert read({"creatinine": "176.8 \u03bcmol/L"}).creatinine_mg_dl == pytest.approx(2.0)
+    assert read({"creatinine": "0.1768 mmol/L"}).creatinine_mg_dl == pytest.approx(2.0)
+    assert read({"CrCl": "45 mL/min/1.73 m2"}).creatinine_clearance_ml_min == 45.0
+    assert read({"CrCl": "0.5 mL/s"}).creatinine_clearance_ml_min == pytest.approx(30.0)
     assert data.afp_ng_ml == 20.0 and data.largest_tumor_cm == pytest.approx(4.5)
 
 
@@ -136,6 +141,8 @@ def test_contraindications_and_cautions_follow_the_guideline_thresholds() -> Non
     assert codes({"creatinine_mg_dl": 2.0}) == {"renal_insufficiency": "contraindication"}
     assert codes({"creatinine_mg_dl": 1.9, "creatinine_clearance_ml_min": 30}) == {}
     assert codes({"creatinine_clearance_ml_min": 29}) == {"renal_insufficiency": "contraindication"}
+    assert codes({"eGFR": "25 mL/min/1.73 m2"}) == {"renal_insufficiency": "contraindication"}
+    assert codes({"eGFR": 30}) == {}
     both = flags(read({"creatinine": "2.4 mg/dL", "CrCl": 25}))
     assert [f.text for f in both] == [
         "renal insufficiency: creatinine 2.4 mg/dL >= 2 mg/dL, creatinine clearance 25 mL/min < 30 mL/min"
@@ -227,13 +234,14 @@ def test_sources_follow_the_documented_order(tmp_path: Path, ct: list, monkeypat
         ("1975-2", "Bilirubin.total"): (51.3, "umol/L"),
         ("1751-7", "Albumin"): (3.1, "g/dL"),
         ("6301-6", "INR"): (1.2, "{INR}"),
-        ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"): (221.0, "umol/L"),
+        ("14682-9", "Creatinine [Moles/volume] in Serum or Plasma"): (221.0, "umol/L"),
+        ("62238-1", "Glomerular filtration rate/1.73 sq M.predicted"): (28.0, "mL/min/{1.73_m2}"),
     }
     structured_sr(ct[0], labs).save_as(study / "a_labs.dcm")
     reading = read_clinical(study)
     assert reading.source == "a structured SR in the study"
     assert (reading.data.bilirubin_mg_dl, reading.data.albumin_g_dl, reading.data.inr) == (3.0, 3.1, 1.2)
-    assert reading.data.creatinine_mg_dl == pytest.approx(2.5)
+    assert reading.data.creatinine_mg_dl == pytest.approx(2.5) and reading.data.egfr_ml_min == 28.0
     # 2. clinical.json beside the input folder, then in it
     (study.parent / "clinical.json").write_text(json.dumps({"note": "left breast", "CPS": "C"}))
     reading = read_clinical(study)

@@ -15,7 +15,8 @@ field                            HCC-TACE-Seg column          value
 ``ascites``                      -                            ``none`` | ``mild`` | ``moderate-severe``
 ``encephalopathy``               -                            ``none`` | ``grade 1-2`` | ``grade 3-4``
 ``creatinine_mg_dl``             -                            serum creatinine, mg/dL (or "177 umol/L")
-``creatinine_clearance_ml_min``  -                            creatinine clearance, mL/min
+``creatinine_clearance_ml_min``  -                            creatinine clearance, mL/min (or mL/s)
+``egfr_ml_min``                  -                            estimated GFR, mL/min/1.73 m2
 ``afp_ng_ml``                    ``AFP``                      alpha-fetoprotein, ng/mL (= ug/L)
 ``bclc``                         ``BCLC`` (``Stage-A``)       ``0`` | ``A`` | ``B`` | ``C`` | ``D``
 ``ecog``                         ``PS_bclc_0_0_1-2_1_3-4_3``  ECOG performance status 0-4
@@ -56,6 +57,7 @@ BCLC = ("0", "A", "B", "C", "D")
 SEXES = ("M", "F")
 CLASSES = ("A", "B", "C")
 
+PER_BSA = {"ml/min/1.73m2": 1.0, "ml/min/1.73m²": 1.0, "ml/min/{1.73_m2}": 1.0, "ml/min/1.73m^2": 1.0}
 # field -> (unit named in the docs, {accepted unit spelling: factor to the field's unit}, (low, high))
 NUMBERS: dict[str, tuple[str, dict[str, float], tuple[float, float]]] = {
     "age": ("years", {"": 1.0, "y": 1.0, "years": 1.0, "yr": 1.0}, (18.0, 120.0)),
@@ -63,8 +65,14 @@ NUMBERS: dict[str, tuple[str, dict[str, float], tuple[float, float]]] = {
     "albumin_g_dl": ("g/dL", {"": 1.0, "g/dl": 1.0, "g/l": 0.1}, (0.5, 7.0)),
     "inr": ("no unit", {"": 1.0, "{inr}": 1.0, "1": 1.0}, (0.5, 15.0)),
     # Creatinine: 88.4 umol/L per mg/dL (molar mass 113.12 g/mol).
-    "creatinine_mg_dl": ("mg/dL", {"": 1.0, "mg/dl": 1.0, "umol/l": 1 / 88.4, "µmol/l": 1 / 88.4}, (0.05, 30.0)),
-    "creatinine_clearance_ml_min": ("mL/min", {"": 1.0, "ml/min": 1.0}, (0.0, 300.0)),
+    "creatinine_mg_dl": (
+        "mg/dL",
+        {"": 1.0, "mg/dl": 1.0, "umol/l": 1 / 88.4, "µmol/l": 1 / 88.4, "mmol/l": 1000 / 88.4},
+        (0.05, 30.0),
+    ),
+    # A clearance or eGFR is often reported per 1.73 m2 of body surface: read as the same mL/min.
+    "creatinine_clearance_ml_min": ("mL/min", {"": 1.0, "ml/min": 1.0, **PER_BSA, "ml/s": 60.0}, (0.0, 300.0)),
+    "egfr_ml_min": ("mL/min/1.73 m2", {"": 1.0, "ml/min": 1.0, **PER_BSA}, (0.0, 300.0)),
     "afp_ng_ml": ("ng/mL", {"": 1.0, "ng/ml": 1.0, "ug/l": 1.0, "µg/l": 1.0}, (0.0, 1e7)),
     "ecog": ("ECOG 0-4", {"": 1.0}, (0.0, 4.0)),
     "tumor_count": ("nodules", {"": 1.0}, (1.0, 100.0)),
@@ -107,6 +115,7 @@ LABELS: dict[str, tuple[str, ...]] = {
     "encephalopathy": ("encephalopathy", "hepatic encephalopathy"),
     "creatinine_mg_dl": ("creatinine", "serum creatinine", "creatinine serum", "creat"),
     "creatinine_clearance_ml_min": ("creatinine clearance", "crcl", "cockcroft-gault clearance"),
+    "egfr_ml_min": ("egfr", "estimated gfr", "gfr", "estimated glomerular filtration rate"),
     "afp_ng_ml": ("afp", "alpha-fetoprotein", "alpha fetoprotein", "alpha-1-fetoprotein"),
     "bclc": ("bclc", "bclc stage"),
     "ecog": ("ecog", "performance status", "ecog performance status", "ps"),
@@ -126,7 +135,12 @@ LOINC = {
     "6301-6": "inr",
     "1834-1": "afp_ng_ml",
     "2160-0": "creatinine_mg_dl",  # Creatinine [Mass/volume] in Serum or Plasma
+    "14682-9": "creatinine_mg_dl",  # Creatinine [Moles/volume] in Serum or Plasma (SI labs; umol/L)
     "2164-2": "creatinine_clearance_ml_min",  # Creatinine renal clearance in 24 hour urine and Serum or Plasma
+    # eGFR (GFR/BSA predicted from creatinine): MDRD, CKD-EPI 2009, CKD-EPI 2021.
+    "33914-3": "egfr_ml_min",
+    "62238-1": "egfr_ml_min",
+    "98979-8": "egfr_ml_min",
 }
 
 
@@ -159,6 +173,7 @@ class ClinicalData:
     encephalopathy: str | None = None
     creatinine_mg_dl: float | None = None
     creatinine_clearance_ml_min: float | None = None
+    egfr_ml_min: float | None = None
     afp_ng_ml: float | None = None
     bclc: str | None = None
     ecog: int | None = None
@@ -284,7 +299,8 @@ def parse_value(name: str, raw: Any, where: str) -> Any:
             m = _NUMBER.match(str(raw))
             if not m:
                 raise InputError(f"{bad} expected a number ({unit}), got {str(raw)[:40]!r}")
-            number, given_unit = float(m.group(1)), m.group(2).lower().replace(" ", "")
+            # The micro sign is typed as U+00B5 or as the Greek mu U+03BC: one spelling.
+            number, given_unit = float(m.group(1)), m.group(2).lower().replace(" ", "").replace("\u03bc", "µ")
         if given_unit not in units:
             known = ", ".join(u for u in units if u) or "none"
             raise InputError(f"{bad} unit {given_unit!r} not understood (units: {known})")
@@ -439,6 +455,9 @@ def flags(data: ClinicalData) -> list[Flag]:
     clearance = data.creatinine_clearance_ml_min
     if clearance is not None and clearance < CLEARANCE_CONTRA_ML_MIN:
         renal.append(f"creatinine clearance {clearance:.3g} mL/min < {CLEARANCE_CONTRA_ML_MIN:g} mL/min")
+    egfr = data.egfr_ml_min  # the clearance criterion, read on the estimate labs report more often
+    if egfr is not None and egfr < CLEARANCE_CONTRA_ML_MIN:
+        renal.append(f"eGFR {egfr:.3g} mL/min/1.73 m2 < {CLEARANCE_CONTRA_ML_MIN:g}")
     if renal:
         text = "renal insufficiency: " + ", ".join(renal)
         out.append(Flag(CONTRAINDICATION, "renal_insufficiency", text, "EASL 2018; Raoul et al. 2011"))
