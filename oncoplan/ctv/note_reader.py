@@ -214,13 +214,24 @@ def _sentences(text: str) -> list[tuple[int, str]]:
     return [(o, s) for o, s in out if s.strip()]
 
 
-def _chunks(sentence: str) -> list[tuple[int, int]]:
+# Where a sentence splits into chunks (a side's mention binds to the fields in its chunk) and into clauses
+# (the scope of a history cue such as "previously"; "now" and "currently" end it).
+CHUNK_BREAKS = re.compile(r",|\(|\)|\bbut\b|\bwith\b|\band now\b|\bnow\b|\bthen\b", re.IGNORECASE)
+CLAUSE_BREAKS = re.compile(r",|\bbut\b|\band now\b|\bnow\b|\bcurrently\b", re.IGNORECASE)
+
+
+def _split(sentence: str, breaks: re.Pattern[str]) -> list[tuple[int, int]]:
+    """(start, end) spans of `sentence`, each starting at a match of `breaks` (the first at 0)."""
     bounds, start = [], 0
-    for m in re.finditer(r",|\(|\)|\bbut\b|\bwith\b|\band now\b|\bnow\b|\bthen\b", sentence, re.IGNORECASE):
+    for m in breaks.finditer(sentence):
         bounds.append((start, m.start()))
         start = m.start()
     bounds.append((start, len(sentence)))
     return bounds
+
+
+def _chunks(sentence: str) -> list[tuple[int, int]]:
+    return _split(sentence, CHUNK_BREAKS)
 
 
 def _history_at(sent: str, clauses, cues, resets, pos: int) -> tuple[bool, bool]:
@@ -234,12 +245,7 @@ def _history_at(sent: str, clauses, cues, resets, pos: int) -> tuple[bool, bool]
 
 
 def _clauses(sentence: str) -> list[tuple[int, int]]:
-    bounds, start = [], 0
-    for m in re.finditer(r",|\bbut\b|\band now\b|\bnow\b|\bcurrently\b", sentence, re.IGNORECASE):
-        bounds.append((start, m.start()))
-        start = m.start()
-    bounds.append((start, len(sentence)))
-    return bounds
+    return _split(sentence, CLAUSE_BREAKS)
 
 
 def _chunk_of(bounds: list[tuple[int, int]], pos: int) -> int:
