@@ -216,6 +216,12 @@ def send(
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
         return [None] * len(files)
+    # pynetdicom's requestor reactor marks itself paused before it waits, so send_c_store can see it paused
+    # while it is still running; if the response arrives in that instant the reactor takes it off the DIMSE
+    # queue ("Received unexpected C-STORE service message") and send_c_store waits out its timeout (pynetdicom
+    # 3.0.4, association.py _run_reactor; seen in CI with 12 concurrent senders). This requestor serves no
+    # requests, so a message its reactor takes goes back to the queue send_c_store reads.
+    assoc._serve_request = lambda msg, context_id: assoc.dimse.msg_queue.put((context_id, msg))
     out = []
     for d in datasets:
         status = assoc.send_c_store(d) if assoc.is_established else None
