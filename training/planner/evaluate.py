@@ -61,7 +61,7 @@ from oncoplan.planner.models import (
 from oncoplan.planner.policy import POLICIES, PolicyChoice
 from oncoplan.planner.search import SETTINGS, SearchSettings, WorldModelPlanner
 from oncoplan.runtime.bundles import shipped_bundles
-from oncoplan.stats import bootstrap_ci
+from oncoplan.stats import bootstrap_ci, dice
 from oncoplan.tace.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS, Protocol
 from oncoplan.tace.clinical import WEEKS_PER_MONTH
 
@@ -356,7 +356,7 @@ def evaluate_planning(
     path = "app" if app is not None else "evaluation"
     report = {**report, "heuristic": heuristic, "policy": chosen, "clinical": clinical, "path": path}
     mask = None if app is not None else ("assistant" if segmenter is not None else "label")
-    kept = sum(1 for c in cases if (c["plan"].get("mask") or {}).get("source", "").startswith("label ("))
+    kept = sum(1 for c in cases if c["plan"].get("mask", {}).get("source") != "assistant")
     report = {**report, "practice_prior": practice_prior and app is None, "mask": mask}
     return {**report, "mask_fallbacks": kept} if segmenter is not None else report
 
@@ -376,8 +376,7 @@ def mask_source(segmenter: Any, entry: Mapping[str, Any], label: np.ndarray, wor
     if not tumor.any():
         log.warning("case %s: the assistant finds no tumour; planned with the label mask", entry["case_id"])
         return {"mask": label, "source": "label (the assistant found no tumour)", "tumor_voxels": int(label.sum())}
-    dice = 2 * float((tumor & label).sum()) / float(tumor.sum() + label.sum())
-    return {"mask": tumor, "source": "assistant", "tumor_voxels": int(tumor.sum()), "dice_vs_label": dice}
+    return {"mask": tumor, "source": "assistant", "tumor_voxels": int(tumor.sum()), "dice_vs_label": dice(tumor, label)}
 
 
 def summarise(
