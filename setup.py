@@ -58,4 +58,6 @@ def bundle_data() -> dict[str, list[str]]:
 
 
 BUNDLE_DATA = bundle_data()
-setup(packages=code_packages() + list(BUNDLE_DATA), package_dir=FOLDERS, package_data=BUNDLE_DATA)
+# Data files of code packages: the synthetic physicians' practice fitted from the real table (synth/practice.py).
+CODE_DATA = {"oncoplan.training.synth": ["*.json"]}
+setup(packages=code_packages() + list(BUNDLE_DATA), package_dir=FOLDERS, package_data=BUNDLE_DATA | CODE_DATA)

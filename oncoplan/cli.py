@@ -43,7 +43,16 @@ def _synth(args: argparse.Namespace) -> int:
             pacs_shape_cohort(scratch, args.kind, syntax, extras)
 
     out = generate_cohort(
-        args.kind, args.out, args.cases, args.seed, args.site, args.size, not args.quiet, args.protocols, finish
+        args.kind,
+        args.out,
+        args.cases,
+        args.seed,
+        args.site,
+        args.size,
+        not args.quiet,
+        args.protocols,
+        finish,
+        args.generator,
     )
     print(out)
     return 0
@@ -214,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="practice",
         help="liver: practice (physicians' regimens, the 'gold') | random (uniform over the conflict-free "
         "action space, for training the world models)",
+    )
+    synth.add_argument(
+        "--generator",
+        help="liver: the generator version, recorded in cohort.json: liver-1 (default: the images show nothing of "
+        "the hidden response profile; the shipped TACE bundles are trained on it) | liver-2 (the pre-treatment "
+        "scan shows vascularity and the anthracycline sensitivity, with noise; physicians from real practice)",
     )
     synth.add_argument(
         "--pacs",

@@ -37,6 +37,13 @@ def liver_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def liver2_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A liver-2 cohort: the pre-treatment scans show part of the hidden response biology."""
+    out = tmp_path_factory.mktemp("liver2") / "cohort"
+    return generate_cohort("liver", out, cases=2, seed=3, size="small", progress=False, generator="liver-2")
+
+
+@pytest.fixture(scope="session")
 def prepared_liver(liver_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The liver cohort registered and resampled (3 mm) by the TACE preprocessing."""
     from oncoplan.training.tace.prepare import prepare_cohort

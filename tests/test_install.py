@@ -60,6 +60,8 @@ def test_the_wheel_holds_every_package_folder_of_the_tree(wheel_site: Path) -> N
     for bundle in ("ctv_llmseg", "tace_assistant", "tace_dynamics", "tace_survival"):
         assert (wheel_site / "oncoplan" / "bundles" / bundle / "configs" / "inference.json").is_file()
         assert list((wheel_site / "oncoplan" / "bundles" / bundle / "models").glob("*.pt")), bundle
+    # Code packages' data: the liver-2 physicians' practice, fitted from the real table.
+    assert (wheel_site / "oncoplan" / "training" / "synth" / "hcc_tace_seg_practice.json").is_file()
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -87,9 +88,13 @@ def test_post_scan_is_misregistered_and_shows_treatment(liver_cohort: Path) -> N
             assert 300 < np.median(pvp[p == codes["lipiodol"]]) < 600
 
 
-def _patients(n: int, seed: int = 0) -> list[L.LiverPatient]:
+def _patients(n: int, seed: int = 0, generator: str = "liver-1") -> list[L.LiverPatient]:
     rng = np.random.default_rng(seed)
-    return [L.sample_patient(f"p{i}", rng, np.array([-55.0, -5, 20]), np.array([80.0, 75, 85])) for i in range(n)]
+    centre, radii = np.array([-55.0, -5, 20]), np.array([80.0, 75, 85])
+    patients = [L.sample_patient(f"p{i}", rng, centre, radii, generator) for i in range(n)]
+    if L.GROUND_TRUTHS[generator].images_show_biology:
+        patients = [dataclasses.replace(p, visible=L.sample_visible(p.profile, rng)) for p in patients]
+    return patients
 
 
 def test_protocols_give_different_responses_for_one_patient() -> None:
@@ -144,11 +149,12 @@ def test_population_oracle_ignores_the_hidden_profile_and_weighs_toxicity() -> N
         assert drugs == sorted(drugs, reverse=True), drugs
 
 
-def test_survival_matches_the_real_cohort() -> None:
+@pytest.mark.parametrize("generator", L.GENERATORS)
+def test_survival_matches_the_real_cohort(generator: str) -> None:
     rng = np.random.default_rng(1)
     times, events = [], []
-    for p in _patients(600, seed=2):
-        t, e = L.sample_survival(L.outcome(p, L.gold_protocol(p, "internal", rng)), rng)
+    for p in _patients(600, seed=2, generator=generator):
+        t, e = L.sample_survival(L.outcome(p, L.physician_protocol(p, "internal", rng)), rng)
         times.append(t)
         events.append(bool(e))
     x, s = kaplan_meier_estimator(np.array(events), np.array(times))
@@ -157,8 +163,74 @@ def test_survival_matches_the_real_cohort() -> None:
     assert 0.10 < 1 - np.mean(events) < 0.22  # real cohort: 12/105 censored
 
 
-def test_gold_protocols_follow_site_practice() -> None:
+def test_physicians_choose_the_real_tables_regimens_conditioned_on_the_patient() -> None:
+    """liver-2: internal physicians draw the HCC-TACE-Seg regimens, and as in the real table Child-Pugh B
+    patients get the three-drug cTACE more often than Child-Pugh A patients; the external site's menu stays
+    its own and is tilted by the same covariates."""
+    from oncoplan.planner.prior import PRACTICE
+    from oncoplan.training.synth.practice import MULTI_DRUG, site_practice
+
+    real = {str(Protocol.parse(k)) for k in PRACTICE["internal"]} | {"Cisplatin; Lipiodol"}
+    external = {str(Protocol.parse(k)) for k in PRACTICE["external"]}
     rng = np.random.default_rng(0)
-    tcia = {str(Protocol.parse(k)) for k in L.PRACTICE["internal"]}
-    for p in _patients(50):
-        assert str(L.gold_protocol(p, "internal", rng)) in tcia
+    for p in _patients(40, generator="liver-2"):
+        assert str(L.physician_protocol(p, "internal", rng)) in real
+        assert str(L.physician_protocol(p, "external", rng)) in external
+    patient = _patients(1, generator="liver-2")[0]
+    a, b = (dataclasses.replace(patient, cps=c) for c in "AB")
+    assert site_practice("internal", b)[MULTI_DRUG] > site_practice("internal", a)[MULTI_DRUG] + 0.1
+    assert sum(site_practice("external", a).values()) == pytest.approx(1.0)
+    assert site_practice("external", a) != site_practice("external", b)
+
+
+@pytest.mark.needs_shared
+def test_the_shipped_practice_fit_is_what_the_real_table_gives(tmp_path: Path) -> None:
+    """hcc_tace_seg_practice.json is reproduced by its own command on the real table."""
+    from oncoplan.training.synth.practice import FIT_PATH, main
+
+    out = tmp_path / "fit.json"
+    assert main(["--clinical", str(shared_file("data/hcc_tace_seg/clinical.csv")), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads(FIT_PATH.read_text())
+
+
+def test_a_perfect_image_reader_sits_between_the_population_oracle_and_the_oracle() -> None:
+    """With what the images show (liver-2), the image-informed oracle loses less than the population oracle
+    on average and more than the full oracle (the rest of the profile stays hidden); with nothing visible it
+    is the population oracle."""
+    space = L.protocol_space(("Cisplatin", "Doxorubicin", "Mitomycin"), ("Lipiodol", "LC Beads"), 2, 2)
+    patients = _patients(60, seed=5, generator="liver-2")
+    population = [L.regret_weeks(p, L.population_protocol(p, space, draws=100), space) for p in patients]
+    image = [L.regret_weeks(p, L.image_informed_protocol(p, space, draws=100), space) for p in patients]
+    assert 0.0 < np.mean(image) < 0.8 * np.mean(population)
+    blind = dataclasses.replace(patients[0], visible=None)
+    assert L.image_informed_protocol(blind, space, draws=50) == L.population_protocol(blind, space, draws=50)
+
+
+def test_the_pre_treatment_scan_shows_vascularity_and_anthracycline_sensitivity(liver2_cohort: Path) -> None:
+    """A hypervascular tumour enhances more in the arterial phase and washes out more in the portal-venous
+    one; an anthracycline-sensitive one has more texture; each case's arterial contrast to the liver is the
+    one its visible vascularity sets, within the scanner's noise; cohort.json names the generator."""
+    from oncoplan.training.synth.write_liver import TISSUE_HU, tumour_look
+
+    low, high = (L.VisibleBiology(v, {"anthracycline": s}) for v, s in ((0.1, 0.1), (0.9, 0.9)))
+    (_, ap_low, pvp_low), tex_low = tumour_look(low)
+    (_, ap_high, pvp_high), tex_high = tumour_look(high)
+    assert ap_high > ap_low > TISSUE_HU["liver"][1] and pvp_high < pvp_low < TISSUE_HU["liver"][2]
+    assert tex_high > 2 * tex_low
+    assert json.loads((liver2_cohort / "cohort.json").read_text())["generator"] == "liver-2"
+    for row in cohort_rows(liver2_cohort):
+        truth = json.loads((liver2_cohort / row["TCIA_ID"] / "truth.json").read_text())
+        assert truth["generator"] == "liver-2"
+        if not row["pre_AP_series"]:
+            continue
+        visible = L.VisibleBiology(truth["visible"]["vascularity"], truth["visible"]["sensitivity"])
+        image = read_series(liver2_cohort / row["pre_AP_series"])
+        label_map = sitk.ReadImage(str(liver2_cohort / row["pre_labels"]))  # same grid, its own slice order
+        hu = sitk.GetArrayFromImage(image)
+        labels = sitk.GetArrayFromImage(sitk.Resample(label_map, image, sitk.Transform(), sitk.sitkNearestNeighbor))
+        legend = {
+            v: int(k)
+            for k, v in json.loads((liver2_cohort / row["pre_labels"].replace(".nii.gz", ".json")).read_text()).items()
+        }
+        contrast = np.median(hu[labels == legend["viable"]]) - np.median(hu[labels == legend["liver"]])
+        assert contrast == pytest.approx(tumour_look(visible)[0][1] - TISSUE_HU["liver"][1], abs=12.0)

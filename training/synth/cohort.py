@@ -36,6 +36,7 @@ def generate_cohort(
     progress: bool = True,
     protocols: str = "practice",
     finish: Callable[[Path], None] | None = None,
+    generator: str | None = None,
 ) -> Path:
     """Write `cases` synthetic cases of `kind` and DIR/cohort.csv; returns the cohort folder. `finish` (e.g. the
     PACS shaping of `synth --pacs`) runs on the complete cohort in its scratch folder, before the rename: if
@@ -50,8 +51,18 @@ def generate_cohort(
         raise InputError(f"unknown size {size!r}; choose {' or '.join(SIZES)}")
     if protocols not in PROTOCOLS or (kind == "breast" and protocols != "practice"):
         raise InputError(f"--protocols {protocols!r}: choose practice or random (random for liver only)")
+    if generator is not None and kind != "liver":
+        raise InputError(f"--generator {generator!r}: versioned generators are for liver cohorts only")
+    options: dict[str, str] = {}
+    if kind == "liver":
+        from oncoplan.training.synth.liver import DEFAULT_GENERATOR, GENERATORS
+
+        generator = generator or DEFAULT_GENERATOR
+        if generator not in GENERATORS:
+            raise InputError(f"unknown --generator {generator!r}; choose {' or '.join(GENERATORS)}")
+        # The generator decides what the images show, who the physicians are and the ground truth of each case.
+        options = {"generator": generator, "protocols": protocols}
     write_case = _writer(kind)
-    options = {"protocols": protocols} if kind == "liver" else {}
     with atomic_output_dir(out) as scratch:
         rows = [
             write_case(scratch, i, seed, site, size, **options)
@@ -61,7 +72,15 @@ def generate_cohort(
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        meta = {"kind": kind, "cases": cases, "seed": seed, "site": site, "size": size, "synthetic": True, **options}
+        meta = {
+            "kind": kind,
+            "cases": cases,
+            "seed": seed,
+            "site": site,
+            "size": size,
+            "synthetic": True,
+            **options,
+        }
         (scratch / "cohort.json").write_text(json.dumps(meta, indent=1))
         if finish is not None:
             finish(scratch)

@@ -7,12 +7,16 @@ deformation <= 3 mm) and shows Lipiodol, necrosis, residual viable tumor and shr
 from the physician's protocol. Ground truth per study: NIfTI label map on the CT grid and a
 DICOM-SEG referencing the PVP (else AP, else non-contrast) series. The case's clinical data, in the
 TACE app's schema (`oncoplan.tace.patient`), as `dicom/pre/clinical.json`: the values of its cohort.csv row.
+
+In liver-2 cohorts the viable tumour shows the patient's visible biology (`liver.VisibleBiology`) in both
+studies (:func:`tumour_look`): its vascularity as arterial enhancement and portal-venous washout
+(:data:`ENHANCEMENT_HU`), its anthracycline sensitivity as the amplitude of its texture (:data:`TEXTURE_HU`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -52,6 +56,16 @@ TISSUE_HU = {
     "viable": (42, 125, 80),
     "necrosis": (20, 22, 24),
 }
+# Visible biology (liver-2), per unit of visible vascularity above the prior mean: HU added to the viable
+# tumour in the NC, AP and PVP phases (a hypervascular tumour enhances more and washes out more; at the
+# prior's extremes, 0 and 1, the arterial phase runs 86-156 HU against the liver's 75, the portal-venous
+# 91-71 against 115: the tumour keeps its contrast in both).
+ENHANCEMENT_HU = (0.0, 70.0, -20.0)
+MEAN_VASCULARITY = 0.5556  # the liver-2 prior's mean, Beta(1.5, 1.2)
+# Amplitude (HU) of the viable tumour's texture: TEXTURE_HU * exp(TEXTURE_SLOPE * (s - 0.5)) for a visible
+# anthracycline sensitivity s (4 HU at 0, 16 HU at 1; every other tissue and liver-1 tumours: 8 HU).
+TEXTURE_HU = 8.0
+TEXTURE_SLOPE = 1.4
 LIPIODOL_HU = 450.0  # dense deposits, +-150 HU of texture: 300-600 HU in every phase
 PHASES = ("NC", "AP", "PVP")
 BOLUS_DELAY_S = {"NC": None, "AP": 35, "PVP": 70}
@@ -125,7 +139,18 @@ def _tumor_compartments(
     return viable, necrosis, lipiodol
 
 
-def _render_phase(masks, grid, phase_idx, tex, rng, noise_hu) -> np.ndarray:
+def tumour_look(visible: L.VisibleBiology | None) -> tuple[tuple[float, float, float], float]:
+    """The viable tumour's HU in the NC, AP and PVP phases and its texture amplitude for `visible`."""
+    base = TISSUE_HU["viable"]
+    if visible is None:  # liver-1: every tumour alike
+        return (float(base[0]), float(base[1]), float(base[2])), TEXTURE_HU
+    shift = visible.vascularity - MEAN_VASCULARITY
+    hu = tuple(float(b + k * shift) for b, k in zip(base, ENHANCEMENT_HU, strict=True))
+    texture = TEXTURE_HU * float(np.exp(TEXTURE_SLOPE * (visible.sensitivity["anthracycline"] - 0.5)))
+    return (hu[0], hu[1], hu[2]), texture
+
+
+def _render_phase(masks, grid, phase_idx, tex, rng, noise_hu, tumour) -> np.ndarray:
     hu = np.full(grid.shape, -1000.0, dtype=np.float32)
     hu[masks["body"]] = -100.0 + 12 * tex[masks["body"]]
     for name, tissue in (
@@ -140,7 +165,10 @@ def _render_phase(masks, grid, phase_idx, tex, rng, noise_hu) -> np.ndarray:
         ("necrosis", "necrosis"),
     ):
         m = masks[name]
-        hu[m] = TISSUE_HU[tissue][phase_idx] + 8 * tex[m]
+        hu[m] = TISSUE_HU[tissue][phase_idx] + TEXTURE_HU * tex[m]
+    tumour_hu, tumour_texture = tumour
+    m = masks["viable"]
+    hu[m] = tumour_hu[phase_idx] + tumour_texture * tex[m]
     lip = masks["lipiodol"]
     hu[lip] = LIPIODOL_HU + 150.0 * np.clip(tex[lip], -1, 1)
     return finish_ct(hu, grid, rng, noise_hu)
@@ -170,7 +198,9 @@ class ClinicalDraw:
     event: int
 
 
-def draw_clinical(index: int, seed: int, site: str, protocols: str = "practice") -> ClinicalDraw:
+def draw_clinical(
+    index: int, seed: int, site: str, protocols: str = "practice", generator: str = L.DEFAULT_GENERATOR
+) -> ClinicalDraw:
     """The patient, treating protocol and observed survival of case `index`, as `write_case` draws them.
 
     Tabular studies (the survival baselines) use it to get a cohort's rows without rendering CT.
@@ -178,8 +208,10 @@ def draw_clinical(index: int, seed: int, site: str, protocols: str = "practice")
     rng = np.random.default_rng([seed, index, 2])
     case_id = f"HCC_S{'I' if site == 'internal' else 'E'}{index + 1:03d}"
     regions, width, liver_c, liver_r = abdomen(rng)
-    patient = L.sample_patient(case_id, rng, liver_c, liver_r)
-    gold = L.gold_protocol(patient, site, rng) if protocols == "practice" else L.random_protocol(rng)
+    patient = L.sample_patient(case_id, rng, liver_c, liver_r, generator)
+    if patient.truth.images_show_biology:  # its own stream: the draws of liver-1 stay as they were
+        patient = replace(patient, visible=L.sample_visible(patient.profile, np.random.default_rng([seed, index, 4])))
+    gold = L.physician_protocol(patient, site, rng) if protocols == "practice" else L.random_protocol(rng)
     gold_out = L.outcome(patient, gold)
     os_weeks, event = L.sample_survival(gold_out, rng)
     return ClinicalDraw(rng, case_id, regions, width, patient, gold, gold_out, os_weeks, event)
@@ -204,14 +236,20 @@ def clinical_record(row: dict[str, object]) -> dict[str, object]:
 
 
 def write_case(
-    root: Path, index: int, seed: int, site: str, size: str, protocols: str = "practice"
+    root: Path,
+    index: int,
+    seed: int,
+    site: str,
+    size: str,
+    protocols: str = "practice",
+    generator: str = L.DEFAULT_GENERATOR,
 ) -> dict[str, object]:
     """Generate case `index` into root/<case_id>/ and return its cohort.csv row (TCIA column names).
 
     `protocols`: "practice" draws the treating protocol from the site's practice (the physician's
     "gold"); "random" draws it uniformly from the conflict-free action space (world-model training).
     """
-    clinical = draw_clinical(index, seed, site, protocols)
+    clinical = draw_clinical(index, seed, site, protocols, generator)
     rng, case_id, regions, width = clinical.rng, clinical.case_id, clinical.regions, clinical.width
     patient, gold, gold_out = clinical.patient, clinical.gold, clinical.gold_outcome
     os_weeks, event = clinical.os_weeks, clinical.event
@@ -285,7 +323,7 @@ def write_case(
                 model="LightSpeed VCT",
                 extra=extra,
             )
-            hu = _render_phase(masks, grid, PHASES.index(phase), tex, rng, noise)
+            hu = _render_phase(masks, grid, PHASES.index(phase), tex, rng, noise, tumour_look(patient.visible))
             ct = ct_datasets(hu, grid, person, study, series)
             write_datasets(ct, case_dir / "dicom" / study_name / f"series_{number:03d}")
             written[phase] = ct
@@ -311,7 +349,9 @@ def write_case(
     truth = {
         "case_id": case_id,
         "synthetic": True,
+        "generator": patient.generator,
         "profile": asdict(patient.profile),
+        "visible": None if patient.visible is None else asdict(patient.visible),
         "lesions": [asdict(les) for les in patient.lesions],
         "gold_protocol": str(gold),
         "oracle_protocol": str(oracle),
