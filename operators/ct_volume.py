@@ -104,3 +104,35 @@ def from_selected_series(study_selected_series_list, image) -> CTVolume:
     series = study_selected_series_list[0].selected_series[0].series
     datasets = tuple(s.get_native_sop_instance() for s in series.get_sop_instances())
     return CTVolume(np.asarray(image.asnumpy()), datasets, f"CT series {series.SeriesInstanceUID}")
+
+
+def from_datasets(datasets: list[Dataset] | tuple[Dataset, ...], where: str) -> CTVolume:
+    """A CTVolume read from one series' datasets (slices ordered along their normal, HU by the modality LUT):
+    for a series the SDK's series-to-volume operator does not convert (the arterial phase beside the
+    portal-venous one)."""
+    from pydicom.pixels import apply_modality_lut
+
+    if not datasets:
+        raise InputError(f"{where}: no slices")
+    check_geometry(list(datasets), where)
+    iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    ordered = sorted(datasets, key=lambda ds: float(np.asarray(ds.ImagePositionPatient, dtype=float) @ normal))
+    try:
+        hu = np.stack([apply_modality_lut(ds.pixel_array, ds).astype(np.float32) for ds in ordered])
+    except (AttributeError, ValueError, RuntimeError) as exc:  # missing pixel data, a syntax with no decoder
+        raise InputError(f"{where}: pixel data cannot be read ({exc})") from None
+    return CTVolume(hu, tuple(ordered), where)
+
+
+def on_grid_of(volume: CTVolume, reference: CTVolume) -> CTVolume:
+    """`volume` resampled onto `reference`'s grid by physical position (linear; -1024 HU outside it): two
+    series of one frame of reference, e.g. the arterial phase on the portal-venous phase's grid."""
+    from scipy import ndimage
+
+    # index (column, row, slice) of the reference -> index of `volume`, through patient coordinates.
+    mapping = np.linalg.inv(volume.affine_lps()) @ reference.affine_lps()
+    source = volume.hu.transpose(2, 1, 0)  # (column, row, slice), as the affines index it
+    shape = (int(reference.datasets[0].Columns), int(reference.datasets[0].Rows), len(reference.datasets))
+    out = ndimage.affine_transform(source, mapping[:3, :3], mapping[:3, 3], shape, order=1, cval=-1024.0)
+    return CTVolume(reference.from_index_order(out).astype(np.float32), reference.datasets, volume.where)

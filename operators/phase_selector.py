@@ -4,7 +4,8 @@ A liver study holds several CT series (non-contrast, arterial, portal-venous) wh
 SeriesDescriptions are messy ("Recon 3: LIVER 3 PHASE (AP)" is portal-venous, "C-A-P" says
 nothing). The phase of each series comes from :func:`oncoplan.tace.phases.resolve_phases`
 (description, then bolus timing, then order), the rules the TCIA indexer derived from the real
-collection. TACE planning takes the portal-venous series, else the arterial one.
+collection. TACE planning takes the portal-venous series, else the arterial one, and reads the arterial
+series beside a portal-venous one (same frame of reference) for what the two phases show together.
 
 A PACS often sends more than one reconstruction of an acquisition (1 mm and 5 mm, soft tissue and
 lung): they would look like extra phases to the order rule, so each acquisition (series sharing a
@@ -62,4 +63,11 @@ def choose_phase(candidates: Sequence[SeriesInfo], passed: list[tuple[SeriesInfo
         raise InputError(f"input: no pre-treatment contrast CT (portal-venous or arterial) series; found {found}")
     info, why = chosen_recon[phases[phase].uid]
     recon = "" if why == "the only candidate" else f"; best reconstruction: {why}"
-    return Choice(info, f"{phase} phase ({phases[phase].rule}){recon}", passed, phase)
+    arterial = None
+    if phase == "PVP" and "AP" in phases:
+        candidate = chosen_recon[phases["AP"].uid][0]
+        frame = lambda s: str(s.datasets[0].get("FrameOfReferenceUID", "") or "")  # noqa: E731
+        if frame(candidate) and frame(candidate) == frame(info):  # one frame: the grids map by position
+            arterial = candidate
+            recon += f"; arterial phase beside it: {candidate.label()}"
+    return Choice(info, f"{phase} phase ({phases[phase].rule}){recon}", passed, phase, arterial)

@@ -230,6 +230,9 @@ class Choice:
     why: str
     passed: list[tuple[SeriesInfo, str]] = field(default_factory=list)
     phase: str | None = None
+    # The arterial series of the same study and frame of reference beside a portal-venous choice: TACE
+    # planning reads both phases (enhancement and washout), the models work on the chosen one's grid.
+    arterial: SeriesInfo | None = None
 
     def log(self) -> None:
         others = f" ({len(self.passed)} other series passed over)" if self.passed else ""

@@ -7,6 +7,8 @@ from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSel
 
 from oncoplan.operators.series_rules import SeriesInfo, choose
 
+ARTERIAL = "AP companion"  # the selection name of the arterial series beside the chosen portal-venous one
+
 
 class RuleSeriesSelectorOperator(DICOMSeriesSelectorOperator):
     """The SDK's series selector with the rules above in place of its JSON rules: emits the one series
@@ -33,4 +35,6 @@ class RuleSeriesSelectorOperator(DICOMSeriesSelectorOperator):
         study, series, _ = where[choice.series.uid]
         one = StudySelectedSeries(study)
         one.add_selected_series(SelectedSeries(choice.phase or "CT", series))
+        if choice.arterial is not None:  # second: the SDK's series-to-volume operator converts the first only
+            one.add_selected_series(SelectedSeries(ARTERIAL, where[choice.arterial.uid][1]))
         return [one]

@@ -32,7 +32,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from oncoplan.errors import InputError
 from oncoplan.operators.clinical_data import ClinicalReading
-from oncoplan.operators.ct_volume import CTVolume, from_selected_series
+from oncoplan.operators.ct_volume import CTVolume, from_datasets, from_selected_series
 from oncoplan.planner.policy import PolicyChoice
 from oncoplan.runtime.grid import support_box
 
@@ -92,6 +92,23 @@ class SimulatedCandidate:
     post_labels: np.ndarray
 
 
+def arterial_of(study_selected_series_list) -> CTVolume | None:
+    """The arterial series the selector put beside the portal-venous one, as a volume; None where there is none."""
+    from oncoplan.operators.series_selector import ARTERIAL
+
+    if not study_selected_series_list:
+        return None
+    for selected in study_selected_series_list[0].selected_series[1:]:
+        if selected.selection_name == ARTERIAL:
+            datasets = [i.get_native_sop_instance() for i in selected.series.get_sop_instances()]
+            number = datasets[0].get("SeriesNumber", "?") if datasets else "?"
+            try:
+                return from_datasets(datasets, f"arterial CT series {number}")
+            except InputError as exc:  # the plan goes on from the portal-venous phase alone, and says so
+                log.warning("%s; planning from the portal-venous phase alone", exc)
+    return None
+
+
 @dataclass
 class TacePlan:
     """What the writers need: the search result, the CT, model-space windows and the tumor on the CT grid."""
@@ -112,6 +129,8 @@ class TacePlan:
     timing_s: dict[str, float] = field(default_factory=dict)
     segmented_cm3: dict[str, float] = field(default_factory=dict)  # the assistant's liver (tumor in) and tumor
     model_timing_s: dict[str, float] = field(default_factory=dict)  # per network, over the whole plan
+    # What the world model read of the lesion (oncoplan.tace.lesion_features.FEATURES; None: phase not read).
+    lesion_features: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def best(self):
@@ -224,13 +243,20 @@ class TacePlanner:
         """(scaled CT (X, Y, Z), labels (X, Y, Z), index -> RAS affine) in model space."""
         return self.segmenter.segment(volume.metatensor(), self.world.device)
 
-    def plan(self, volume: CTVolume, phase: str, clinical: ClinicalReading | None = None) -> TacePlan:
-        """The plan of one CT, with the time each network took over all of it (the study's
-        segmentation, the search, the outcomes of the top candidates), on whichever backend ran it."""
+    def plan(
+        self,
+        volume: CTVolume,
+        phase: str,
+        clinical: ClinicalReading | None = None,
+        arterial: CTVolume | None = None,
+    ) -> TacePlan:
+        """The plan of one CT (and the arterial phase beside a portal-venous one, which the world model
+        reads with it), with the time each network took over all of it (the study's segmentation, the
+        search, the outcomes of the top candidates), on whichever backend ran it."""
         from oncoplan.planner.search import ForwardTimer
 
         with ForwardTimer(self.world, "dynamics") as dynamics, ForwardTimer(self.world, "assistant") as assistant:
-            plan = self._plan(volume, phase, clinical)
+            plan = self._plan(volume, phase, clinical, arterial)
         plan.model_timing_s = {"dynamics": dynamics.seconds, "assistant": assistant.seconds}
         return plan
 
@@ -244,9 +270,29 @@ class TacePlanner:
         identified = {**row, **(clinical.identifiers if clinical is not None else {})}
         return build_observation(identified, list(volume.datasets), tumor_on_ct)
 
-    def _plan(self, volume: CTVolume, phase: str, clinical: ClinicalReading | None = None) -> TacePlan:
+    def lesion_features(self, volume: CTVolume, phase: str, arterial: CTVolume | None, mask, pre_window, mask_window):
+        """What the study shows of the lesion (`oncoplan.tace.lesion_features`): the planning series and, beside a
+        portal-venous one, the arterial phase on its grid (by position; one frame of reference)."""
+        from oncoplan.operators.ct_volume import on_grid_of
+        from oncoplan.tace.lesion_features import study_features
+        from oncoplan.tace.world_model import window_around
+
+        arterial_window = None
+        if arterial is not None and phase == "PVP":
+            scaled = np.asarray(self.segmenter.scale(on_grid_of(arterial, volume).metatensor())[0], dtype=np.float32)
+            if scaled.shape == mask.shape:
+                arterial_window, _, _ = window_around(scaled, mask, tuple(self.world.window))
+        features = study_features(pre_window, mask_window > 0, phase, arterial_window)
+        read = [name for name, value in zip(("arterial", "portal-venous"), features[:2], strict=True) if value == value]
+        log.info("lesion read from the %s phase%s", " and ".join(read) or "no", "s" if len(read) > 1 else "")
+        return features
+
+    def _plan(
+        self, volume: CTVolume, phase: str, clinical: ClinicalReading | None = None, arterial: CTVolume | None = None
+    ) -> TacePlan:
         from oncoplan.planner.search import WorldModelPlanner
         from oncoplan.tace.labels import TUMOR_LABELS
+        from oncoplan.tace.lesion_features import FEATURES
         from oncoplan.tace.world_model import window_around
 
         s = self.settings.search
@@ -262,17 +308,18 @@ class TacePlanner:
         t1 = time.perf_counter()
         log.info("segmented: liver %.0f cm3, tumor %.1f cm3 (%.1f s)", segmented["liver"], segmented["tumor"], t1 - t0)
         pre_window, mask_window, start = window_around(pre, mask, tuple(self.world.window))
+        features = self.lesion_features(volume, phase, arterial, mask, pre_window, mask_window)
         row = clinical.data.row() if clinical is not None else {}
         tumor_on_ct = onto_ct_grid(mask.astype(np.uint8), affine, volume) if self.choice.kind != "offline" else None
         observation = self.observation(volume, row, clinical, tumor_on_ct)
         planner = WorldModelPlanner(self.world, self.scorer, self.policy, s)
-        plan = planner.beam_search(pre_window, mask_window, observation, clinical=row)
+        plan = planner.beam_search(pre_window, mask_window, observation, clinical=row, features=features)
         policy = self.policy_record()
         t2 = time.perf_counter()
         log.info("searched: %d protocols simulated and scored (%.1f s)", len(plan.ranked), t2 - t1)
         top = [plan.best, *[r for r in plan.ranked if r is not plan.best]][:TOP_K]  # the recommendation first
         protocols = np.asarray([r.protocol.multi_hot() for r in top], dtype=np.float32)
-        sim = self.world.simulate(pre_window, mask_window, protocols, s.seed)  # the search's noise again
+        sim = self.world.simulate(pre_window, mask_window, protocols, s.seed, features=features)  # the search's noise
         candidates = [
             SimulatedCandidate(r, sim.windows[i].mean(0), _majority(sim.labels[i])) for i, r in enumerate(top)
         ]
@@ -288,6 +335,9 @@ class TacePlanner:
             plan=plan,
             volume=volume,
             phase=phase,
+            lesion_features={
+                k: (None if v != v else round(float(v), 4)) for k, v in zip(FEATURES, features, strict=True)
+            },
             settings=self.settings,
             pre_window=pre_window,
             mask_window=mask_window,
@@ -392,4 +442,4 @@ class TacePlanningOperator(Operator):
         volume = from_selected_series(selected, image)
         phase = selected[0].selected_series[0].selection_name
         clinical = op_input.receive("clinical")
-        op_output.emit(self.planner().plan(volume, phase, clinical), "plan")
+        op_output.emit(self.planner().plan(volume, phase, clinical, arterial_of(selected)), "plan")

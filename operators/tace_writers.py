@@ -183,6 +183,7 @@ def plan_json(plan: TacePlan) -> dict:
         "series_instance_uid": str(ds.SeriesInstanceUID),
         "series_description": str(ds.get("SeriesDescription", "")),
         "phase": plan.phase,
+        "lesion_features": plan.lesion_features,
         "settings_name": plan.settings.label,
         "bundles": plan.bundles,
         "stage_timing_s": {k: round(v, 3) for k, v in plan.timing_s.items()},

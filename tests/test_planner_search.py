@@ -111,9 +111,9 @@ def _counting(monkeypatch: pytest.MonkeyPatch, world) -> list[int]:
     calls: list[int] = []
     original = world.simulate
 
-    def simulate(pre_window, mask_window, protocols, seed=0):
+    def simulate(pre_window, mask_window, protocols, seed=0, features=None):
         calls.append(len(protocols))
-        return original(pre_window, mask_window, protocols, seed)
+        return original(pre_window, mask_window, protocols, seed, features=features)
 
     monkeypatch.setattr(world, "simulate", simulate)
     return calls

@@ -22,9 +22,11 @@ import pydicom
 import pytest
 
 from oncoplan.errors import InputError
+from oncoplan.operators.series_selector import ARTERIAL
 from oncoplan.operators.tace_planning import ADULT_LIVER_CM3, liver_volume_warning
 from oncoplan.planner.search import PAPER_SETTINGS
 from oncoplan.tace.actions import Protocol
+from oncoplan.tace.lesion_features import FEATURES
 from oncoplan.training.synth.cohort import generate_cohort
 
 from .dicom_validate import dciodvfy_available, problems
@@ -99,6 +101,8 @@ def test_plan_writes_sr_seg_pdf_and_json(planned: Path) -> None:
     assert plan["model_timing_s"]["assistant"] > 0 and plan["model_timing_s"]["dynamics"] > 0
     seg = plan["segmentation"]
     assert seg["liver_cm3"] >= seg["tumor_cm3"] > 0
+    # The world model read the lesion in both phases of the study (the arterial one beside the planning series).
+    assert set(plan["lesion_features"]) == set(FEATURES) and None not in plan["lesion_features"].values()
     assert seg["warning"] == liver_volume_warning(seg["liver_cm3"])
 
 
@@ -226,17 +230,25 @@ def _studies(folder: Path):
     return selector, None, loader.load_data_to_studies(folder.absolute())
 
 
-def _selected(folder: Path) -> tuple[str, str]:
+def _selection(folder: Path) -> list[tuple[str, str]]:
+    """(SeriesInstanceUID, selection name) of every series the selector emits, the planning series first."""
     selector, rules, studies = _studies(folder)
     (study,) = selector.filter(rules, studies)
-    (one,) = study.selected_series
-    return str(one.series.SeriesInstanceUID), one.selection_name
+    return [(str(one.series.SeriesInstanceUID), one.selection_name) for one in study.selected_series]
+
+
+def _selected(folder: Path) -> tuple[str, str]:
+    return _selection(folder)[0]
 
 
 def test_selector_takes_the_pre_treatment_pvp_series(case: dict, tmp_path: Path) -> None:
     series = case["series"]
-    # Both studies (five series): the earlier study's portal-venous series.
-    assert _selected(case["dir"]) == (_uid(series["pre_PVP_series"]), "PVP")
+    # Both studies (five series): the earlier study's portal-venous series, and its arterial series beside it
+    # (second: the SDK's series-to-volume operator converts the first only; the planner reads both phases).
+    assert _selection(case["dir"]) == [
+        (_uid(series["pre_PVP_series"]), "PVP"),
+        (_uid(series["pre_AP_series"]), ARTERIAL),
+    ]
     # Descriptions that decide nothing: the bolus timing still tells AP from PVP.
     blank = tmp_path / "blank"
     shutil.copytree(case["dir"] / "pre", blank)
@@ -248,7 +260,15 @@ def test_selector_takes_the_pre_treatment_pvp_series(case: dict, tmp_path: Path)
     # Without the PVP series: the arterial one.
     no_pvp = tmp_path / "no_pvp"
     shutil.copytree(case["dir"] / "pre", no_pvp, ignore=shutil.ignore_patterns(series["pre_PVP_series"].name))
-    assert _selected(no_pvp) == (_uid(series["pre_AP_series"]), "AP")
+    assert _selection(no_pvp) == [(_uid(series["pre_AP_series"]), "AP")]
+    # An arterial series of another frame of reference does not map onto the portal-venous grid: not read.
+    other_frame = tmp_path / "other_frame"
+    shutil.copytree(case["dir"] / "pre", other_frame)
+    for f in (other_frame / series["pre_AP_series"].name).rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.1"
+        ds.save_as(f)
+    assert _selection(other_frame) == [(_uid(series["pre_PVP_series"]), "PVP")]
     # Non-contrast only: nothing to plan on, one line naming what was found.
     nc_only = tmp_path / "nc_only"
     keep = {series[k].name for k in ("pre_AP_series", "pre_PVP_series")}

@@ -221,8 +221,10 @@ class _Session:
         pre_window: np.ndarray,
         mask_window: np.ndarray,
         clinical: Mapping[str, Any] | None = None,
+        features: np.ndarray | None = None,
     ) -> None:
         self.planner, self.pre, self.mask, self.clinical = planner, pre_window, mask_window, clinical
+        self.features = features
         self.cache: dict[Protocol, RankedProtocol] = {}
         self.calls, self.simulations, self.rendered = 0, 0, 0  # outcomes scored; of them rendered
         self.simulate_s, self.heuristic_s = 0.0, 0.0
@@ -249,7 +251,10 @@ class _Session:
         world, seed = planner.world_model, planner.settings.seed
         # A read-out of the layouts needs no rendering: it would be made and never looked at.
         render = getattr(planner.scorer, "reads_renderings", True)
-        sim = world.simulate(self.pre, self.mask, matrix, seed) if render else world.respond(matrix, seed)
+        if render:
+            sim = world.simulate(self.pre, self.mask, matrix, seed, features=self.features)
+        else:
+            sim = world.respond(matrix, seed, features=self.features)
         t1 = time.perf_counter()
         risks = np.asarray(planner.scorer(self.pre, self.mask, sim, new, self.clinical), dtype=np.float64)
         t2 = time.perf_counter()
@@ -385,10 +390,13 @@ class WorldModelPlanner:
         mask_window: np.ndarray,
         observation: Observation | None = None,
         clinical: Mapping[str, Any] | None = None,
+        features: np.ndarray | None = None,
     ) -> Plan:
-        """MeWM's search from the policy's candidates (module doc); `clinical` goes to the heuristic."""
+        """MeWM's search from the policy's candidates (module doc); `clinical` goes to the heuristic, what the
+        pre-treatment scan shows of the lesion (`oncoplan.tace.lesion_features`, both phases where the study
+        has them) to the world model's response head."""
         start, skipped = self.initial_candidates(observation)
-        with self._session(pre_window, mask_window, clinical) as session:
+        with self._session(pre_window, mask_window, clinical, features) as session:
             session.evaluate(start, "policy candidates")
             beam = sorted(start, key=lambda p: (session.mean(p), _fewest_items_first(p)))[: self.settings.beam]
             for step in range(1, self.settings.drug_horizon + self.settings.embolic_horizon + 1):
@@ -403,11 +411,15 @@ class WorldModelPlanner:
             return session.plan("beam_search", skipped, beam, prior=start[0])
 
     def best_of_n(
-        self, pre_window: np.ndarray, mask_window: np.ndarray, clinical: Mapping[str, Any] | None = None
+        self,
+        pre_window: np.ndarray,
+        mask_window: np.ndarray,
+        clinical: Mapping[str, Any] | None = None,
+        features: np.ndarray | None = None,
     ) -> Plan:
         """Every valid protocol of the action set, `chunk` protocols per world-model call."""
         space = self.space()
-        with self._session(pre_window, mask_window, clinical) as session:
+        with self._session(pre_window, mask_window, clinical, features) as session:
             for lo in range(0, len(space), self.settings.chunk):
                 session.evaluate(space[lo : lo + self.settings.chunk], f"chunk {lo // self.settings.chunk + 1}")
             return session.plan("best_of_n", [], None)
@@ -416,9 +428,13 @@ class WorldModelPlanner:
 
     @contextlib.contextmanager
     def _session(
-        self, pre_window: np.ndarray, mask_window: np.ndarray, clinical: Mapping[str, Any] | None
+        self,
+        pre_window: np.ndarray,
+        mask_window: np.ndarray,
+        clinical: Mapping[str, Any] | None,
+        features: np.ndarray | None = None,
     ) -> Iterator[_Session]:
-        session = _Session(self, pre_window, mask_window, clinical)
+        session = _Session(self, pre_window, mask_window, clinical, features)
         try:
             yield session
         finally:

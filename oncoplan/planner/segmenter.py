@@ -39,16 +39,22 @@ class StudySegmenter:
         self.spacing = tuple(float(v) for v in parser.get_parsed_content("pixdim"))
         self.forward = forward
 
+    def scale(self, image: Any):
+        """The bundle's preprocessing alone (RAS, its voxel spacing, HU window): a (1, X, Y, Z) MetaTensor in
+        model space, from a MetaTensor (the loader skipped) or an image file. A second phase on the same grid
+        comes out on the same model-space grid."""
+        on_file = isinstance(image, (str, Path))
+        data = {"image": str(image) if on_file else image}
+        for t in self.preprocessing if on_file else self.preprocessing[1:]:
+            data = t(data)
+        return data["image"]
+
     @torch.no_grad()
     def segment(self, image: Any, device: torch.device | str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scaled CT (X, Y, Z), labels (X, Y, Z), index -> RAS affine) in model space, from a MetaTensor
         (in memory: the loader is skipped) or the path of an image file (read by the bundle's loader).
         `device`: where `forward` runs (the world model's device; the forward does not move its input)."""
-        on_file = isinstance(image, (str, Path))
-        data = {"image": str(image) if on_file else image}
-        for t in self.preprocessing if on_file else self.preprocessing[1:]:
-            data = t(data)
-        scaled = data["image"]
+        scaled = self.scale(image)
         pred = {"pred": self.inferer(scaled[None].float().to(device), self.forward)[0]}
         for t in self.label_map:
             pred = t(pred)

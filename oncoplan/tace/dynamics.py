@@ -66,26 +66,64 @@ def predict(weights: np.ndarray, features: np.ndarray) -> np.ndarray:
 
 
 class ResponseHead(nn.Module):
-    """Multi-hot protocol -> (viable, necrosis, Lipiodol shares, volume ratio) of the treated lesion.
+    """Multi-hot protocol (and what the pre-treatment scan shows of the lesion) -> (viable, necrosis, Lipiodol
+    shares, volume ratio) of the treated lesion.
 
-    A linear map with intercept held as a buffer (saved in the checkpoint) and fitted by `fit`. The
-    shares come out clipped to >= 0 and renormalised to sum 1; the volume ratio clipped to [0.1, 2].
+    A linear map with intercept held as buffers (saved in the checkpoint) and fitted by `fit`. With
+    `n_features` > 0 it reads the lesion's :data:`oncoplan.tace.lesion_features.FEATURES` too: its inputs
+    are the multi-hot vector and that vector times each standardised feature (so the scan changes what
+    each item does, not only the baseline); a feature not given (NaN, or no features at all) counts as
+    its training mean. The shares come out clipped to >= 0 and renormalised to sum 1; the volume ratio
+    clipped to [0.1, 2].
     """
 
-    def __init__(self, n_actions: int = len(ACTION_BASE), n_outputs: int = len(RESPONSE)) -> None:
+    def __init__(self, n_actions: int = len(ACTION_BASE), n_outputs: int = len(RESPONSE), n_features: int = 0) -> None:
         super().__init__()
-        self.register_buffer("weights", torch.zeros(n_actions + 1, n_outputs))
+        self.n_actions, self.n_features = n_actions, n_features
+        self.register_buffer("weights", torch.zeros(n_actions * (1 + n_features) + 1, n_outputs))
+        if n_features:
+            self.register_buffer("feature_mean", torch.zeros(n_features))
+            self.register_buffer("feature_scale", torch.ones(n_features))
 
-    def fit(self, protocols: np.ndarray, responses: np.ndarray, alpha: float = 1e-2) -> float:
-        """Fit to training pairs; returns R^2 of the viable share on them."""
-        w = fit_ridge(np.asarray(protocols, dtype=np.float64), np.asarray(responses, dtype=np.float64), alpha)
+    def design(self, protocols: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """The head's inputs (without the intercept): protocols (N, A), features (N, F), (F,) or None."""
+        p = np.asarray(protocols, dtype=np.float64)
+        if not self.n_features:
+            return p
+        z = np.zeros((len(p), self.n_features))
+        if features is not None:
+            f = np.broadcast_to(np.asarray(features, dtype=np.float64), z.shape)
+            mean, scale = self.feature_mean.cpu().numpy(), self.feature_scale.cpu().numpy()
+            z = np.nan_to_num((f - mean) / scale, nan=0.0)
+        return np.c_[p, (p[:, :, None] * z[:, None, :]).reshape(len(p), -1)]
+
+    def fit(
+        self, protocols: np.ndarray, responses: np.ndarray, features: np.ndarray | None = None, alpha: float = 1e-2
+    ) -> float:
+        """Fit to training pairs (and the cases' lesion features); returns R^2 of the viable share on them."""
+        if self.n_features:
+            if features is None:
+                raise ValueError(f"this response head reads {self.n_features} lesion features; none were given")
+            f = np.asarray(features, dtype=np.float64)
+            mean = np.nanmean(f, axis=0)
+            scale = np.nanstd(f, axis=0)
+            self.feature_mean.copy_(torch.as_tensor(np.nan_to_num(mean), dtype=self.feature_mean.dtype))
+            self.feature_scale.copy_(
+                torch.as_tensor(np.where(scale > 1e-9, scale, 1.0), dtype=self.feature_scale.dtype)
+            )
+        x = self.design(protocols, features)
+        w = fit_ridge(x, np.asarray(responses, dtype=np.float64), alpha)
         self.weights.copy_(torch.as_tensor(w, dtype=self.weights.dtype))
         viable = np.asarray(responses)[:, 0]
-        return 1.0 - float(((predict(w, np.asarray(protocols))[:, 0] - viable) ** 2).mean() / max(viable.var(), 1e-12))
+        return 1.0 - float(((predict(w, x)[:, 0] - viable) ** 2).mean() / max(viable.var(), 1e-12))
 
-    def forward(self, protocols: torch.Tensor) -> torch.Tensor:
+    def forward(self, protocols: torch.Tensor, features: np.ndarray | None = None) -> torch.Tensor:
         p = protocols.float().to(self.weights.device)
-        raw = torch.cat([p, torch.ones_like(p[:, :1])], 1) @ self.weights
+        if self.n_features:
+            x = torch.as_tensor(self.design(p.cpu().numpy(), features), dtype=p.dtype, device=p.device)
+        else:
+            x = p
+        raw = torch.cat([x, torch.ones_like(p[:, :1])], 1) @ self.weights
         shares = raw[:, :3].clamp(min=0.0)
         shares = shares / shares.sum(1, keepdim=True).clamp(min=1e-6)
         return torch.cat([shares, raw[:, 3:].clamp(0.1, 2.0)], 1)
@@ -104,10 +142,13 @@ class ResponseConditionedUNet(nn.Module):
         num_head_channels: int = 16,
         norm_num_groups: int = 16,
         n_actions: int = len(ACTION_BASE),
+        response_features: int = 0,
     ) -> None:
         super().__init__()
         self.n_actions, self.n_response = n_actions, len(RESPONSE)
-        self.response_head = ResponseHead(n_actions, self.n_response)
+        # response_features: how many lesion features of the pre-treatment scan the response head reads
+        # (0: a population model of each protocol; 4: oncoplan.tace.lesion_features.FEATURES).
+        self.response_head = ResponseHead(n_actions, self.n_response, response_features)
         self.unet = DiffusionModelUNet(
             spatial_dims=3,
             in_channels=self.input_channels,
@@ -124,9 +165,10 @@ class ResponseConditionedUNet(nn.Module):
         """Channels of the concatenated input: noisy patch, image conditions, one per compartment."""
         return 1 + IMAGE_CONDITIONS + len(COMPARTMENTS)
 
-    def response(self, protocols: torch.Tensor) -> torch.Tensor:
-        """The predicted response to each protocol (rows of a multi-hot matrix), which the layout places."""
-        return self.response_head(protocols)
+    def response(self, protocols: torch.Tensor, features: np.ndarray | None = None) -> torch.Tensor:
+        """The predicted response to each protocol (rows of a multi-hot matrix), which the layout places, for
+        a lesion with these `features` (`oncoplan.tace.lesion_features`; None: a lesion like the average)."""
+        return self.response_head(protocols, features)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, **_: object):
         if x.shape[1] != self.input_channels:
@@ -135,10 +177,14 @@ class ResponseConditionedUNet(nn.Module):
 
 
 def fit_response_head(network: ResponseConditionedUNet, items: Sequence[Mapping[str, object]]) -> nn.Module:
-    """Fit `network`'s response head to the training items' ("protocol", "response") pairs; returns it."""
+    """Fit `network`'s response head to the training items' ("protocol", "response") pairs, and their lesion
+    "features" where the head reads them; returns it."""
     protocols = np.asarray([item["protocol"] for item in items], dtype=np.float64)
     responses = np.asarray([item["response"] for item in items], dtype=np.float64)
-    r2 = network.response_head.fit(protocols, responses)
+    features = None
+    if network.response_head.n_features:
+        features = np.asarray([item["features"] for item in items], dtype=np.float64)
+    r2 = network.response_head.fit(protocols, responses, features)
     LOG.info("response head fitted on %d cases: R^2 of the viable share %.3f", len(items), r2)
     return network
 

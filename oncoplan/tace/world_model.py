@@ -206,24 +206,34 @@ class WorldModel:
         return tuple(slice(a, a + p) for a, p in zip(lo, self.patch, strict=True))
 
     @torch.no_grad()
-    def respond(self, protocols: np.ndarray, seed: int = 0) -> Simulation:
-        """The response head's prediction for every protocol (rows of a multi-hot matrix): what
-        :meth:`simulate` conditions its renderer on, without rendering or segmenting anything. Enough
-        for a read-out of the layouts (the planner's default heuristic), at a fraction of the cost."""
-        return Simulation(None, None, None, self._patch(), self._responses(protocols).cpu().numpy(), seed, self.samples)
+    def respond(self, protocols: np.ndarray, seed: int = 0, features: np.ndarray | None = None) -> Simulation:
+        """The response head's prediction for every protocol (rows of a multi-hot matrix) for a lesion with
+        these `features` (`oncoplan.tace.lesion_features`): what :meth:`simulate` conditions its renderer
+        on, without rendering or segmenting anything. Enough for a read-out of the layouts (the planner's
+        default heuristic), at a fraction of the cost."""
+        response = self._responses(protocols, features).cpu().numpy()
+        return Simulation(None, None, None, self._patch(), response, seed, self.samples)
 
-    def _responses(self, protocols: np.ndarray) -> torch.Tensor:
-        return self.dynamics.response(torch.as_tensor(protocols, dtype=torch.float32).to(self.device))
+    def _responses(self, protocols: np.ndarray, features: np.ndarray | None = None) -> torch.Tensor:
+        return self.dynamics.response(torch.as_tensor(protocols, dtype=torch.float32).to(self.device), features)
 
     @torch.no_grad()
-    def simulate(self, pre_window: np.ndarray, mask_window: np.ndarray, protocols: np.ndarray, seed: int = 0):
+    def simulate(
+        self,
+        pre_window: np.ndarray,
+        mask_window: np.ndarray,
+        protocols: np.ndarray,
+        seed: int = 0,
+        features: np.ndarray | None = None,
+    ):
         """Simulate every protocol (rows of a multi-hot matrix) `samples` times and segment the results.
-        The dynamics model's response head turns each protocol into the response its renderer draws."""
+        The dynamics model's response head turns each protocol into the response its renderer draws, for a
+        lesion with these `features` (`oncoplan.tace.lesion_features`; None: as the average lesion)."""
         patch = self._patch()
         pre = torch.as_tensor(pre_window[patch], dtype=torch.float32)[None, None].to(self.device)
         mask = torch.as_tensor(mask_window[patch] > 0, dtype=torch.float32)[None, None].to(self.device)
         self.sampler.set_timesteps(self.steps)
-        responses = self._responses(protocols)
+        responses = self._responses(protocols, features)
         posts = simulate(
             self.dynamics_forward,
             pre,

@@ -306,13 +306,15 @@ def evaluate_planning(
             mask_record = mask_source(segmenter, entry, mask, world_model)
             mask = mask_record.pop("mask")
             pre_window, mask_window, _ = window_around(pre, mask, tuple(world_model.window))
+            features = case_features(preprocessing, entry, pre_window, mask, mask_window, world_model.window)
             plan = (
-                planner.beam_search(pre_window, mask_window, observation, clinical=seen)
+                planner.beam_search(pre_window, mask_window, observation, clinical=seen, features=features)
                 if search == "beam"
-                else planner.best_of_n(pre_window, mask_window, clinical=seen)
+                else planner.best_of_n(pre_window, mask_window, clinical=seen, features=features)
             )
             best = plan.best.protocol
             plan_record = {
+                "lesion_features": [None if math.isnan(v) else round(float(v), 4) for v in features],
                 "best": plan.best.to_dict(),
                 "pick": plan.pick,
                 "separation": plan.separation,
@@ -393,6 +395,20 @@ def mask_source(segmenter: Any, entry: Mapping[str, Any], label: np.ndarray, wor
         log.warning("case %s: the assistant finds no tumour; planned with the label mask", entry["case_id"])
         return {"mask": label, "source": "label (the assistant found no tumour)", "tumor_voxels": int(label.sum())}
     return {"mask": tumor, "source": "assistant", "tumor_voxels": int(tumor.sum()), "dice_vs_label": dice(tumor, label)}
+
+
+def case_features(preprocessing, entry, pre_window, mask, mask_window, window) -> np.ndarray:
+    """What the case's pre-treatment scan shows of its lesion, as the app computes it: the planning window and,
+    where the case was prepared with one, the arterial phase's window around the same mask."""
+    from oncoplan.tace.lesion_features import study_features
+    from oncoplan.tace.world_model import window_around
+    from oncoplan.training.tace.dynamics_eval import model_space_case
+
+    arterial_window = None
+    if entry.get("pre_arterial_image") and entry.get("phase", "PVP") == "PVP":
+        arterial, _, _ = model_space_case(preprocessing, {**entry, "pre_image": entry["pre_arterial_image"]})
+        arterial_window, _, _ = window_around(arterial, mask, tuple(window))
+    return study_features(pre_window, mask_window > 0, entry.get("phase", "PVP"), arterial_window)
 
 
 def cohort_generator(cohort: Path) -> str:

@@ -63,9 +63,9 @@ TISSUE_HU = {
 ENHANCEMENT_HU = (0.0, 70.0, -20.0)
 MEAN_VASCULARITY = 0.5556  # the liver-2 prior's mean, Beta(1.5, 1.2)
 # Amplitude (HU) of the viable tumour's texture: TEXTURE_HU * exp(TEXTURE_SLOPE * (s - 0.5)) for a visible
-# anthracycline sensitivity s (4 HU at 0, 16 HU at 1; every other tissue and liver-1 tumours: 8 HU).
+# anthracycline sensitivity s (2.7 HU at 0, 24 HU at 1; every other tissue and liver-1 tumours: 8 HU).
 TEXTURE_HU = 8.0
-TEXTURE_SLOPE = 1.4
+TEXTURE_SLOPE = 2.2
 LIPIODOL_HU = 450.0  # dense deposits, +-150 HU of texture: 300-600 HU in every phase
 PHASES = ("NC", "AP", "PVP")
 BOLUS_DELAY_S = {"NC": None, "AP": 35, "PVP": 70}

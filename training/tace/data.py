@@ -35,7 +35,7 @@ def load_prepared(prepared: Sources) -> list[dict[str, object]]:
     out = []
     for entry in entries:
         item = dict(entry)
-        for key in ("pre_image", "post_image", "pre_label", "post_label"):
+        for key in ("pre_image", "post_image", "pre_label", "post_label", "pre_arterial_image"):
             if item.get(key):
                 item[key] = str(prepared / str(item[key]))
         out.append(item)
@@ -68,9 +68,53 @@ def segmentation_items(
     ]
 
 
-def dynamics_items(prepared: Sources, fraction: float = 1.0, seed: int = 0) -> list[dict[str, object]]:
+def lesion_features_of(entry: dict[str, object], pixdim: Sequence[float] | None = None) -> list[float]:
+    """What the case's pre-treatment scan shows of its lesion (`oncoplan.tace.lesion_features`), computed as
+    the planner computes it on a study: the volumes at the models' voxel spacing `pixdim` (None: as
+    prepared), intensities scaled by the bundles' HU window; the portal-venous phase is the prepared pre
+    image unless the case was prepared from its arterial phase (``phase`` AP), the arterial one
+    ``pre_arterial_image`` where it was prepared."""
+    import SimpleITK as sitk
+
+    from oncoplan.tace.dynamics import HU_WINDOW
+    from oncoplan.tace.lesion_features import lesion_features
+
+    def load(path: object, label: bool = False) -> np.ndarray:
+        image = sitk.ReadImage(str(path))
+        if pixdim is not None and not np.allclose(image.GetSpacing(), pixdim):
+            size = [round(n * s / p) for n, s, p in zip(image.GetSize(), image.GetSpacing(), pixdim, strict=True)]
+            interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
+            image = sitk.Resample(
+                image,
+                size,
+                sitk.Transform(),
+                interpolator,
+                image.GetOrigin(),
+                tuple(pixdim),
+                image.GetDirection(),
+                0 if label else -1024.0,
+                image.GetPixelID(),
+            )
+        array = sitk.GetArrayFromImage(image).astype(np.float32)
+        if label:
+            return array
+        lo, hi = HU_WINDOW
+        return np.clip((array - lo) / (hi - lo), 0.0, 1.0) * 2.0 - 1.0
+
+    pre = load(entry["pre_image"])
+    tumour = load(entry["pre_label"], label=True) >= 2  # the bundles' tumour: every label from viable on
+    arterial = load(entry["pre_arterial_image"]) if entry.get("pre_arterial_image") else None
+    if entry.get("phase") == "AP":
+        pre, arterial = None, pre
+    return lesion_features(pre, arterial, tumour).tolist()
+
+
+def dynamics_items(
+    prepared: Sources, fraction: float = 1.0, seed: int = 0, pixdim: Sequence[float] | None = None
+) -> list[dict[str, object]]:
     """{"image": post CT, "pre": pre CT, "label": pre label map, "post_label": post label map,
-    "protocol": multi-hot, "response": the lesion's measured response (`oncoplan.tace.labels.lesion_response`)}
+    "protocol": multi-hot, "response": the lesion's measured response (`oncoplan.tace.labels.lesion_response`),
+    "features": what its pre-treatment scan shows of the lesion (:func:`lesion_features_of` at `pixdim`)}
     per case with a protocol and a post-treatment label map.
 
     "image" is the post-treatment scan because it is what the diffusion model generates; "post_label"
@@ -92,6 +136,7 @@ def dynamics_items(prepared: Sources, fraction: float = 1.0, seed: int = 0) -> l
             "post_label": c["post_label"],
             "protocol": c["protocol_multi_hot"],
             "response": lesion_response(labels(c["pre_label"]), labels(c["post_label"])),
+            "features": lesion_features_of(c, pixdim),
             "case_id": c["case_id"],
         }
         for c in cases

@@ -7,7 +7,8 @@ DICOM-SEG or `pre_labels`/`post_labels` NIfTI maps) it
 1. reads the pre- and post-treatment CT of each phase present in both studies,
 2. registers post onto pre per phase (post-AP -> pre-AP, post-PVP -> pre-PVP; rigid then
    B-spline) and carries the post label map through the same transform,
-3. resamples everything onto one grid at `spacing` (seed A.1: 0.8 x 0.8 x 3.0 mm),
+3. resamples everything onto one grid at `spacing` (seed A.1: 0.8 x 0.8 x 3.0 mm), with the
+   pre-treatment arterial series beside the portal-venous one (`pre_arterial_image`) where both exist,
 4. filters label islands under 300 voxels of the A.1 grid (576 mm3, the same volume on any grid),
 
 and writes NIfTI files, `datalist.json` (the bundles' input) and `registration.json/.md`
@@ -99,6 +100,11 @@ def prepare_case(
             "pre_label": _filtered(pre_on_grid),
             "post_label": _filtered(registered),
         }
+        arterial = _series(row, "pre", "AP", cohort) if phase == "PVP" else None
+        if arterial is not None:
+            # The pre-treatment arterial phase on the same grid, by physical position (one study, one frame of
+            # reference, seconds apart): what the world model reads of the tumour's vascularity (issue 34).
+            files["pre_arterial_image"] = P.onto(P.read_series(arterial), grid)
         for key, image in files.items():
             sitk.WriteImage(image, str(case_out / f"{key}.nii.gz"), useCompression=True)
             entry[key] = f"{case_id}/{key}.nii.gz"

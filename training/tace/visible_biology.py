@@ -6,8 +6,8 @@ plain reader gets back: per case, four features read from the arterial (AP) and 
 series inside the viable tumour of the ground-truth label map, eroded by one voxel against partial volume:
 
 * ``ap_enhancement``, ``pvp_washout``: median tumour HU minus median liver HU, per phase;
-* ``ap_texture``, ``pvp_texture``: log of the SD of tumour HU after a 2 mm Gaussian (the texture varies
-  over ~5 mm, the scanner noise per voxel; smoothing keeps the first and averages out the second).
+* ``ap_texture``, ``pvp_texture``: log of the SD of tumour HU after a 1 mm Gaussian (the texture varies
+  over ~5 mm, the scanner noise per voxel; a 1 mm Gaussian keeps the first and damps the second).
 
 A linear regression of each hidden quantity on the four features, scored by 5-fold cross-validated R^2
 (scikit-learn), is set against the ceiling of a perfect reader: the R^2 of the visible copy itself
@@ -33,7 +33,7 @@ from oncoplan.fsio import atomic_output_dir
 
 FEATURES = ("ap_enhancement", "pvp_washout", "ap_texture", "pvp_texture")
 TARGETS = ("vascularity", "anthracycline")
-SMOOTH_MM = 2.0
+SMOOTH_MM = 1.0
 FOLDS = 5
 
 
@@ -84,11 +84,12 @@ def measure(cohorts: Sequence[Path], progress: bool = True) -> dict[str, object]
 
     records, skipped = [], 0
     for cohort in cohorts:
-        meta = json.loads((cohort / "cohort.json").read_text()) if (cohort / "cohort.json").is_file() else {}
-        if meta.get("generator") not in ("liver-2",):  # the generators whose images show the biology
-            raise InputError(
-                f"{cohort}: generator {meta.get('generator', 'liver-1')!r}; this study needs liver-2 cohorts"
-            )
+        meta_path = cohort / "cohort.json"
+        if not meta_path.is_file():
+            raise InputError(f"{meta_path}: not found; give a cohort written by oncoplan synth liver")
+        generator = json.loads(meta_path.read_text()).get("generator", "liver-1")
+        if generator != "liver-2":  # the generator whose images show the biology
+            raise InputError(f"{cohort}: generator {generator!r}; this study needs liver-2 cohorts")
         with open(cohort / "cohort.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         for row in tqdm(rows, desc=f"read {cohort.name}", unit="case", disable=not progress):

@@ -1,0 +1,54 @@
+"""What the pre-treatment multiphase CT shows of a tumour's response biology, as four numbers.
+
+In HCC the arterial and portal-venous phases read together carry part of how a tumour will respond:
+arterial hyperenhancement and portal-venous washout go with its vascularity (Lipiodol and bead uptake),
+its heterogeneity with its biology (LI-RADS reads both phases for this reason). The world model's response
+head (:class:`oncoplan.tace.dynamics.ResponseHead`) conditions each protocol's predicted response on these:
+
+* ``arterial enhancement``, ``portal-venous washout``: median tumour intensity minus the median of a ring
+  of tissue just outside it (``RING_VOXELS`` voxels; mostly liver), per phase;
+* ``arterial texture``, ``portal-venous texture``: log of the tumour's intensity SD, per phase.
+
+Inputs are model-space volumes (the bundles' RAS grid at their voxel spacing, intensities scaled by their
+shared HU window to [-1, 1]), so a training case and a study the app reads give the same numbers. A phase
+that is missing gives NaN for its two features; the head replaces NaN by its training mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+FEATURES = ("arterial enhancement", "portal-venous washout", "arterial texture", "portal-venous texture")
+RING_VOXELS = 2
+MIN_TUMOUR_VOXELS = 8
+
+
+def _phase(volume: np.ndarray | None, tumour: np.ndarray, ring: np.ndarray) -> tuple[float, float]:
+    if volume is None or tumour.sum() < MIN_TUMOUR_VOXELS or not ring.any():
+        return float("nan"), float("nan")
+    values = volume[tumour]
+    return float(np.median(values) - np.median(volume[ring])), float(np.log(np.std(values) + 1e-3))
+
+
+def lesion_features(portal_venous: np.ndarray | None, arterial: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+    """The four :data:`FEATURES` of the tumour `mask` (boolean, the volumes' shape) in `FEATURES` order."""
+    tumour = np.asarray(mask) > 0
+    for name, volume in (("portal-venous", portal_venous), ("arterial", arterial)):
+        if volume is not None and np.shape(volume) != tumour.shape:
+            raise ValueError(f"{name} volume {np.shape(volume)} and tumour mask {tumour.shape} differ in shape")
+    ring = ndimage.binary_dilation(tumour, iterations=RING_VOXELS) & ~tumour
+    enhancement, arterial_texture = _phase(arterial, tumour, ring)
+    washout, venous_texture = _phase(portal_venous, tumour, ring)
+    return np.array([enhancement, washout, arterial_texture, venous_texture], dtype=np.float64)
+
+
+def study_features(
+    pre_window: np.ndarray, mask_window: np.ndarray, phase: str = "PVP", arterial_window: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`lesion_features` of a planning study: `pre_window` is the series the app planned on, the
+    portal-venous phase (`phase` "PVP") or, in a study without one, the arterial phase ("AP"); the arterial
+    window (same grid) goes beside a portal-venous one where the study has both."""
+    if phase == "AP":
+        return lesion_features(None, pre_window, mask_window)
+    return lesion_features(pre_window, arterial_window, mask_window)

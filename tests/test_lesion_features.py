@@ -1,0 +1,87 @@
+"""The world model reads the pre-treatment scan: lesion features of both phases, a response head that
+conditions each protocol's response on them, and the arterial phase brought onto the planning grid."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from oncoplan.operators.ct_volume import from_datasets, on_grid_of
+from oncoplan.tace.dynamics import ResponseConditionedUNet, ResponseHead
+from oncoplan.tace.lesion_features import FEATURES, lesion_features, study_features
+
+from .helpers import cohort_rows
+
+
+def _phantom(tumour_value: float, texture: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    volume = np.full((24, 24, 24), 0.1, dtype=np.float32) + rng.normal(0, 0.01, (24, 24, 24)).astype(np.float32)
+    zz, yy, xx = np.mgrid[:24, :24, :24]
+    mask = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 <= 36
+    volume[mask] = tumour_value + rng.normal(0, texture, mask.sum())
+    return volume, mask
+
+
+def test_features_follow_enhancement_washout_and_texture_and_a_missing_phase_is_nan() -> None:
+    bright, mask = _phantom(0.4, 0.02)
+    dim, _ = _phantom(0.2, 0.02)
+    rough, _ = _phantom(0.2, 0.08)
+    hyper = lesion_features(dim, bright, mask)
+    hypo = lesion_features(dim, dim, mask)
+    assert hyper[0] > hypo[0] > 0  # arterial enhancement against the ring around the tumour
+    assert lesion_features(rough, dim, mask)[3] > lesion_features(dim, dim, mask)[3]  # portal-venous texture
+    alone = lesion_features(dim, None, mask)
+    assert np.isnan(alone[[0, 2]]).all() and np.isfinite(alone[[1, 3]]).all()
+    # A study planned on its arterial phase (no portal-venous one): that series is the arterial reading.
+    assert np.allclose(study_features(bright, mask, "AP"), lesion_features(None, bright, mask), equal_nan=True)
+    with pytest.raises(ValueError, match="differ in shape"):
+        lesion_features(dim[:-1], None, mask)
+
+
+def test_a_featured_response_head_changes_what_an_item_does_with_the_scan() -> None:
+    """Item 0 kills more in lesions with a higher first feature (as an embolic in a vascular tumour): the
+    head learns it; with no features, or NaN, it predicts for the average lesion."""
+    rng = np.random.default_rng(0)
+    n, actions = 400, 18
+    protocols = (rng.random((n, actions)) < 0.3).astype(float)
+    features = rng.normal(0.0, 1.0, (n, len(FEATURES)))
+    viable = 0.6 - protocols[:, 0] * (0.2 + 0.1 * features[:, 0]) - 0.05 * protocols[:, 1]
+    responses = np.c_[viable, 1 - viable, np.zeros(n), np.ones(n)]
+    head = ResponseHead(actions, 4, len(FEATURES))
+    assert head.fit(protocols, responses, features) > 0.99
+    one = torch.zeros(1, actions)
+    one[0, 0] = 1.0
+    vascular, avascular = (np.array([v, 0.0, 0.0, 0.0]) for v in (1.5, -1.5))
+    assert head(one, vascular)[0, 0] < head(one, avascular)[0, 0] - 0.2
+    mean = features.mean(0)
+    assert torch.allclose(head(one, None), head(one, mean), atol=1e-5)
+    assert torch.allclose(head(one, np.full(4, np.nan)), head(one, None))
+    with pytest.raises(ValueError, match="lesion features"):
+        head.fit(protocols, responses)
+    # The population head (no features) is the one every earlier checkpoint holds.
+    net = ResponseConditionedUNet(channels=(16, 16, 16), norm_num_groups=8)
+    assert net.response_head.weights.shape == (actions + 1, 4)
+
+
+def test_the_arterial_phase_lands_on_the_planning_grid_by_position(liver2_cohort: Path) -> None:
+    row = next(r for r in cohort_rows(liver2_cohort) if r["pre_AP_series"] and r["pre_PVP_series"])
+    read = lambda key: [pydicom.dcmread(f) for f in sorted((liver2_cohort / row[key]).glob("*.dcm"))]  # noqa: E731
+    arterial, portal = from_datasets(read("pre_AP_series"), "AP"), from_datasets(read("pre_PVP_series"), "PVP")
+    assert np.allclose(on_grid_of(arterial, portal).hu, arterial.hu, atol=1e-3)  # one grid: unchanged
+    # The arterial series one slice further along: resampled back, the shared slices agree.
+    shifted = []
+    step = np.asarray(arterial.datasets[1].ImagePositionPatient, float) - np.asarray(
+        arterial.datasets[0].ImagePositionPatient, float
+    )
+    for ds in arterial.datasets:
+        moved = copy.deepcopy(ds)
+        moved.ImagePositionPatient = [float(v) for v in np.asarray(ds.ImagePositionPatient, float) + step]
+        shifted.append(moved)
+    back = on_grid_of(from_datasets(shifted, "AP shifted"), portal).hu
+    assert np.allclose(back[1:], arterial.hu[:-1], atol=1e-2)
+    assert (back[0] == -1024.0).all()  # outside the arterial series
