@@ -365,8 +365,8 @@ def test_beam_search_with_the_default_response_heuristic(models, case) -> None:
     plan = planner.beam_search(case["pre"], case["mask"], clinical=clinical)
     assert plan.ranked and all(np.isfinite(r.mean_risk) for r in plan.ranked)
     assert "heuristic_forwards" not in plan.evaluations  # no network in this heuristic
-    # Child-Pugh C instead of A moves every protocol's risk by the patient term and, per drug, by the
-    # regimen's toxicity term: the same simulations, only the clinical row differs.
+    # Child-Pugh C instead of A moves every protocol's risk by the patient term and, per drug and per
+    # embolic, by the regimen's toxicity terms: the same simulations, only the clinical row differs.
     worse = planner.best_of_n(case["pre"], case["mask"], clinical={**clinical, "CPS": "C"})
     base = {
         r.protocol: r.mean_risk
@@ -375,6 +375,7 @@ def test_beam_search_with_the_default_response_heuristic(models, case) -> None:
     coef = scorer.model.coef
     for r in worse.ranked:
         shift = 2 * coef["Child-Pugh"] + 2 * len(r.protocol.drugs) * coef["drugs x Child-Pugh"]
+        shift += 2 * len(r.protocol.embolics) * coef["embolics x Child-Pugh"]
         assert r.mean_risk - base[r.protocol] == pytest.approx(shift)
 
 

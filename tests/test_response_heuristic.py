@@ -16,6 +16,7 @@ from oncoplan.planner.models import load_heuristic
 from oncoplan.planner.response_heuristic import (
     CLINICAL,
     FEATURES,
+    LATER_TERMS,
     RESPONSE,
     ResponseCox,
     ResponseRiskScorer,
@@ -149,6 +150,19 @@ def test_model_file_round_trip_and_a_clear_error(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(InputError, match=r"m\.json: not a response Cox model"):
         ResponseCox.load(path)
+
+
+def test_a_model_fitted_before_the_embolic_terms_scores_them_as_no_effect(tmp_path: Path) -> None:
+    """The shipped liver-1 model has no embolic terms (liver-1 embolics cost nothing): it loads, and an
+    embolic changes its risk only through the residual viable tumour."""
+    data = _model(**{RESPONSE: 0.55}).to_dict()
+    for part in ("coef", "mean", "median"):
+        for term in LATER_TERMS:
+            del data[part][term]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    model = ResponseCox.load(path)
+    assert all(model.coef[t] == 0.0 for t in LATER_TERMS)
 
 
 def test_the_survival_bundle_ships_the_default_heuristic() -> None:

@@ -6,10 +6,10 @@ Why a second heuristic: the survival network (:mod:`.heuristic`, the paper's B.4
 follows the true survival (``docs/README.md``, stage ranking: Spearman 0.32, where the simulated
 viable fraction alone reaches 0.41 and the truth's 0.78). What differs between two protocols for one
 patient is how much viable tumor they leave (mRECIST's driver, read off the simulated scan) and what
-the regimen costs the patient (systemic toxicity of each cytotoxic drug, worse with poor liver
-function; no image shows it). This model puts both in one proportional-hazards risk:
+the regimen costs the patient (systemic toxicity of each cytotoxic drug and the liver injury of each
+embolic, worse with poor liver function; no image shows it). This model puts both in one proportional-hazards risk:
 
-    ln(1 + residual viable cm3), drugs, drugs x Child-Pugh, absolute alcohol     (what the protocol changes)
+    ln(1 + residual viable cm3), drugs, embolics, each x Child-Pugh, absolute alcohol   (what the protocol changes)
     Child-Pugh, log10(1 + AFP), vascular invasion, ln(1 + tumor burden cm3)      (the patient)
 
 fitted with scikit-survival (:func:`oncoplan.training.tace.survival_baselines.make_model`: median
@@ -47,7 +47,9 @@ if TYPE_CHECKING:
     from oncoplan.tace.world_model import Simulation
 
 RESPONSE = "ln(1 + residual viable cm3)"
-REGIMEN = ("drugs", "drugs x Child-Pugh", "absolute alcohol")
+REGIMEN = ("drugs", "drugs x Child-Pugh", "embolics", "embolics x Child-Pugh", "absolute alcohol")
+# Terms added after models were shipped without them (2026-12-07): such a model scores them 0 (no effect).
+LATER_TERMS = ("embolics", "embolics x Child-Pugh")
 CLINICAL = ("Child-Pugh", "log10 AFP", "vascular invasion", "ln(1 + burden cm3)")
 FEATURES = (RESPONSE, *REGIMEN, *CLINICAL)
 # The table column each clinical covariate is read from (:func:`clinical_covariates`).
@@ -55,11 +57,15 @@ COVARIATE_COLUMNS = {"Child-Pugh": "CPS", "log10 AFP": "AFP", "vascular invasion
 
 
 def regimen_features(protocol: Protocol, child_pugh: float) -> dict[str, float]:
-    """What a regimen costs the patient beyond its effect on the tumor."""
+    """What a regimen costs the patient beyond its effect on the tumor: systemic toxicity of each drug, the
+    ischaemic injury of each embolic to the liver around the tumour, both worse with poorer liver function."""
     drugs = float(len(protocol.drugs))
+    embolics = float(len(protocol.embolics))
     return {
         "drugs": drugs,
         "drugs x Child-Pugh": drugs * child_pugh,
+        "embolics": embolics,
+        "embolics x Child-Pugh": embolics * child_pugh,
         "absolute alcohol": float("Absolute Alcohol" in protocol.embolics),
     }
 
@@ -166,10 +172,11 @@ class ResponseCox:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
+            absent = {k: 0.0 for k in LATER_TERMS if k not in data["coef"]}  # fitted before the term existed
             return cls(
-                {k: float(v) for k, v in data["coef"].items()},
-                {k: float(v) for k, v in data["mean"].items()},
-                {k: float(v) for k, v in data["median"].items()},
+                {k: float(v) for k, v in data["coef"].items()} | absent,
+                {k: float(v) for k, v in data["mean"].items()} | absent,
+                {k: float(v) for k, v in data["median"].items()} | absent,
                 tuple(data.get("trained_on", ())),
                 int(data.get("cases", 0)),
                 int(data.get("events", 0)),

@@ -80,6 +80,13 @@ PATH_TEXT = {
 # The evaluation path's tumour mask: the prepared label, or the assistant's segmentation of the prepared CT
 # (the app's segmenter: the ablation that separates the mask from the app's own preprocessing of the DICOM).
 MASKS = {"label": "the prepared label mask", "assistant": "the assistant's segmentation of the prepared CT"}
+# What the world model reads of the lesion on the evaluation path: the scan (both phases, as the app), or an
+# ablation: the arterial phase replaced by the portal-venous one (no phase contrast to read), or nothing.
+LESION_READS = {
+    "scan": "both phases of the pre-treatment scan, as the app",
+    "arterial-as-portal-venous": "the arterial phase replaced by the portal-venous one (ablation)",
+    "none": "nothing of the scan: the average lesion (ablation)",
+}
 PLAN_KEYS = ("best", "pick", "separation", "evaluations", "timing_s", "steps", "skipped_candidates")
 METHODS = (
     "world_model",
@@ -230,6 +237,7 @@ def evaluate_planning(
     app: Any = None,
     practice_prior: bool = False,
     segmenter: Any = None,
+    lesion_read: str = "scan",
 ) -> dict[str, Any]:
     """Every method on every case (module doc); returns the report written by :func:`write_report`.
     `policy`: who proposes the candidates (offline by default; an LLM policy sees each case's
@@ -241,7 +249,10 @@ def evaluate_planning(
     policy's top-1 is the app's policy. `practice_prior`: True ranks the evaluation path's candidates by the
     case's site practice instead of the shipped pooled prior the app uses (an ablation). `segmenter`: a
     :class:`~oncoplan.planner.segmenter.StudySegmenter`: the evaluation path plans each prepared CT with the
-    assistant's tumour mask instead of the prepared label (None: the label)."""
+    assistant's tumour mask instead of the prepared label (None: the label). `lesion_read`: what the world model
+    reads of the lesion on the evaluation path (:data:`LESION_READS`; the ablations prove the image is used)."""
+    if lesion_read not in LESION_READS:
+        raise InputError(f"unknown lesion read {lesion_read!r}; choose {', '.join(LESION_READS)}")
     if clinical not in CLINICAL_MODES:
         raise InputError(f"unknown clinical mode {clinical!r}; choose {', '.join(CLINICAL_MODES)}")
     from tqdm import tqdm
@@ -250,7 +261,7 @@ def evaluate_planning(
     from oncoplan.tace.world_model import window_around
     from oncoplan.training.synth import liver as L
     from oncoplan.training.tace.data import load_prepared
-    from oncoplan.training.tace.dynamics_eval import model_space_case
+    from oncoplan.training.tace.dynamics_eval import case_features, model_space_case
 
     if search not in ("beam", "best_of_n"):
         raise InputError(f"unknown search {search!r}; choose beam or best_of_n")
@@ -306,7 +317,11 @@ def evaluate_planning(
             mask_record = mask_source(segmenter, entry, mask, world_model)
             mask = mask_record.pop("mask")
             pre_window, mask_window, _ = window_around(pre, mask, tuple(world_model.window))
-            features = case_features(preprocessing, entry, pre_window, mask, mask_window, world_model.window)
+            features = None
+            if lesion_read != "none":
+                ablated = {**entry, "pre_arterial_image": entry.get("pre_image")}
+                read = ablated if lesion_read == "arterial-as-portal-venous" else entry
+                features = case_features(preprocessing, read, mask, mask_window, pre_window, world_model.window)
             plan = (
                 planner.beam_search(pre_window, mask_window, observation, clinical=seen, features=features)
                 if search == "beam"
@@ -314,7 +329,9 @@ def evaluate_planning(
             )
             best = plan.best.protocol
             plan_record = {
-                "lesion_features": [None if math.isnan(v) else round(float(v), 4) for v in features],
+                "lesion_features": None
+                if features is None
+                else [None if math.isnan(v) else round(float(v), 4) for v in features],
                 "best": plan.best.to_dict(),
                 "pick": plan.pick,
                 "separation": plan.separation,
@@ -376,6 +393,8 @@ def evaluate_planning(
     mask = None if app is not None else ("assistant" if segmenter is not None else "label")
     kept = sum(1 for c in cases if c["plan"].get("mask", {}).get("source") != "assistant")
     report = {**report, "practice_prior": practice_prior and app is None, "mask": mask}
+    report["lesion_read"] = None if app is not None else lesion_read
+    report["generator"] = cohort_generator(cohort)
     return {**report, "mask_fallbacks": kept} if segmenter is not None else report
 
 
@@ -395,20 +414,6 @@ def mask_source(segmenter: Any, entry: Mapping[str, Any], label: np.ndarray, wor
         log.warning("case %s: the assistant finds no tumour; planned with the label mask", entry["case_id"])
         return {"mask": label, "source": "label (the assistant found no tumour)", "tumor_voxels": int(label.sum())}
     return {"mask": tumor, "source": "assistant", "tumor_voxels": int(tumor.sum()), "dice_vs_label": dice(tumor, label)}
-
-
-def case_features(preprocessing, entry, pre_window, mask, mask_window, window) -> np.ndarray:
-    """What the case's pre-treatment scan shows of its lesion, as the app computes it: the planning window and,
-    where the case was prepared with one, the arterial phase's window around the same mask."""
-    from oncoplan.tace.lesion_features import study_features
-    from oncoplan.tace.world_model import window_around
-    from oncoplan.training.tace.dynamics_eval import model_space_case
-
-    arterial_window = None
-    if entry.get("pre_arterial_image") and entry.get("phase", "PVP") == "PVP":
-        arterial, _, _ = model_space_case(preprocessing, {**entry, "pre_image": entry["pre_arterial_image"]})
-        arterial_window, _, _ = window_around(arterial, mask, tuple(window))
-    return study_features(pre_window, mask_window > 0, entry.get("phase", "PVP"), arterial_window)
 
 
 def cohort_generator(cohort: Path) -> str:
@@ -433,8 +438,10 @@ def summarise(
     def values(method: str, metric: str) -> list[float]:
         return [float(c["methods"][method][metric]) for c in cases]
 
+    # Every method the cases hold (reports written before 2026-12-07 have no image-informed oracle).
+    present = [m for m in METHODS if all(m in c["methods"] for c in cases)]
     methods = {}
-    for method in METHODS:
+    for method in present:
         methods[method] = {
             "label": LABELS[method],
             **{m: list(bootstrap_ci(values(method, m), n_bootstrap, seed=seed)) for m in METRICS},
@@ -443,7 +450,7 @@ def summarise(
             "in_space": sum(bool(c["methods"][method]["in_space"]) for c in cases),
         }
     paired = {}
-    for method in METHODS[1:]:
+    for method in present[1:]:
         paired[method] = {
             m: list(
                 bootstrap_ci(list(np.subtract(values("world_model", m), values(method, m))), n_bootstrap, seed=seed)
@@ -451,20 +458,20 @@ def summarise(
             for m in DIFF_METRICS
         }
     timing_keys = sorted({k for c in cases for k in c["plan"]["timing_s"]})
-    population, image, planner_regret = (
-        np.asarray(values(m, "regret_months")) for m in ("population_oracle", "image_informed_oracle", "world_model")
-    )
-    # Issue 34's target: the planner captures at least half of what reading the images can gain over the
-    # covariates alone: (population - planner) >= 0.5 (population - image-informed), in months.
-    personalisation = {
-        "achievable_months": list(bootstrap_ci(list(population - image), n_bootstrap, seed=seed)),
-        "captured_months": list(bootstrap_ci(list(population - planner_regret), n_bootstrap, seed=seed)),
-        "captured_share": (
-            float(np.mean(population - planner_regret) / np.mean(population - image))
-            if float(np.mean(population - image)) > 0
-            else None
-        ),
-    }
+    personalisation = None
+    if {"population_oracle", "image_informed_oracle"} <= set(present):
+        population, image, planner_regret = (
+            np.asarray(values(m, "regret_months"))
+            for m in ("population_oracle", "image_informed_oracle", "world_model")
+        )
+        # Issue 34's target: the planner captures at least half of what reading the images can gain over the
+        # covariates alone: (population - planner) >= 0.5 (population - image-informed), in months.
+        gain = float(np.mean(population - image))
+        personalisation = {
+            "achievable_months": list(bootstrap_ci(list(population - image), n_bootstrap, seed=seed)),
+            "captured_months": list(bootstrap_ci(list(population - planner_regret), n_bootstrap, seed=seed)),
+            "captured_share": float(np.mean(population - planner_regret)) / gain if gain > 0 else None,
+        }
     eval_keys = sorted({k for c in cases for k in c["plan"]["evaluations"]})
     cost = {
         "timing_s_total": {k: round(sum(c["plan"]["timing_s"].get(k, 0.0) for c in cases), 3) for k in timing_keys},
@@ -481,7 +488,6 @@ def summarise(
         "n_cases": len(cases),
         "prepared": str(prepared),
         "cohort": str(cohort),
-        "generator": cohort_generator(cohort),
         "train_cohort": str(train_cohort) if train_cohort else None,
         "search": search,
         "action_sets": action_sets,
@@ -492,7 +498,7 @@ def summarise(
         "paper_reference_f1": PAPER_F1,
         "methods": methods,
         "paired_world_model_minus": paired,
-        "personalisation": personalisation,
+        **({"personalisation": personalisation} if personalisation else {}),
         "cost": cost,
         "cases": list(cases),
     }
@@ -522,6 +528,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     evaluation = report.get("path", "evaluation") == "evaluation"
     prior = ", with the site's practice prior" if evaluation and report.get("practice_prior", True) else ""
     prior += f", {MASKS[report.get('mask') or 'label']}" if evaluation else ""
+    prior += f"; the world model read {LESION_READS[report['lesion_read']]}" if report.get("lesion_read") else ""
     if report.get("mask_fallbacks"):
         prior += f" ({report['mask_fallbacks']} case(s) kept the label: the assistant found no tumour)"
     policy = chosen["label"] + (f" ({chosen['fallbacks']} case(s) fell back to offline)" if chosen["fallbacks"] else "")
@@ -699,6 +706,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
         "the prepared CT (the app's segmenter; separates the mask from the app's preprocessing of the DICOM)",
     )
     parser.add_argument(
+        "--lesion-read",
+        choices=tuple(LESION_READS),
+        default="scan",
+        help="--path evaluation: what the world model reads of the lesion: scan (default: both phases, as the app); "
+        "arterial-as-portal-venous or none: ablations that take the phase information away",
+    )
+    parser.add_argument(
         "--models",
         type=Path,
         help="--path app: the MODELS folder `oncoplan plan -m` takes (default: --dynamics/--assistant/--survival, "
@@ -750,6 +764,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
             args.cohort,
             practice_prior=args.practice_prior == "site",
             segmenter=segmenter,
+            lesion_read=args.lesion_read,
             **common_arguments(args, settings, policy),
         )
         report["bundle_overrides"] = overrides
@@ -793,6 +808,7 @@ def evaluate_through_app(
     refused = [f"--{k}-overrides" for k, v in overrides.items() if v]
     refused += [f"--practice-prior {args.practice_prior}"] if args.practice_prior != "none" else []
     refused += [f"--mask {args.mask}"] if args.mask != "label" else []
+    refused += [f"--lesion-read {args.lesion_read}"] if args.lesion_read != "scan" else []
     refused += ["--search best_of_n"] if args.search != "beam" else []
     refused += [f"--heuristic {args.heuristic}"] if args.heuristic != DEFAULT_HEURISTIC else []
     if refused:

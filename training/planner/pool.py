@@ -25,9 +25,12 @@ from oncoplan.training.planner.evaluate import summarise, write_report
 # (the evaluation path's practice prior and mask included: a report without them predates 2026-12-07).
 SAME = (
     *("settings", "search", "action_sets", "heuristic", "bundle_overrides", "clinical", "path", "practice_prior"),
-    *("mask", "app_settings", "app_models"),
+    *("mask", "app_settings", "app_models", "lesion_read", "generator"),
 )
-CARRIED = ("heuristic", "bundle_overrides", "clinical", "path", "practice_prior", "mask", "app_settings", "app_models")
+CARRIED = (
+    *("heuristic", "bundle_overrides", "clinical", "path", "practice_prior", "mask", "app_settings", "app_models"),
+    *("lesion_read", "generator"),
+)
 
 
 def pool(reports: Sequence[dict[str, Any]], names: Sequence[str], n_bootstrap: int, seed: int) -> dict[str, Any]:

@@ -51,10 +51,13 @@ def stage_ranking(
     space: Sequence[Protocol],
     seed: int = 0,
     clinical: Mapping[str, Any] | None = None,
+    features: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Each stage's score over `space` for one case (lower = better), its Spearman with -OS and its
-    regret. `scorers`: heuristic name (``HEURISTIC_STAGES``) -> scorer; `clinical`: the case's row."""
-    sim = world.simulate(pre_window, mask_window, np.array([p.multi_hot() for p in space], dtype=np.float32), seed)
+    regret. `scorers`: heuristic name (``HEURISTIC_STAGES``) -> scorer; `clinical`: the case's row;
+    `features`: what its pre-treatment scan shows of the lesion (the world model reads them)."""
+    matrix = np.array([p.multi_hot() for p in space], dtype=np.float32)
+    sim = world.simulate(pre_window, mask_window, matrix, seed, features=features)
     outcomes = [L.outcome(patient, p) for p in space]
     worse = [-o.expected_os_weeks for o in outcomes]  # ranks like risk: lower OS = worse
     scores = {
@@ -106,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides_from,
     )
     from oncoplan.training.tace.data import load_prepared
-    from oncoplan.training.tace.dynamics_eval import model_space_case
+    from oncoplan.training.tace.dynamics_eval import case_features, model_space_case
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prepared", type=Path, required=True, help="prepared held-out cohort")
@@ -134,13 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         pre, mask, _ = model_space_case(prep, entry)
         pre_window, mask_window, _ = window_around(pre, mask, tuple(world.window))
+        features = case_features(prep, entry, mask, mask_window, pre_window, world.window)
         patient = ground_truth_patient(args.cohort, case_id, row)
-        cases.append(
-            {
-                "case_id": case_id,
-                **stage_ranking(world, scorers, pre_window, mask_window, patient, space, settings.seed, row),
-            }
-        )
+        ranking = stage_ranking(world, scorers, pre_window, mask_window, patient, space, settings.seed, row, features)
+        cases.append({"case_id": case_id, **ranking})
         print(json.dumps(cases[-1]), flush=True)
     summary = {
         stage: {key: float(np.mean([c[stage][key] for c in cases])) for key in ("spearman_vs_os", "regret_weeks")}

@@ -6,8 +6,8 @@ plain reader gets back: per case, four features read from the arterial (AP) and 
 series inside the viable tumour of the ground-truth label map, eroded by one voxel against partial volume:
 
 * ``ap_enhancement``, ``pvp_washout``: median tumour HU minus median liver HU, per phase;
-* ``ap_texture``, ``pvp_texture``: log of the SD of tumour HU after a 1 mm Gaussian (the texture varies
-  over ~5 mm, the scanner noise per voxel; a 1 mm Gaussian keeps the first and damps the second).
+* ``ap_texture``, ``pvp_texture``: log of the SD of tumour HU after a 3 mm Gaussian (the texture varies
+  over ~5 mm, the scanner noise per voxel; a 3 mm Gaussian keeps most of the first and damps the second).
 
 A linear regression of each hidden quantity on the four features, scored by 5-fold cross-validated R^2
 (scikit-learn), is set against the ceiling of a perfect reader: the R^2 of the visible copy itself
@@ -33,7 +33,7 @@ from oncoplan.fsio import atomic_output_dir
 
 FEATURES = ("ap_enhancement", "pvp_washout", "ap_texture", "pvp_texture")
 TARGETS = ("vascularity", "anthracycline")
-SMOOTH_MM = 1.0
+SMOOTH_MM = 3.0
 FOLDS = 5
 
 
