@@ -85,3 +85,23 @@ def test_the_arterial_phase_lands_on_the_planning_grid_by_position(liver2_cohort
     back = on_grid_of(from_datasets(shifted, "AP shifted"), portal).hu
     assert np.allclose(back[1:], arterial.hu[:-1], atol=1e-2)
     assert (back[0] == -1024.0).all()  # outside the arterial series
+
+
+def test_the_visible_biology_study_refuses_what_it_cannot_measure(liver_cohort: Path, liver2_cohort: Path) -> None:
+    """liver-1 images show nothing to read back; two cases cannot be cross-validated: one line each, exit 2."""
+    from oncoplan.errors import InputError
+    from oncoplan.training.tace.visible_biology import main, measure
+
+    with pytest.raises(InputError, match="generator 'liver-1'; this study needs liver-2 cohorts"):
+        measure([liver_cohort], progress=False)
+    assert main(["--cohort", str(liver2_cohort), "--out", str(liver2_cohort.parent / "vb")]) == 2
+    assert not (liver2_cohort.parent / "vb").exists()
+
+
+def test_refitting_the_response_head_needs_enough_training_cases(prepared_liver: Path, tmp_path: Path) -> None:
+    from oncoplan.training.tace.refit_response_head import main
+
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "tace_dynamics"
+    args = ["--bundle", str(bundle), "--train", str(prepared_liver), "--response-features", "4"]
+    assert main([*args, "--out", str(tmp_path / "m.pt")]) == 2
+    assert not (tmp_path / "m.pt").exists()

@@ -1,0 +1,68 @@
+"""Refit the dynamics bundle's response head alone, keeping its renderer: a closed-form ridge fit on prepared
+training cohorts, written as a new checkpoint of the bundle's network.
+
+The head is what the planner's default heuristic reads (the predicted response of each protocol); the renderer
+draws the images from it. A new ground truth (generator liver-2) or a head that reads the lesion's features of
+the pre-treatment scan (``--response-features 4``, :mod:`oncoplan.tace.lesion_features`) needs a new head; the
+renderer, conditioned on the layout the head predicts, does not. The bundle's ``train.json`` fits the same head
+at the start of every training run (``network_init``); this runs that step alone, in seconds.
+
+    python -m oncoplan.training.tace.refit_response_head --bundle bundles/tace_dynamics \\
+        --train P/liver_train P/liver_train_b --response-features 4 --alpha 1.0 --out MODEL.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from oncoplan.errors import InputError
+
+
+def refit(bundle: Path, train: Sequence[Path], response_features: int, alpha: float, out: Path) -> dict[str, object]:
+    """Fit the head on `train` (features at the bundle's voxel spacing), save the network to `out`."""
+    from oncoplan.runtime.bundles import bundle_parser, compatible_weights
+    from oncoplan.tace.actions import ACTION_BASE
+    from oncoplan.training.tace.data import dynamics_items
+
+    parser = bundle_parser(bundle, overrides={"response_features": response_features})
+    network = compatible_weights(parser.get_parsed_content("network_def"), parser.get_parsed_content("ckpt_path"))
+    items = dynamics_items([str(t) for t in train], pixdim=parser.get_parsed_content("pixdim"))
+    if len(items) < 2 * len(ACTION_BASE):
+        raise InputError(
+            f"{len(items)} training cases with a protocol and a post label map; need {2 * len(ACTION_BASE)}"
+        )
+    protocols = np.asarray([i["protocol"] for i in items], dtype=np.float64)
+    responses = np.asarray([i["response"] for i in items], dtype=np.float64)
+    features = np.asarray([i["features"] for i in items], dtype=np.float64) if response_features else None
+    r2 = network.response_head.fit(protocols, responses, features, alpha=alpha)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), out)
+    return {"cases": len(items), "response_features": response_features, "alpha": alpha, "r2_viable_train": r2}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="the dynamics bundle (its configs and weights)")
+    parser.add_argument("--train", type=Path, nargs="+", required=True, help="prepared training cohorts")
+    parser.add_argument("--response-features", type=int, choices=(0, 4), default=0)
+    parser.add_argument("--alpha", type=float, default=1e-2, help="ridge penalty")
+    parser.add_argument("--out", type=Path, required=True, help="the new checkpoint")
+    args = parser.parse_args(argv)
+    try:
+        summary = refit(args.bundle, args.train, args.response_features, args.alpha, args.out)
+    except (InputError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
