@@ -282,6 +282,12 @@ class TacePlanner:
             scaled = np.asarray(self.segmenter.scale(on_grid_of(arterial, volume).metatensor())[0], dtype=np.float32)
             if scaled.shape == mask.shape:
                 arterial_window, _, _ = window_around(scaled, mask, tuple(self.world.window))
+            else:  # cannot happen on one grid; said rather than read wrongly
+                log.warning(
+                    "arterial phase not read: model-space grid %s, not the planning series' %s",
+                    scaled.shape,
+                    mask.shape,
+                )
         features = study_features(pre_window, mask_window > 0, phase, arterial_window)
         read = [name for name, value in zip(("arterial", "portal-venous"), features[:2], strict=True) if value == value]
         log.info("lesion read from the %s phase%s", " and ".join(read) or "no", "s" if len(read) > 1 else "")

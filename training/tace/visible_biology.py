@@ -190,8 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = measure(args.cohort)
-    except (InputError, OSError, KeyError) as exc:
+    except (InputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # a cohort.csv or truth.json without a column or field this study reads
+        where = ", ".join(str(c) for c in args.cohort)
+        print(
+            f"error: {where}: no {exc} in a cohort.csv or truth.json (not written by oncoplan synth liver)",
+            file=sys.stderr,
+        )
         return 2
     with atomic_output_dir(args.out) as scratch:
         (scratch / "visible_biology.json").write_text(json.dumps(report, indent=1))
