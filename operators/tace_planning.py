@@ -270,25 +270,24 @@ class TacePlanner:
         identified = {**row, **(clinical.identifiers if clinical is not None else {})}
         return build_observation(identified, list(volume.datasets), tumor_on_ct)
 
-    def lesion_features(self, volume: CTVolume, phase: str, arterial: CTVolume | None, mask, pre_window, mask_window):
-        """What the study shows of the lesion (`oncoplan.tace.lesion_features`): the planning series and, beside a
-        portal-venous one, the arterial phase on its grid (by position; one frame of reference)."""
+    def lesion_features(self, volume: CTVolume, phase: str, arterial: CTVolume | None, pre, mask):
+        """What the study shows of the lesion (`oncoplan.tace.lesion_features`), on the whole model-space volume
+        as the response head was fitted: the planning series and, beside a portal-venous one, the arterial phase
+        on its grid (by position; one frame of reference)."""
         from oncoplan.operators.ct_volume import on_grid_of
         from oncoplan.tace.lesion_features import study_features
-        from oncoplan.tace.world_model import window_around
 
-        arterial_window = None
+        scaled = None
         if arterial is not None and phase == "PVP":
             scaled = np.asarray(self.segmenter.scale(on_grid_of(arterial, volume).metatensor())[0], dtype=np.float32)
-            if scaled.shape == mask.shape:
-                arterial_window, _, _ = window_around(scaled, mask, tuple(self.world.window))
-            else:  # cannot happen on one grid; said rather than read wrongly
+            if scaled.shape != mask.shape:  # cannot happen on one grid; said rather than read wrongly
                 log.warning(
                     "arterial phase not read: model-space grid %s, not the planning series' %s",
                     scaled.shape,
                     mask.shape,
                 )
-        features = study_features(pre_window, mask_window > 0, phase, arterial_window)
+                scaled = None
+        features = study_features(pre, mask, phase, scaled)
         read = [name for name, value in zip(("arterial", "portal-venous"), features[:2], strict=True) if value == value]
         log.info("lesion read from the %s phase%s", " and ".join(read) or "no", "s" if len(read) > 1 else "")
         return features
@@ -314,7 +313,7 @@ class TacePlanner:
         t1 = time.perf_counter()
         log.info("segmented: liver %.0f cm3, tumor %.1f cm3 (%.1f s)", segmented["liver"], segmented["tumor"], t1 - t0)
         pre_window, mask_window, start = window_around(pre, mask, tuple(self.world.window))
-        features = self.lesion_features(volume, phase, arterial, mask, pre_window, mask_window)
+        features = self.lesion_features(volume, phase, arterial, pre, mask)
         row = clinical.data.row() if clinical is not None else {}
         tumor_on_ct = onto_ct_grid(mask.astype(np.uint8), affine, volume) if self.choice.kind != "offline" else None
         observation = self.observation(volume, row, clinical, tumor_on_ct)

@@ -44,11 +44,11 @@ def lesion_features(portal_venous: np.ndarray | None, arterial: np.ndarray | Non
 
 
 def study_features(
-    pre_window: np.ndarray, mask_window: np.ndarray, phase: str = "PVP", arterial_window: np.ndarray | None = None
+    pre: np.ndarray, mask: np.ndarray, phase: str = "PVP", arterial: np.ndarray | None = None
 ) -> np.ndarray:
-    """:func:`lesion_features` of a planning study: `pre_window` is the series the app planned on, the
-    portal-venous phase (`phase` "PVP") or, in a study without one, the arterial phase ("AP"); the arterial
-    window (same grid) goes beside a portal-venous one where the study has both."""
+    """:func:`lesion_features` of a planning study, on its whole model-space volume: `pre` is the series the
+    app planned on, the portal-venous phase (`phase` "PVP") or, in a study without one, the arterial phase
+    ("AP"); the arterial volume (same grid) goes beside a portal-venous one where the study has both."""
     if phase == "AP":
-        return lesion_features(None, pre_window, mask_window)
-    return lesion_features(pre_window, arterial_window, mask_window)
+        return lesion_features(None, pre, mask)
+    return lesion_features(pre, arterial, mask)

@@ -321,7 +321,7 @@ def evaluate_planning(
             if lesion_read != "none":
                 ablated = {**entry, "pre_arterial_image": entry.get("pre_image")}
                 read = ablated if lesion_read == "arterial-as-portal-venous" else entry
-                features = case_features(preprocessing, read, mask, mask_window, pre_window, world_model.window)
+                features = case_features(preprocessing, read, pre, mask)
             plan = (
                 planner.beam_search(pre_window, mask_window, observation, clinical=seen, features=features)
                 if search == "beam"

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         pre, mask, _ = model_space_case(prep, entry)
         pre_window, mask_window, _ = window_around(pre, mask, tuple(world.window))
-        features = case_features(prep, entry, mask, mask_window, pre_window, world.window)
+        features = case_features(prep, entry, pre, mask)
         patient = ground_truth_patient(args.cohort, case_id, row)
         ranking = stage_ranking(world, scorers, pre_window, mask_window, patient, space, settings.seed, row, features)
         cases.append({"case_id": case_id, **ranking})

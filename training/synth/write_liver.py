@@ -61,7 +61,8 @@ TISSUE_HU = {
 # prior's extremes, 0 and 1, the arterial phase runs 86-156 HU against the liver's 75, the portal-venous
 # 91-71 against 115: the tumour keeps its contrast in both).
 ENHANCEMENT_HU = (0.0, 70.0, -20.0)
-MEAN_VASCULARITY = 0.5556  # the liver-2 prior's mean, Beta(1.5, 1.2)
+_A, _B = L.GROUND_TRUTHS["liver-2"].vascularity_beta
+MEAN_VASCULARITY = _A / (_A + _B)  # the liver-2 prior's mean
 # Amplitude (HU) of the viable tumour's texture: TEXTURE_HU * exp(TEXTURE_SLOPE * (s - 0.5)) for a visible
 # anthracycline sensitivity s (2.7 HU at 0, 24 HU at 1; every other tissue and liver-1 tumours: 8 HU).
 TEXTURE_HU = 8.0

@@ -77,7 +77,7 @@ def lesion_features_of(entry: dict[str, object], pixdim: Sequence[float] | None 
     import SimpleITK as sitk
 
     from oncoplan.tace.dynamics import HU_WINDOW
-    from oncoplan.tace.lesion_features import lesion_features
+    from oncoplan.tace.lesion_features import study_features
 
     def load(path: object, label: bool = False) -> np.ndarray:
         image = sitk.ReadImage(str(path))
@@ -101,20 +101,19 @@ def lesion_features_of(entry: dict[str, object], pixdim: Sequence[float] | None 
         lo, hi = HU_WINDOW
         return np.clip((array - lo) / (hi - lo), 0.0, 1.0) * 2.0 - 1.0
 
-    pre = load(entry["pre_image"])
     tumour = load(entry["pre_label"], label=True) >= 2  # the bundles' tumour: every label from viable on
     arterial = load(entry["pre_arterial_image"]) if entry.get("pre_arterial_image") else None
-    if entry.get("phase") == "AP":
-        pre, arterial = None, pre
-    return lesion_features(pre, arterial, tumour).tolist()
+    return study_features(load(entry["pre_image"]), tumour, str(entry.get("phase") or "PVP"), arterial).tolist()
 
 
 def dynamics_items(
-    prepared: Sources, fraction: float = 1.0, seed: int = 0, pixdim: Sequence[float] | None = None
+    prepared: Sources, fraction: float = 1.0, seed: int = 0, features_at: Sequence[float] | None = None
 ) -> list[dict[str, object]]:
     """{"image": post CT, "pre": pre CT, "label": pre label map, "post_label": post label map,
     "protocol": multi-hot, "response": the lesion's measured response (`oncoplan.tace.labels.lesion_response`),
-    "features": what its pre-treatment scan shows of the lesion (:func:`lesion_features_of` at `pixdim`)}
+    "features": what its pre-treatment scan shows of the lesion (:func:`lesion_features_of` at the voxel spacing
+    `features_at`; only a head that reads them needs them, so None, the default, leaves the key out and reads no
+    more images)}
     per case with a protocol and a post-treatment label map.
 
     "image" is the post-treatment scan because it is what the diffusion model generates; "post_label"
@@ -136,8 +135,9 @@ def dynamics_items(
             "post_label": c["post_label"],
             "protocol": c["protocol_multi_hot"],
             "response": lesion_response(labels(c["pre_label"]), labels(c["post_label"])),
-            "features": lesion_features_of(c, pixdim),
             "case_id": c["case_id"],
+            # Only when asked: a batch cannot hold None, and the population head reads no features.
+            **({} if features_at is None else {"features": lesion_features_of(c, features_at)}),
         }
         for c in cases
         if c.get("protocol_multi_hot") and c.get("post_label")

@@ -60,19 +60,17 @@ def model_space_case(preprocessing, entry: dict) -> tuple[np.ndarray, np.ndarray
     return data["pre"][0].numpy(), data["label"][0].numpy() > 0, np.asarray(data["pre"].affine)
 
 
-def case_features(preprocessing, entry: dict, mask: np.ndarray, mask_window: np.ndarray, pre_window, window):
+def case_features(preprocessing, entry: dict, pre: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """What a prepared case's pre-treatment scan shows of its lesion, as the app computes it on a study
-    (`oncoplan.tace.lesion_features.study_features`): its planning window and, where the case was prepared
-    with one, the arterial phase's window around the same tumour `mask` (model space)."""
+    (`oncoplan.tace.lesion_features.study_features`) and as the response head is fitted: the whole model-space
+    planning volume and tumour `mask` and, where the case was prepared with one, the arterial phase."""
     from oncoplan.tace.lesion_features import study_features
-    from oncoplan.tace.world_model import window_around
 
     phase = str(entry.get("phase") or "PVP")
-    arterial_window = None
+    arterial = None
     if entry.get("pre_arterial_image") and phase == "PVP":
         arterial, _, _ = model_space_case(preprocessing, {**entry, "pre_image": entry["pre_arterial_image"]})
-        arterial_window, _, _ = window_around(arterial, mask, tuple(window))
-    return study_features(pre_window, mask_window > 0, phase, arterial_window)
+    return study_features(pre, mask, phase, arterial)
 
 
 def simulate_cases(
@@ -159,7 +157,7 @@ def protocol_sensitivity(
         truth = [L.outcome(patient, p).viable_fraction for p in protocols]
         pre, mask, _ = model_space_case(preprocessing, entry)
         pre_window, mask_window, _ = window_around(pre, mask, world.window)
-        features = case_features(preprocessing, entry, mask, mask_window, pre_window, world.window)
+        features = case_features(preprocessing, entry, pre, mask)
         matrix = np.array([multi_hot(p) for p in protocols])
         sim = world.simulate(pre_window, mask_window, matrix, seed, features=features)
         simulated = sim.viable_fraction.mean(axis=1)

@@ -33,7 +33,8 @@ def refit(bundle: Path, train: Sequence[Path], response_features: int, alpha: fl
 
     parser = bundle_parser(bundle, overrides={"response_features": response_features})
     network = compatible_weights(parser.get_parsed_content("network_def"), parser.get_parsed_content("ckpt_path"))
-    items = dynamics_items([str(t) for t in train], pixdim=parser.get_parsed_content("pixdim"))
+    spacing = parser.get_parsed_content("pixdim") if response_features else None  # features only if read
+    items = dynamics_items([str(t) for t in train], features_at=spacing)
     if len(items) < 2 * len(ACTION_BASE):
         raise InputError(
             f"{len(items)} training cases with a protocol and a post label map; need {2 * len(ACTION_BASE)}"
