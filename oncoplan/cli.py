@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--generator",
         help="liver: the generator version, recorded in cohort.json: liver-1 (default: the images show nothing of "
         "the hidden response profile; the shipped TACE bundles are trained on it) | liver-2 (the pre-treatment "
-        "scan shows vascularity and the anthracycline sensitivity, with noise; physicians from real practice)",
+        "scan shows vascularity and the anthracycline sensitivity, with noise; physicians from real practice) | "
+        "liver-3 (as liver-2, with the visible biology deciding the best protocol)",
     )
     synth.add_argument(
         "--pacs",

@@ -92,7 +92,7 @@ def test_the_visible_biology_study_refuses_what_it_cannot_measure(liver_cohort: 
     from oncoplan.errors import InputError
     from oncoplan.training.tace.visible_biology import main, measure
 
-    with pytest.raises(InputError, match="generator 'liver-1'; this study needs liver-2 cohorts"):
+    with pytest.raises(InputError, match="generator 'liver-1'; this study needs liver-2 or liver-3 cohorts"):
         measure([liver_cohort], progress=False)
     assert main(["--cohort", str(liver2_cohort), "--out", str(liver2_cohort.parent / "vb")]) == 2
     assert not (liver2_cohort.parent / "vb").exists()

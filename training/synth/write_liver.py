@@ -211,7 +211,12 @@ def draw_clinical(
     regions, width, liver_c, liver_r = abdomen(rng)
     patient = L.sample_patient(case_id, rng, liver_c, liver_r, generator)
     if patient.truth.images_show_biology:  # its own stream: the draws of liver-1 stay as they were
-        patient = replace(patient, visible=L.sample_visible(patient.profile, np.random.default_rng([seed, index, 4])))
+        patient = replace(
+            patient,
+            visible=L.sample_visible(
+                patient.profile, np.random.default_rng([seed, index, 4]), patient.truth.visible_noise
+            ),
+        )
     gold = L.physician_protocol(patient, site, rng) if protocols == "practice" else L.random_protocol(rng)
     gold_out = L.outcome(patient, gold)
     os_weeks, event = L.sample_survival(gold_out, rng)

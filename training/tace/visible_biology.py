@@ -1,8 +1,8 @@
 """How much of the hidden response biology a regressor recovers from the pre-treatment images.
 
-Generator ``liver-2`` renders a noisy copy of each patient's vascularity and anthracycline sensitivity into
-the pre-treatment study (``oncoplan.training.synth.write_liver.tumour_look``). This study measures what a
-plain reader gets back: per case, four features read from the arterial (AP) and portal-venous (PVP)
+Generators ``liver-2`` and ``liver-3`` render a noisy copy of each patient's vascularity and anthracycline
+sensitivity into the pre-treatment study (``oncoplan.training.synth.write_liver.tumour_look``). This study
+measures what a plain reader gets back: per case, four features read from the arterial (AP) and portal-venous (PVP)
 series inside the viable tumour of the ground-truth label map, eroded by one voxel against partial volume:
 
 * ``ap_enhancement``, ``pvp_washout``: median tumour HU minus median liver HU, per phase;
@@ -12,7 +12,7 @@ series inside the viable tumour of the ground-truth label map, eroded by one vox
 A linear regression of each hidden quantity on the four features, scored by 5-fold cross-validated R^2
 (scikit-learn), is set against the ceiling of a perfect reader: the R^2 of the visible copy itself
 (``truth.json`` ``visible``) against the hidden value on the same cases. Cases without both phases (about
-one in ten) are counted and left out. Synthetic cohorts of generator ``liver-2`` only.
+one in ten) are counted and left out. Synthetic cohorts whose images show the biology (``liver-2``, ``liver-3``).
 
     python -m oncoplan.training.tace.visible_biology --cohort D/internal [D/external ...] --out OUT
 """
@@ -30,6 +30,7 @@ import numpy as np
 
 from oncoplan.errors import InputError
 from oncoplan.fsio import atomic_output_dir
+from oncoplan.training.synth.liver import GROUND_TRUTHS
 
 FEATURES = ("ap_enhancement", "pvp_washout", "ap_texture", "pvp_texture")
 TARGETS = ("vascularity", "anthracycline")
@@ -88,8 +89,8 @@ def measure(cohorts: Sequence[Path], progress: bool = True) -> dict[str, object]
         if not meta_path.is_file():
             raise InputError(f"{meta_path}: not found; give a cohort written by oncoplan synth liver")
         generator = json.loads(meta_path.read_text()).get("generator", "liver-1")
-        if generator != "liver-2":  # the generator whose images show the biology
-            raise InputError(f"{cohort}: generator {generator!r}; this study needs liver-2 cohorts")
+        if generator not in GROUND_TRUTHS or not GROUND_TRUTHS[generator].images_show_biology:
+            raise InputError(f"{cohort}: generator {generator!r}; this study needs liver-2 or liver-3 cohorts")
         with open(cohort / "cohort.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         for row in tqdm(rows, desc=f"read {cohort.name}", unit="case", disable=not progress):
@@ -184,7 +185,7 @@ def plot(report: dict, path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--cohort", type=Path, nargs="+", required=True, help="raw liver-2 cohorts (oncoplan synth liver)"
+        "--cohort", type=Path, nargs="+", required=True, help="raw liver-2 or liver-3 cohorts (oncoplan synth liver)"
     )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
