@@ -68,6 +68,31 @@ def test_a_featured_response_head_changes_what_an_item_does_with_the_scan() -> N
     assert net.response_head.weights.shape == (actions + 1, 4)
 
 
+def test_a_log_response_head_combines_items_as_independent_hits() -> None:
+    """Two items that each leave half the tumour viable leave a quarter together: a log head fitted on
+    single items and pairs predicts it; a linear head, adding their effects, predicts (about) none. A log
+    head's checkpoint does not load into a linear head."""
+    rng = np.random.default_rng(1)
+    n, actions = 300, 6
+    protocols = (rng.random((n, actions)) < 0.35).astype(float)
+    viable = np.prod(np.where(protocols[:, :2] > 0, 0.5, 1.0), axis=1) * np.where(protocols[:, 2] > 0, 0.8, 1.0)
+    responses = np.c_[viable, 0.7 * (1 - viable), 0.3 * (1 - viable), np.ones(n)]
+    both = torch.zeros(1, actions)
+    both[0, :2] = 1.0
+    log_head, linear_head = ResponseHead(actions, 4, link="log"), ResponseHead(actions, 4)
+    assert log_head.fit(protocols, responses, alpha=1e-6) > 0.99
+    linear_head.fit(protocols, responses, alpha=1e-6)
+    predicted = log_head(both)[0]
+    assert predicted[0] == pytest.approx(0.25, abs=0.01)
+    assert predicted[:3].sum() == pytest.approx(1.0, abs=1e-5)
+    assert predicted[1] / predicted[2] == pytest.approx(0.7 / 0.3, rel=0.05)
+    assert linear_head(both)[0, 0] < 0.2  # additive: 1 - 0.5 - 0.5, clipped
+    with pytest.raises(RuntimeError, match="log_link"):
+        linear_head.load_state_dict(log_head.state_dict())
+    with pytest.raises(ValueError, match="link"):
+        ResponseHead(actions, 4, link="logit")
+
+
 def test_the_arterial_phase_lands_on_the_planning_grid_by_position(liver2_cohort: Path) -> None:
     row = next(r for r in cohort_rows(liver2_cohort) if r["pre_AP_series"] and r["pre_PVP_series"])
     read = lambda key: [pydicom.dcmread(f) for f in sorted((liver2_cohort / row[key]).glob("*.dcm"))]  # noqa: E731

@@ -41,6 +41,8 @@ from oncoplan.tace.layout import COMPARTMENTS, compartments, lesion_layout
 
 IMAGE_CONDITIONS = 2  # pre-treatment patch, tumor mask
 RESPONSE = ("viable share", "necrosis share", "Lipiodol share", "volume ratio")  # labels.lesion_response
+LINKS = ("linear", "log")  # how a response head combines items on the viable share (ResponseHead)
+MIN_VIABLE = 0.02  # the least viable share a log head predicts (a measured share of 0 has no log)
 LOG = logging.getLogger(__name__)
 
 
@@ -73,14 +75,31 @@ class ResponseHead(nn.Module):
     `n_features` > 0 it reads the lesion's :data:`oncoplan.tace.lesion_features.FEATURES` too: its inputs
     are the multi-hot vector and that vector times each standardised feature (so the scan changes what
     each item does, not only the baseline); a feature not given (NaN, or no features at all) counts as
-    its training mean. The shares come out clipped to >= 0 and renormalised to sum 1; the volume ratio
-    clipped to [0.1, 2].
+    its training mean.
+
+    `link` is how the viable share is predicted. "linear" (the shipped head): each item adds to the share;
+    the shares come out clipped to >= 0 and renormalised to sum 1. "log": each item adds to the log of the
+    viable share, i.e. multiplies it, as independent hits on the tumour do (a drug that kills 40% and an
+    embolic that kills 60% leave 0.6 x 0.4 = 24%, where a linear head, fitted on one-item effects, predicts
+    0%); the viable share is exp of the map, in [MIN_VIABLE, 1], and the necrosis and Lipiodol shares share
+    the rest in the proportion their linear maps give. A log head keeps a `log_link` buffer, so its checkpoint
+    does not load into a linear head, nor a linear one into it. The volume ratio is clipped to [0.1, 2].
     """
 
-    def __init__(self, n_actions: int = len(ACTION_BASE), n_outputs: int = len(RESPONSE), n_features: int = 0) -> None:
+    def __init__(
+        self,
+        n_actions: int = len(ACTION_BASE),
+        n_outputs: int = len(RESPONSE),
+        n_features: int = 0,
+        link: str = "linear",
+    ) -> None:
         super().__init__()
-        self.n_actions, self.n_features = n_actions, n_features
+        if link not in LINKS:
+            raise ValueError(f"response head link must be one of {LINKS}, got {link!r}")
+        self.n_actions, self.n_features, self.link = n_actions, n_features, link
         self.register_buffer("weights", torch.zeros(n_actions * (1 + n_features) + 1, n_outputs))
+        if link == "log":
+            self.register_buffer("log_link", torch.ones(1))
         if n_features:
             self.register_buffer("feature_mean", torch.zeros(n_features))
             self.register_buffer("feature_scale", torch.ones(n_features))
@@ -112,10 +131,16 @@ class ResponseHead(nn.Module):
                 torch.as_tensor(np.where(scale > 1e-9, scale, 1.0), dtype=self.feature_scale.dtype)
             )
         x = self.design(protocols, features)
-        w = fit_ridge(x, np.asarray(responses, dtype=np.float64), alpha)
+        target = np.array(responses, dtype=np.float64)
+        viable = target[:, 0].copy()
+        if self.link == "log":
+            target[:, 0] = np.log(np.clip(viable, MIN_VIABLE, 1.0))
+        w = fit_ridge(x, target, alpha)
         self.weights.copy_(torch.as_tensor(w, dtype=self.weights.dtype))
-        viable = np.asarray(responses)[:, 0]
-        return 1.0 - float(((predict(w, x)[:, 0] - viable) ** 2).mean() / max(viable.var(), 1e-12))
+        fitted = predict(w, x)[:, 0]
+        if self.link == "log":
+            fitted = np.clip(np.exp(fitted), MIN_VIABLE, 1.0)
+        return 1.0 - float(((fitted - viable) ** 2).mean() / max(viable.var(), 1e-12))
 
     def forward(self, protocols: torch.Tensor, features: np.ndarray | None = None) -> torch.Tensor:
         p = protocols.float().to(self.weights.device)
@@ -124,8 +149,16 @@ class ResponseHead(nn.Module):
         else:
             x = p
         raw = torch.cat([x, torch.ones_like(p[:, :1])], 1) @ self.weights
-        shares = raw[:, :3].clamp(min=0.0)
-        shares = shares / shares.sum(1, keepdim=True).clamp(min=1e-6)
+        if self.link == "log":
+            viable = raw[:, :1].exp().clamp(MIN_VIABLE, 1.0)
+            rest = raw[:, 1:3].clamp(min=0.0)
+            total = rest.sum(1, keepdim=True)
+            # no killed tissue predicted as Lipiodol or necrosis: call it necrosis
+            rest = torch.where(total > 1e-6, rest / total.clamp(min=1e-6), torch.tensor([1.0, 0.0]).to(rest))
+            shares = torch.cat([viable, rest * (1.0 - viable)], 1)
+        else:
+            shares = raw[:, :3].clamp(min=0.0)
+            shares = shares / shares.sum(1, keepdim=True).clamp(min=1e-6)
         return torch.cat([shares, raw[:, 3:].clamp(0.1, 2.0)], 1)
 
 
@@ -143,12 +176,14 @@ class ResponseConditionedUNet(nn.Module):
         norm_num_groups: int = 16,
         n_actions: int = len(ACTION_BASE),
         response_features: int = 0,
+        response_link: str = "linear",
     ) -> None:
         super().__init__()
         self.n_actions, self.n_response = n_actions, len(RESPONSE)
         # response_features: how many lesion features of the pre-treatment scan the response head reads
-        # (0: a population model of each protocol; 4: oncoplan.tace.lesion_features.FEATURES).
-        self.response_head = ResponseHead(n_actions, self.n_response, response_features)
+        # (0: a population model of each protocol; 4: oncoplan.tace.lesion_features.FEATURES);
+        # response_link: how items combine on the viable share (ResponseHead).
+        self.response_head = ResponseHead(n_actions, self.n_response, response_features, response_link)
         self.unet = DiffusionModelUNet(
             spatial_dims=3,
             in_channels=self.input_channels,

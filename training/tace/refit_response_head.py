@@ -8,7 +8,10 @@ renderer, conditioned on the layout the head predicts, does not. The bundle's ``
 at the start of every training run (``network_init``); this runs that step alone, in seconds.
 
     python -m oncoplan.training.tace.refit_response_head --bundle bundles/tace_dynamics \\
-        --train P/liver_train P/liver_train_b --response-features 4 --alpha 1.0 --out MODEL.pt
+        --train P/liver_train P/liver_train_b --response-features 4 --response-link log --alpha 1.0 --out MODEL.pt
+
+The bundle that reads the new checkpoint must say the same ``response_features`` and ``response_link`` in its
+``inference.json`` (a log head's checkpoint does not load into a linear one).
 """
 
 from __future__ import annotations
@@ -23,15 +26,18 @@ import numpy as np
 import torch
 
 from oncoplan.errors import InputError
+from oncoplan.tace.dynamics import LINKS
 
 
-def refit(bundle: Path, train: Sequence[Path], response_features: int, alpha: float, out: Path) -> dict[str, object]:
+def refit(
+    bundle: Path, train: Sequence[Path], response_features: int, alpha: float, out: Path, link: str = "linear"
+) -> dict[str, object]:
     """Fit the head on `train` (features at the bundle's voxel spacing), save the network to `out`."""
     from oncoplan.runtime.bundles import bundle_parser, compatible_weights
     from oncoplan.tace.actions import ACTION_BASE
     from oncoplan.training.tace.data import dynamics_items
 
-    parser = bundle_parser(bundle, overrides={"response_features": response_features})
+    parser = bundle_parser(bundle, overrides={"response_features": response_features, "response_link": link})
     network = compatible_weights(parser.get_parsed_content("network_def"), parser.get_parsed_content("ckpt_path"))
     spacing = parser.get_parsed_content("pixdim") if response_features else None  # features only if read
     items = dynamics_items([str(t) for t in train], features_at=spacing)
@@ -45,7 +51,13 @@ def refit(bundle: Path, train: Sequence[Path], response_features: int, alpha: fl
     r2 = network.response_head.fit(protocols, responses, features, alpha=alpha)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), out)
-    return {"cases": len(items), "response_features": response_features, "alpha": alpha, "r2_viable_train": r2}
+    return {
+        "cases": len(items),
+        "response_features": response_features,
+        "response_link": link,
+        "alpha": alpha,
+        "r2_viable_train": r2,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,11 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, required=True, help="the dynamics bundle (its configs and weights)")
     parser.add_argument("--train", type=Path, nargs="+", required=True, help="prepared training cohorts")
     parser.add_argument("--response-features", type=int, choices=(0, 4), default=0)
+    parser.add_argument(
+        "--response-link", choices=LINKS, default="linear", help="how items combine on the viable share (log: multiply)"
+    )
     parser.add_argument("--alpha", type=float, default=1e-2, help="ridge penalty")
     parser.add_argument("--out", type=Path, required=True, help="the new checkpoint")
     args = parser.parse_args(argv)
     try:
-        summary = refit(args.bundle, args.train, args.response_features, args.alpha, args.out)
+        summary = refit(args.bundle, args.train, args.response_features, args.alpha, args.out, args.response_link)
     except (InputError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
