@@ -23,6 +23,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_context
 
+from oncoplan.deploy.listener.requestor import WrongResponse, hand_responses_back
+
 REPO = Path(__file__).resolve().parents[1]
 APP = Path(__file__).resolve().parent / "listener_app.py"
 ORTHANC = shutil.which("Orthanc")
@@ -216,15 +218,16 @@ def send(
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
         return [None] * len(files)
-    # pynetdicom's requestor reactor marks itself paused before it waits, so send_c_store can see it paused
-    # while it is still running; if the response arrives in that instant the reactor takes it off the DIMSE
-    # queue ("Received unexpected C-STORE service message") and send_c_store waits out its timeout (pynetdicom
-    # 3.0.4, association.py _run_reactor; seen in CI with 12 concurrent senders). This requestor serves no
-    # requests, so a message its reactor takes goes back to the queue send_c_store reads.
-    assoc._serve_request = lambda msg, context_id: assoc.dimse.msg_queue.put((context_id, msg))
+    # Stores as the listener's result sender makes them: each answered only by its own response, and safe from
+    # pynetdicom's requestor reactor race (a response its reactor takes would make send_c_store wait out its
+    # timeout). A response that answers another message counts as none (the association is then aborted).
+    requestor = hand_responses_back(assoc)
     out = []
     for d in datasets:
-        status = assoc.send_c_store(d) if assoc.is_established else None
+        try:
+            status = requestor.send_c_store(d) if assoc.is_established else None
+        except WrongResponse:
+            status = None
         out.append(getattr(status, "Status", None))
     if assoc.is_established:
         assoc.release()

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -31,7 +32,9 @@ from .pacs import (
     dcmtk,
     free_port,
     listener_config,
+    listener_logs,
     listening_sockets,
+    log_events,
     make_study,
     running,
     self_signed_cert,
@@ -537,3 +540,228 @@ def test_tace_route_delivers_sr_seg_and_encapsulated_pdf(tmp_path: Path, orthanc
 
         wait_for(lambda: {"SR", "SEG", "DOC"} <= written(), 300, "SR, SEG and PDF in Orthanc", interval=1)
     assert job_states(tmp_path / "spool") == {"done": 1}
+
+
+# --- the result sender and pynetdicom's requestor reactor race -------------------------------------------
+@contextmanager
+def storage_scp(port: int, received: list):
+    """A real pynetdicom Storage SCP on loopback that answers every C-STORE with success."""
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from pynetdicom import evt
+
+    def stored(event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return SUCCESS
+
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, stored)])
+    try:
+        yield
+    finally:
+        server.shutdown()
+
+
+def reactor_takes_each_response(assoc) -> None:
+    """Force the race on `assoc`: whenever send_c_store waits for its response, the reactor's side takes it
+    off the DIMSE queue first and hands it to `_serve_request`, as pynetdicom 3.0.4's reactor does when it
+    runs while send_c_store believes it paused."""
+    real_get = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False):
+        if block:
+            context_id, msg = real_get(block=True)
+            if msg is not None:
+                assoc._serve_request(msg, context_id)
+        return real_get(block=block)
+
+    assoc.dimse.get_msg = get_msg
+
+
+def test_a_store_response_the_requestors_reactor_takes_reaches_send_c_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from oncoplan.deploy.listener import sender
+    from oncoplan.deploy.listener.config import Peer
+    from oncoplan.deploy.listener.requestor import hand_responses_back
+
+    files = make_study(tmp_path / "study", seed=91, slices=2)
+    port, received = free_port(), []
+    with storage_scp(port, received):
+        # A C-STORE-RSP, decoded from its DIMSE message as the reactor gets it, handed to `_serve_request`
+        # as the reactor does, lands on the queue that send_c_store reads.
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+        assert assoc.is_established
+        try:
+            requestor = hand_responses_back(assoc)
+            requestor.awaited = 1  # as while its send_c_store waits for the answer to its store, message 1
+            rsp = C_STORE()
+            rsp.MessageIDBeingRespondedTo, rsp.Status = 1, SUCCESS
+            rsp.AffectedSOPClassUID, rsp.AffectedSOPInstanceUID = CTImageStorage, "1.2.826.0.1.3680043.8.498.1"
+            message = C_STORE_RSP()
+            message.primitive_to_message(rsp)
+            taken = message.message_to_primitive()
+            context_id = assoc.accepted_contexts[0].context_id
+            assert assoc.dimse.msg_queue.empty()
+            assoc._serve_request(taken, context_id)
+            assert assoc.dimse.msg_queue.get_nowait() == (context_id, taken)
+            requestor.awaited = None
+        finally:
+            assoc.release()
+
+        # Control: without the workaround pynetdicom drops the response the reactor took, and send_c_store
+        # waits out its DIMSE timeout and aborts (the race this guards against).
+        ae = AE(ae_title="SENDER")
+        ae.dimse_timeout = 1
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+        reactor_takes_each_response(assoc)
+        assert "Status" not in assoc.send_c_store(pydicom.dcmread(files[0]))
+        assert assoc.is_aborted
+        received.clear()
+
+        # The production sender, its associations' reactors taking every response: each file is acknowledged
+        # (without its workaround each would wait out the timeout and fail).
+        class RacingAE(AE):
+            def associate(self, *args, **kwargs):
+                assoc = super().associate(*args, **kwargs)
+                reactor_takes_each_response(assoc)
+                return assoc
+
+        monkeypatch.setattr(sender, "AE", RacingAE)
+        outcome = sender.send(Peer("PACS", "127.0.0.1", port), "ONCOPLAN", files, timeout_s=3)
+    assert outcome == {f: None for f in files}
+    assert received == [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
+
+
+@contextmanager
+def confused_scp(port: int, received: list):
+    """A real pynetdicom Storage SCP that, as a confused PACS might, stores the first instance of each
+    association but answers each later one first with a late Success to the previous request (its Message ID
+    Being Responded To that request's Message ID), then, 0.3 s later, with its real answer: Out of Resources,
+    not stored."""
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from pynetdicom import evt
+    from pynetdicom.dimse_primitives import C_STORE
+
+    previous: dict[int, int] = {}  # id(association) -> the Message ID of its last C-STORE request
+
+    def stored(event) -> int:
+        request, before = event.request, previous.get(id(event.assoc))
+        previous[id(event.assoc)] = request.MessageID
+        if before is None:
+            received.append(str(request.AffectedSOPInstanceUID))
+            return SUCCESS
+        late = C_STORE()
+        late.MessageIDBeingRespondedTo, late.Status = before, SUCCESS
+        late.AffectedSOPClassUID, late.AffectedSOPInstanceUID = request.AffectedSOPClassUID, "1.2.3.4"
+        event.assoc.dimse.send_msg(late, event.context.context_id)
+        time.sleep(0.3)  # the late one is taken (and, in the reactor case, dealt with) before the real answer
+        return OUT_OF_RESOURCES
+
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, stored)])
+    try:
+        yield
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("reactor_takes", [True, False], ids=["reactor_takes_it", "send_c_store_reads_it"])
+def test_a_stale_store_response_is_never_taken_as_the_answer_to_the_store_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reactor_takes: bool
+) -> None:
+    """A late or unrequested C-STORE-RSP (a Success for another message) never acknowledges the store in flight:
+    taken by the requestor's reactor it is dropped with one log line, not handed to send_c_store; read by
+    send_c_store it fails that store. Either way the file the destination refused is not marked delivered."""
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from oncoplan.deploy.listener import sender
+    from oncoplan.deploy.listener.config import Peer
+    from oncoplan.deploy.listener.requestor import hand_responses_back
+
+    lines = listener_logs()
+    files = make_study(tmp_path / "study", seed=92, slices=2)
+    port, received = free_port(), []
+    with confused_scp(port, received):
+
+        class RacingAE(AE):
+            def associate(self, *args, **kwargs):
+                assoc = super().associate(*args, **kwargs)
+                if reactor_takes:
+                    reactor_takes_each_response(assoc)
+                return assoc
+
+        monkeypatch.setattr(sender, "AE", RacingAE)
+        outcome = sender.send(Peer("PACS", "127.0.0.1", port), "ONCOPLAN", files, timeout_s=3)
+        monkeypatch.undo()
+        first, second = (str(pydicom.dcmread(f).SOPInstanceUID) for f in files)
+        assert received == [first]
+        assert outcome[files[0]] is None
+        assert outcome[files[1]] is not None and not outcome[files[1]].final  # not delivered; retried
+
+        # Below the sender: what the reactor takes is handed back only if it answers the store in flight.
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+        assert assoc.is_established
+        try:
+            requestor = hand_responses_back(assoc)
+            context_id = assoc.accepted_contexts[0].context_id
+            for awaited in (None, 2):
+                stale = C_STORE()
+                stale.MessageIDBeingRespondedTo, stale.Status = 7, SUCCESS
+                requestor.awaited = awaited
+                assoc._serve_request(stale, context_id)
+                assert assoc.dimse.msg_queue.empty()
+            requestor.awaited = None
+        finally:
+            assoc.release()
+
+    events = log_events(lines)
+    dropped = [(e["responding_to"], e["awaiting"]) for e in events if e["event"] == "dicom_response_dropped"]
+    assert {e["message"] for e in events if e["event"] == "dicom_response_dropped"} == {"C-STORE-RSP"}
+    assert [d for d in dropped if d[0] == 7] == [(7, None), (7, 2)]
+    if reactor_takes or (1, 2) in dropped:  # (also where pynetdicom's own reactor race took it)
+        # Dropped with one line; send_c_store read the real answer.
+        assert [d for d in dropped if d[0] == 1] == [(1, 2)]
+        assert outcome[files[1]].reason == f"status 0x{OUT_OF_RESOURCES:04X}"
+    else:  # send_c_store read it: that store fails, and its association is aborted
+        assert outcome[files[1]].reason == (
+            "WrongResponse: the C-STORE response of the destination answers message 1, not message 2 of this store: "
+            "not acknowledged (association aborted)"
+        )
+    assert not any(uid in line for line in lines for uid in (first, second, "1.2.3.4"))
+
+
+def test_the_requestor_workaround_fails_loudly_if_pynetdicom_drops_what_it_relies_on() -> None:
+    import queue
+    from types import SimpleNamespace
+
+    from oncoplan.deploy.listener.requestor import PynetdicomChanged, check_pynetdicom, hand_responses_back
+
+    check_pynetdicom()  # the installed pynetdicom has it
+    with pytest.raises(PynetdicomChanged, match=r"Association\._serve_request.*requestor reactor race"):
+        check_pynetdicom(type("Association", (), {}))
+    with pytest.raises(PynetdicomChanged, match=r"Association\._serve_request"):
+        hand_responses_back(SimpleNamespace(dimse=SimpleNamespace(msg_queue=queue.Queue())))
+    with pytest.raises(PynetdicomChanged, match=r"DIMSEServiceProvider\.msg_queue"):
+        hand_responses_back(SimpleNamespace(_serve_request=lambda msg, context_id: None, dimse=SimpleNamespace()))
+    no_get_msg = SimpleNamespace(msg_queue=queue.Queue())
+    with pytest.raises(PynetdicomChanged, match=r"DIMSEServiceProvider\.get_msg"):
+        hand_responses_back(SimpleNamespace(_serve_request=lambda msg, context_id: None, dimse=no_get_msg))
+    # At import: the listener's result sender does not even load.
+    drop = "import pynetdicom.association as a; del a.Association._serve_request; "
+    run = subprocess.run(
+        [sys.executable, "-c", drop + "import oncoplan.deploy.listener.sender"], capture_output=True, text=True
+    )
+    assert run.returncode != 0
+    assert "PynetdicomChanged: pynetdicom" in run.stderr and "has no Association._serve_request" in run.stderr

@@ -17,6 +17,7 @@ from pynetdicom import AE, build_context
 
 from . import logs
 from .config import Peer
+from .requestor import hand_responses_back
 from .scp import association_of, valid_uid
 
 # What pynetdicom says inside one of our deliveries (a refused connection is two ERROR lines from its DUL
@@ -112,13 +113,17 @@ def send(peer: Peer, calling_ae: str, files: Iterable[Path], timeout_s: float = 
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
+        # Each store under its own Message ID, acknowledged only by the response that answers it (pynetdicom
+        # matches none: a late or unrequested Success would mark another file delivered) and safe from
+        # pynetdicom's requestor reactor race: see requestor.py.
+        requestor = hand_responses_back(assoc)
         for f, ds in datasets.items():
             if not assoc.is_established:
                 out[f] = Failure("association lost")
                 continue
             try:
-                status = assoc.send_c_store(ds)
-            except Exception as exc:  # e.g. no accepted presentation context for it: this file only
+                status = requestor.send_c_store(ds)
+            except Exception as exc:  # e.g. no accepted presentation context for it, or WrongResponse: this file only
                 refused = _refused(assoc, proposed)
                 if isinstance(exc, ValueError) and _context(ds) in refused:  # others' contexts were accepted
                     out[f] = _never_accepted(peer, refused[_context(ds)])
