@@ -11,27 +11,41 @@ stages); every decision can be tested and explained in one line; a wrong field m
 the wrong breast, so anything the rules do not settle is refused, never guessed:
 - no side, or no current side (only history);
 - a side without a surgery, or with both breast-conserving surgery and mastectomy (a
-  "completion mastectomy" after a lumpectomy is read as mastectomy);
+  "completion mastectomy", or a mastectomy after "then" / "went on to" / "proceeded to" following a
+  lumpectomy, is read as mastectomy);
 - a side without an N stage, or with two different ones (e.g. cN1 before and ypN0 after
   neoadjuvant chemotherapy: the CTV decision is the physician's), or an explicit stage that
-  disagrees with the node count's positivity;
-- a fact (surgery, N stage) that cannot be attributed to one side of a bilateral note.
+  disagrees with the node count's positivity, or a count that may be a date ("ALND 2/10") where
+  reading it as one or the other changes the answer;
+- a fact (surgery, N stage) that cannot be attributed to one side of a bilateral note, or that sits
+  in a history or family-history clause naming no side ("Mother had a mastectomy").
 
-How a note is read: sentences (". ", ";", new lines) are cut into comma chunks; each side word
-("left", "L breast", "left-sided", "bilateral", ...) is a side mention; a surgery or N stage belongs
-to the side mention in its chunk, else the nearest preceding one in its sentence, else the next
-one, else (a unilateral note) the one treated side. A side mention after a history cue ("prior",
-"previous", "history of", "h/o", "years ago", "remote", "contralateral ... in 2015") up to "now" /
-"currently" is history: its facts do not count. "prior"/"previous" alone ("prior left lumpectomy,
-now for RT") are history only when another side is current. Negated surgeries and stages ("no
-mastectomy", "not node positive", "declined mastectomy", "rather than mastectomy") are handled.
-English only.
+How a note is read: sentences (". ", ";", new lines) are cut into comma chunks; each side word ("left",
+"L breast", "left-sided", "LUOQ", "bilateral", ...; "RT" in capitals is radiotherapy) is a side mention;
+a surgery or N stage belongs to the side mention in its chunk, else the nearest preceding one in its
+sentence, else the next one, else (a unilateral note) the one treated side; a "bilateral" / "both
+breasts" owns only the facts of its own chunk, and the surgery of its own clause ("both breasts treated
+with lumpectomy"). A side mention after a history cue ("prior", "previous", "history of", "h/o",
+"remote", "contralateral ... in 2015", a relative: "mother", "sister", "FHx") up to "now" / "currently"
+is history, as is one followed in its clause by "years ago" or by radiotherapy already given ("and RT
+2016", "received RT"): its facts do not count. "prior"/"previous" alone ("prior left lumpectomy, now for
+RT") are history only when another side is current. A side named only by "bilateral"/"both sides" or in
+a benign clause ("Left breast: MRI negative"), whose own mentions are all history, prophylactic or
+benign and own no fact, is not a target. Negated or not yet done surgeries and stages ("no mastectomy",
+"not node positive", "declined mastectomy", "rather than mastectomy", "mastectomy planned", "may require
+a mastectomy", a surgery after "if" in its sentence) are handled. Node counts: "2/12 nodes positive",
+"3/15 LN+", "1 of 3 SLN with micromets", "0/2 SLN", "SLNB 0/2" (positive/examined); "further" /
+"non-sentinel" nodes add to the first count; a count of nodes with isolated tumour cells is not a
+positive count; dates ("10/03/2025") are not counts. One-letter typos of
+lumpectomy/mastectomy/quadrantectomy ("lumpectmy", "mastecomy") and swapped letters of a side ("rigth")
+are read as the word. English only.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 from oncoplan.ctv.notes import SIDES, SideNote, format_note, parse_note
 from oncoplan.errors import InputError
@@ -67,17 +81,31 @@ _SURGERY_RE = re.compile(
 _NEG_BEFORE = re.compile(
     r"\b(?:no|not|without|declined|refused|rather than|instead of|avoid(?:ing|ed)?|deferred|"
     r"not a candidate for|candidate for|considering|considered|offered|discussed|planned|plan(?:ned)? for|"
-    r"scheduled for|may need|would need)\b[^,;.]{0,25}$",
+    r"scheduled for|may need|would need|may require|would require|will (?:need|require|undergo)|requires?|"
+    r"needs?|awaiting|booked for|listed for)\b[^,;.]{0,25}$",
     re.IGNORECASE,
 )
-_NEG_AFTER = re.compile(r"^\W{0,3}(?:was |were |is )?(?:not (?:performed|done)|declined|refused|was deferred)", re.I)
+# After the surgery word: not done, or not yet ("right mastectomy planned after neoadjuvant chemo").
+_NEG_AFTER = re.compile(
+    r"^\W{0,3}(?:was |were |is |has been )?(?:not (?:performed|done)|declined|refused|(?:was )?deferred|planned|"
+    r"scheduled|pending|booked|proposed|recommended|awaited|to follow|to be (?:performed|done|arranged|booked))",
+    re.IGNORECASE,
+)
+# A mastectomy after one of these (in its sentence) followed a lumpectomy: it is the final surgery, as a
+# "completion mastectomy" is ("R lumpectomy with close margins and went on to have a R total mastectomy").
+_SEQUENCE = re.compile(
+    r"\b(?:then|subsequently|later|eventually|ultimately|went on to|proceeded to|followed by|converted to|"
+    r"re-?operat\w*)\b[^,;.]{0,30}$",
+    re.IGNORECASE,
+)
 
 _SIDE_WORD = re.compile(
     r"\b(?P<w>left|right|bilateral(?:ly)?|both (?:breasts|sides|chest walls))\b|"
     r"\b(?P<ab>lt|rt|l|r)\b\.?(?=\s*(?:breast|bcs|bct|wle|lumpectomy|mastectomy|tm|mrm|ssm|nsm|chest|axill|side|"
     r"sided|quadrant|uo|ui|lo|li|sn|slnb|sentinel|-sided|nipple|skin|total|simple|modified|radical|partial|segment|"
     r"quadrantectomy|wide|completion|\)))|"
-    r"\((?P<par>l|r|lt|rt)\)",
+    r"\((?P<par>l|r|lt|rt)\)|"
+    r"\b(?P<q>[lr])(?:uo|ui|lo|li)q\b",  # LUOQ, RLIQ: a breast quadrant (RUQ, LLQ are the abdomen's)
     re.IGNORECASE,
 )
 # A side word followed by one of these is about something else (the heart, a limb, a lung).
@@ -87,15 +115,33 @@ _NOT_BREAST = re.compile(
     r"pulmonary|hilar|pleural|iv\b|port|jugular|femoral|internal jugular|thyroid|adrenal|hepatic|away|here|there)",
     re.IGNORECASE,
 )
+# A relative's cancer is family history, not the patient's ("FHx: mother - bilateral breast ca").
 _HISTORY = re.compile(
     r"\b(?:history of|h/o|hx of|pmh|years? ago|yrs? ago|remote|previously treated|previously irradiated|"
-    r"in the past|prior|previous(?:ly)?|former|contralateral)\b",
+    r"in the past|prior|previous(?:ly)?|former|contralateral|family history|fhx?|mother|mum|mom|father|"
+    r"sister|brother|daughter|aunt|grandmother|cousin|niece|maternal|paternal|relatives?)\b",
     re.IGNORECASE,
 )
-_AGO = re.compile(r"\b(?:years?|yrs?|decades?) ago\b", re.IGNORECASE)
+# After a side mention in its clause: that side is history ("years ago"), or was already irradiated ("left
+# lumpectomy and RT 2016", "received RT"): an RT referral's target is not a breast already treated with RT.
+_AGO = re.compile(
+    r"\b(?:years?|yrs?|decades?) ago\b|"
+    r"\b(?:x?rt|radiotherapy|radiation)\s*\(?(?:in\s+)?(?:19|20)\d\d\b|"
+    r"\b(?:received|completed)\s+(?:adjuvant\s+|whole[- ]breast\s+)?(?:x?rt|radiotherapy|radiation)\b",
+    re.IGNORECASE,
+)
 _WEAK_HISTORY = re.compile(r"^(?:prior|previous(?:ly)?)$", re.IGNORECASE)
 _CURRENT = re.compile(r"\b(?:now|currently|presently|this time|today|new|newly|current)\b", re.IGNORECASE)
 _PROPHYLACTIC = re.compile(r"\b(?:prophylactic|risk[- ]reducing|contralateral prophylactic)\b", re.IGNORECASE)
+# A side mention in a clause that is benign or imaging only ("Left breast: screening MRI negative") and names
+# no cancer is not a target, unless it owns a surgery or stage.
+_BENIGN = re.compile(
+    r"\b(?:benign|normal|unremarkable|no (?:evidence of )?(?:malignancy|disease|abnormalit\w+)|bi-?rads ?[12]|"
+    r"(?:mri|mammo\w*|ultrasound|imaging)\s+(?:was |is )?(?:negative|clear|normal|unremarkable)|cysts?|"
+    r"fibroadenomas?)\b",
+    re.IGNORECASE,
+)
+_CANCER = re.compile(r"\b(?:cancer|carcinoma|ca|idc|ilc|dcis|tumou?rs?|mass|malignant)\b", re.IGNORECASE)
 
 _N_RE = re.compile(
     r"(?:(?<![A-Za-z])|(?<=T[0-4])|(?<=T[0-4][a-d])|(?<=Tis)|(?<=\)))"
@@ -103,10 +149,14 @@ _N_RE = re.compile(
     r"(?=M[0-1xX]|[^A-Za-z0-9]|$)",
 )
 _T_RE = re.compile(r"(?<![A-Za-z])(?:y?[cpr]?|[cp]?y)T(?P<t>is|[0-4])(?P<sub>[a-d]|mi)?(?=N|M|\b|\()")
+# Node counts are positive/examined. A fraction inside a date ("10/03/2025", "1/2/25") is not one.
+_NODE = r"(?:nodes?|lns?|slns?|sns?)"
+_POSITIVE = r"(?:\b(?:positive|involved|pos|(?:micro|macro)-?met\w*|metasta\w*|mets?)\b|\+(?:ve\b)?)"
+_FRACTION = r"(?<![\d/.])(?P<pos>\d{1,2})\s*/\s*(?P<tot>\d{1,2})(?!\d|[/.]\d)"
 _COUNT_RE = re.compile(
-    r"\b(?P<pos>\d{1,2})\s*(?:/|of|out of)\s*(?P<tot>\d{1,2})\b[^,;.]{0,30}?"
-    r"\b(?:(?:sentinel |axillary |lymph )*(?:nodes?|ln|lns|slns?)\b[^,;.]{0,12}?\b(?:positive|involved|pos)\b|"
-    r"positive\b[^,;.]{0,15}\b(?:nodes?|ln|lns|slns?)\b|(?:nodes?|ln|lns|slns?)\s*\+)",
+    r"(?<![\d/.])\b(?P<pos>\d{1,2})\s*(?:/|of|out of)\s*(?P<tot>\d{1,2})(?!\d|[/.]\d)[^,;.]{0,30}?"
+    rf"\b(?:(?:sentinel |axillary |lymph )*{_NODE}\b(?:(?!\b(?:no|not|without|free|negative)\b)[^,;.]){{0,12}}?"
+    rf"{_POSITIVE}|positive\b[^,;.]{{0,15}}\b{_NODE}\b|{_NODE}\s*\+)",
     re.IGNORECASE,
 )
 _COUNT_RE2 = re.compile(
@@ -115,21 +165,41 @@ _COUNT_RE2 = re.compile(
     r"(?:were |was )?(?:positive|involved)",
     re.IGNORECASE,
 )
+_NEGATIVE_AFTER = r"(?!\s*(?:were |was |are |is )?(?:negative|benign|clear|free|-ve|without|no\b))"
+# "0/2 SLN", "3/15 further nodes": a fraction before a node word is a count without "positive".
+_COUNT_BARE = re.compile(
+    rf"{_FRACTION}\s*(?:(?:further|additional|non-?sentinel|other|sentinel|axillary|lymph)\s+)*{_NODE}\b"
+    + _NEGATIVE_AFTER,
+    re.IGNORECASE,
+)
+# "SLNB 0/2", "Lymph nodes: 0/3", "ALND: 3/15": a fraction after a node word or axillary procedure. Without ':'
+# or '=' between them, "ALND 2/10" may be a month/year: such a count is read both ways (`_settle`).
+_COUNT_AFTER = re.compile(
+    r"\b(?:slnb?|snb|sln biopsy|sentinel (?:lymph )?node biopsy|alnd|anc|axc|axillary (?:lymph node )?"
+    r"(?:dissection|clearance)|(?:(?:sentinel|axillary|lymph|further|additional|non-?sentinel)\s+)*" + _NODE + r")"
+    r"\s*(?P<sep>[:=(-])?\s*" + _FRACTION + _NEGATIVE_AFTER,
+    re.IGNORECASE,
+)
+_FURTHER = re.compile(r"\b(?:further|additional|non-?sentinel|more|other)\b", re.IGNORECASE)
 _NODE_NEG = re.compile(
     r"\b(?:not|non)[- ]node[- ]positive\b|\bnode[- ]?negative\b|\bnodes? (?:were |was |are )?negative\b|"
     r"\b(?:sentinel (?:lymph )?nodes?|slnb?|sln biopsy|axillary nodes?|lymph nodes?)\s+(?:were |was |are |is )?"
     r"(?:negative|benign|clear|free of (?:tumou?r|disease|metastas[ie]s))\b|"
     r"\bno (?:evidence of )?(?:nodal|lymph node|axillary|regional nodal) "
     r"(?:involvement|disease|metastas[ie]s|spread)\b|"
-    r"\bno (?:positive|involved) (?:lymph )?nodes\b|\bnegative (?:sentinel )?(?:lymph )?nodes?\b|\bN-(?!\w)",
+    r"\bno (?:positive|involved) (?:lymph )?nodes\b|\bnegative (?:sentinel )?(?:lymph )?nodes?\b|\bN-(?!\w)|"
+    r"\bnodes? (?:were |was )?(?:without|with no) (?:metasta\w*|tumou?r|carcinoma|disease)\b",
     re.IGNORECASE,
 )
 _NODE_POS = re.compile(
     r"(?<!not )(?<!non-)(?<!non )\bnode[- ]?positive\b|\bN\+|\bpositive (?:sentinel |axillary )?(?:lymph )?nodes?\b",
     re.IGNORECASE,
 )
-_MICRO = re.compile(r"\bmicro[- ]?metasta\w*", re.IGNORECASE)
+_MICRO = re.compile(r"\bmicro[- ]?met(?:asta\w*|s?\b)", re.IGNORECASE)
 _ITC = re.compile(r"\bisolated tumou?r cells\b|\bitcs?\b", re.IGNORECASE)
+# Words one edit away (a letter missing, extra, wrong, or two swapped) are read as these; a side word only with
+# two letters swapped ("rigth"): one edit of "right" is also "light", "night".
+_SPELLED = ("lumpectomy", "mastectomy", "quadrantectomy")
 _WORD_NUM = {"no": 0, "none": 0, "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 
 
@@ -141,6 +211,8 @@ class _Mention:
     history: bool
     weak: bool
     prophylactic: bool
+    clause: int = 0
+    benign: bool = False
 
 
 @dataclass
@@ -151,6 +223,10 @@ class _Fact:
     chunk: int
     sentence: int
     completion: bool = False
+    clause: int = 0
+    history: bool = False  # in a history / family-history clause (a strong cue)
+    further: bool = False  # a count of further nodes, added to the first count
+    maybe: str = ""  # a count that may be a date: its text
 
 
 @dataclass
@@ -159,7 +235,9 @@ class _Side:
     completion: bool = False
     n: set[str] = field(default_factory=set)
     t: set[str] = field(default_factory=set)
-    counts: list[int] = field(default_factory=list)
+    counts: list[tuple[int, bool]] = field(default_factory=list)  # (positive nodes, a count of further nodes)
+    maybe_counts: list[tuple[int, bool]] = field(default_factory=list)  # counts that may be dates
+    maybe_text: list[str] = field(default_factory=list)
     positive_phrases: set[str] = field(default_factory=set)
 
 
@@ -201,7 +279,48 @@ def interpretation(sides) -> str:
 def _normalise(text: str) -> str:
     text = str(text).replace("\u2013", "-").replace("\u2014", "-").replace("\u2011", "-").replace("\u00a0", " ")
     text = re.sub(r"\bs/p\b|\bstatus post\b", "status-post", text, flags=re.IGNORECASE)
-    return text
+    return re.sub(r"[A-Za-z]{4,16}", _spelled, text)
+
+
+def _spelled(m: re.Match) -> str:
+    """A typo of a surgery word (one edit) or of a side word (two letters swapped) -> the word."""
+    word = m.group(0).lower()
+    for target in _SPELLED:
+        if word != target and len(word) >= 8 and _one_edit(word, target):
+            return target
+    for target in SIDES:
+        if word != target and len(word) == len(target) and _one_edit(word, target, swap_only=True):
+            return target
+    return m.group(0)
+
+
+def _one_edit(word: str, target: str, swap_only: bool = False) -> bool:
+    """`word` is `target` with one letter missing, added or changed, or two neighbours swapped."""
+    if len(word) == len(target):
+        diff = [i for i, (x, y) in enumerate(zip(word, target, strict=True)) if x != y]
+        swapped = len(diff) == 2 and diff[1] == diff[0] + 1 and word[diff[0]] == target[diff[1]]
+        swapped = swapped and word[diff[1]] == target[diff[0]]
+        return swapped or (len(diff) == 1 and not swap_only)
+    if swap_only or abs(len(word) - len(target)) != 1:
+        return False
+    short, long = sorted((word, target), key=len)
+    i = next((k for k, (x, y) in enumerate(zip(short, long, strict=False)) if x != y), len(short))
+    return short[i:] == long[i + 1 :]
+
+
+def _side_word(m: re.Match, text: str) -> tuple[str, ...] | None:
+    """The sides a `_SIDE_WORD` match names, or None where it is not about a breast: the heart or a limb ("left
+    ventricle", "right-handed"), bilateral imaging or adnexa, or "RT" in capitals (radiotherapy: "adjuvant
+    RT)", "RT chest wall"; the side is written "Rt", "R" or "right")."""
+    word = next(g for g in (m.group("w"), m.group("ab"), m.group("par"), m.group("q")) if g)
+    after = text[m.end() :]
+    if word == "RT" or _NOT_BREAST.match(after):
+        return None
+    if word.lower().startswith(("bilateral", "both")):
+        if re.match(r"^\s*(?:salping|oophor|mammo|pulmonary|lung|pleural|hilar|adrenal|renal|ovar)", after, re.I):
+            return None
+        return ("left", "right")
+    return ("left",) if word.lower().startswith("l") else ("right",)
 
 
 def _sentences(text: str) -> list[tuple[int, str]]:
@@ -235,8 +354,8 @@ def _chunks(sentence: str) -> list[tuple[int, int]]:
 
 
 def _history_at(sent: str, clauses, cues, resets, pos: int) -> tuple[bool, bool]:
-    """(is the side mention at `pos` history, only a weak cue): a cue before it in its clause, not reset by
-    "now"; or "years ago" after it in its clause."""
+    """(is the side mention (or fact) at `pos` history, only a weak cue): a cue before it in its clause, not
+    reset by "now"; or "years ago" / radiotherapy already given after it in its clause."""
     a, b = clauses[_chunk_of(clauses, pos)]
     last = [(p, w) for p, w in cues if a <= p < pos and not any(p < r < pos for r in resets)]
     if last:
@@ -253,8 +372,14 @@ def _chunk_of(bounds: list[tuple[int, int]], pos: int) -> int:
 
 
 def _negated(sentence: str, start: int, end: int) -> bool:
+    """Not done, not yet done, or only if ("if margins are involved, then mastectomy"). A cue's reach ends at
+    "underwent", "had", ... and at "after"/"post" ("plan for RT after left mastectomy": the mastectomy is done)."""
+    if re.search(r"\b(?:if|unless)\b", sentence[:start], re.IGNORECASE):
+        return True
     before = sentence[max(0, start - 40) : start]
-    before = re.split(r"[,;:]|\bbut\b|\bthen\b|\bunderwent\b|\bhad\b|\bchose\b|\bopted\b|\bdid\b", before)[-1]
+    before = re.split(
+        r"[,;:]|\b(?:but|then|underwent|had|chose|opted|did|after|following|post|status-post)\b", before, flags=re.I
+    )[-1]
     return bool(_NEG_BEFORE.search(before) or _NEG_AFTER.search(sentence[end:]))
 
 
@@ -293,54 +418,59 @@ def read_note(text: str, where: str = "note") -> NoteReading:
         if cues:
             history_sentences.add(si)
 
+        fact = partial(_fact_at, (si, sent, bounds, clauses, cues, resets))
+
         for m in _SIDE_WORD.finditer(sent):
-            word = (m.group("w") or m.group("ab") or m.group("par") or "").lower()
-            if _NOT_BREAST.match(sent[m.end() :]):
+            sides = _side_word(m, sent)
+            if sides is None:
                 continue
-            if word.startswith("bilateral") and re.match(
-                r"^\s*(?:salping|oophor|mammo|pulmonary|lung|pleural|hilar|adrenal|renal|ovar)", sent[m.end() :], re.I
-            ):
-                continue
-            sides = (
-                ("left", "right")
-                if word.startswith(("bilateral", "both"))
-                else (("left",) if word.startswith("l") else ("right",))
-            )
             hist, weak = _history_at(sent, clauses, cues, resets, m.start())
-            chunk = _chunk_of(bounds, m.start())
+            chunk, clause = _chunk_of(bounds, m.start()), _chunk_of(clauses, m.start())
             a, b = bounds[chunk]
             proph = bool(_PROPHYLACTIC.search(sent[a:b]))
-            mentions.append((si, _Mention(sides, m.start(), chunk, hist, weak, proph)))
+            ca, cb = clauses[clause]
+            benign = bool(_BENIGN.search(sent[ca:cb]) and not _CANCER.search(sent[ca:cb]))
+            mentions.append((si, _Mention(sides, m.start(), chunk, hist, weak, proph, clause, benign)))
         for m in _SURGERY_RE.finditer(sent):
             if _negated(sent, m.start(), m.end()):
                 continue
             kind = "BCS" if m.group("bcs") else "TM"
-            completion = m.group(0).lower().startswith("completion")
-            facts.append(_Fact("surgery", kind, m.start(), _chunk_of(bounds, m.start()), si, completion))
+            completion = m.group(0).lower().startswith("completion") or (
+                kind == "TM" and bool(_SEQUENCE.search(sent[max(0, m.start() - 60) : m.start()]))
+            )
+            facts.append(fact("surgery", kind, m.start(), completion=completion))
         for m in _N_RE.finditer(sent):
-            facts.append(_Fact("n", _n_value(m), m.start(), _chunk_of(bounds, m.start()), si))
+            facts.append(fact("n", _n_value(m), m.start()))
         for m in _T_RE.finditer(sent):
-            t_stage = "T" + m.group("t") + (m.group("sub") or "")
-            facts.append(_Fact("t", t_stage, m.start(), _chunk_of(bounds, m.start()), si))
-        counted = []
-        for m in list(_COUNT_RE.finditer(sent)) + list(_COUNT_RE2.finditer(sent)):
-            if any(a <= m.start() < b for a, b in counted):
-                continue
-            counted.append((m.start(), m.end()))
-            raw = m.group("pos").lower()
-            pos = _WORD_NUM[raw] if raw in _WORD_NUM else int(raw)
-            if pos > int(m.group("tot")):
-                raise InputError(f"{where}: node count {m.group(0)!r} has more positive nodes than examined")
-            facts.append(_Fact("count", pos, m.start(), _chunk_of(bounds, m.start()), si))
+            facts.append(fact("t", "T" + m.group("t") + (m.group("sub") or ""), m.start()))
+        counted: list[tuple[int, int]] = []
+        for rx in (_COUNT_RE, _COUNT_RE2, _COUNT_BARE, _COUNT_AFTER):
+            for m in rx.finditer(sent):
+                if any(m.start() < b and a < m.end() for a, b in counted):
+                    continue
+                counted.append((m.start(), m.end()))
+                raw = m.group("pos").lower()
+                pos = _WORD_NUM[raw] if raw in _WORD_NUM else int(raw)
+                if pos > int(m.group("tot")):
+                    raise InputError(f"{where}: node count {m.group(0)!r} has more positive nodes than examined")
+                near = sent[max(0, m.start() - 30) : m.end() + 20]
+                if _ITC.search(near) and not _MICRO.search(near):  # "ITCs in 1/2 SLN": pN0(i+), not positive
+                    continue
+                # "further" / "non-sentinel" nodes add to the first count ("SLNB 1/2, further 3/10 nodes")
+                lead = re.split(r"[,;:(]", sent[max(0, m.start() - 20) : m.start()])[-1]
+                further = bool(_FURTHER.search(lead + m.group(0)))
+                tot = m.group("tot")
+                maybe = rx is _COUNT_AFTER and m.group("sep") not in (":", "=") and 1 <= pos <= 12 and len(tot) == 2
+                facts.append(fact("count", pos, m.start(), further=further, maybe=m.group(0) if maybe else ""))
         for m in _NODE_NEG.finditer(sent):
-            facts.append(_Fact("n", "N0", m.start(), _chunk_of(bounds, m.start()), si))
+            facts.append(fact("n", "N0", m.start()))
         for m in _NODE_POS.finditer(sent):
             if not any(f.kind == "n" and f.sentence == si and f.start <= m.start() < f.start + 40 for f in facts):
-                facts.append(_Fact("pos", "positive", m.start(), _chunk_of(bounds, m.start()), si))
+                facts.append(fact("pos", "positive", m.start()))
         for m in _MICRO.finditer(sent):
-            facts.append(_Fact("micro", "N1mi", m.start(), _chunk_of(bounds, m.start()), si))
+            facts.append(fact("micro", "N1mi", m.start()))
         for m in _ITC.finditer(sent):
-            facts.append(_Fact("itc", "N0", m.start(), _chunk_of(bounds, m.start()), si))
+            facts.append(fact("itc", "N0", m.start()))
 
     if not mentions:
         raise InputError(f"{where}: clinical note names no side (left, right or bilateral): cannot tell the target")
@@ -349,14 +479,20 @@ def read_note(text: str, where: str = "note") -> NoteReading:
         current = [(si, mm) for si, mm in mentions if mm.history and mm.weak and not mm.prophylactic]
         for _, mm in current:
             mm.history = False
-    treated = sorted({s for _, mm in current for s in mm.sides}, key=SIDES.index)
+    owners = [(f, _owner(f, mentions)) for f in facts]
+    treated = [
+        s
+        for s in sorted({s for _, mm in current for s in mm.sides}, key=SIDES.index)
+        if not _not_a_target(s, mentions, owners)
+    ]
     if not treated:
-        raise InputError(f"{where}: clinical note names sides only as history or prophylactic: which side is treated?")
+        raise InputError(
+            f"{where}: clinical note names sides only as history, prophylactic or benign: which side is treated?"
+        )
     history_sides = {s for _, mm in mentions if mm.history for s in mm.sides} - set(treated)
 
     records = {s: _Side() for s in treated}
-    for f in facts:
-        owner = _owner(f, mentions)
+    for f, owner in owners:
         if owner is not None and (owner.history or owner.prophylactic):
             continue
         if owner is None:
@@ -373,6 +509,12 @@ def read_note(text: str, where: str = "note") -> NoteReading:
                     f"{where}: cannot tell whether {_describe(f)} belongs to the {treated[0]} side or the "
                     f"{'/'.join(sorted(history_sides))} side's history: name its side"
                 )
+            if f.history and f.kind not in ("t", "itc"):
+                # "Mother had a mastectomy for breast cancer": a history/family clause that names no side
+                raise InputError(
+                    f"{where}: cannot tell whether {_describe(f)} belongs to the {treated[0]} side or to a "
+                    "history or family history: name its side"
+                )
             sides = treated
         else:
             sides = [s for s in owner.sides if s in records]
@@ -385,11 +527,53 @@ def read_note(text: str, where: str = "note") -> NoteReading:
                 r.n.add(str(f.value))
             elif f.kind == "t":
                 r.t.add(str(f.value))
+            elif f.kind == "count" and f.maybe:
+                r.maybe_counts.append((int(f.value), f.further))
+                r.maybe_text.append(f.maybe)
             elif f.kind == "count":
-                r.counts.append(int(f.value))
+                r.counts.append((int(f.value), f.further))
             else:
                 r.positive_phrases.add(f.kind)
-    return NoteReading(tuple(_side_note(s, records[s], where) for s in treated), template=False)
+    return NoteReading(tuple(_settle(s, records[s], where) for s in treated), template=False)
+
+
+def _fact_at(ctx: tuple, kind: str, value: str | int, start: int, **kw) -> _Fact:
+    """A fact at `start` of sentence `ctx` = (index, text, chunks, clauses, history cues, "now" resets)."""
+    si, sent, bounds, clauses, cues, resets = ctx
+    hist, weak = _history_at(sent, clauses, cues, resets, start)
+    chunk, clause = _chunk_of(bounds, start), _chunk_of(clauses, start)
+    return _Fact(kind, value, start, chunk, si, clause=clause, history=hist and not weak, **kw)
+
+
+def _not_a_target(side: str, mentions: list[tuple[int, _Mention]], owners) -> bool:
+    """A side named only by "bilateral" / "both sides" or in a benign clause, whose own mentions are all history,
+    prophylactic or benign and own no fact ("right mastectomy, pN1a; left prophylactic mastectomy. Implants
+    both sides"; "Left breast: screening MRI negative")."""
+    own = [mm for _, mm in mentions if mm.sides == (side,)]
+    if not own or any(not (mm.history or mm.prophylactic or mm.benign) for mm in own):
+        return False
+    return not any(o is not None and o.sides == (side,) and not (o.history or o.prophylactic) for _, o in owners)
+
+
+def _settle(side: str, r: _Side, where: str) -> SideNote:
+    """The side's record; a count that may be a date ("ALND 2/10") is read both ways and must not matter."""
+    if not r.maybe_counts:
+        return _side_note(side, r, where)
+    readings: list[SideNote | InputError] = []
+    for counts in (r.counts, r.counts + r.maybe_counts):
+        try:
+            readings.append(_side_note(side, replace(r, counts=counts), where))
+        except InputError as err:
+            readings.append(err)
+    without, with_counts = readings
+    if isinstance(without, InputError) and isinstance(with_counts, InputError):
+        raise without
+    if with_counts != without:
+        raise InputError(
+            f"{where}: cannot tell whether {r.maybe_text[0]!r} is a date or a node count for the {side} side "
+            "(write e.g. '2/10 nodes positive')"
+        )
+    return without
 
 
 def _describe(f: _Fact) -> str:
@@ -407,6 +591,9 @@ def _owner(f: _Fact, mentions: list[tuple[int, _Mention]]) -> _Mention | None:
     in_chunk = [mm for mm in same if mm.chunk == f.chunk]
     if in_chunk:
         return min(in_chunk, key=lambda mm: abs(mm.start - f.start))
+    in_clause = [mm for mm in same if mm.clause == f.clause]
+    if f.kind == "surgery" and in_clause and all(len(mm.sides) > 1 for mm in in_clause):
+        return in_clause[0]  # "both breasts treated with lumpectomy"; not a stage: "bilateral SSM with 1/3 nodes"
     same = [mm for mm in same if len(mm.sides) == 1]  # "bilateral" owns only its own chunk's facts
     before = [mm for mm in same if mm.start < f.start]
     if before:
@@ -440,9 +627,12 @@ def _side_note(side: str, r: _Side, where: str) -> SideNote:
         )
     if not n:
         if r.counts:
-            if len(set(r.counts)) > 1:
+            first = {v for v, further in r.counts if not further}
+            if len(first) > 1:
                 raise InputError(f"{where}: two different node counts for the {side} side")
-            pos = r.counts[0]
+            if not first:
+                raise InputError(f"{where}: a count of further nodes but not the first count for the {side} side")
+            pos = first.pop() + sum(v for v, further in r.counts if further)
             n = {"N1mi" if micro and 0 < pos <= 3 else _from_count(pos)}
         elif micro:
             n = {"N1mi"}
@@ -453,7 +643,7 @@ def _side_note(side: str, r: _Side, where: str) -> SideNote:
         else:
             raise InputError(f"{where}: no N stage found for the {side} side (e.g. pN0, N1, node negative, 2/12 nodes)")
     stage = n.pop()
-    if r.counts and len(set(r.counts)) == 1 and (r.counts[0] == 0) != (stage == "N0"):
+    if r.counts and any(v > 0 for v, _ in r.counts) == (stage == "N0"):
         raise InputError(f"{where}: the {side} side's N stage {stage} disagrees with its node count")
     if micro and stage != "N1mi":
         raise InputError(f"{where}: the {side} side is {stage} but a micrometastasis is mentioned: state the N stage")
@@ -465,13 +655,7 @@ def _side_note(side: str, r: _Side, where: str) -> SideNote:
 def sides_mentioned(text: str) -> set[str]:
     """The breast sides a note names at all (history included), as the reader finds side words."""
     text = _normalise(text)
-    found: set[str] = set()
-    for m in _SIDE_WORD.finditer(text):
-        if _NOT_BREAST.match(text[m.end() :]):
-            continue
-        word = (m.group("w") or m.group("ab") or m.group("par") or "").lower()
-        found |= set(SIDES) if word.startswith(("bilateral", "both")) else {"left" if word.startswith("l") else "right"}
-    return found
+    return {s for m in _SIDE_WORD.finditer(text) for s in (_side_word(m, text) or ())}
 
 
 def reading_from_fields(entries: object, where: str = "note") -> NoteReading:
