@@ -84,6 +84,21 @@ def test_fit_recovers_the_response_effect_and_orders_one_patients_protocols() ->
     assert np.mean(rho) > 0.8, rho
 
 
+def test_terms_left_out_of_the_fit_score_nothing_and_the_model_file_says_so(tmp_path: Path) -> None:
+    """--without: the Child-Pugh interactions of the regimen are not fitted (coefficient 0), the rest is, the
+    saved model names what was left out; an unknown term, or the response itself, is refused in one line."""
+    x, event, time, _ = _generator_table(400, 14)
+    left = ("drugs x Child-Pugh", "embolics x Child-Pugh")
+    model = fit_table(x, event, time, ["generator"], left)
+    assert all(model.coef[t] == 0.0 for t in left) and model.coef["drugs"] != 0.0
+    assert model.mean["drugs x Child-Pugh"] == pytest.approx(x["drugs x Child-Pugh"].mean())
+    again = ResponseCox.load(model.save(tmp_path / "m.json"))
+    assert again.left_out == left and again.coef == model.coef
+    for bad in ("drugs per day", RESPONSE):
+        with pytest.raises(InputError, match="cannot leave out"):
+            fit_table(x, event, time, without=(bad,))
+
+
 def test_fit_refuses_too_few_deaths() -> None:
     x, event, time, _ = _generator_table(12, 13)
     with pytest.raises(InputError, match="too few"):

@@ -112,6 +112,7 @@ class ResponseCox:
     trained_on: tuple[str, ...] = ()
     cases: int = 0
     events: int = 0
+    left_out: tuple[str, ...] = ()  # terms not fitted (coefficient 0)
 
     def __post_init__(self) -> None:
         for part in (self.coef, self.mean, self.median):
@@ -158,6 +159,7 @@ class ResponseCox:
             "trained_on": list(self.trained_on),
             "cases": self.cases,
             "events": self.events,
+            **({"left_out": list(self.left_out)} if self.left_out else {}),
             "synthetic": True,
         }
 
@@ -180,6 +182,7 @@ class ResponseCox:
                 tuple(data.get("trained_on", ())),
                 int(data.get("cases", 0)),
                 int(data.get("events", 0)),
+                tuple(data.get("left_out", ())),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: not a response Cox model ({type(exc).__name__}: {exc})") from None

@@ -1,7 +1,12 @@
 """Fitting the planner's response Cox model (:mod:`oncoplan.planner.response_heuristic`) on synthetic
 training cohorts, where the residual viable volume is measured on each case's post-treatment label map.
 
-    python -m oncoplan.training.planner.response_fit --train COHORT [COHORT ...] --out FILE.json
+    python -m oncoplan.training.planner.response_fit --train COHORT [COHORT ...] --out FILE.json \
+        [--without "drugs x Child-Pugh" "embolics x Child-Pugh"]
+
+``--without`` leaves terms out of the fit (their coefficient 0): on a few hundred training cases, most of them
+Child-Pugh A, the Child-Pugh interactions of the regimen are barely identified, and their noise moves the
+price of each drug and embolic that the planner weighs (training/planner/docs/README.md, issue 34).
 """
 
 from __future__ import annotations
@@ -50,8 +55,8 @@ def training_table(cohort: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.nda
     return pd.DataFrame(rows, columns=list(FEATURES)), data.event, data.time
 
 
-def fit(cohorts: Sequence[str | Path]) -> ResponseCox:
-    """Fit on one or more synthetic cohort folders (their cases pooled)."""
+def fit(cohorts: Sequence[str | Path], without: Sequence[str] = ()) -> ResponseCox:
+    """Fit on one or more synthetic cohort folders (their cases pooled); `without`: terms left out (coef 0)."""
     import pandas as pd
 
     if not cohorts:
@@ -60,26 +65,44 @@ def fit(cohorts: Sequence[str | Path]) -> ResponseCox:
     x = pd.concat([p[0] for p in parts], ignore_index=True)
     event = np.concatenate([p[1] for p in parts])
     time = np.concatenate([p[2] for p in parts])
-    return fit_table(x, event, time, tuple(str(c) for c in cohorts))
+    return fit_table(x, event, time, tuple(str(c) for c in cohorts), without)
 
 
-def fit_table(x: pd.DataFrame, event: np.ndarray, time: np.ndarray, trained_on: Sequence[str] = ()) -> ResponseCox:
-    """Fit on a table with the FEATURES columns (a pandas DataFrame), events (bool) and times."""
+def fit_table(
+    x: pd.DataFrame,
+    event: np.ndarray,
+    time: np.ndarray,
+    trained_on: Sequence[str] = (),
+    without: Sequence[str] = (),
+) -> ResponseCox:
+    """Fit on a table with the FEATURES columns (a pandas DataFrame), events (bool) and times; the terms in
+    `without` are left out of the fit (coefficient 0, mean and median from the table)."""
     from oncoplan.training.tace.survival_baselines import _fit
 
+    unknown = [t for t in without if t not in FEATURES or t == RESPONSE]
+    if unknown:
+        raise InputError(f"fit: cannot leave out {', '.join(map(repr, unknown))}; terms: {', '.join(FEATURES[1:])}")
+    used = [f for f in FEATURES if f not in without]
     event = np.asarray(event, dtype=bool)
-    if int(event.sum()) < 2 * len(FEATURES):
-        raise InputError(f"fit: {int(event.sum())} deaths are too few for {len(FEATURES)} features")
-    pipeline = _fit(x[list(FEATURES)].to_numpy(float), event, np.asarray(time, dtype=float))
+    if int(event.sum()) < 2 * len(used):
+        raise InputError(f"fit: {int(event.sum())} deaths are too few for {len(used)} features")
+    pipeline = _fit(x[used].to_numpy(float), event, np.asarray(time, dtype=float))
     imputer, scaler, cox = (step for _, step in pipeline.steps)
-    coef = cox.coef_[: len(FEATURES)] / scaler.scale_[: len(FEATURES)]
+    coef = dict(zip(used, cox.coef_[: len(used)] / scaler.scale_[: len(used)], strict=True))
+    mean = dict(zip(used, scaler.mean_[: len(used)], strict=True))
+    median = dict(zip(used, imputer.statistics_[: len(used)], strict=True))
+    left = x[list(without)].to_numpy(float)
     return ResponseCox(
-        {f: float(c) for f, c in zip(FEATURES, coef, strict=True)},
-        {f: float(m) for f, m in zip(FEATURES, scaler.mean_[: len(FEATURES)], strict=True)},
-        {f: float(m) for f, m in zip(FEATURES, imputer.statistics_, strict=True)},
+        {f: float(coef.get(f, 0.0)) for f in FEATURES},
+        {f: float(mean[f]) if f in mean else float(np.nanmean(left[:, list(without).index(f)])) for f in FEATURES},
+        {
+            f: float(median[f]) if f in median else float(np.nanmedian(left[:, list(without).index(f)]))
+            for f in FEATURES
+        },
         tuple(trained_on),
         len(x),
         int(event.sum()),
+        tuple(without),
     )
 
 
@@ -87,9 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=Path, nargs="+", required=True, help="synthetic training cohort folder(s)")
     parser.add_argument("--out", type=Path, required=True, help="write the fitted model (JSON) here")
+    parser.add_argument("--without", nargs="+", default=[], metavar="TERM", help="terms left out of the fit (coef 0)")
     args = parser.parse_args(argv)
     try:
-        model = fit(args.train)
+        model = fit(args.train, args.without)
     except (InputError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
