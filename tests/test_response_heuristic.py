@@ -189,3 +189,24 @@ def test_the_survival_bundle_ships_the_default_heuristic() -> None:
     assert scorer.voxel_cm3 == pytest.approx(0.027)  # 3 mm voxels
     with pytest.raises(InputError, match="unknown heuristic"):
         load_heuristic(ROOT / "bundles" / "tace_survival", "nope")
+
+
+def test_loss_sources_splits_the_planners_regret_between_head_and_response_model(
+    prepared_liver: Path, liver_cohort: Path, tmp_path: Path
+) -> None:
+    """On held-out cases, the head's error (priced by the truth), the response model's (on the true response)
+    and both, beside the two ceilings; the result file is written whole; a cohort pair missing is refused."""
+    from oncoplan.training.planner.loss_sources import CHOOSERS, main
+
+    out = tmp_path / "loss.json"
+    bundles = Path(__file__).resolve().parents[1] / "bundles"
+    args = ["--prepared", str(prepared_liver), "--cohort", str(liver_cohort), "--out", str(out)]
+    assert (
+        main([*args, "--dynamics", str(bundles / "tace_dynamics"), "--survival", str(bundles / "tace_survival")]) == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["synthetic"] and result["cases"] == 2 and set(result["regret_months"]) == set(CHOOSERS)
+    assert all(v >= 0.0 for v in result["regret_months"].values())
+    assert -1.0 <= result["head_within_case_spearman"] <= 1.0
+    bad = ["--prepared", str(prepared_liver), str(prepared_liver), "--cohort", str(liver_cohort)]
+    assert main([*bad, "--dynamics", str(bundles / "tace_dynamics"), "--survival", str(bundles / "tace_survival")]) == 2
