@@ -119,7 +119,8 @@ class ResponseHead(nn.Module):
     def fit(
         self, protocols: np.ndarray, responses: np.ndarray, features: np.ndarray | None = None, alpha: float = 1e-2
     ) -> float:
-        """Fit to training pairs (and the cases' lesion features); returns R^2 of the viable share on them."""
+        """Fit to training pairs (and the cases' lesion features); returns R^2 of the viable share on them (a
+        linear head: its map before clipping; a log head: exp of its map, clipped as `forward` clips it)."""
         if self.n_features:
             if features is None:
                 raise ValueError(f"this response head reads {self.n_features} lesion features; none were given")

@@ -25,7 +25,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,8 @@ def loss_sources(prepared: Sequence[Path], cohorts: Sequence[Path], dynamics: Pa
     import torch
     from scipy.stats import spearmanr
 
-    from oncoplan.planner.response_heuristic import RESPONSE, ResponseCox, clinical_covariates, regimen_features
-    from oncoplan.runtime.bundles import bundle_parser, compatible_weights
+    from oncoplan.planner.response_heuristic import ResponseCox, ResponseRiskScorer
+    from oncoplan.runtime.bundles import bundle_parser, with_weights
     from oncoplan.tace.actions import conflicts, protocol_space
     from oncoplan.tace.dynamics import multi_hot
     from oncoplan.training.planner.evaluate import (
@@ -57,11 +57,11 @@ def loss_sources(prepared: Sequence[Path], cohorts: Sequence[Path], dynamics: Pa
     if len(prepared) != len(cohorts):
         raise InputError(f"give one raw cohort per prepared cohort ({len(prepared)} prepared, {len(cohorts)} raw)")
     parser = bundle_parser(dynamics)
-    head = compatible_weights(parser.get_parsed_content("network_def"), parser.get_parsed_content("ckpt_path"))
-    head = head.response_head
+    # Strict: a checkpoint whose head differs from the config's (link, features) is refused, not half-loaded.
+    head = with_weights(parser.get_parsed_content("network_def"), parser.get_parsed_content("ckpt_path")).response_head
     spacing = parser.get_parsed_content("pixdim")
     model_file = Path(bundle_parser(survival).get_parsed_content("response_model"))
-    cox = ResponseCox.load(model_file)
+    scorer = ResponseRiskScorer(ResponseCox.load(model_file), spacing, readout="layout")
     space = [p for p in protocol_space(TCIA_DRUGS, TCIA_EMBOLICS, 2, 2) if not conflicts(p.items)]
     hots = torch.tensor([multi_hot(p) for p in space], dtype=torch.float32)
     regrets: dict[str, list[float]] = {k: [] for k in CHOOSERS}
@@ -75,32 +75,24 @@ def loss_sources(prepared: Sequence[Path], cohorts: Sequence[Path], dynamics: Pa
                 predicted = head(hots, np.asarray(item["features"]))[:, 0].numpy().astype(float)
             true = np.array([L.outcome(patient, p).viable_fraction for p in space])
             rhos.append(float(spearmanr(predicted, true)[0]))
-            clinical = clinical_covariates(row)
+            burden = patient.burden_cm3
 
-            def priced(i: int, viable: float, patient=patient, clinical=clinical) -> float:
-                features = {
-                    RESPONSE: math.log1p(patient.burden_cm3 * viable),
-                    **regimen_features(space[i], clinical["Child-Pugh"]),
-                    **clinical,
-                    "ln(1 + burden cm3)": math.log1p(patient.burden_cm3),
-                }
-                return float(cox.risk(features))
+            def priced(viable: np.ndarray, row=row, burden=burden) -> np.ndarray:  # as the planner's scorer prices
+                return scorer.risk(burden * np.asarray(viable), space, burden, row)
 
-            def truth(i: int, viable: float, patient=patient) -> float:
+            def truth(i: int, viable: float, patient=patient, burden=burden) -> float:
                 out = L.outcome(patient, space[i])
-                burden = patient.burden_cm3
                 return out.linear_predictor + L.BETA["viable"] * (
                     math.log1p(burden * viable) - math.log1p(burden * out.viable_fraction)
                 )
 
-            scores: dict[str, Callable[[int], float]] = {
-                "head_only": lambda i, predicted=predicted, truth=truth: truth(i, predicted[i]),
-                "model_only": lambda i, true=true, priced=priced: priced(i, true[i]),
-                "both": lambda i, predicted=predicted, priced=priced: priced(i, predicted[i]),
+            scores = {
+                "head_only": np.array([truth(i, predicted[i]) for i in range(len(space))]),
+                "model_only": priced(true),
+                "both": priced(predicted),
             }
             for name, score in scores.items():
-                pick = space[min(range(len(space)), key=score)]
-                regrets[name].append(L.regret_weeks(patient, pick, space) / 4.345)
+                regrets[name].append(L.regret_weeks(patient, space[int(np.argmin(score))], space) / 4.345)
             for name, oracle in (
                 ("population_oracle", L.population_protocol),
                 ("image_informed_oracle", L.image_informed_protocol),

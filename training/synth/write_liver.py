@@ -62,7 +62,7 @@ TISSUE_HU = {
 # 91-71 against 115: the tumour keeps its contrast in both).
 ENHANCEMENT_HU = (0.0, 70.0, -20.0)
 _A, _B = L.GROUND_TRUTHS["liver-2"].vascularity_beta
-MEAN_VASCULARITY = _A / (_A + _B)  # the liver-2 prior's mean
+MEAN_VASCULARITY = _A / (_A + _B)  # the liver-2 prior's mean; liver-3 renders with the same map (an HU offset)
 # Amplitude (HU) of the viable tumour's texture: TEXTURE_HU * exp(TEXTURE_SLOPE * (s - 0.5)) for a visible
 # anthracycline sensitivity s (2.7 HU at 0, 24 HU at 1; every other tissue and liver-1 tumours: 8 HU).
 TEXTURE_HU = 8.0
