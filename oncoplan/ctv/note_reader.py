@@ -9,36 +9,43 @@ outputs say ("interpreted as: ...").
 Why rules and not a model: the fields are few and closed (two sides, two surgery classes, five N
 stages); every decision can be tested and explained in one line; a wrong field moves the target to
 the wrong breast, so anything the rules do not settle is refused, never guessed:
-- no side, or no current side (only history);
+- no side, or no current side (only history); a capital "RT" before a breast, side or surgery word ("RT
+  breast", "RT lumpectomy", "RT chest wall"), which may mean right or radiotherapy, where reading it as one or
+  the other changes the answer;
 - a side without a surgery, or with both breast-conserving surgery and mastectomy (a
   "completion mastectomy", or a mastectomy after "then" / "went on to" / "proceeded to" following a
-  lumpectomy, is read as mastectomy);
+  lumpectomy, is read as mastectomy), or with a surgery done and one of the other class still planned or
+  discussed ("s/p lumpectomy, then mastectomy was advised");
 - a side without an N stage, or with two different ones (e.g. cN1 before and ypN0 after
   neoadjuvant chemotherapy: the CTV decision is the physician's), or an explicit stage that
-  disagrees with the node count's positivity, or a count that may be a date ("ALND 2/10") where
-  reading it as one or the other changes the answer;
+  disagrees with the node count's positivity, or a count that may be a date ("ALND 2/10", "SLNB 3/5")
+  where reading it as one or the other changes the answer;
 - a fact (surgery, N stage) that cannot be attributed to one side of a bilateral note, or that sits
   in a history or family-history clause naming no side ("Mother had a mastectomy").
 
-How a note is read: sentences (". ", ";", new lines) are cut into comma chunks; each side word ("left",
-"L breast", "left-sided", "LUOQ", "bilateral", ...; "RT" in capitals is radiotherapy) is a side mention;
-a surgery or N stage belongs to the side mention in its chunk, else the nearest preceding one in its
-sentence, else the next one, else (a unilateral note) the one treated side; a "bilateral" / "both
-breasts" owns only the facts of its own chunk, and the surgery of its own clause ("both breasts treated
-with lumpectomy"). A side mention after a history cue ("prior", "previous", "history of", "h/o",
-"remote", "contralateral ... in 2015", a relative: "mother", "sister", "FHx") up to "now" / "currently"
-is history, as is one followed in its clause by "years ago" or by radiotherapy already given ("and RT
-2016", "received RT"): its facts do not count. "prior"/"previous" alone ("prior left lumpectomy, now for
-RT") are history only when another side is current. A side named only by "bilateral"/"both sides" or in
-a benign clause ("Left breast: MRI negative"), whose own mentions are all history, prophylactic or
-benign and own no fact, is not a target. Negated or not yet done surgeries and stages ("no mastectomy",
-"not node positive", "declined mastectomy", "rather than mastectomy", "mastectomy planned", "may require
-a mastectomy", a surgery after "if" in its sentence) are handled. Node counts: "2/12 nodes positive",
-"3/15 LN+", "1 of 3 SLN with micromets", "0/2 SLN", "SLNB 0/2" (positive/examined); "further" /
-"non-sentinel" nodes add to the first count; a count of nodes with isolated tumour cells is not a
-positive count; dates ("10/03/2025") are not counts. One-letter typos of
-lumpectomy/mastectomy/quadrantectomy ("lumpectmy", "mastecomy") and swapped letters of a side ("rigth")
-are read as the word. English only.
+How a note is read: sentences (". ", ";", new lines) are cut into comma chunks; each side word ("left", "L
+breast", "left-sided", "LUOQ", "bilateral", ...; "RT" in capitals is radiotherapy, "right" too before a breast
+word: see above) is a side mention; a surgery or N stage belongs to the side mention in its chunk, else the
+nearest preceding one in its sentence, else the next one, else (a unilateral note) the one treated side; a
+"bilateral" / "both breasts" owns only the facts of its own chunk, and the surgery of its own clause ("both
+breasts treated with lumpectomy"). A side mention after a history cue ("prior", "previous", "history of",
+"h/o", "remote", "contralateral ... in 2015", a relative: "mother", "sister", "FHx") up to "now" / "currently"
+is history, as is one followed in its clause by "years ago" or by radiotherapy already given ("and RT 2016",
+"received RT"; not "RT 2025 planned", "received RT education"): its facts do not count. "prior"/"previous"
+alone ("prior left lumpectomy, now for RT") are history only when another side is current. A side named only
+by "bilateral"/"both sides" or in a benign clause ("Left breast: MRI negative"), whose own mentions are all
+history, prophylactic or benign and own no fact, is not a target. Negated, conditional or not yet done
+surgeries and stages ("no mastectomy", "not node positive", "declined mastectomy", "rather than mastectomy",
+"mastectomy planned", "then mastectomy was considered", "may require a mastectomy", a surgery after an "if" in
+its sentence that is not "asked if", or before one in its clause) do not count; a status word reaches the
+surgery right after it, or past a comma unless another treatment follows it ("s/p mastectomy, planned PMRT"
+is a mastectomy done; "mastectomy, planned for 5/2026" is not). Node counts: "2/12 nodes positive", "3/15 LN+", "1 of 3
+SLN with micromets", "0/2 SLN", "SLNB 0/2" (positive/examined); "further" / "non-sentinel" nodes add to the
+first count; a count of nodes with isolated tumour cells is not a positive count; dates ("10/03/2025") are not
+counts; a fraction after an axillary procedure with no ':' and no node word ("SLNB 3/5", "ALND 4/9") that may
+be a day/month, month/day or month/two-digit year is read both ways (0/n is a count: there is no day or month
+0). One-letter typos of lumpectomy/mastectomy/quadrantectomy ("lumpectmy", "mastecomy") and swapped letters of
+a side ("rigth") are read as the word. English only.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from functools import partial
+from itertools import product
 
 from oncoplan.ctv.notes import SIDES, SideNote, format_note, parse_note
 from oncoplan.errors import InputError
@@ -78,17 +86,62 @@ _SURGERY_RE = re.compile(
     r"\b(?:(?P<bcs>" + "|".join(_BCS) + r")|(?P<tm>" + "|".join(_TM) + r"))\b",
     re.IGNORECASE,
 )
+# Before the surgery word (in its clause, see `_negated`): not done ("declined mastectomy"), only conditional
+# ("may require a mastectomy"), or still to come / only discussed ("planned for mastectomy", "offered mastectomy").
 _NEG_BEFORE = re.compile(
-    r"\b(?:no|not|without|declined|refused|rather than|instead of|avoid(?:ing|ed)?|deferred|"
-    r"not a candidate for|candidate for|considering|considered|offered|discussed|planned|plan(?:ned)? for|"
-    r"scheduled for|may need|would need|may require|would require|will (?:need|require|undergo)|requires?|"
-    r"needs?|awaiting|booked for|listed for)\b[^,;.]{0,25}$",
+    r"\b(?:(?P<no>no|not|without|declined|refused|rather than|instead of|avoid(?:ing|ed)?|deferred|not a candidate for|"
+    r"may need|would need|may require|would require)|candidate for|considering|considered|offered|discussed|"
+    r"recommend(?:ed|s)?|advised|suggested|planned|plan(?:ned)? for|scheduled for|will (?:need|require|undergo)|"
+    r"awaiting|booked for|listed for)\b[^,;.]{0,25}$",
     re.IGNORECASE,
 )
-# After the surgery word: not done, or not yet ("right mastectomy planned after neoadjuvant chemo").
+# "requires"/"needs" govern only the surgery right after them ("needs a left mastectomy"), not one further on
+# ("requires PMRT (mastectomy 3/2024)").
+_NEEDS = re.compile(
+    r"\b(?:requires?|requiring|needs?|needing)\s+(?:(?:a|an|the)\s+)?(?:(?:left|right|bilateral|lt|rt|l|r)\b[\s-]*)?$",
+    re.IGNORECASE,
+)
+# After the surgery word: not done, or not yet / only discussed ("right mastectomy planned after neoadjuvant
+# chemo", "then mastectomy was considered"), the status word right after the word. Past a comma a status word
+# followed by another treatment or work-up is about that ("s/p mastectomy, planned PMRT", "mastectomy, pending
+# pathology"); any other ("mastectomy, planned for 5/2026", "mastectomy, recommended given multifocality") is
+# still about the surgery.
+_STATUS = (
+    r"(?:was |were |is |has been |had been )?(?:not (?:performed|done|advised|recommended|indicated|required|needed)|"
+    r"declined|refused|(?:was )?deferred|"
+    r"planned|scheduled|pending|booked|proposed|recommended|advised|suggested|offered|considered|discussed|awaited|"
+    r"to follow|to be (?:performed|done|arranged|booked))"
+)
+_OTHER_TREATMENT = (
+    r"(?:(?:for|of)\s+)?(?:(?:adjuvant|neo-?adjuvant|post-?mastectomy|whole[- ]breast|nodal|regional|final|further|"
+    r"delayed|immediate)\s+)*"
+    r"(?:pmrt|x?rt|radio\w*|radiation|irradiation|wbrt|wbi|apbi|boost|chemo\w*|endocrine|hormon\w*|tamoxifen|"
+    r"letrozole|anastrozole|exemestane|ai|herceptin|trastuzumab|reconstruction|expanders?|implants?|path\w*|"
+    r"histo\w*|review|results?|genetic\w*|brca|testing|oncotype|mdt|follow-?up|imaging|ct|mri|pet|scans?|"
+    r"referral|consult\w*|sim\w*|planning|re-?excision)\b"
+)
 _NEG_AFTER = re.compile(
-    r"^\W{0,3}(?:was |were |is |has been )?(?:not (?:performed|done)|declined|refused|(?:was )?deferred|planned|"
-    r"scheduled|pending|booked|proposed|recommended|awaited|to follow|to be (?:performed|done|arranged|booked))",
+    r"^[^\w,;]{0,3}" + _STATUS + r"|^\s*,\s*" + _STATUS + r"(?!\s+" + _OTHER_TREATMENT + ")",
+    re.IGNORECASE,
+)
+# "if"/"unless" before the surgery ("if margins are positive she will need a mastectomy") or after it in its
+# clause ("then mastectomy if re-excision margins are positive"); a clause is cut at punctuation and conjunctions.
+_CLAUSE_CUT = re.compile(r"[,;:()]|\b(?:and|but|or|so|as|while|because|although|though|whereas|when)\b", re.IGNORECASE)
+_IF = re.compile(r"\b(?:if|unless)\b", re.IGNORECASE)
+# An "if" after asking, wondering, checking, ... is "whether", not a condition (see `_conditional`).
+_ASKED_IF = re.compile(
+    r"\b(?:ask\w*|wonder\w*|unsure|sure|uncertain|unclear|know\w*|see|check\w*|question\w*|[ie]nquir\w*)"
+    r"(?:\s+(?!(?:and|but|or|so|then)\b)[\w-]+){0,3}\s+if$",
+    re.IGNORECASE,
+)
+_NOT_DONE = re.compile(r"\b(?:not|declined|refused|deferred)\b", re.IGNORECASE)  # in a `_NEG_AFTER` match
+# A decision about surgery anywhere in the note ("mastectomy was offered but she declined", "Mastectomy was
+# discussed; she opted for WLE"): a discussed surgery is then not done, rather than still to come. Not a decision
+# about something else ("Completion mastectomy planned. She declined chemotherapy.").
+_CHOSE = re.compile(
+    r"\b(?:declined|refused|decided against)\b(?=\s*(?:$|[,;.)]|(?:it|this|that|surgery|further surgery|"
+    r"the (?:surgery|operation|procedure))\b))|\binstead\b|"
+    r"\b(?:opted|chose|elected|preferred|decided)\b[^,;.]{0,30}?\b(?:" + "|".join(_BCS) + r"|to keep)",
     re.IGNORECASE,
 )
 # A mastectomy after one of these (in its sentence) followed a lumpectomy: it is the final surgery, as a
@@ -108,11 +161,17 @@ _SIDE_WORD = re.compile(
     r"\b(?P<q>[lr])(?:uo|ui|lo|li)q\b",  # LUOQ, RLIQ: a breast quadrant (RUQ, LLQ are the abdomen's)
     re.IGNORECASE,
 )
+# A capital "RT" followed by one of these (or a surgery word) may be "right" as well as radiotherapy.
+_RT_BEFORE = re.compile(
+    r"^[\s-]*(?:breasts?|chest|axill\w*|nipple\w*|quadrant\w*|[ul][io]q|sentinel|sn|slnb?|sided?(?![\s-]*effects?))\b",
+    re.IGNORECASE,
+)
 # A side word followed by one of these is about something else (the heart, a limb, a lung).
 _NOT_BREAST = re.compile(
     r"^[\s-]*(?:sided\s+)?(?:ventric\w*|atri\w*|arm|hand\w*|leg|hip|knee|foot|ankle|eye|ear|lung|lobe|upper lobe|"
     r"lower lobe|middle lobe|kidney|renal|shoulder|elbow|wrist|ovar\w*|adnex\w*|salping\w*|oophor\w*|"
-    r"pulmonary|hilar|pleural|iv\b|port|jugular|femoral|internal jugular|thyroid|adrenal|hepatic|away|here|there)",
+    r"pulmonary|hilar|pleural|side[\s-]*effects?|iv\b|port|jugular|femoral|internal jugular|thyroid|adrenal|hepatic|"
+    r"away|here|there)",
     re.IGNORECASE,
 )
 # A relative's cancer is family history, not the patient's ("FHx: mother - bilateral breast ca").
@@ -123,11 +182,18 @@ _HISTORY = re.compile(
     re.IGNORECASE,
 )
 # After a side mention in its clause: that side is history ("years ago"), or was already irradiated ("left
-# lumpectomy and RT 2016", "received RT"): an RT referral's target is not a breast already treated with RT.
+# lumpectomy and RT 2016", "received RT"): an RT referral's target is not a breast already treated with RT. Not
+# radiotherapy still to come ("RT 2025 planned", "planned RT 2026") or a radiotherapy-something ("received RT
+# education today").
 _AGO = re.compile(
     r"\b(?:years?|yrs?|decades?) ago\b|"
-    r"\b(?:x?rt|radiotherapy|radiation)\s*\(?(?:in\s+)?(?:19|20)\d\d\b|"
-    r"\b(?:received|completed)\s+(?:adjuvant\s+|whole[- ]breast\s+)?(?:x?rt|radiotherapy|radiation)\b",
+    r"(?P<plan>\b(?:planned|plan for|scheduled|booked|awaiting)\s+(?:adjuvant\s+|whole[- ]breast\s+)?)?"
+    r"\b(?:x?rt|radiotherapy|radiation)\s*\(?(?:in\s+)?(?:19|20)\d\d\b"
+    r"(?P<plan_after>\s*\)?\s*(?:is |was )?(?:planned|scheduled|booked|pending|proposed|due|"
+    r"to (?:start|begin|commence)|start\w*))?|"
+    r"\b(?:received|completed)\s+(?:adjuvant\s+|whole[- ]breast\s+)?(?:x?rt|radiotherapy|radiation)\b"
+    r"(?![\s-]+(?:education|teaching|information|consent|consult\w*|planning|simulation|sim|ct|referral|leaflets?|"
+    r"booklets?|appointments?|review|clinic|nurse|discussion|counsel\w*|instructions?|pack)\b)",
     re.IGNORECASE,
 )
 _WEAK_HISTORY = re.compile(r"^(?:prior|previous(?:ly)?)$", re.IGNORECASE)
@@ -173,7 +239,7 @@ _COUNT_BARE = re.compile(
     re.IGNORECASE,
 )
 # "SLNB 0/2", "Lymph nodes: 0/3", "ALND: 3/15": a fraction after a node word or axillary procedure. Without ':'
-# or '=' between them, "ALND 2/10" may be a month/year: such a count is read both ways (`_settle`).
+# or '=' between them, "ALND 2/10" may be a month/year: such a count is read both ways (`_maybe_date`, `_settle`).
 _COUNT_AFTER = re.compile(
     r"\b(?:slnb?|snb|sln biopsy|sentinel (?:lymph )?node biopsy|alnd|anc|axc|axillary (?:lymph node )?"
     r"(?:dissection|clearance)|(?:(?:sentinel|axillary|lymph|further|additional|non-?sentinel)\s+)*" + _NODE + r")"
@@ -217,7 +283,7 @@ class _Mention:
 
 @dataclass
 class _Fact:
-    kind: str  # "surgery" | "n" | "t" | "count"
+    kind: str  # "surgery" | "pending" (a surgery still to come) | "n" | "t" | "count" | "pos" | "micro" | "itc"
     value: str | int
     start: int
     chunk: int
@@ -239,6 +305,7 @@ class _Side:
     maybe_counts: list[tuple[int, bool]] = field(default_factory=list)  # counts that may be dates
     maybe_text: list[str] = field(default_factory=list)
     positive_phrases: set[str] = field(default_factory=set)
+    pending: set[str] = field(default_factory=set)  # surgeries still to come or only discussed
 
 
 @dataclass(frozen=True)
@@ -308,10 +375,21 @@ def _one_edit(word: str, target: str, swap_only: bool = False) -> bool:
     return short[i:] == long[i + 1 :]
 
 
+def _rt_before(m: re.Match, text: str) -> str:
+    """The breast, side or surgery word right after a capital "RT" ("RT breast", "RT lumpectomy", "RT chest
+    wall"), where "RT" may mean right as well as radiotherapy; "" where it is radiotherapy ("adjuvant RT)", "RT
+    total dose", "RT side effects")."""
+    if m.group("ab") != "RT":
+        return ""
+    after = text[m.end("ab") :]
+    w = _RT_BEFORE.match(after) or _SURGERY_RE.match(after.lstrip(" -"))
+    return w.group(0).strip(" -") if w else ""
+
+
 def _side_word(m: re.Match, text: str) -> tuple[str, ...] | None:
     """The sides a `_SIDE_WORD` match names, or None where it is not about a breast: the heart or a limb ("left
     ventricle", "right-handed"), bilateral imaging or adnexa, or "RT" in capitals (radiotherapy: "adjuvant
-    RT)", "RT chest wall"; the side is written "Rt", "R" or "right")."""
+    RT)"; the side is written "Rt", "R" or "right"; where "RT" may be either, `read_note` reads both)."""
     word = next(g for g in (m.group("w"), m.group("ab"), m.group("par"), m.group("q")) if g)
     after = text[m.end() :]
     if word == "RT" or _NOT_BREAST.match(after):
@@ -360,7 +438,7 @@ def _history_at(sent: str, clauses, cues, resets, pos: int) -> tuple[bool, bool]
     last = [(p, w) for p, w in cues if a <= p < pos and not any(p < r < pos for r in resets)]
     if last:
         return True, bool(_WEAK_HISTORY.match(last[-1][1]))
-    return bool(_AGO.search(sent[pos:b])), False
+    return any(not (m.group("plan") or m.group("plan_after")) for m in _AGO.finditer(sent[pos:b])), False
 
 
 def _clauses(sentence: str) -> list[tuple[int, int]]:
@@ -371,16 +449,41 @@ def _chunk_of(bounds: list[tuple[int, int]], pos: int) -> int:
     return next(i for i, (a, b) in enumerate(bounds) if a <= pos < b or (i == len(bounds) - 1))
 
 
-def _negated(sentence: str, start: int, end: int) -> bool:
-    """Not done, not yet done, or only if ("if margins are involved, then mastectomy"). A cue's reach ends at
-    "underwent", "had", ... and at "after"/"post" ("plan for RT after left mastectomy": the mastectomy is done)."""
-    if re.search(r"\b(?:if|unless)\b", sentence[:start], re.IGNORECASE):
-        return True
+def _negated(sentence: str, start: int, end: int) -> str:
+    """How the surgery word at `sentence[start:end]` is qualified: "no" (not done, or only if: "declined
+    mastectomy", "if margins are involved, then mastectomy"), "pending" (still to come or only discussed:
+    "mastectomy planned", "then mastectomy was considered", "needs a mastectomy"), or "" (done). A cue before the
+    word reaches to it through at most 25 characters, and no further than "underwent", "had", ..., "after"/"post"
+    ("plan for RT after left mastectomy": the mastectomy is done) or an opening parenthesis ("requires PMRT
+    (mastectomy 3/2024)")."""
+    if _conditional(sentence, start, end):
+        return "no"
     before = sentence[max(0, start - 40) : start]
     before = re.split(
-        r"[,;:]|\b(?:but|then|underwent|had|chose|opted|did|after|following|post|status-post)\b", before, flags=re.I
+        r"[,;:(]|\b(?:but|then|underwent|had|chose|opted|did|after|following|post|status-post)\b", before, flags=re.I
     )[-1]
-    return bool(_NEG_BEFORE.search(before) or _NEG_AFTER.search(sentence[end:]))
+    if m := _NEG_BEFORE.search(before):
+        return "no" if m.group("no") else "pending"
+    if _NEEDS.search(before):
+        return "pending"
+    if m := _NEG_AFTER.search(sentence[end:]):
+        return "no" if _NOT_DONE.search(m.group(0)) else "pending"
+    return ""
+
+
+def _conditional(sentence: str, start: int, end: int) -> bool:
+    """The surgery at `sentence[start:end]` is only a condition's consequence: an "if"/"unless" before it in its
+    sentence ("If margins are positive, (then) mastectomy", "and if margins are involved, mastectomy") or after it
+    in its clause ("then mastectomy if re-excision margins are positive"). An "if" that asks ("as she asked if
+    she could avoid re-excision, went on to completion mastectomy") is a condition only in the surgery's own
+    clause ("she asked if she needs a mastectomy")."""
+    head = sentence[:start]
+    cuts = [m.end() for m in _CLAUSE_CUT.finditer(head)]
+    if _IF.search(head[cuts[-1] if cuts else 0 :]):
+        return True
+    if any(not _ASKED_IF.search(head[: m.end()]) for m in _IF.finditer(head)):
+        return True
+    return bool(_IF.search(_CLAUSE_CUT.split(sentence[end:], maxsplit=1)[0]))
 
 
 def _n_value(m: re.Match) -> str:
@@ -405,6 +508,34 @@ def read_note(text: str, where: str = "note") -> NoteReading:
     except InputError:
         pass
     text = _normalise(text)
+    # "RT breast IDC s/p RT lumpectomy": right or radiotherapy? Read every way; the note must not care.
+    rts = [m for m in _SIDE_WORD.finditer(text) if _rt_before(m, text)]
+    if not rts:
+        return _read(text, where)
+    ambiguity = InputError(
+        f"{where}: 'RT' before {_rt_before(rts[0], text)!r} may mean right or radiotherapy: "
+        "write 'right' or 'radiotherapy'"
+    )
+    if len(rts) > 4:
+        raise ambiguity
+    readings: list[NoteReading | InputError] = []
+    for choice in product((False, True), repeat=len(rts)):
+        t = text
+        for m, right in zip(rts, choice, strict=True):
+            t = t[: m.start("ab")] + ("Rt" if right else "RT") + t[m.end("ab") :]
+        try:
+            readings.append(_read(t, where))
+        except InputError as err:
+            readings.append(err)
+    if all(isinstance(r, NoteReading) for r in readings) and len({r.sides for r in readings}) == 1:
+        return readings[0]
+    if all(isinstance(r, InputError) for r in readings) and len({str(r) for r in readings}) == 1:
+        raise readings[0]
+    raise ambiguity
+
+
+def _read(text: str, where: str) -> NoteReading:
+    """Read a normalised free-text note (see the module docstring)."""
     mentions: list[tuple[int, _Mention]] = []  # (sentence index, mention)
     facts: list[_Fact] = []
     history_sentences: set[int] = set()
@@ -432,9 +563,12 @@ def read_note(text: str, where: str = "note") -> NoteReading:
             benign = bool(_BENIGN.search(sent[ca:cb]) and not _CANCER.search(sent[ca:cb]))
             mentions.append((si, _Mention(sides, m.start(), chunk, hist, weak, proph, clause, benign)))
         for m in _SURGERY_RE.finditer(sent):
-            if _negated(sent, m.start(), m.end()):
-                continue
             kind = "BCS" if m.group("bcs") else "TM"
+            negated = _negated(sent, m.start(), m.end())
+            if negated == "pending" and not _CHOSE.search(text):  # a surgery still to come: the final one is open
+                facts.append(fact("pending", kind, m.start()))
+            if negated:
+                continue
             completion = m.group(0).lower().startswith("completion") or (
                 kind == "TM" and bool(_SEQUENCE.search(sent[max(0, m.start() - 60) : m.start()]))
             )
@@ -451,7 +585,10 @@ def read_note(text: str, where: str = "note") -> NoteReading:
                 counted.append((m.start(), m.end()))
                 raw = m.group("pos").lower()
                 pos = _WORD_NUM[raw] if raw in _WORD_NUM else int(raw)
+                maybe = rx is _COUNT_AFTER and _maybe_date(m, sent, pos, int(m.group("tot")))
                 if pos > int(m.group("tot")):
+                    if maybe:  # "ALND 12/3": a date
+                        continue
                     raise InputError(f"{where}: node count {m.group(0)!r} has more positive nodes than examined")
                 near = sent[max(0, m.start() - 30) : m.end() + 20]
                 if _ITC.search(near) and not _MICRO.search(near):  # "ITCs in 1/2 SLN": pN0(i+), not positive
@@ -459,8 +596,6 @@ def read_note(text: str, where: str = "note") -> NoteReading:
                 # "further" / "non-sentinel" nodes add to the first count ("SLNB 1/2, further 3/10 nodes")
                 lead = re.split(r"[,;:(]", sent[max(0, m.start() - 20) : m.start()])[-1]
                 further = bool(_FURTHER.search(lead + m.group(0)))
-                tot = m.group("tot")
-                maybe = rx is _COUNT_AFTER and m.group("sep") not in (":", "=") and 1 <= pos <= 12 and len(tot) == 2
                 facts.append(fact("count", pos, m.start(), further=further, maybe=m.group(0) if maybe else ""))
         for m in _NODE_NEG.finditer(sent):
             facts.append(fact("n", "N0", m.start()))
@@ -495,6 +630,8 @@ def read_note(text: str, where: str = "note") -> NoteReading:
     for f, owner in owners:
         if owner is not None and (owner.history or owner.prophylactic):
             continue
+        if owner is None and f.kind == "pending" and (len(treated) > 1 or f.sentence in history_sentences):
+            continue  # a planned surgery of no clear side only adds a refusal: left out where its side is unclear
         if owner is None:
             if len(treated) > 1:
                 if f.kind in ("t", "itc"):
@@ -527,6 +664,8 @@ def read_note(text: str, where: str = "note") -> NoteReading:
                 r.n.add(str(f.value))
             elif f.kind == "t":
                 r.t.add(str(f.value))
+            elif f.kind == "pending":
+                r.pending.add(str(f.value))
             elif f.kind == "count" and f.maybe:
                 r.maybe_counts.append((int(f.value), f.further))
                 r.maybe_text.append(f.maybe)
@@ -535,6 +674,18 @@ def read_note(text: str, where: str = "note") -> NoteReading:
             else:
                 r.positive_phrases.add(f.kind)
     return NoteReading(tuple(_settle(s, records[s], where) for s in treated), template=False)
+
+
+def _maybe_date(m: re.Match, sent: str, pos: int, tot: int) -> bool:
+    """A `_COUNT_AFTER` fraction after an axillary procedure that may as well be a date: no ':' or '=' between
+    them, no "positive"/"+"/node word after it, and day/month, month/day or month/two-digit-year numbers ("SLNB
+    3/5", "ALND 4/9", "ALND 2/10"). "0/3" is never a date (no day or month 0), nor is a fraction after a node
+    word ("nodes 3/5", "SLN 1/2"): those are counts."""
+    if m.group("sep") in (":", "=") or re.match(rf"\s*(?:{_POSITIVE}|{_NODE}\b)", sent[m.end() :], re.IGNORECASE):
+        return False
+    if not re.search(r"\b(?:slnb|snb|biopsy|alnd|anc|axc|dissection|clearance)\b", m.group(0), re.IGNORECASE):
+        return False
+    return (1 <= pos <= 12 and tot >= 1) or (13 <= pos <= 31 and 1 <= tot <= 12)
 
 
 def _fact_at(ctx: tuple, kind: str, value: str | int, start: int, **kw) -> _Fact:
@@ -615,6 +766,12 @@ def _side_note(side: str, r: _Side, where: str) -> SideNote:
     if len(surgeries) > 1:
         raise InputError(
             f"{where}: contradictory surgery for the {side} side: both breast-conserving surgery and mastectomy"
+        )
+    if r.pending - surgeries:
+        done, planned = SURGERY_WORDS[next(iter(surgeries))], SURGERY_WORDS[next(iter(r.pending - surgeries))]
+        raise InputError(
+            f"{where}: the {side} side had {done} but a {planned} is still planned or discussed: "
+            "which surgery does the RT follow?"
         )
     n = set(r.n)
     micro, itc = "micro" in r.positive_phrases, "itc" in r.positive_phrases
