@@ -544,14 +544,10 @@ def test_tace_route_delivers_sr_seg_and_encapsulated_pdf(tmp_path: Path, orthanc
 
 # --- the result sender and pynetdicom's requestor reactor race -------------------------------------------
 @contextmanager
-def storage_scp(port: int, received: list):
-    """A real pynetdicom Storage SCP on loopback that answers every C-STORE with success."""
+def ct_scp(port: int, stored):
+    """A real pynetdicom Storage SCP for CT on loopback whose C-STORE handler is `stored`."""
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
     from pynetdicom import evt
-
-    def stored(event) -> int:
-        received.append(str(event.request.AffectedSOPInstanceUID))
-        return SUCCESS
 
     scp = AE(ae_title="PACS")
     scp.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
@@ -560,6 +556,18 @@ def storage_scp(port: int, received: list):
         yield
     finally:
         server.shutdown()
+
+
+@contextmanager
+def storage_scp(port: int, received: list):
+    """A real pynetdicom Storage SCP on loopback that answers every C-STORE with success."""
+
+    def stored(event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return SUCCESS
+
+    with ct_scp(port, stored):
+        yield
 
 
 def reactor_takes_each_response(assoc) -> None:
@@ -646,8 +654,6 @@ def confused_scp(port: int, received: list):
     association but answers each later one first with a late Success to the previous request (its Message ID
     Being Responded To that request's Message ID), then, 0.3 s later, with its real answer: Out of Resources,
     not stored."""
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-    from pynetdicom import evt
     from pynetdicom.dimse_primitives import C_STORE
 
     previous: dict[int, int] = {}  # id(association) -> the Message ID of its last C-STORE request
@@ -665,13 +671,8 @@ def confused_scp(port: int, received: list):
         time.sleep(0.3)  # the late one is taken (and, in the reactor case, dealt with) before the real answer
         return OUT_OF_RESOURCES
 
-    scp = AE(ae_title="PACS")
-    scp.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
-    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, stored)])
-    try:
+    with ct_scp(port, stored):
         yield
-    finally:
-        server.shutdown()
 
 
 @pytest.mark.parametrize("reactor_takes", [True, False], ids=["reactor_takes_it", "send_c_store_reads_it"])
