@@ -558,6 +558,17 @@ def ct_scp(port: int, stored):
         server.shutdown()
 
 
+def ct_association(port: int):
+    """An established requestor association from SENDER to the CT storage SCP on `port`."""
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established
+    return assoc
+
+
 @contextmanager
 def storage_scp(port: int, received: list):
     """A real pynetdicom Storage SCP on loopback that answers every C-STORE with success."""
@@ -602,10 +613,7 @@ def test_a_store_response_the_requestors_reactor_takes_reaches_send_c_store(
     with storage_scp(port, received):
         # A C-STORE-RSP, decoded from its DIMSE message as the reactor gets it, handed to `_serve_request`
         # as the reactor does, lands on the queue that send_c_store reads.
-        ae = AE(ae_title="SENDER")
-        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-        assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
-        assert assoc.is_established
+        assoc = ct_association(port)
         try:
             requestor = hand_responses_back(assoc)
             requestor.awaited = 1  # as while its send_c_store waits for the answer to its store, message 1
@@ -682,7 +690,6 @@ def test_a_stale_store_response_is_never_taken_as_the_answer_to_the_store_in_fli
     """A late or unrequested C-STORE-RSP (a Success for another message) never acknowledges the store in flight:
     taken by the requestor's reactor it is dropped with one log line, not handed to send_c_store; read by
     send_c_store it fails that store. Either way the file the destination refused is not marked delivered."""
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
     from pynetdicom.dimse_primitives import C_STORE
 
     from oncoplan.deploy.listener import sender
@@ -710,10 +717,7 @@ def test_a_stale_store_response_is_never_taken_as_the_answer_to_the_store_in_fli
         assert outcome[files[1]] is not None and not outcome[files[1]].final  # not delivered; retried
 
         # Below the sender: what the reactor takes is handed back only if it answers the store in flight.
-        ae = AE(ae_title="SENDER")
-        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-        assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
-        assert assoc.is_established
+        assoc = ct_association(port)
         try:
             requestor = hand_responses_back(assoc)
             context_id = assoc.accepted_contexts[0].context_id
