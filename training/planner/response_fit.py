@@ -89,16 +89,13 @@ def fit_table(
     pipeline = _fit(x[used].to_numpy(float), event, np.asarray(time, dtype=float))
     imputer, scaler, cox = (step for _, step in pipeline.steps)
     coef = dict(zip(used, cox.coef_[: len(used)] / scaler.scale_[: len(used)], strict=True))
-    mean = dict(zip(used, scaler.mean_[: len(used)], strict=True))
-    median = dict(zip(used, imputer.statistics_[: len(used)], strict=True))
-    left = x[list(without)].to_numpy(float)
+    left = x[list(without)].astype(float)  # pandas skips NaN, as the imputer and scaler do
+    mean = dict(zip(used, scaler.mean_[: len(used)], strict=True)) | dict(left.mean())
+    median = dict(zip(used, imputer.statistics_[: len(used)], strict=True)) | dict(left.median())
     return ResponseCox(
         {f: float(coef.get(f, 0.0)) for f in FEATURES},
-        {f: float(mean[f]) if f in mean else float(np.nanmean(left[:, list(without).index(f)])) for f in FEATURES},
-        {
-            f: float(median[f]) if f in median else float(np.nanmedian(left[:, list(without).index(f)]))
-            for f in FEATURES
-        },
+        {f: float(mean[f]) for f in FEATURES},
+        {f: float(median[f]) for f in FEATURES},
         tuple(trained_on),
         len(x),
         int(event.sum()),
