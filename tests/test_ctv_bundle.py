@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .bundle_harness import CTV, Paths
+from .bundle_harness import CTV, CTV_TINY, Paths
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,31 @@ def test_train_writes_checkpoint_and_curve(trained: Paths) -> None:
     assert (trained["models"] / "model.pt").stat().st_size > 0
     assert (trained["tmp"] / "eval" / "training_curve.png").exists()
     state = torch.load(trained["models"] / "model.pt", weights_only=True)
-    assert "text.prompts" in state and not any(k.startswith("text.lm.") for k in state)
+    lm = {k: v for k, v in state.items() if k.startswith("text.lm.")}
+    assert "text.prompts" in state and lm and all("lora_" in k for k in lm)  # the LM itself is not saved
+    assert all(not v.any() for k, v in lm.items() if "lora_B" in k)  # train.json leaves the adapters at zero
+
+
+def test_paraphrase_config_trains_the_text_path_alone(trained: Paths) -> None:
+    """configs/paraphrase.json over inference.json, from train.json's checkpoint: the adapters, prompts and
+    [SEG] train, the U-Net and the standardiser are the ones it started from, the curve is written."""
+    out, curve = trained["tmp"] / "para" / "model.pt", trained["tmp"] / "para" / "curve.csv"
+    from oncoplan.runtime.bundles import checkpoint_state
+
+    args = [
+        *("--config_file", CTV.configs("inference.json", "paraphrase.json"), *CTV_TINY, "--curve_path", str(curve)),
+        *("--paraphrase_steps", "4", "--eval_every", "2", "--eval_notes", "8", "--paraphrase_batch_size", "2"),
+    ]
+    log = CTV.run([*args, "--init_ckpt", str(trained["models"] / "model.pt"), "--output_ckpt", str(out)])
+    assert "held-out nearest-template accuracy" in log
+    start = checkpoint_state(trained["models"] / "model.pt")
+    tuned = checkpoint_state(out)
+    assert set(tuned) == set(start)
+    assert all(torch.equal(v, tuned[k]) for k, v in start.items() if not k.startswith("text."))
+    changed = {k for k, v in start.items() if not torch.equal(v, tuned[k])}
+    assert "text.prompts" in changed and any(tuned[k].any() for k in tuned if "lora_B" in k)
+    assert not any("standardize" in k for k in changed)  # the U-Net's view of the context is kept
+    assert len(curve.read_text().splitlines()) == 4  # header, step 0, 2, 4
 
 
 def test_inference_writes_masks_on_the_input_grid(trained: Paths) -> None:

@@ -98,3 +98,44 @@ def test_checkpoint_holds_trainables_not_the_language_model(minilm: PromptedText
     assert torch.equal(fresh.unet.head.conv.conv.weight, net.unet.head.conv.conv.weight)
     with pytest.raises(RuntimeError, match="mismatch"):
         fresh.load_state_dict({k: v for k, v in state.items() if k != "text.seg"})
+
+
+@pytest.fixture(scope="module")
+def adapted() -> PromptedTextEncoder:
+    return PromptedTextEncoder(n_prompts=1, prompt_length=2, lora_rank=2)
+
+
+def test_lora_adapters_train_alone_and_start_as_the_frozen_lm(
+    minilm: PromptedTextEncoder, adapted: PromptedTextEncoder
+) -> None:
+    """Zero-initialised adapters leave the LM's output as it was; only they (and prompts, [SEG]) get gradients."""
+    bare = PromptedTextEncoder(n_prompts=1, prompt_length=2)
+    assert torch.allclose(bare.encode(NOTES), adapted.encode(NOTES), atol=1e-5)
+    adapted.encode(NOTES).sum().backward()
+    lm_grads = {n: p.grad for n, p in adapted.lm.named_parameters()}
+    assert all(g is None for n, g in lm_grads.items() if "lora_" not in n)
+    assert any(g is not None and g.abs().sum() > 0 for n, g in lm_grads.items() if "lora_" in n)
+    assert not any("pooler" in n for n in lm_grads if "lora_" in n)  # the pooler is off the read-out's path
+    adapted.zero_grad()
+
+
+def test_checkpoint_holds_the_adapters_and_never_loads_half_adapted(
+    adapted: PromptedTextEncoder, tmp_path: Path
+) -> None:
+    """An adapted network saves its adapters (not the LM). Weights with no adapters at all load as the
+    unadapted model (adapters zeroed); some adapters missing, or adapters for a bare network, is a mismatch."""
+    net = TextGuidedSegmenter(ContextUNet(channels=TINY, text_dim=adapted.width), adapted)
+    state = net.state_dict()
+    adapters = [k for k in state if k.startswith("text.lm.")]
+    assert adapters and all("lora_" in k for k in adapters)
+    trained = {k: torch.ones_like(v) if "lora_B" in k else v for k, v in state.items()}
+    net.load_state_dict(trained)
+    assert net.text.encode(NOTES).sub(PromptedTextEncoder(None, 1, 2).encode(NOTES)).abs().max() > 1e-3
+    net.load_state_dict({k: v for k, v in state.items() if k not in adapters})
+    assert all(not net.state_dict()[k].any() for k in adapters if "lora_B" in k)
+    assert torch.allclose(net.text.encode(NOTES), PromptedTextEncoder(None, 1, 2).encode(NOTES), atol=1e-5)
+    with pytest.raises(RuntimeError, match="mismatch"):
+        net.load_state_dict({k: v for k, v in state.items() if k != adapters[0]})
+    bare = TextGuidedSegmenter(ContextUNet(channels=TINY, text_dim=adapted.width), PromptedTextEncoder(None, 1, 2))
+    with pytest.raises(RuntimeError, match="mismatch"):
+        bare.load_state_dict(state)

@@ -79,7 +79,8 @@ class ContextUNet(nn.Module):
 
 
 class TextGuidedSegmenter(nn.Module):
-    """Notes + image -> logits: the bundle's network. The frozen LM stays out of checkpoints."""
+    """Notes + image -> logits: the bundle's network. The frozen LM stays out of checkpoints
+    (its LoRA adapters, when it has them, are in)."""
 
     def __init__(self, unet: ContextUNet, text_encoder: nn.Module | None = None) -> None:
         super().__init__()
@@ -98,16 +99,36 @@ class TextGuidedSegmenter(nn.Module):
     def forward(self, image: torch.Tensor, notes: Sequence[str] | None = None) -> torch.Tensor:
         return self.unet(image, self.context(notes))
 
-    # Checkpoints hold what trains: the U-Net, prompts and [SEG]; the LM is named by its path.
+    # Checkpoints hold what trains: the U-Net, prompts, [SEG] and any LoRA adapters of the LM; the
+    # LM itself is named by its path. A checkpoint with no adapters at all (train.json's, the data-
+    # efficiency models) loads into an adapted network with its adapters zeroed, which is exactly the
+    # unadapted model; some adapters missing, or adapters the config lacks, is refused under strict
+    # loading, never run half-adapted.
     def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):  # type: ignore[override]
         state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
-        for key in [k for k in state if k.startswith(prefix + "text.lm.")]:
+        for key in [k for k in state if _frozen_lm_key(k, prefix)]:
             del state[key]
         return state
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if not k.startswith("text.lm.")]
+        adapters = [k for k in self.state_dict() if k.startswith("text.lm.")]
+        if adapters and not any(k in state_dict for k in adapters):
+            _zero_adapters(self)
+            result.missing_keys[:] = [k for k in result.missing_keys if k not in adapters]
+        missing = [k for k in result.missing_keys if not _frozen_lm_key(k)]
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(f"checkpoint mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
         return result
+
+
+def _frozen_lm_key(key: str, prefix: str = "") -> bool:
+    return key.startswith(prefix + "text.lm.") and "lora_" not in key
+
+
+@torch.no_grad()
+def _zero_adapters(module: nn.Module) -> None:
+    """LoRA's B matrices to zero: each adapter then adds nothing to its layer."""
+    for name, param in module.named_parameters():
+        if "lora_B" in name:
+            param.zero_()

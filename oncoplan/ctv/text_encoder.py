@@ -8,6 +8,10 @@ therefore gets an (N, width) context.
 The [SEG] input embedding *trains* here (the released code froze it, which leaves a newly
 added token at its random initialisation): it is a separate parameter, so the LM's own
 embedding matrix stays frozen and untouched.
+
+`lora_rank` > 0 adds low-rank adapters (PEFT's LoRA) to the LM's linear layers: the base weights
+stay frozen and out of checkpoints, the adapters train and are saved with the prompts. The shipped
+weights use them to make the text path robust to paraphrase (oncoplan.training.ctv.paraphrase).
 """
 
 from __future__ import annotations
@@ -74,6 +78,23 @@ def load_language_model(path: str, dtype: torch.dtype) -> tuple[nn.Module, objec
     return model, tokenizer
 
 
+# The linear layers of BERT-family encoders (MiniLM); the pooler is not on the [SEG] read-out's path.
+LORA_TARGETS = ("query", "key", "value", "dense")
+LORA_EXCLUDE = ("pooler.dense",)
+
+
+def add_lora(lm: nn.Module, rank: int, targets: Sequence[str] = LORA_TARGETS) -> None:
+    """LoRA adapters (B initialised to zero: the LM's output is unchanged until they train)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(targets), exclude_modules=list(LORA_EXCLUDE)
+    )
+    inject_adapter_in_model(config, lm)
+    for name, param in lm.named_parameters():
+        param.requires_grad_("lora_" in name)
+
+
 class PromptedTextEncoder(nn.Module):
     """Notes (strings) -> context tensor (batch, n_prompts, width), differentiable in the prompts.
 
@@ -90,13 +111,17 @@ class PromptedTextEncoder(nn.Module):
         train_seg_token: bool = True,
         max_note_tokens: int = 64,
         calibration_notes: Sequence[str] | None = None,
+        lora_rank: int = 0,
     ) -> None:
         super().__init__()
         self.model_path = model_path or default_model_path()
         lm, self.tokenizer = load_language_model(self.model_path, DTYPES[dtype])
         lm.requires_grad_(False)
+        if lora_rank:
+            add_lora(lm, lora_rank)
         lm.eval()
         self.lm = lm
+        self.lora_rank = lora_rank
         self.width = int(lm.get_input_embeddings().embedding_dim)
         embed = lm.get_input_embeddings().weight.detach().float()
         # Prompts start near the LM's own token embeddings, as soft prompts usually do.
@@ -114,7 +139,7 @@ class PromptedTextEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> PromptedTextEncoder:
         super().train(mode)
-        self.lm.eval()  # frozen: never dropout
+        self.lm.eval()  # frozen (its adapters train without dropout)
         return self
 
     def _tokens(self, notes: list[str]) -> tuple[list[list[int]], list[int], list[int]]:

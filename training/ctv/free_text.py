@@ -15,8 +15,14 @@
    path is to paraphrase on its own (issue 36). The same free-text notes are drawn as without
    `--raw` (the reader draws nothing), so the two runs compare the same notes on the same cases.
    `--model-name` evaluates other weights of the bundle (e.g. `model_free_text.pt`).
+4. `--text-path`: the model's own text path on raw notes, without images: a note is read right when its
+   context lies nearest the context the model gives the Table 5 note of its fields, among every Table 5
+   note (oncoplan.training.ctv.paraphrase.Targets); on the generated notes of part 1 and, with
+   `--handwritten FILE`, on the readable notes of the hand-written fixture (which the generator never
+   produced).
 
     python -m oncoplan.training.ctv.free_text --cohort DIR [--bundle DIR] --out DIR [--raw] [--model-name F]
+    python -m oncoplan.training.ctv.free_text --out DIR --text-path [--handwritten FILE] [--notes N]
 """
 
 from __future__ import annotations
@@ -70,6 +76,53 @@ def field_accuracy(n: int = 2000, seed: int = 7, n_ambiguous: int = 200) -> dict
         "wrong": wrong[:20],
         "ambiguous": {k: {"notes": total[k], "refused": refused[k]} for k in AMBIGUITIES},
     }
+
+
+def text_path_reading(
+    bundle_dir: str | Path,
+    model_name: str | None = None,
+    n: int = 2000,
+    seed: int = 7,
+    handwritten: str | Path | None = None,
+) -> dict:
+    """Nearest-template accuracy of the model's text path fed raw notes (generated; hand-written)."""
+    from oncoplan.ctv.notes import SideNote, format_note
+    from oncoplan.runtime.bundles import bundle_parser, load_network
+    from oncoplan.training.ctv.paraphrase import Targets, text_path_accuracy
+
+    parser = bundle_parser(bundle_dir, overrides={"text_guided": True})
+    if model_name:
+        parser["model_name"] = model_name
+    encoder = load_network(parser).text
+    targets = Targets(encoder)
+    rng = np.random.default_rng(seed)
+    sets: dict[str, tuple[list[str], list[str]]] = {"generated": ([], [])}
+    for i in range(n):
+        record = sample_record(f"F{i}", SITES["internal" if i % 2 else "external"], rng)
+        sets["generated"][0].append(free_text_note(record.sides, rng))
+        sets["generated"][1].append(format_note([SideNote(s.side, s.surgery, s.n_stage) for s in record.sides]))
+    if handwritten:
+        readable = [n for n in json.loads(Path(handwritten).read_text())["notes"] if "expect" in n]
+        sets["handwritten"] = (
+            [n["text"] for n in readable],
+            [format_note([SideNote(*fields) for fields in n["expect"]]) for n in readable],
+        )
+    out = {"model": model_name or "model.pt", "seed": seed}
+    for name, (notes, table5) in sets.items():
+        if not notes:
+            continue
+        got = text_path_accuracy(encoder, targets, notes, table5)
+        out[name] = {
+            "notes": len(notes),
+            "accuracy": got["accuracy"],
+            "context_mse": got["mse"],
+            "wrong": [
+                {"note": t, "want": w, "nearest": g}
+                for t, w, g, ok in zip(notes, table5, got["nearest"], got["right"], strict=True)
+                if not ok
+            ][:40],
+        }
+    return out
 
 
 def ctv_free_vs_template(
@@ -152,20 +205,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int)
     ap.add_argument("--raw", action="store_true", help="feed the free text to the model as written (no reader)")
     ap.add_argument("--model-name", help="weights file in the bundle's models/ (default model.pt)")
+    ap.add_argument("--text-path", action="store_true", help="the model's text path on raw notes (no images)")
+    ap.add_argument("--handwritten", type=Path, help="with --text-path: hand-written notes (tests/data format)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"synthetic": True, "fields": field_accuracy(args.notes) if args.notes else None}
-    if args.cohort:
-        from oncoplan.runtime.bundles import CTV_BUNDLE, shipped_bundles
+    from oncoplan.runtime.bundles import CTV_BUNDLE, shipped_bundles
 
-        bundle = args.bundle or shipped_bundles() / CTV_BUNDLE
+    bundle = args.bundle or shipped_bundles() / CTV_BUNDLE
+    result: dict = {"synthetic": True}
+    if args.text_path:
+        result["text_path"] = text_path_reading(bundle, args.model_name, args.notes, handwritten=args.handwritten)
+    else:
+        result["fields"] = field_accuracy(args.notes) if args.notes else None
+    if args.cohort:
         result["ctv"] = ctv_free_vs_template(
             bundle, args.cohort, limit=args.limit, raw=args.raw, model_name=args.model_name
         )
     (args.out / "free_text_notes.json").write_text(json.dumps(result, indent=2) + "\n")
-    if f := result["fields"]:
+    if f := result.get("fields"):
         print(f"field accuracy {f['field_accuracy']:.4f} on {f['notes']} generated notes (synthetic)")
         print("ambiguous refused:", {k: f"{v['refused']}/{v['notes']}" for k, v in f["ambiguous"].items()})
+    if t := result.get("text_path"):
+        for name in ("generated", "handwritten"):
+            if name in t:
+                print(
+                    f"[{t['model']}; raw notes, no reader] text path reads {t[name]['accuracy']:.4f} of "
+                    f"{t[name]['notes']} {name} notes as their Table 5 note (context MSE {t[name]['context_mse']:.3f})"
+                )
     if "ctv" in result:
         c = result["ctv"]
         print(
