@@ -51,12 +51,14 @@ def test_minilm_default_context_shape_and_gradients(minilm: PromptedTextEncoder)
 
 
 @pytest.mark.parametrize("kind", ["llama", "clip"])
-def test_other_language_models_load_from_a_local_folder(tmp_path: Path, kind: str) -> None:
+def test_other_language_models_load_from_a_local_folder_with_or_without_adapters(tmp_path: Path, kind: str) -> None:
     encoder = PromptedTextEncoder(_tiny_lm(tmp_path, kind), n_prompts=3, prompt_length=4)
     context = encoder(NOTES)
     assert context.shape == (2, 3, 32)
     context.sum().backward()
     assert encoder.prompts.grad.abs().sum() > 0
+    adapted = PromptedTextEncoder(_tiny_lm(tmp_path, kind), n_prompts=3, prompt_length=4, lora_rank=2)
+    assert adapted.adapter_layers() and adapted(["left breast, lumpectomy, pN1a"]).shape == (1, 3, 32)
 
 
 def test_causal_lm_seg_token_sees_the_whole_note(tmp_path: Path) -> None:
@@ -105,18 +107,27 @@ def adapted() -> PromptedTextEncoder:
     return PromptedTextEncoder(n_prompts=1, prompt_length=2, lora_rank=2)
 
 
-def test_lora_adapters_train_alone_and_start_as_the_frozen_lm(
-    minilm: PromptedTextEncoder, adapted: PromptedTextEncoder
-) -> None:
-    """Zero-initialised adapters leave the LM's output as it was; only they (and prompts, [SEG]) get gradients."""
+def test_lora_adapters_start_frozen_and_zero_and_never_touch_a_table5_note(adapted: PromptedTextEncoder) -> None:
+    """Zero-initialised adapters leave the LM's output as it was and are frozen (only the distillation trains
+    them); trained, they change a free-text note's context but never a Table 5 note's: the U-Net's own."""
     bare = PromptedTextEncoder(n_prompts=1, prompt_length=2)
+    free = ["s/p left lumpectomy, pN1a (2/12 nodes positive)"]
     assert torch.allclose(bare.encode(NOTES), adapted.encode(NOTES), atol=1e-5)
-    adapted.encode(NOTES).sum().backward()
-    lm_grads = {n: p.grad for n, p in adapted.lm.named_parameters()}
-    assert all(g is None for n, g in lm_grads.items() if "lora_" not in n)
-    assert any(g is not None and g.abs().sum() > 0 for n, g in lm_grads.items() if "lora_" in n)
-    assert not any("pooler" in n for n in lm_grads if "lora_" in n)  # the pooler is off the read-out's path
-    adapted.zero_grad()
+    lora = {n: p for n, p in adapted.lm.named_parameters() if "lora_" in n}
+    assert lora and not any(p.requires_grad for p in adapted.lm.parameters())
+    assert not any("pooler" in n for n in lora)  # the pooler is off the read-out's path
+    with torch.no_grad():
+        for n, p in lora.items():
+            p.add_(0.05 if "lora_B" in n else 0.0)
+    try:
+        assert torch.allclose(adapted(NOTES), bare(NOTES), atol=1e-5)
+        assert not torch.allclose(adapted(free), bare(free), atol=1e-3)
+        assert not any(p.requires_grad for p in lora.values())  # switching them off and on keeps them frozen
+    finally:
+        with torch.no_grad():
+            for n, p in lora.items():
+                if "lora_B" in n:
+                    p.zero_()
 
 
 def test_checkpoint_holds_the_adapters_and_never_loads_half_adapted(

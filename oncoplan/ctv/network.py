@@ -100,10 +100,10 @@ class TextGuidedSegmenter(nn.Module):
         return self.unet(image, self.context(notes))
 
     # Checkpoints hold what trains: the U-Net, prompts, [SEG] and any LoRA adapters of the LM; the
-    # LM itself is named by its path. A checkpoint with no adapters at all (train.json's, the data-
-    # efficiency models) loads into an adapted network with its adapters zeroed, which is exactly the
-    # unadapted model; some adapters missing, or adapters the config lacks, is refused under strict
-    # loading, never run half-adapted.
+    # LM itself is named by its path. A checkpoint with no adapters at all (saved before they existed:
+    # the data-efficiency models) loads into an adapted network with its adapters zeroed, which is
+    # exactly the unadapted model; some adapters missing, or adapters the config lacks, is refused under
+    # strict loading (the default everywhere here), never run half-adapted.
     def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):  # type: ignore[override]
         state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
         for key in [k for k in state if _frozen_lm_key(k, prefix)]:

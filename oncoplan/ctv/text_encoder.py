@@ -10,8 +10,11 @@ added token at its random initialisation): it is a separate parameter, so the LM
 embedding matrix stays frozen and untouched.
 
 `lora_rank` > 0 adds low-rank adapters (PEFT's LoRA) to the LM's linear layers: the base weights
-stay frozen and out of checkpoints, the adapters train and are saved with the prompts. The shipped
-weights use them to make the text path robust to paraphrase (oncoplan.training.ctv.paraphrase).
+stay frozen and out of checkpoints, the adapters are saved with the prompts. They are trained only by
+the paraphrase distillation (oncoplan.training.ctv.paraphrase), to give a free-text note the context of
+the Table 5 note of the same fields; a note that *is* a Table 5 note (what the app's reader renders and
+the U-Net was trained on) runs with the adapters off, so its context is exactly the one the U-Net
+learned, whatever the adapters became.
 """
 
 from __future__ import annotations
@@ -78,21 +81,36 @@ def load_language_model(path: str, dtype: torch.dtype) -> tuple[nn.Module, objec
     return model, tokenizer
 
 
-# The linear layers of BERT-family encoders (MiniLM); the pooler is not on the [SEG] read-out's path.
-LORA_TARGETS = ("query", "key", "value", "dense")
+# Every linear layer of the LM (any architecture: BERT/MiniLM, Llama, CLIP); BERT's pooler is off the
+# [SEG] read-out's path.
 LORA_EXCLUDE = ("pooler.dense",)
+LORA_SEED = 0
 
 
-def add_lora(lm: nn.Module, rank: int, targets: Sequence[str] = LORA_TARGETS) -> None:
-    """LoRA adapters (B initialised to zero: the LM's output is unchanged until they train)."""
+def add_lora(lm: nn.Module, rank: int) -> None:
+    """LoRA adapters, frozen (the distillation unfreezes them) and zero: B starts at zero, so the LM's
+    output is unchanged until they train. Their A matrices are drawn from their own seeded generator:
+    adding them consumes none of the global random stream (the U-Net built after keeps its initialisation)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(
-        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(targets), exclude_modules=list(LORA_EXCLUDE)
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear", exclude_modules=list(LORA_EXCLUDE)
     )
-    inject_adapter_in_model(config, lm)
-    for name, param in lm.named_parameters():
-        param.requires_grad_("lora_" in name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(LORA_SEED)
+        inject_adapter_in_model(config, lm)
+    lm.requires_grad_(False)
+
+
+def is_table5(note: str) -> bool:
+    """The note is exactly a Table 5 note as `format_note` writes it (what the U-Net was trained on)."""
+    from oncoplan.ctv.notes import format_note, parse_note
+    from oncoplan.errors import InputError
+
+    try:
+        return format_note(parse_note(note)) == note
+    except InputError:
+        return False
 
 
 class PromptedTextEncoder(nn.Module):
@@ -155,10 +173,36 @@ class PromptedTextEncoder(nn.Module):
         return ids, wrapped[:start], wrapped[start + len(bare) :]
 
     def forward(self, notes: list[str]) -> torch.Tensor:
-        return self.standardize(self.encode(notes))
+        if not self.lora_rank:
+            return self.standardize(self.encode(notes))
+        table5 = [is_table5(n) for n in notes]
+        out = torch.empty(len(notes), self.n_prompts, self.width, device=self.prompts.device)
+        for adapters in (False, True):
+            index = [i for i, t in enumerate(table5) if t != adapters]
+            if index:
+                out[index] = self.standardize(self.encode([notes[i] for i in index], adapters=adapters))
+        return out
 
-    def encode(self, notes: list[str]) -> torch.Tensor:
-        """The raw [SEG] hidden states, (batch, n_prompts, width)."""
+    def adapter_layers(self) -> list[nn.Module]:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [m for m in self.lm.modules() if isinstance(m, BaseTunerLayer)]
+
+    def encode(self, notes: list[str], adapters: bool = True) -> torch.Tensor:
+        """The raw [SEG] hidden states, (batch, n_prompts, width); `adapters=False` runs the bare LM."""
+        layers = self.adapter_layers() if self.lora_rank and not adapters else []
+        trains = {p: p.requires_grad for layer in layers for p in layer.parameters()}
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            return self._encode(notes)
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
+            for param, requires_grad in trains.items():  # PEFT's enable_adapters unfreezes them
+                param.requires_grad_(requires_grad)
+
+    def _encode(self, notes: list[str]) -> torch.Tensor:
         ids, prefix, suffix = self._tokens(notes)
         device = self.prompts.device
         table = self.lm.get_input_embeddings()

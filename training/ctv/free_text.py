@@ -84,8 +84,10 @@ def text_path_reading(
     n: int = 2000,
     seed: int = 7,
     handwritten: str | Path | None = None,
+    trained_on: set[str] | None = None,
 ) -> dict:
-    """Nearest-template accuracy of the model's text path fed raw notes (generated; hand-written)."""
+    """Nearest-template accuracy of the model's text path fed raw notes (generated; hand-written);
+    `trained_on` (the distillation's notes) adds the accuracy on the generated notes outside it."""
     from oncoplan.ctv.notes import SideNote, format_note
     from oncoplan.runtime.bundles import bundle_parser, load_network
     from oncoplan.training.ctv.paraphrase import Targets, text_path_accuracy
@@ -116,6 +118,7 @@ def text_path_reading(
             "notes": len(notes),
             "accuracy": got["accuracy"],
             "context_mse": got["mse"],
+            **_unseen(notes, got["right"], trained_on),
             "wrong": [
                 {"note": t, "want": w, "nearest": g}
                 for t, w, g, ok in zip(notes, table5, got["nearest"], got["right"], strict=True)
@@ -123,6 +126,13 @@ def text_path_reading(
             ][:40],
         }
     return out
+
+
+def _unseen(notes: list[str], right: list[bool], trained_on: set[str] | None) -> dict:
+    if trained_on is None:
+        return {}
+    unseen = [ok for note, ok in zip(notes, right, strict=True) if note not in trained_on]
+    return {"notes_not_trained_on": len(unseen), "accuracy_not_trained_on": float(np.mean(unseen)) if unseen else None}
 
 
 def ctv_free_vs_template(
@@ -214,7 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     bundle = args.bundle or shipped_bundles() / CTV_BUNDLE
     result: dict = {"synthetic": True}
     if args.text_path:
-        result["text_path"] = text_path_reading(bundle, args.model_name, args.notes, handwritten=args.handwritten)
+        from oncoplan.training.ctv.paraphrase import training_notes
+
+        recipe = json.loads((bundle / "configs" / "paraphrase.json").read_text())  # the distillation's settings
+        trained = training_notes(recipe["paraphrase_seed"], recipe["paraphrase_steps"], recipe["paraphrase_batch_size"])
+        result["text_path"] = text_path_reading(
+            bundle, args.model_name, args.notes, handwritten=args.handwritten, trained_on=trained
+        )
     else:
         result["fields"] = field_accuracy(args.notes) if args.notes else None
     if args.cohort:
@@ -228,9 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     if t := result.get("text_path"):
         for name in ("generated", "handwritten"):
             if name in t:
+                unseen = (
+                    f"; {t[name]['accuracy_not_trained_on']:.4f} of the {t[name]['notes_not_trained_on']} "
+                    "not among the distillation's notes"
+                    if t[name].get("notes_not_trained_on")
+                    else ""
+                )
                 print(
                     f"[{t['model']}; raw notes, no reader] text path reads {t[name]['accuracy']:.4f} of "
-                    f"{t[name]['notes']} {name} notes as their Table 5 note (context MSE {t[name]['context_mse']:.3f})"
+                    f"{t[name]['notes']} {name} notes as their Table 5 note (context MSE "
+                    f"{t[name]['context_mse']:.3f}){unseen}"
                 )
     if "ctv" in result:
         c = result["ctv"]

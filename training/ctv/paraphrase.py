@@ -6,13 +6,14 @@ from that context and the U-Net misreads it (Dice 0.285 instead of 0.917, bundle
 the whole network on paraphrased notes against the CT (tried 2026-12-07) let it lean on the image
 instead of the text. Here the text encoder alone learns, against its own context:
 
-- the teacher is the trained text encoder (frozen LM, prompts, [SEG], standardiser) fed the Table 5
-  note of the fields;
-- the student is the same encoder with LoRA adapters on the LM (`lora_rank` in the inference
-  config), its prompts and [SEG] starting from the teacher's; fed a generated free-text note of the
-  fields (training/synth/breast_notes.py) and the Table 5 note itself, it learns to give the
-  teacher's Table 5 context for both (mean squared error in the standardised context space, where
-  one unit is the spread across notes), so what the U-Net sees does not depend on the wording and
+- the teacher is the trained text encoder (frozen LM, prompts, [SEG], standardiser) with its adapters
+  off, fed the Table 5 note of the fields: exactly what the U-Net was trained on;
+- the student is the same encoder with its LoRA adapters on (`lora_rank` in the inference config; the
+  prompts and [SEG] stay the teacher's, only the adapters train); fed a generated free-text note of the
+  fields (training/synth/breast_notes.py) and the Table 5 note itself, it learns to give the teacher's
+  Table 5 context for both (mean squared error in the standardised context space, where one unit is the
+  spread across notes), so what the U-Net sees does not depend on the wording. An exact Table 5 note runs
+  with the adapters off at inference (PromptedTextEncoder.forward), so
   the template path stays as it was. A contrastive term (cross-entropy over the negative distances to
   every Table 5 note's teacher context, `contrast_weight`, `temperature` in mean-squared units) pulls
   the free-text context away from the Table 5 notes of other fields: bilateral notes that differ in
@@ -26,20 +27,19 @@ generated notes: the share whose context lies nearest the teacher's context of t
 among every Table 5 note; the best state by it is kept.
 
 Run as the bundle's `configs/paraphrase.json`, merged with `configs/inference.json` (the network's
-single definition). The teacher is the starting checkpoint itself (`--init_ckpt`, default the bundle's
-model.pt): its Table 5 contexts are what its U-Net was trained on, so distilling again after a fine-tune
-by train.json (which keeps the adapters as they are) targets the fine-tuned model's own contexts.
+single definition), from `--init_ckpt` (default the bundle's model.pt). Since the teacher is the encoder
+with its adapters off, distilling again (after a fine-tune by train.json, which never trains the
+adapters) targets that model's own Table 5 contexts and does not compound earlier distillations.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import product
 from pathlib import Path
 
@@ -89,10 +89,17 @@ def draw_pairs(rng: np.random.Generator, n: int) -> tuple[list[str], list[str]]:
     return free, table5
 
 
+def training_notes(seed: int, steps: int, batch_size: int) -> set[str]:
+    """Every free-text note a `distil` run with these settings trains on (its draws replayed): evaluation
+    reports its accuracy on the notes outside this set too."""
+    rng = np.random.default_rng(seed)
+    return {note for _ in range(steps) for note in draw_pairs(rng, batch_size)[0]}
+
+
 class Targets:
     """The teacher's context of every Table 5 note, and the nearest-template read-out against them."""
 
-    def __init__(self, teacher: torch.nn.Module, batch: int = 32) -> None:
+    def __init__(self, teacher: Callable[[list[str]], torch.Tensor], batch: int = 32) -> None:
         self.notes = table5_notes()
         self.index = {n: i for i, n in enumerate(self.notes)}
         with torch.no_grad():
@@ -115,7 +122,9 @@ class Targets:
 
 
 @torch.no_grad()
-def text_path_accuracy(encoder: torch.nn.Module, targets: Targets, notes: Sequence[str], table5: Sequence[str]) -> dict:
+def text_path_accuracy(
+    encoder: Callable[[list[str]], torch.Tensor], targets: Targets, notes: Sequence[str], table5: Sequence[str]
+) -> dict:
     """Nearest-template accuracy and mean squared context error of `encoder` on `notes`."""
     contexts = torch.cat([encoder(list(notes[i : i + 32])) for i in range(0, len(notes), 32)])
     nearest = targets.nearest(contexts)
@@ -145,11 +154,19 @@ def distil(
     with_weights(network, init_ckpt)
     if not getattr(network.text, "lora_rank", 0):
         raise ValueError("the network's text encoder has no adapters: set lora_rank in the inference config")
-    student = network.text.eval()  # eval: the standardiser's statistics stay the U-Net's (grads still flow)
-    teacher = copy.deepcopy(student).requires_grad_(False)
-    targets = Targets(teacher)
+    encoder = network.text.eval()  # eval: the standardiser's statistics stay the U-Net's (grads still flow)
+    # The teacher is the same encoder with its adapters off: the Table 5 contexts the U-Net was trained on,
+    # whatever adapters the starting checkpoint has (a second distillation does not drift).
+    targets = Targets(lambda notes: encoder.standardize(encoder.encode(notes, adapters=False)))
+
+    def student(notes: list[str]) -> torch.Tensor:
+        return encoder.standardize(encoder.encode(notes, adapters=True))
+
     val_free, val_table5 = draw_pairs(np.random.default_rng(seed + 1), eval_notes)
-    params = [p for p in student.parameters() if p.requires_grad]
+    encoder.requires_grad_(False)
+    params = [p for n, p in encoder.named_parameters() if "lora_" in n]  # prompts and [SEG] stay the teacher's
+    for p in params:
+        p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
 
     def lr_at(step: int) -> float:
@@ -162,7 +179,7 @@ def distil(
     start = text_path_accuracy(student, targets, val_free, val_table5)
     curve = [{"step": 0, "loss": None, "val_accuracy": start["accuracy"], "val_mse": start["mse"], "seconds": 0.0}]
     LOG.info("step 0: held-out nearest-template accuracy %.3f, context MSE %.3f", start["accuracy"], start["mse"])
-    best = (start["accuracy"], -start["mse"], 0, _trainable_state(student))
+    best = (start["accuracy"], -start["mse"], 0, _adapter_state(encoder))
     began, running = time.monotonic(), []
     for step in range(1, steps + 1):
         free, table5 = draw_pairs(rng, batch_size)
@@ -192,8 +209,12 @@ def distil(
                 step, steps, row["loss"], val["accuracy"], val["mse"], row["seconds"],
             )  # fmt: skip
             if (val["accuracy"], -val["mse"]) > best[:2]:
-                best = (val["accuracy"], -val["mse"], step, _trainable_state(student))
-    student.load_state_dict(best[3], strict=False)
+                best = (val["accuracy"], -val["mse"], step, _adapter_state(encoder))
+    with torch.no_grad():
+        for name, param in encoder.named_parameters():
+            if name in best[3]:
+                param.copy_(best[3][name])
+    encoder.requires_grad_(False)
     _atomic_save({"model": network.state_dict()}, Path(output_ckpt))
     if curve_path:
         _write_curve(curve, Path(curve_path))
@@ -202,8 +223,8 @@ def distil(
     return summary
 
 
-def _trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.named_parameters() if v.requires_grad}
+def _adapter_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_parameters() if "lora_" in k}
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
