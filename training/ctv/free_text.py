@@ -45,13 +45,20 @@ from oncoplan.training.synth.breast_notes import AMBIGUITIES, ambiguous_note, fr
 LATERALITY_MOVED = 0.9
 
 
+def _generated(n: int, rng: np.random.Generator) -> list[tuple[str, tuple]]:
+    """`n` generated free-text notes with their side records, both sites' class mix alternating."""
+    out = []
+    for i in range(n):
+        record = sample_record(f"F{i}", SITES["internal" if i % 2 else "external"], rng)
+        out.append((free_text_note(record.sides, rng), record.sides))
+    return out
+
+
 def field_accuracy(n: int = 2000, seed: int = 7, n_ambiguous: int = 200) -> dict:
     rng = np.random.default_rng(seed)
     right, wrong = 0, []
-    for i in range(n):
-        record = sample_record(f"F{i}", SITES["internal" if i % 2 else "external"], rng)
-        text = free_text_note(record.sides, rng)
-        want = [(s.side, s.surgery, s.n_stage) for s in record.sides]
+    for text, sides in _generated(n, rng):
+        want = [(s.side, s.surgery, s.n_stage) for s in sides]
         try:
             got = [(s.side, s.surgery, s.n_stage) for s in read_note(text).sides]
         except InputError as exc:
@@ -97,12 +104,13 @@ def text_path_reading(
         parser["model_name"] = model_name
     encoder = load_network(parser).text
     targets = Targets(encoder)
-    rng = np.random.default_rng(seed)
-    sets: dict[str, tuple[list[str], list[str]]] = {"generated": ([], [])}
-    for i in range(n):
-        record = sample_record(f"F{i}", SITES["internal" if i % 2 else "external"], rng)
-        sets["generated"][0].append(free_text_note(record.sides, rng))
-        sets["generated"][1].append(format_note([SideNote(s.side, s.surgery, s.n_stage) for s in record.sides]))
+    generated = _generated(n, np.random.default_rng(seed))
+    sets = {
+        "generated": (
+            [text for text, _ in generated],
+            [format_note([SideNote(s.side, s.surgery, s.n_stage) for s in sides]) for _, sides in generated],
+        )
+    }
     if handwritten:
         readable = [n for n in json.loads(Path(handwritten).read_text())["notes"] if "expect" in n]
         sets["handwritten"] = (

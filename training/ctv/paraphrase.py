@@ -96,6 +96,11 @@ def training_notes(seed: int, steps: int, batch_size: int) -> set[str]:
     return {note for _ in range(steps) for note in draw_pairs(rng, batch_size)[0]}
 
 
+def in_batches(encoder: Callable[[list[str]], torch.Tensor], notes: Sequence[str], batch: int = 32) -> torch.Tensor:
+    """`encoder` over `notes`, `batch` notes at a time (memory: each note runs once per prompt)."""
+    return torch.cat([encoder(list(notes[i : i + batch])) for i in range(0, len(notes), batch)])
+
+
 class Targets:
     """The teacher's context of every Table 5 note, and the nearest-template read-out against them."""
 
@@ -103,7 +108,7 @@ class Targets:
         self.notes = table5_notes()
         self.index = {n: i for i, n in enumerate(self.notes)}
         with torch.no_grad():
-            self.contexts = torch.cat([teacher(self.notes[i : i + batch]) for i in range(0, len(self.notes), batch)])
+            self.contexts = in_batches(teacher, self.notes, batch)
 
     def of(self, table5: Sequence[str]) -> torch.Tensor:
         return self.contexts[[self.index[n] for n in table5]]
@@ -126,7 +131,7 @@ def text_path_accuracy(
     encoder: Callable[[list[str]], torch.Tensor], targets: Targets, notes: Sequence[str], table5: Sequence[str]
 ) -> dict:
     """Nearest-template accuracy and mean squared context error of `encoder` on `notes`."""
-    contexts = torch.cat([encoder(list(notes[i : i + 32])) for i in range(0, len(notes), 32)])
+    contexts = in_batches(encoder, notes)
     nearest = targets.nearest(contexts)
     error = (contexts - targets.of(table5)).pow(2).mean(dim=(1, 2))
     right = [a == b for a, b in zip(nearest, table5, strict=True)]
