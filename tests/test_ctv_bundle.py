@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from oncoplan.ctv.text_encoder import is_student_key
+
 from .bundle_harness import CTV, CTV_TINY, Paths
 
 pytestmark = pytest.mark.slow
@@ -24,29 +26,34 @@ def test_train_writes_checkpoint_and_curve(trained: Paths) -> None:
     state = torch.load(trained["models"] / "model.pt", weights_only=True)
     lm = {k: v for k, v in state.items() if k.startswith("text.lm.")}
     assert "text.prompts" in state and lm and all("lora_" in k for k in lm)  # the LM itself is not saved
-    assert all(not v.any() for k, v in lm.items() if "lora_B" in k)  # train.json leaves the adapters at zero
+    student = {k: v for k, v in state.items() if is_student_key(k)}
+    assert {"text.prompts_delta", "text.seg_delta"} <= set(student)
+    assert all(not v.any() for k, v in student.items() if "lora_A" not in k)  # train.json leaves the student at zero
 
 
-def test_paraphrase_config_trains_the_text_path_alone(trained: Paths) -> None:
-    """configs/paraphrase.json over inference.json, from train.json's checkpoint: only the adapters train (the
-    U-Net, prompts, [SEG] and standardiser are the ones it started from), the curve is written."""
-    out, curve = trained["tmp"] / "para" / "model.pt", trained["tmp"] / "para" / "curve.csv"
+def test_paraphrase_config_trains_the_student_alone_and_always_from_the_teacher(trained: Paths) -> None:
+    """configs/paraphrase.json over inference.json, from train.json's checkpoint: only the student (adapters,
+    prompt and [SEG] shifts) trains; the U-Net, prompts, [SEG] and standardiser are the ones it started from;
+    the curve is written. Distilling its output again gives the same weights: each run starts from the teacher."""
     from oncoplan.runtime.bundles import checkpoint_state
 
+    para = trained["tmp"] / "para"
     args = [
-        *("--config_file", CTV.configs("inference.json", "paraphrase.json"), *CTV_TINY, "--curve_path", str(curve)),
+        *("--config_file", CTV.configs("inference.json", "paraphrase.json"), *CTV_TINY),
         *("--paraphrase_steps", "4", "--eval_every", "2", "--eval_notes", "8", "--paraphrase_batch_size", "2"),
     ]
-    log = CTV.run([*args, "--init_ckpt", str(trained["models"] / "model.pt"), "--output_ckpt", str(out)])
+    first = ("--init_ckpt", str(trained["models"] / "model.pt"), "--output_ckpt", str(para / "model.pt"))
+    log = CTV.run([*args, *first, "--curve_path", str(para / "curve.csv")])
     assert "held-out nearest-template accuracy" in log
-    start = checkpoint_state(trained["models"] / "model.pt")
-    tuned = checkpoint_state(out)
+    start, tuned = checkpoint_state(trained["models"] / "model.pt"), checkpoint_state(para / "model.pt")
     assert set(tuned) == set(start)
-    assert all(torch.equal(v, tuned[k]) for k, v in start.items() if not k.startswith("text."))
     changed = {k for k, v in start.items() if not torch.equal(v, tuned[k])}
-    assert changed and all("lora_" in k for k in changed)  # prompts, [SEG], standardiser: the teacher's
-    assert any(tuned[k].any() for k in changed if "lora_B" in k)
-    assert len(curve.read_text().splitlines()) == 4  # header, step 0, 2, 4
+    assert changed and all(is_student_key(k) for k in changed)  # prompts, [SEG], standardiser: the teacher's
+    assert {"text.prompts_delta", "text.seg_delta"} <= changed and any("lora_B" in k for k in changed)
+    assert len((para / "curve.csv").read_text().splitlines()) == 4  # header, step 0, 2, 4
+    again = ("--init_ckpt", str(para / "model.pt"), "--output_ckpt", str(para / "again.pt"))
+    CTV.run([*args, *again, "--curve_path", str(para / "again.csv")])
+    assert all(torch.equal(v, checkpoint_state(para / "again.pt")[k]) for k, v in tuned.items())
 
 
 def test_inference_writes_masks_on_the_input_grid(trained: Paths) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from oncoplan.ctv.network import ContextUNet, CrossBlock, TextGuidedSegmenter
-from oncoplan.ctv.text_encoder import PromptedTextEncoder, default_model_path
+from oncoplan.ctv.text_encoder import PromptedTextEncoder, default_model_path, is_student_key
 
 NOTES = ["N1, breast conserving surgery, left side", "N0, total mastectomy surgery, right side"]
 TINY = (4, 8, 8, 16, 16)
@@ -107,46 +107,54 @@ def adapted() -> PromptedTextEncoder:
     return PromptedTextEncoder(n_prompts=1, prompt_length=2, lora_rank=2)
 
 
-def test_lora_adapters_start_frozen_and_zero_and_never_touch_a_table5_note(adapted: PromptedTextEncoder) -> None:
-    """Zero-initialised adapters leave the LM's output as it was and are frozen (only the distillation trains
-    them); trained, they change a free-text note's context but never a Table 5 note's: the U-Net's own."""
+def test_student_route_starts_frozen_and_zero_and_never_touches_a_table5_note(adapted: PromptedTextEncoder) -> None:
+    """The student (LoRA adapters, prompt and [SEG] shifts) starts at zero, leaving the LM's output as it was,
+    and frozen (only the distillation trains it); trained, it changes a free-text note's context but never a
+    Table 5 note's: the U-Net's own."""
     bare = PromptedTextEncoder(n_prompts=1, prompt_length=2)
     free = ["s/p left lumpectomy, pN1a (2/12 nodes positive)"]
     assert torch.allclose(bare.encode(NOTES), adapted.encode(NOTES), atol=1e-5)
-    lora = {n: p for n, p in adapted.lm.named_parameters() if "lora_" in n}
-    assert lora and not any(p.requires_grad for p in adapted.lm.parameters())
-    assert not any("pooler" in n for n in lora)  # the pooler is off the read-out's path
-    with torch.no_grad():
-        for n, p in lora.items():
-            p.add_(0.05 if "lora_B" in n else 0.0)
-    try:
-        assert torch.allclose(adapted(NOTES), bare(NOTES), atol=1e-5)
-        assert not torch.allclose(adapted(free), bare(free), atol=1e-3)
-        assert not any(p.requires_grad for p in lora.values())  # switching them off and on keeps them frozen
-    finally:
+    student = adapted.student_parameters()
+    assert {"prompts_delta", "seg_delta"} <= set(student) and any("lora_B" in n for n in student)
+    assert not any(p.requires_grad for p in student.values())
+    assert not any(p.requires_grad for p in adapted.lm.parameters())
+    assert not any("pooler" in n for n in student)  # the pooler is off the read-out's path
+    noise = torch.Generator().manual_seed(0)
+    for shifted in ({"lora_"}, {"prompts_delta", "seg_delta"}):  # each part of the student alone
         with torch.no_grad():
-            for n, p in lora.items():
-                if "lora_B" in n:
-                    p.zero_()
+            for n, p in student.items():
+                if "lora_A" not in n and any(s in n for s in shifted):  # not uniform: LayerNorm removes that
+                    p.add_(0.05 * torch.randn(p.shape, generator=noise))
+        try:
+            assert torch.equal(adapted(NOTES), bare(NOTES))  # bit for bit: the U-Net's own contexts
+            assert not torch.allclose(adapted(free), bare(free), atol=1e-3)
+            assert not any(p.requires_grad for p in student.values())  # switching adapters keeps them frozen
+        finally:
+            with torch.no_grad():
+                for n, p in student.items():
+                    if "lora_A" not in n:
+                        p.zero_()
 
 
-def test_checkpoint_holds_the_adapters_and_never_loads_half_adapted(
-    adapted: PromptedTextEncoder, tmp_path: Path
-) -> None:
-    """An adapted network saves its adapters (not the LM). Weights with no adapters at all load as the
-    unadapted model (adapters zeroed); some adapters missing, or adapters for a bare network, is a mismatch."""
+def test_checkpoint_holds_the_student_and_never_loads_half_adapted(adapted: PromptedTextEncoder) -> None:
+    """An adapted network saves its student (adapters, prompt and [SEG] shifts; not the LM). Weights with no
+    student at all load as the plain model (student zeroed); part of a student missing, or a student for a
+    bare network, is a mismatch."""
     net = TextGuidedSegmenter(ContextUNet(channels=TINY, text_dim=adapted.width), adapted)
     state = net.state_dict()
-    adapters = [k for k in state if k.startswith("text.lm.")]
-    assert adapters and all("lora_" in k for k in adapters)
-    trained = {k: torch.ones_like(v) if "lora_B" in k else v for k, v in state.items()}
-    net.load_state_dict(trained)
-    assert net.text.encode(NOTES).sub(PromptedTextEncoder(None, 1, 2).encode(NOTES)).abs().max() > 1e-3
-    net.load_state_dict({k: v for k, v in state.items() if k not in adapters})
-    assert all(not net.state_dict()[k].any() for k in adapters if "lora_B" in k)
-    assert torch.allclose(net.text.encode(NOTES), PromptedTextEncoder(None, 1, 2).encode(NOTES), atol=1e-5)
-    with pytest.raises(RuntimeError, match="mismatch"):
-        net.load_state_dict({k: v for k, v in state.items() if k != adapters[0]})
+    student = [k for k in state if is_student_key(k)]
+    assert {"text.prompts_delta", "text.seg_delta"} <= set(student)
+    assert all("lora_" in k for k in state if k.startswith("text.lm."))  # the LM itself is not saved
+    free = ["s/p left lumpectomy, pN1a (2/12 nodes positive)"]
+    plain = PromptedTextEncoder(None, 1, 2).encode(free)
+    net.load_state_dict({k: torch.ones_like(v) if k in student and "lora_A" not in k else v for k, v in state.items()})
+    assert net.text.encode(free).sub(plain).abs().max() > 1e-3
+    net.load_state_dict({k: v for k, v in state.items() if k not in student})
+    assert all(not net.state_dict()[k].any() for k in student if "lora_A" not in k)
+    assert torch.allclose(net.text.encode(free), plain, atol=1e-5)
+    for part in (next(k for k in student if "lora_" in k), "text.prompts_delta"):
+        with pytest.raises(RuntimeError, match="mismatch"):
+            net.load_state_dict({k: v for k, v in state.items() if k != part})
     bare = TextGuidedSegmenter(ContextUNet(channels=TINY, text_dim=adapted.width), PromptedTextEncoder(None, 1, 2))
     with pytest.raises(RuntimeError, match="mismatch"):
         bare.load_state_dict(state)

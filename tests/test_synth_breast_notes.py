@@ -61,12 +61,12 @@ def test_free_text_evaluation_scores_dice_and_both_counterfactuals(breast_cohort
 def test_shipped_text_path_reads_raw_free_text_as_the_table5_note_of_its_fields() -> None:
     """Issue 36: the shipped model itself, not only the reader, is robust to paraphrase. Fed raw notes (no
     reader), its context lies nearest the context it gives the Table 5 note of the same fields for most
-    generated notes (2,000 measured: 93%, bundle card) and most hand-written ones the generator never
-    produced (106: 64%); the weights before the distillation read 2% and 4%."""
+    generated notes (2,000 measured: 96.6%, bundle card) and most hand-written ones the generator never
+    produced (106: 62%); the weights before the distillation read 2% and 4%."""
     from oncoplan.runtime.bundles import CTV_BUNDLE, shipped_bundles
     from oncoplan.training.ctv.free_text import text_path_reading
 
     fixture = Path(__file__).parent / "data" / "ctv_free_text_notes.json"
     result = text_path_reading(shipped_bundles() / CTV_BUNDLE, n=300, handwritten=fixture)
-    assert result["generated"]["accuracy"] >= 0.85
+    assert result["generated"]["accuracy"] >= 0.9
     assert result["handwritten"]["notes"] == 106 and result["handwritten"]["accuracy"] >= 0.55

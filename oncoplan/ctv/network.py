@@ -15,6 +15,8 @@ from monai.networks.blocks.unetr_block import UnetrUpBlock
 from monai.networks.nets.vista3d import PositionEmbeddingRandom, TwoWayTransformer
 from torch import nn
 
+from oncoplan.ctv.text_encoder import is_student_key
+
 
 class CrossBlock(nn.Module):
     """Text context (B, N, text_dim) x image features (B, C, *spatial) -> aligned image features."""
@@ -99,11 +101,12 @@ class TextGuidedSegmenter(nn.Module):
     def forward(self, image: torch.Tensor, notes: Sequence[str] | None = None) -> torch.Tensor:
         return self.unet(image, self.context(notes))
 
-    # Checkpoints hold what trains: the U-Net, prompts, [SEG] and any LoRA adapters of the LM; the
-    # LM itself is named by its path. A checkpoint with no adapters at all (saved before they existed:
-    # the data-efficiency models) loads into an adapted network with its adapters zeroed, which is
-    # exactly the unadapted model; some adapters missing, or adapters the config lacks, is refused under
-    # strict loading (the default everywhere here), never run half-adapted.
+    # Checkpoints hold what trains: the U-Net, prompts, [SEG] and, with `lora_rank`, the student route
+    # (LoRA adapters of the LM, prompt and [SEG] shifts); the LM itself is named by its path. A checkpoint
+    # with no student at all (saved before it existed, e.g. the data-efficiency models, or with it left
+    # out on purpose: the distillation's start) loads with the student zeroed, which is exactly the plain
+    # model; part of a student missing, or a student the config lacks, is refused under strict loading
+    # (the default everywhere here), never run half-adapted.
     def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):  # type: ignore[override]
         state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
         for key in [k for k in state if _frozen_lm_key(k, prefix)]:
@@ -112,10 +115,10 @@ class TextGuidedSegmenter(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        adapters = [k for k in self.state_dict() if k.startswith("text.lm.")]
-        if adapters and not any(k in state_dict for k in adapters):
-            _zero_adapters(self)
-            result.missing_keys[:] = [k for k in result.missing_keys if k not in adapters]
+        student = [k for k in self.state_dict() if is_student_key(k)]
+        if student and not any(k in state_dict for k in student):
+            _zero_student(self)
+            result.missing_keys[:] = [k for k in result.missing_keys if k not in student]
         missing = [k for k in result.missing_keys if not _frozen_lm_key(k)]
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(f"checkpoint mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
@@ -127,8 +130,8 @@ def _frozen_lm_key(key: str, prefix: str = "") -> bool:
 
 
 @torch.no_grad()
-def _zero_adapters(module: nn.Module) -> None:
-    """LoRA's B matrices to zero: each adapter then adds nothing to its layer."""
+def _zero_student(module: nn.Module) -> None:
+    """LoRA's B matrices and the prompt/[SEG] shifts to zero: the student route is then the plain encoder."""
     for name, param in module.named_parameters():
-        if "lora_B" in name:
+        if is_student_key(name) and "lora_A" not in name:
             param.zero_()

@@ -9,12 +9,15 @@ The [SEG] input embedding *trains* here (the released code froze it, which leave
 added token at its random initialisation): it is a separate parameter, so the LM's own
 embedding matrix stays frozen and untouched.
 
-`lora_rank` > 0 adds low-rank adapters (PEFT's LoRA) to the LM's linear layers: the base weights
-stay frozen and out of checkpoints, the adapters are saved with the prompts. They are trained only by
-the paraphrase distillation (oncoplan.training.ctv.paraphrase), to give a free-text note the context of
-the Table 5 note of the same fields; a note that *is* a Table 5 note (what the app's reader renders and
-the U-Net was trained on) runs with the adapters off, so its context is exactly the one the U-Net
-learned, whatever the adapters became.
+`lora_rank` > 0 gives the encoder a second route for free text, the *student*: low-rank adapters
+(PEFT's LoRA) on the LM's linear layers, and prompts and [SEG] of its own, held as shifts from the
+trained ones (`prompts_delta`, `seg_delta`). All start at zero, so the student starts as the plain
+encoder; the base LM stays frozen and out of checkpoints, the student's tensors are saved with the
+prompts. Only the paraphrase distillation (oncoplan.training.ctv.paraphrase) trains them, to give a
+free-text note the context of the Table 5 note of the same fields. A note that *is* a Table 5 note (what
+the app's reader renders and the U-Net was trained on) takes the other route, adapters off and the
+trained prompts and [SEG] as they are, so its context is exactly the one the U-Net learned, whatever
+the student became.
 """
 
 from __future__ import annotations
@@ -102,6 +105,11 @@ def add_lora(lm: nn.Module, rank: int) -> None:
     lm.requires_grad_(False)
 
 
+def is_student_key(name: str) -> bool:
+    """A parameter (or state-dict key) of the student route: a LoRA adapter or a prompt/[SEG] shift."""
+    return "lora_" in name or name.endswith(("prompts_delta", "seg_delta"))
+
+
 def is_table5(note: str) -> bool:
     """The note is exactly a Table 5 note as `format_note` writes it (what the U-Net was trained on)."""
     from oncoplan.ctv.notes import format_note, parse_note
@@ -148,6 +156,12 @@ class PromptedTextEncoder(nn.Module):
         ]
         self.prompts = nn.Parameter(init.clone())
         self.seg = nn.Parameter(embed.mean(0, keepdim=True).clone(), requires_grad=train_seg_token)
+        self.train_seg_token = train_seg_token
+        if lora_rank:
+            # Shifts, not copies: zero is "the student uses the trained prompts", whatever train.json makes
+            # of them; frozen like the adapters (only the distillation trains them).
+            self.prompts_delta = nn.Parameter(torch.zeros_like(self.prompts), requires_grad=False)
+            self.seg_delta = nn.Parameter(torch.zeros_like(self.seg), requires_grad=False)
         self.max_note_tokens = max_note_tokens
         self.n_prompts = n_prompts
         self.standardize = ContextStandardizer(n_prompts, self.width)
@@ -183,31 +197,40 @@ class PromptedTextEncoder(nn.Module):
                 out[index] = self.standardize(self.encode([notes[i] for i in index], adapters=adapters))
         return out
 
+    def student_parameters(self) -> dict[str, nn.Parameter]:
+        """What the distillation trains: the adapters and the student's prompt and [SEG] shifts (no [SEG] shift
+        where the config keeps [SEG] frozen, `train_seg_token` false)."""
+        keep_seg = self.train_seg_token
+        return {n: p for n, p in self.named_parameters() if is_student_key(n) and (keep_seg or n != "seg_delta")}
+
     def adapter_layers(self) -> list[nn.Module]:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         return [m for m in self.lm.modules() if isinstance(m, BaseTunerLayer)]
 
     def encode(self, notes: list[str], adapters: bool = True) -> torch.Tensor:
-        """The raw [SEG] hidden states, (batch, n_prompts, width); `adapters=False` runs the bare LM."""
-        layers = self.adapter_layers() if self.lora_rank and not adapters else []
+        """The raw [SEG] hidden states, (batch, n_prompts, width); `adapters=False` runs the trained prompts
+        and [SEG] through the bare LM, `adapters=True` (with `lora_rank`) the student's route."""
+        if self.lora_rank and adapters:
+            return self._encode(notes, self.prompts + self.prompts_delta, self.seg + self.seg_delta)
+        layers = self.adapter_layers() if self.lora_rank else []
         trains = {p: p.requires_grad for layer in layers for p in layer.parameters()}
         for layer in layers:
             layer.enable_adapters(False)
         try:
-            return self._encode(notes)
+            return self._encode(notes, self.prompts, self.seg)
         finally:
             for layer in layers:
                 layer.enable_adapters(True)
             for param, requires_grad in trains.items():  # PEFT's enable_adapters unfreezes them
                 param.requires_grad_(requires_grad)
 
-    def _encode(self, notes: list[str]) -> torch.Tensor:
+    def _encode(self, notes: list[str], prompts: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         ids, prefix, suffix = self._tokens(notes)
-        device = self.prompts.device
+        device = prompts.device
         table = self.lm.get_input_embeddings()
         dtype = table.weight.dtype
-        lengths = [len(prefix) + self.prompts.shape[1] + len(n) + 1 + len(suffix) for n in ids]
+        lengths = [len(prefix) + prompts.shape[1] + len(n) + 1 + len(suffix) for n in ids]
         width = max(lengths)
         pad = self.tokenizer.pad_token_id
         sequences, masks, seg_at = [], [], []
@@ -218,9 +241,9 @@ class PromptedTextEncoder(nn.Module):
             body = table(note_ids[len(prefix) :])
             tail = table(tail_ids)
             for p in range(self.n_prompts):
-                sequences.append(torch.cat([head, self.prompts[p].to(dtype), body, self.seg.to(dtype), tail]))
+                sequences.append(torch.cat([head, prompts[p].to(dtype), body, seg.to(dtype), tail]))
                 masks.append(torch.tensor([1] * length + [0] * (width - length), device=device))
-                seg_at.append(len(prefix) + self.prompts.shape[1] + len(note))
+                seg_at.append(len(prefix) + prompts.shape[1] + len(note))
         out = self._hidden(torch.stack(sequences), torch.stack(masks))
         hidden = out[torch.arange(len(seg_at), device=device), torch.tensor(seg_at, device=device)]
         return hidden.float().reshape(len(notes), self.n_prompts, self.width)

@@ -1,4 +1,5 @@
-"""A text path robust to paraphrase: the context of a Table 5 note, distilled into LoRA adapters.
+"""A text path robust to paraphrase: the context of a Table 5 note, distilled into a student route (LoRA
+adapters and prompt shifts) of the text encoder.
 
 The U-Net was trained on contexts of Table 5 notes ("N1, breast conserving surgery, left side").
 Fed the same fields written as a clinician writes them, the frozen LM's [SEG] read-out drifts far
@@ -6,30 +7,32 @@ from that context and the U-Net misreads it (Dice 0.285 instead of 0.917, bundle
 the whole network on paraphrased notes against the CT (tried 2026-12-07) let it lean on the image
 instead of the text. Here the text encoder alone learns, against its own context:
 
-- the teacher is the trained text encoder (frozen LM, prompts, [SEG], standardiser) with its adapters
-  off, fed the Table 5 note of the fields: exactly what the U-Net was trained on;
-- the student is the same encoder with its LoRA adapters on (`lora_rank` in the inference config; the
-  prompts and [SEG] stay the teacher's, only the adapters train); fed a generated free-text note of the
-  fields (training/synth/breast_notes.py) and the Table 5 note itself, it learns to give the teacher's
-  Table 5 context for both (mean squared error in the standardised context space, where one unit is the
-  spread across notes), so what the U-Net sees does not depend on the wording. An exact Table 5 note runs
-  with the adapters off at inference (PromptedTextEncoder.forward), so
-  the template path stays as it was. A contrastive term (cross-entropy over the negative distances to
-  every Table 5 note's teacher context, `contrast_weight`, `temperature` in mean-squared units) pulls
-  the free-text context away from the Table 5 notes of other fields: bilateral notes that differ in
-  one side's N stage lie 0.02-0.07 apart in the teacher's own contexts, where the mean squared error
-  alone converges slowly.
+- the teacher is the trained text encoder (frozen LM, prompts, [SEG], standardiser) on its plain route,
+  fed the Table 5 note of the fields: exactly what the U-Net was trained on;
+- the student is the same encoder on its student route (`lora_rank` in the inference config): LoRA
+  adapters on the LM and shifts of the prompts and [SEG], all starting at zero, so the student starts as
+  the teacher; only they train. Fed a generated free-text note of the fields
+  (training/synth/breast_notes.py) and the Table 5 note itself, it learns to give the teacher's Table 5
+  context for both (mean squared error in the standardised context space, where one unit is the spread
+  across notes), so what the U-Net sees does not depend on the wording. An exact Table 5 note takes the
+  teacher's route at inference (PromptedTextEncoder.forward), so the template path stays as it was
+  whatever the student learns (training the prompts themselves moved 9 of the 120 Table 5 contexts
+  nearer another note's, 2026-12-07; the shifts leave them where they were). A contrastive term
+  (cross-entropy over the negative distances to every Table 5 note's teacher context,
+  `contrast_weight`, `temperature` in mean-squared units) pulls the free-text context away from the
+  Table 5 notes of other fields: bilateral notes that differ in one side's N stage lie 0.02-0.07 apart
+  in the teacher's own contexts, where the mean squared error alone converges slowly.
 
-The U-Net and the standardiser's statistics are not touched. The fields are drawn half from the
-synthetic sites' class mix and half uniformly over every side x surgery x N stage (bilateral
-included), so every Table 5 note is seen. Progress is the nearest-template accuracy on held-out
+The U-Net, the teacher's prompts and [SEG] and the standardiser's statistics are not touched. The
+fields are drawn half from the synthetic sites' class mix and half uniformly over every side x surgery
+x N stage (bilateral included), so every Table 5 note is seen. Progress is the nearest-template accuracy on held-out
 generated notes: the share whose context lies nearest the teacher's context of their own fields
 among every Table 5 note; the best state by it is kept.
 
 Run as the bundle's `configs/paraphrase.json`, merged with `configs/inference.json` (the network's
-single definition), from `--init_ckpt` (default the bundle's model.pt). Since the teacher is the encoder
-with its adapters off, distilling again (after a fine-tune by train.json, which never trains the
-adapters) targets that model's own Table 5 contexts and does not compound earlier distillations.
+single definition), from `--init_ckpt` (default the bundle's model.pt). The student in that checkpoint
+is left out: every run starts from the teacher alone, so distilling again (after a fine-tune by
+train.json, which never trains the student) gives the same student as distilling train.json's weights.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ import numpy as np
 import torch
 
 from oncoplan.ctv.notes import N_STAGES, SIDES, SURGERY_TEXT, SideNote, format_note
-from oncoplan.runtime.bundles import with_weights
+from oncoplan.ctv.text_encoder import is_student_key
+from oncoplan.runtime.bundles import checkpoint_state
 from oncoplan.training.synth.breast import SITES, T_STAGES, sample_record
 from oncoplan.training.synth.breast_notes import free_text_note
 
@@ -154,14 +158,15 @@ def distil(
     seed: int = 100,
     curve_path: str | Path | None = None,
 ) -> dict:
-    """Train the adapters, prompts and [SEG] of `network.text`; write the whole network's weights."""
+    """Train the student route of `network.text` (adapters, prompt and [SEG] shifts) from zero; write the
+    whole network's weights."""
     torch.manual_seed(seed)
-    with_weights(network, init_ckpt)
     if not getattr(network.text, "lora_rank", 0):
         raise ValueError("the network's text encoder has no adapters: set lora_rank in the inference config")
+    # The checkpoint's student is left out: the network then loads with a zero student (= the teacher).
+    network.load_state_dict({k: v for k, v in checkpoint_state(init_ckpt).items() if not is_student_key(k)})
     encoder = network.text.eval()  # eval: the standardiser's statistics stay the U-Net's (grads still flow)
-    # The teacher is the same encoder with its adapters off: the Table 5 contexts the U-Net was trained on,
-    # whatever adapters the starting checkpoint has (a second distillation does not drift).
+    # The teacher is the same encoder on its plain route: the Table 5 contexts the U-Net was trained on.
     targets = Targets(lambda notes: encoder.standardize(encoder.encode(notes, adapters=False)))
 
     def student(notes: list[str]) -> torch.Tensor:
@@ -169,7 +174,7 @@ def distil(
 
     val_free, val_table5 = draw_pairs(np.random.default_rng(seed + 1), eval_notes)
     encoder.requires_grad_(False)
-    params = [p for n, p in encoder.named_parameters() if "lora_" in n]  # prompts and [SEG] stay the teacher's
+    params = list(encoder.student_parameters().values())
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
@@ -184,7 +189,7 @@ def distil(
     start = text_path_accuracy(student, targets, val_free, val_table5)
     curve = [{"step": 0, "loss": None, "val_accuracy": start["accuracy"], "val_mse": start["mse"], "seconds": 0.0}]
     LOG.info("step 0: held-out nearest-template accuracy %.3f, context MSE %.3f", start["accuracy"], start["mse"])
-    best = (start["accuracy"], -start["mse"], 0, _adapter_state(encoder))
+    best = (start["accuracy"], -start["mse"], 0, _student_state(encoder))
     began, running = time.monotonic(), []
     for step in range(1, steps + 1):
         free, table5 = draw_pairs(rng, batch_size)
@@ -214,7 +219,7 @@ def distil(
                 step, steps, row["loss"], val["accuracy"], val["mse"], row["seconds"],
             )  # fmt: skip
             if (val["accuracy"], -val["mse"]) > best[:2]:
-                best = (val["accuracy"], -val["mse"], step, _adapter_state(encoder))
+                best = (val["accuracy"], -val["mse"], step, _student_state(encoder))
     with torch.no_grad():
         for name, param in encoder.named_parameters():
             if name in best[3]:
@@ -228,8 +233,8 @@ def distil(
     return summary
 
 
-def _adapter_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.named_parameters() if "lora_" in k}
+def _student_state(encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in encoder.student_parameters().items()}
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
