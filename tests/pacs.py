@@ -32,9 +32,14 @@ ORTHANC = shutil.which("Orthanc")
 
 def dcmtk(tool: str) -> str:
     """dcmtk's `tool` (storescu, storescp, echoscu), never pynetdicom's Python apps of the same
-    names, which an activated virtual environment puts first on PATH."""
+    names, which an activated virtual environment puts first on PATH: ours, or another one activated in
+    the shell that started the tests (a CI run of a fresh clone from a developer's shell)."""
     venv_bin = Path(sys.prefix) / "bin"
-    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if Path(d) != venv_bin)
+
+    def venv(d: str) -> bool:
+        return Path(d) == venv_bin or (Path(d).parent / "pyvenv.cfg").exists()
+
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not venv(d))
     found = shutil.which(tool, path=path)
     if found is None:
         raise FileNotFoundError(f"dcmtk's {tool} is not installed (Debian package dcmtk; ./run setup installs it)")

@@ -1,5 +1,6 @@
 """The free-text note reader: hand-written notes (tests/data/ctv_free_text_notes.json, written by hand,
-not by the synthetic generator), the Table 5 form read as itself, refusals as one line."""
+not by the synthetic generator; tests/data/ctv_free_text_notes_unseen.json, by a writer who had seen neither),
+the Table 5 form read as itself, refusals as one line."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from oncoplan.ctv.note_reader import interpretation, read_note
 from oncoplan.ctv.notes import calibration_notes, format_note, parse_note
 from oncoplan.errors import InputError
 
-NOTES = json.loads((Path(__file__).parent / "data" / "ctv_free_text_notes.json").read_text())["notes"]
+DATA = Path(__file__).parent / "data"
+NOTES = [
+    note
+    for name in ("ctv_free_text_notes.json", "ctv_free_text_notes_unseen.json")
+    for note in json.loads((DATA / name).read_text())["notes"]
+]
 
 
 def test_fixture_is_big_and_hostile() -> None:

@@ -40,12 +40,15 @@ surgeries and stages ("no mastectomy", "not node positive", "declined mastectomy
 its sentence that is not "asked if", or before one in its clause) do not count; a status word reaches the
 surgery right after it, or past a comma unless another treatment follows it ("s/p mastectomy, planned PMRT"
 is a mastectomy done; "mastectomy, planned for 5/2026" is not). Node counts: "2/12 nodes positive", "3/15 LN+", "1 of 3
-SLN with micromets", "0/2 SLN", "SLNB 0/2" (positive/examined); "further" / "non-sentinel" nodes add to the
+SLN with micromets", "Eleven of nineteen nodes involved" (words up to twenty), "0/2 SLN", "SLNB 0/2"
+(positive/examined); "further" / "non-sentinel" nodes add to the
 first count; a count of nodes with isolated tumour cells is not a positive count; dates ("10/03/2025") are not
 counts; a fraction after an axillary procedure with no ':' and no node word ("SLNB 3/5", "ALND 4/9") that may
 be a day/month, month/day or month/two-digit year is read both ways (0/n is a count: there is no day or month
 0). One-letter typos of lumpectomy/mastectomy/quadrantectomy ("lumpectmy", "mastecomy") and swapped letters of
-a side ("rigth") are read as the word. English only.
+a side ("rigth") are read as the word; "Lft"/"Rgt" before a breast word are sides, and a lower-case "pn0" or
+"ypn1" a stage (only after a lower-case p: "CN2" is a cranial nerve). A micrometastasis said to be absent ("no
+micrometastases", the synoptic "Number with micrometastases: 0") is none. English only.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ _SEQUENCE = re.compile(
 
 _SIDE_WORD = re.compile(
     r"\b(?P<w>left|right|bilateral(?:ly)?|both (?:breasts|sides|chest walls))\b|"
-    r"\b(?P<ab>lt|rt|l|r)\b\.?(?=\s*(?:breast|bcs|bct|wle|lumpectomy|mastectomy|tm|mrm|ssm|nsm|chest|axill|side|"
+    r"\b(?P<ab>lft|rgt|lt|rt|l|r)\b\.?(?=\s*(?:breast|bcs|bct|wle|lumpectomy|mastectomy|tm|mrm|ssm|nsm|chest|axill|side|"
     r"sided|quadrant|uo|ui|lo|li|sn|slnb|sentinel|-sided|nipple|skin|total|simple|modified|radical|partial|segment|"
     r"quadrantectomy|wide|completion|\)))|"
     r"\((?P<par>l|r|lt|rt)\)|"
@@ -215,6 +218,20 @@ _N_RE = re.compile(
     r"(?=M[0-1xX]|[^A-Za-z0-9]|$)",
 )
 _T_RE = re.compile(r"(?<![A-Za-z])(?:y?[cpr]?|[cp]?y)T(?P<t>is|[0-4])(?P<sub>[a-d]|mi)?(?=N|M|\b|\()")
+_NUMBER_WORDS = [
+    *("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"),
+    *("eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"),
+]
+_WORD_NUM = {"no": 0, "none": 0} | {w: i for i, w in enumerate(_NUMBER_WORDS)}
+_WORDS = "|".join(sorted(_WORD_NUM, key=len, reverse=True))  # longest first: "seventeen" before "seven"
+
+
+def _number(word: str) -> int:
+    """A node count written in digits or in words ("Eleven of nineteen nodes involved")."""
+    word = word.lower()
+    return _WORD_NUM[word] if word in _WORD_NUM else int(word)
+
+
 # Node counts are positive/examined. A fraction inside a date ("10/03/2025", "1/2/25") is not one.
 _NODE = r"(?:nodes?|lns?|slns?|sns?)"
 _POSITIVE = r"(?:\b(?:positive|involved|pos|(?:micro|macro)-?met\w*|metasta\w*|mets?)\b|\+(?:ve\b)?)"
@@ -226,8 +243,8 @@ _COUNT_RE = re.compile(
     re.IGNORECASE,
 )
 _COUNT_RE2 = re.compile(
-    r"\b(?P<pos>\d{1,2}|no|none|zero|one|two|three|four|five)\s+(?:(?:positive|involved)\s+)?"
-    r"(?:of|out of|/)\s+(?P<tot>\d{1,2})\s+(?:sentinel |axillary |lymph )*(?:nodes?|lns?|slns?)\s+"
+    r"\b(?P<pos>\d{1,2}|" + _WORDS + r")\s+(?:(?:positive|involved)\s+)?"
+    r"(?:of|out of|/)\s+(?P<tot>\d{1,2}|" + _WORDS + r")\s+(?:sentinel |axillary |lymph )*(?:nodes?|lns?|slns?)\s+"
     r"(?:were |was )?(?:positive|involved)",
     re.IGNORECASE,
 )
@@ -263,10 +280,21 @@ _NODE_POS = re.compile(
 )
 _MICRO = re.compile(r"\bmicro[- ]?met(?:asta\w*|s?\b)", re.IGNORECASE)
 _ITC = re.compile(r"\bisolated tumou?r cells\b|\bitcs?\b", re.IGNORECASE)
+# A finding said to be absent: "no micrometastases", "negative for micrometastasis", and the synoptic
+# "Number with micrometastases: 0".
+_ABSENT_BEFORE = re.compile(r"\b(?:no|without|negative for|free of)\s+(?:\w+\s+){0,2}$", re.IGNORECASE)
+_ABSENT_AFTER = re.compile(
+    r"^\w*\s*(?:[:=]\s*)?(?:0|none|nil|absent|not (?:seen|identified|present))\b(?![/.]\d)", re.IGNORECASE
+)
+
+
+def _absent(m: re.Match, sent: str) -> bool:
+    return bool(_ABSENT_BEFORE.search(sent[max(0, m.start() - 40) : m.start()]) or _ABSENT_AFTER.match(sent[m.end() :]))
+
+
 # Words one edit away (a letter missing, extra, wrong, or two swapped) are read as these; a side word only with
 # two letters swapped ("rigth"): one edit of "right" is also "light", "night".
 _SPELLED = ("lumpectomy", "mastectomy", "quadrantectomy")
-_WORD_NUM = {"no": 0, "none": 0, "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 
 
 @dataclass
@@ -346,6 +374,7 @@ def interpretation(sides) -> str:
 def _normalise(text: str) -> str:
     text = str(text).replace("\u2013", "-").replace("\u2014", "-").replace("\u2011", "-").replace("\u00a0", " ")
     text = re.sub(r"\bs/p\b|\bstatus post\b", "status-post", text, flags=re.IGNORECASE)
+    text = re.sub(r"\b(y?p)n(?=[0-3xX])", r"\1N", text)  # "pn0(i+)": lower case written for pN0(i+)
     return re.sub(r"[A-Za-z]{4,16}", _spelled, text)
 
 
@@ -583,10 +612,9 @@ def _read(text: str, where: str) -> NoteReading:
                 if any(m.start() < b and a < m.end() for a, b in counted):
                     continue
                 counted.append((m.start(), m.end()))
-                raw = m.group("pos").lower()
-                pos = _WORD_NUM[raw] if raw in _WORD_NUM else int(raw)
-                maybe = rx is _COUNT_AFTER and _maybe_date(m, sent, pos, int(m.group("tot")))
-                if pos > int(m.group("tot")):
+                pos, tot = _number(m.group("pos")), _number(m.group("tot"))
+                maybe = rx is _COUNT_AFTER and _maybe_date(m, sent, pos, tot)
+                if pos > tot:
                     if maybe:  # "ALND 12/3": a date
                         continue
                     raise InputError(f"{where}: node count {m.group(0)!r} has more positive nodes than examined")
@@ -603,7 +631,8 @@ def _read(text: str, where: str) -> NoteReading:
             if not any(f.kind == "n" and f.sentence == si and f.start <= m.start() < f.start + 40 for f in facts):
                 facts.append(fact("pos", "positive", m.start()))
         for m in _MICRO.finditer(sent):
-            facts.append(fact("micro", "N1mi", m.start()))
+            if not _absent(m, sent):
+                facts.append(fact("micro", "N1mi", m.start()))
         for m in _ITC.finditer(sent):
             facts.append(fact("itc", "N0", m.start()))
 
