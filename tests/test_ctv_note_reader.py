@@ -98,3 +98,29 @@ def test_laterality_forms(text: str, side: str) -> None:
 )
 def test_n_stage_forms(text: str, stage: str) -> None:
     assert read_note(text).sides[0].n_stage == stage
+
+
+@pytest.mark.parametrize(
+    ("text", "stage"),
+    [
+        ("Left mastectomy, no micrometastases, pN2a", "N2"),
+        ("Left lumpectomy: no evidence of micrometastases; pN0", "N0"),
+        ("Left lumpectomy, no nodal micrometastases, pN0", "N0"),
+        ("Left lumpectomy. Micrometastases: none. pN0", "N0"),
+        ("Left lumpectomy. Micrometastases: 0/2. pN0", "N0"),
+        ("Left mastectomy. Number examined: 17; Number with micrometastases: 0. pT2 pN2a", "N2"),
+        ("Left lumpectomy, no macrometastases but micrometastases in 1/2 SLN", "N1mi"),
+        ("Left lumpectomy. Number with micrometastases: 1. Number examined: 2. pN1mi", "N1mi"),
+        ("Left lumpectomy, micrometastasis: 0.8 mm in 1/2 SLN", "N1mi"),
+    ],
+)
+def test_a_micrometastasis_said_absent_is_none_and_one_present_still_counts(text: str, stage: str) -> None:
+    """The synoptic "Number with micrometastases: 0" and "no micrometastases" name none (a third writer's note was
+    refused for it); a "no" before another finding ("no macrometastases but micrometastases") or a size
+    ("0.8 mm") does not make a present one absent."""
+    assert read_note(text).sides[0].n_stage == stage
+
+
+def test_a_micrometastasis_beside_pn0_is_still_refused_not_guessed() -> None:
+    with pytest.raises(InputError, match="micrometastasis is mentioned"):
+        read_note("Left lumpectomy with micrometastases, pN0", where="--note")

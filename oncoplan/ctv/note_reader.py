@@ -281,10 +281,13 @@ _NODE_POS = re.compile(
 _MICRO = re.compile(r"\bmicro[- ]?met(?:asta\w*|s?\b)", re.IGNORECASE)
 _ITC = re.compile(r"\bisolated tumou?r cells\b|\bitcs?\b", re.IGNORECASE)
 # A finding said to be absent: "no micrometastases", "negative for micrometastasis", and the synoptic
-# "Number with micrometastases: 0".
-_ABSENT_BEFORE = re.compile(r"\b(?:no|without|negative for|free of)\s+(?:\w+\s+){0,2}$", re.IGNORECASE)
+# "Number with micrometastases: 0", "Micrometastases: 0/2" (not "0.8 mm": a size).
+_ABSENT_BEFORE = re.compile(
+    r"\b(?:no|without|negative for|free of)\s+(?:(?:evidence of|any|definite|definitive|residual|nodal)\s+){0,2}$",
+    re.IGNORECASE,
+)
 _ABSENT_AFTER = re.compile(
-    r"^\w*\s*(?:[:=]\s*)?(?:0|none|nil|absent|not (?:seen|identified|present))\b(?![/.]\d)", re.IGNORECASE
+    r"^\w*\s*(?:[:=]\s*)?(?:0|none|nil|absent|not (?:seen|identified|present))\b(?!\.\d)", re.IGNORECASE
 )
 
 
