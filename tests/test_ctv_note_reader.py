@@ -124,3 +124,35 @@ def test_a_micrometastasis_said_absent_is_none_and_one_present_still_counts(text
 def test_a_micrometastasis_beside_pn0_is_still_refused_not_guessed() -> None:
     with pytest.raises(InputError, match="micrometastasis is mentioned"):
         read_note("Left lumpectomy with micrometastases, pN0", where="--note")
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("Left lumpectomy, 1/2 SLN micromet nil ECE", [("left", "BCS", "N1mi")]),
+        ("Left WLE, micrometastasis not identified on H&E but present on IHC in 1/2 SLN", [("left", "BCS", "N1mi")]),
+        ("Left lumpectomy, micrometastasis nil ECE, pN0", "micrometastasis is mentioned"),
+        ("Left lumpectomy, twenty-six of 30 nodes positive", "no N stage"),
+        ("Left lumpectomy, not one of twelve nodes involved", "no N stage"),
+        ("Left lumpectomy, if two of three nodes were involved ALND would follow", "no N stage"),
+        ("Left mastectomy, two of four sentinel nodes and three of eight axillary nodes positive", "cannot tell what"),
+        ("Left WLE, one of two nodes positive; ALND: five of ten further nodes positive", [("left", "BCS", "N2")]),
+        ("Right mastectomy and axillary clearance. Eleven of nineteen nodes involved.", [("right", "TM", "N3")]),
+        ("Left lumpectomy, pn2 pump for pain", "no N stage"),
+        ("lt bcs pn0(i+)", [("left", "BCS", "N0")]),
+        ("Lumpectomy, pN0. Bloods normal (FBC, U&E, LFT)", "names no side"),
+        ("Lumpectomy, pN0. lft side of the bed", "names no side"),
+        ("Right lumpectomy, pN0. Bloods (FBC, LFT)", [("right", "BCS", "N0")]),
+        ("Lft mastecotmy, 6/11 axillary LN positive. Plan PMRT.", [("left", "TM", "N2")]),
+    ],
+)
+def test_what_the_third_writers_notes_taught_the_reader_misreads_nothing(text: str, want: list | str) -> None:
+    """Spelled-out counts, lower-case stages, 'Lft' and absent micrometastases are read (a third writer's notes were
+    refused for them); a hostile review's notes against those rules are read right or refused, never misread:
+    'nil ECE' after a micrometastasis, 'twenty-six', 'not one of', 'if', two counts where one is unread,
+    'pn2 pump', 'LFT' (liver function tests)."""
+    if isinstance(want, str):
+        with pytest.raises(InputError, match=want):
+            read_note(text, where="--note")
+    else:
+        assert [(s.side, s.surgery, s.n_stage) for s in read_note(text).sides] == want

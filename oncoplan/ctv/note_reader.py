@@ -41,14 +41,17 @@ its sentence that is not "asked if", or before one in its clause) do not count; 
 surgery right after it, or past a comma unless another treatment follows it ("s/p mastectomy, planned PMRT"
 is a mastectomy done; "mastectomy, planned for 5/2026" is not). Node counts: "2/12 nodes positive", "3/15 LN+", "1 of 3
 SLN with micromets", "Eleven of nineteen nodes involved" (words up to twenty), "0/2 SLN", "SLNB 0/2"
-(positive/examined); "further" / "non-sentinel" nodes add to the
+(positive/examined; not after "not", "if", "fewer than", "level": "not one of 12 nodes"; a count of nodes the
+patterns do not read, in a sentence that says some are positive and gives no stage, is refused); "further" /
+"non-sentinel" nodes add to the
 first count; a count of nodes with isolated tumour cells is not a positive count; dates ("10/03/2025") are not
 counts; a fraction after an axillary procedure with no ':' and no node word ("SLNB 3/5", "ALND 4/9") that may
 be a day/month, month/day or month/two-digit year is read both ways (0/n is a count: there is no day or month
 0). One-letter typos of lumpectomy/mastectomy/quadrantectomy ("lumpectmy", "mastecomy") and swapped letters of
-a side ("rigth") are read as the word; "Lft"/"Rgt" before a breast word are sides, and a lower-case "pn0" or
-"ypn1" a stage (only after a lower-case p: "CN2" is a cranial nerve). A micrometastasis said to be absent ("no
-micrometastases", the synoptic "Number with micrometastases: 0") is none. English only.
+a side ("rigth") are read as the word; "Lft"/"Rgt" (not "LFT", liver function tests) before a breast or surgery
+word are sides; in a note typed all in lower case, "pn0" or "ypn1" is a stage. A micrometastasis said to be absent
+("no micrometastases", the synoptic "Number with micrometastases: 0" whose value ends the item) is none. English
+only.
 """
 
 from __future__ import annotations
@@ -157,7 +160,9 @@ _SEQUENCE = re.compile(
 
 _SIDE_WORD = re.compile(
     r"\b(?P<w>left|right|bilateral(?:ly)?|both (?:breasts|sides|chest walls))\b|"
-    r"\b(?P<ab>lft|rgt|lt|rt|l|r)\b\.?(?=\s*(?:breast|bcs|bct|wle|lumpectomy|mastectomy|tm|mrm|ssm|nsm|chest|axill|side|"
+    r"\b(?P<lft>(?-i:[Ll]ft|[Rr]gt))\b(?=\s*(?:breast|chest|axill|sided|-sided|bcs|wle|lumpectomy|mastectomy|"
+    r"mrm|ssm|nsm|wide|partial|completion|total|simple|modified|radical)\b)|"
+    r"\b(?P<ab>lt|rt|l|r)\b\.?(?=\s*(?:breast|bcs|bct|wle|lumpectomy|mastectomy|tm|mrm|ssm|nsm|chest|axill|side|"
     r"sided|quadrant|uo|ui|lo|li|sn|slnb|sentinel|-sided|nipple|skin|total|simple|modified|radical|partial|segment|"
     r"quadrantectomy|wide|completion|\)))|"
     r"\((?P<par>l|r|lt|rt)\)|"
@@ -243,11 +248,26 @@ _COUNT_RE = re.compile(
     re.IGNORECASE,
 )
 _COUNT_RE2 = re.compile(
-    r"\b(?P<pos>\d{1,2}|" + _WORDS + r")\s+(?:(?:positive|involved)\s+)?"
-    r"(?:of|out of|/)\s+(?P<tot>\d{1,2}|" + _WORDS + r")\s+(?:sentinel |axillary |lymph )*(?:nodes?|lns?|slns?)\s+"
+    r"(?<!-)(?<!ty )\b(?P<pos>\d{1,2}|" + _WORDS + r")\s+(?:(?:positive|involved)\s+)?"
+    r"(?:of|out of|/)\s+(?P<tot>\d{1,2}|" + _WORDS + r")\s+"
+    r"(?:further |additional |non-?sentinel |other |sentinel |axillary |lymph )*(?:nodes?|lns?|slns?)\s+"
     r"(?:were |was )?(?:positive|involved)",
     re.IGNORECASE,
 )
+# Before a count, words that make it no count of positive nodes: negated, conditional, a bound, an axillary level.
+_NOT_A_COUNT = re.compile(
+    r"\b(?:not|no|if|unless|whether|fewer than|less than|more than|over|under|up to|at least|level)\s+"
+    r"(?:a single\s+)?$",
+    re.IGNORECASE,
+)
+# "2 of 4 sentinel nodes", "two of four axillary nodes": a count of nodes; one that no count pattern read, in a
+# sentence that says some nodes are positive, is refused (the positives may be more than the counts read).
+_COUNT_LIKE = re.compile(
+    r"(?<!-)(?<!ty )(?<![\d/.])\b(?:\d{1,2}|" + _WORDS + r")\s+(?:of|out of)\s+(?:\d{1,2}|" + _WORDS + r")\s+"
+    r"(?:[a-z-]+\s+){0,2}(?:nodes?|lns?|slns?)\b",
+    re.IGNORECASE,
+)
+_POSITIVE_RE = re.compile(_POSITIVE, re.IGNORECASE)
 _NEGATIVE_AFTER = r"(?!\s*(?:were |was |are |is )?(?:negative|benign|clear|free|-ve|without|no\b))"
 # "0/2 SLN", "3/15 further nodes": a fraction before a node word is a count without "positive".
 _COUNT_BARE = re.compile(
@@ -280,14 +300,15 @@ _NODE_POS = re.compile(
 )
 _MICRO = re.compile(r"\bmicro[- ]?met(?:asta\w*|s?\b)", re.IGNORECASE)
 _ITC = re.compile(r"\bisolated tumou?r cells\b|\bitcs?\b", re.IGNORECASE)
-# A finding said to be absent: "no micrometastases", "negative for micrometastasis", and the synoptic
-# "Number with micrometastases: 0", "Micrometastases: 0/2" (not "0.8 mm": a size).
+# A finding said to be absent: "no micrometastases", "negative for micrometastasis", and the synoptic item
+# "Number with micrometastases: 0", "Micrometastases: 0/2", ": none" whose value ends the item (not "micromet
+# nil ECE", "micrometastasis not identified on H&E but present on IHC", "0 on H&E, 1 on IHC").
 _ABSENT_BEFORE = re.compile(
     r"\b(?:no|without|negative for|free of)\s+(?:(?:evidence of|any|definite|definitive|residual|nodal)\s+){0,2}$",
     re.IGNORECASE,
 )
 _ABSENT_AFTER = re.compile(
-    r"^\w*\s*(?:[:=]\s*)?(?:0|none|nil|absent|not (?:seen|identified|present))\b(?!\.\d)", re.IGNORECASE
+    r"^\w*\s*[:=]\s*(?:0(?:\s*/\s*\d{1,2})?|none|nil|absent)\s*(?=[.;,\n](?!\d)|$)", re.IGNORECASE
 )
 
 
@@ -377,7 +398,8 @@ def interpretation(sides) -> str:
 def _normalise(text: str) -> str:
     text = str(text).replace("\u2013", "-").replace("\u2014", "-").replace("\u2011", "-").replace("\u00a0", " ")
     text = re.sub(r"\bs/p\b|\bstatus post\b", "status-post", text, flags=re.IGNORECASE)
-    text = re.sub(r"\b(y?p)n(?=[0-3xX])", r"\1N", text)  # "pn0(i+)": lower case written for pN0(i+)
+    if not re.search(r"[A-Z]", text):  # a note typed in lower case: "lt bcs pn0(i+)" is pN0(i+)
+        text = re.sub(r"(?<![\w/.:-])(y?p)n(?=[0-3x](?:[a-c]|mi|\(|\s|[,;.]|$))", r"\1N", text)
     return re.sub(r"[A-Za-z]{4,16}", _spelled, text)
 
 
@@ -422,7 +444,7 @@ def _side_word(m: re.Match, text: str) -> tuple[str, ...] | None:
     """The sides a `_SIDE_WORD` match names, or None where it is not about a breast: the heart or a limb ("left
     ventricle", "right-handed"), bilateral imaging or adnexa, or "RT" in capitals (radiotherapy: "adjuvant
     RT)"; the side is written "Rt", "R" or "right"; where "RT" may be either, `read_note` reads both)."""
-    word = next(g for g in (m.group("w"), m.group("ab"), m.group("par"), m.group("q")) if g)
+    word = next(g for g in (m.group("w"), m.group("lft"), m.group("ab"), m.group("par"), m.group("q")) if g)
     after = text[m.end() :]
     if word == "RT" or _NOT_BREAST.match(after):
         return None
@@ -615,6 +637,8 @@ def _read(text: str, where: str) -> NoteReading:
                 if any(m.start() < b and a < m.end() for a, b in counted):
                     continue
                 counted.append((m.start(), m.end()))
+                if _NOT_A_COUNT.search(sent[max(0, m.start() - 30) : m.start()]):  # "not one of 12", "if 2 of 3"
+                    continue
                 pos, tot = _number(m.group("pos")), _number(m.group("tot"))
                 maybe = rx is _COUNT_AFTER and _maybe_date(m, sent, pos, tot)
                 if pos > tot:
@@ -628,6 +652,15 @@ def _read(text: str, where: str) -> NoteReading:
                 lead = re.split(r"[,;:(]", sent[max(0, m.start() - 20) : m.start()])[-1]
                 further = bool(_FURTHER.search(lead + m.group(0)))
                 facts.append(fact("count", pos, m.start(), further=further, maybe=m.group(0) if maybe else ""))
+        for m in _COUNT_LIKE.finditer(sent):
+            before = sent[max(0, m.start() - 30) : m.start()]
+            if _MICRO.search(before) or _ITC.search(before) or _N_RE.search(sent):  # a micromet count; a stage given
+                continue
+            if not any(m.start() < b and a < m.end() for a, b in counted) and _POSITIVE_RE.search(sent):
+                raise InputError(
+                    f"{where}: cannot tell what the node count {m.group(0)!r} counts: "
+                    "state the N stage or 'n/N nodes positive'"
+                )
         for m in _NODE_NEG.finditer(sent):
             facts.append(fact("n", "N0", m.start()))
         for m in _NODE_POS.finditer(sent):
