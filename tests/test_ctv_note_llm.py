@@ -160,7 +160,7 @@ def test_a_bad_answer_on_a_note_the_rules_refuse_is_one_line_before_the_graph(st
         llm.close()
     assert r.returncode == 2 and not out.exists()
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("oncoplan: error: the --note argument: no N stage found for the left side")
+    assert last.startswith("oncoplan: error: the --note argument: cannot tell what the node count '2 of 14 nodes'")
     assert "(the openai:site-llm note reader fell back to the rules: AnswerRejected: the model declined" in last
 
 
