@@ -501,10 +501,21 @@ def test_an_instance_over_the_size_limit_is_refused_and_the_association_goes_on(
     assert rows(spool, "SELECT COUNT(*) FROM instances") == [(1,)]
 
 
+# The sender stalls for good before its PDU past 12 MB (the listener takes 4 MB PDUs), so it is always killed
+# mid-instance (on a fast loopback the whole 32 MB used to arrive between two polls of the test, and the "cut"
+# was a complete store).
 SEND_ONE = """
 import sys
+import time
 import pydicom
-from pynetdicom import AE
+from pynetdicom import AE, transport
+sent, send = [0], transport.AssociationSocket.send
+def stalling(self, data):
+    sent[0] += len(data)
+    if sent[0] > 12 * 2**20:
+        time.sleep(3600)
+    send(self, data)
+transport.AssociationSocket.send = stalling
 ds = pydicom.dcmread(sys.argv[2])
 ae = AE(ae_title="SENDER")
 ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
