@@ -126,7 +126,7 @@ class TextGuidedSegmenter(nn.Module):
 
 
 def _frozen_lm_key(key: str, prefix: str = "") -> bool:
-    return key.startswith(prefix + "text.lm.") and "lora_" not in key
+    return key.startswith(prefix + "text.lm.") and not is_student_key(key)
 
 
 @torch.no_grad()

@@ -229,6 +229,8 @@ _NUMBER_WORDS = [
 ]
 _WORD_NUM = {"no": 0, "none": 0} | {w: i for i, w in enumerate(_NUMBER_WORDS)}
 _WORDS = "|".join(sorted(_WORD_NUM, key=len, reverse=True))  # longest first: "seventeen" before "seven"
+# A count's number in digits or words, not the tail of a compound ("twenty-six", "twenty six": not "six").
+_COUNT_NUMBER = r"(?<!-)(?<!ty )\b(?:\d{1,2}|" + _WORDS + ")"
 
 
 def _number(word: str) -> int:
@@ -248,8 +250,7 @@ _COUNT_RE = re.compile(
     re.IGNORECASE,
 )
 _COUNT_RE2 = re.compile(
-    r"(?<!-)(?<!ty )\b(?P<pos>\d{1,2}|" + _WORDS + r")\s+(?:(?:positive|involved)\s+)?"
-    r"(?:of|out of|/)\s+(?P<tot>\d{1,2}|" + _WORDS + r")\s+"
+    rf"(?P<pos>{_COUNT_NUMBER})\s+(?:(?:positive|involved)\s+)?(?:of|out of|/)\s+(?P<tot>{_COUNT_NUMBER})\s+"
     r"(?:further |additional |non-?sentinel |other |sentinel |axillary |lymph )*(?:nodes?|lns?|slns?)\s+"
     r"(?:were |was )?(?:positive|involved)",
     re.IGNORECASE,
@@ -263,8 +264,7 @@ _NOT_A_COUNT = re.compile(
 # "2 of 4 sentinel nodes", "two of four axillary nodes": a count of nodes; one that no count pattern read, in a
 # sentence that says some nodes are positive, is refused (the positives may be more than the counts read).
 _COUNT_LIKE = re.compile(
-    r"(?<!-)(?<!ty )(?<![\d/.])\b(?:\d{1,2}|" + _WORDS + r")\s+(?:of|out of)\s+(?:\d{1,2}|" + _WORDS + r")\s+"
-    r"(?:[a-z-]+\s+){0,2}(?:nodes?|lns?|slns?)\b",
+    rf"(?<![\d/.]){_COUNT_NUMBER}\s+(?:of|out of)\s+{_COUNT_NUMBER}\s+(?:[a-z-]+\s+){{0,2}}(?:nodes?|lns?|slns?)\b",
     re.IGNORECASE,
 )
 _POSITIVE_RE = re.compile(_POSITIVE, re.IGNORECASE)
@@ -652,11 +652,13 @@ def _read(text: str, where: str) -> NoteReading:
                 lead = re.split(r"[,;:(]", sent[max(0, m.start() - 20) : m.start()])[-1]
                 further = bool(_FURTHER.search(lead + m.group(0)))
                 facts.append(fact("count", pos, m.start(), further=further, maybe=m.group(0) if maybe else ""))
-        for m in _COUNT_LIKE.finditer(sent):
+        # a count no pattern read, beside positives and with no stage given (a micromet count is the micro fact's)
+        unread_matters = _POSITIVE_RE.search(sent) and not _N_RE.search(sent)
+        for m in _COUNT_LIKE.finditer(sent) if unread_matters else ():
             before = sent[max(0, m.start() - 30) : m.start()]
-            if _MICRO.search(before) or _ITC.search(before) or _N_RE.search(sent):  # a micromet count; a stage given
+            if _MICRO.search(before) or _ITC.search(before):
                 continue
-            if not any(m.start() < b and a < m.end() for a, b in counted) and _POSITIVE_RE.search(sent):
+            if not any(m.start() < b and a < m.end() for a, b in counted):
                 raise InputError(
                     f"{where}: cannot tell what the node count {m.group(0)!r} counts: "
                     "state the N stage or 'n/N nodes positive'"

@@ -40,7 +40,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from itertools import product
@@ -51,6 +50,7 @@ import torch
 
 from oncoplan.ctv.notes import N_STAGES, SIDES, SURGERY_TEXT, SideNote, format_note
 from oncoplan.ctv.text_encoder import is_student_key
+from oncoplan.fsio import atomic_path
 from oncoplan.runtime.bundles import checkpoint_state
 from oncoplan.training.synth.breast import SITES, T_STAGES, sample_record
 from oncoplan.training.synth.breast_notes import free_text_note
@@ -238,20 +238,15 @@ def _student_state(encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_curve(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
     plot_curve(rows, path.with_suffix(".png"))
 
 
@@ -275,7 +270,6 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     handles = ax.get_lines() + ax2.get_lines()
     ax.legend(handles, [h.get_label() for h in handles], loc="center right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
