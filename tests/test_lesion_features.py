@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from scipy import ndimage
 
 from oncoplan.operators.ct_volume import from_datasets, on_grid_of
 from oncoplan.tace.dynamics import ResponseConditionedUNet, ResponseHead
@@ -91,6 +92,74 @@ def test_a_log_response_head_combines_items_as_independent_hits() -> None:
         linear_head.load_state_dict(log_head.state_dict())
     with pytest.raises(ValueError, match="link"):
         ResponseHead(actions, 4, link="logit")
+
+
+def test_a_log_head_maps_the_residual_tumour_of_the_pre_treatment_lesion() -> None:
+    """What multiplies is the viable tumour left of the lesion (viable share x volume ratio): fitted on shrinking
+    lesions, the log head's share times its ratio is that residual, and the layout paints it."""
+    rng = np.random.default_rng(2)
+    n, actions = 300, 6
+    protocols = (rng.random((n, actions)) < 0.35).astype(float)
+    residual = np.prod(np.where(protocols[:, :2] > 0, 0.5, 1.0), axis=1)
+    ratio = 1.0 - 0.4 * (1.0 - residual)  # killed tissue shrinks
+    responses = np.c_[residual / ratio, 0.8 * (1 - residual / ratio), 0.2 * (1 - residual / ratio), ratio]
+    head = ResponseHead(actions, 4, link="log")
+    assert head.fit(protocols, responses, alpha=1e-6) > 0.99
+    both = torch.zeros(1, actions)
+    both[0, :2] = 1.0
+    predicted = head(both)[0]
+    assert float(predicted[0] * predicted[3]) == pytest.approx(0.25, abs=0.01)  # whatever ratio it predicts
+
+
+def test_item_pairs_let_the_head_learn_what_one_item_does_to_another() -> None:
+    """Item 2 (as Lipiodol carrying a drug) doubles item 0's kill and does nothing alone: only a head that reads
+    item pairs predicts both the pair and each item alone; its checkpoint does not load into a head without."""
+    rng = np.random.default_rng(3)
+    n, actions = 400, 6
+    protocols = (rng.random((n, actions)) < 0.4).astype(float)
+    kill = 0.2 * (1.0 + protocols[:, 2]) * protocols[:, 0]
+    residual = (1.0 - kill) * np.where(protocols[:, 1] > 0, 0.7, 1.0)
+    responses = np.c_[residual, 1.0 - residual, np.zeros(n), np.ones(n)]
+    paired, plain = ResponseHead(actions, 4, link="log", item_pairs=True), ResponseHead(actions, 4, link="log")
+    assert paired.fit(protocols, responses, alpha=1e-6) > 0.99
+    plain.fit(protocols, responses, alpha=1e-6)
+    rows = torch.zeros(3, actions)
+    rows[0, 0] = rows[1, 2] = rows[2, 0] = rows[2, 2] = 1.0  # item 0, item 2, both
+    assert paired(rows)[:, 0].numpy() == pytest.approx([0.8, 1.0, 0.6], abs=0.01)
+    assert abs(float(plain(rows)[2, 0]) - 0.6) > 0.03  # a sum of single-item effects misses the pair
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        plain.load_state_dict(paired.state_dict())
+
+
+def test_the_items_own_effects_are_not_shrunk_when_only_the_interactions_are_penalised() -> None:
+    """A strong penalty shrinks every weight towards "the item does nothing"; with `alpha_items` small, each
+    item's own effect is kept (few cases, one feature that does nothing) and the intercept is not penalised."""
+    rng = np.random.default_rng(4)
+    n, actions = 60, 6
+    protocols = (rng.random((n, actions)) < 0.2).astype(float)
+    features = rng.normal(0.0, 1.0, (n, len(FEATURES)))
+    residual = np.where(protocols[:, 0] > 0, 0.3, 1.0) * 0.9
+    responses = np.c_[residual, 1.0 - residual, np.zeros(n), np.ones(n)]
+    one = torch.zeros(1, actions)
+    one[0, 0] = 1.0
+    shrunk, kept = ResponseHead(actions, 4, len(FEATURES), "log"), ResponseHead(actions, 4, len(FEATURES), "log")
+    shrunk.fit(protocols, responses, features, alpha=30.0)
+    kept.fit(protocols, responses, features, alpha=30.0, alpha_items=1e-3)
+    assert float(kept(one)[0, 0]) == pytest.approx(0.27, abs=0.01)
+    assert float(shrunk(one)[0, 0]) > 0.4
+    assert float(kept(torch.zeros(1, actions))[0, 0]) == pytest.approx(0.9, abs=0.01)
+
+
+def test_texture_is_read_in_the_tumours_core_not_its_partial_volume_rim() -> None:
+    """Two tumours alike inside, one with a brighter rim (a partial-volume blend with enhancing liver): the
+    same texture; the rim still counts for the enhancement."""
+    volume, mask = _phantom(0.2, 0.02)
+    rimmed = volume.copy()
+    rim = mask & ~ndimage.binary_erosion(mask, iterations=1)
+    rimmed[rim] += 0.3
+    plain, blended = lesion_features(volume, volume, mask), lesion_features(rimmed, rimmed, mask)
+    assert blended[[2, 3]] == pytest.approx(plain[[2, 3]], abs=1e-6)
+    assert blended[0] > plain[0]
 
 
 def test_the_arterial_phase_lands_on_the_planning_grid_by_position(liver2_cohort: Path) -> None:

@@ -57,10 +57,14 @@ def _design(features: np.ndarray) -> np.ndarray:
     return np.c_[features, np.ones(len(features))]
 
 
-def fit_ridge(features: np.ndarray, target: np.ndarray, alpha: float = 1e-2) -> np.ndarray:
-    """Weights (features + intercept, x outputs) of a ridge regression."""
+def fit_ridge(
+    features: np.ndarray, target: np.ndarray, alpha: float = 1e-2, penalty: np.ndarray | None = None
+) -> np.ndarray:
+    """Weights (features + intercept, x outputs) of a ridge regression: `alpha` on every weight, the intercept
+    included, or `penalty`, one per weight (features, then the intercept)."""
     x = _design(features)
-    return np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ target)
+    diagonal = np.full(x.shape[1], alpha) if penalty is None else np.asarray(penalty, dtype=np.float64)
+    return np.linalg.solve(x.T @ x + np.diag(diagonal), x.T @ target)
 
 
 def predict(weights: np.ndarray, features: np.ndarray) -> np.ndarray:
@@ -75,14 +79,20 @@ class ResponseHead(nn.Module):
     `n_features` > 0 it reads the lesion's :data:`oncoplan.tace.lesion_features.FEATURES` too: its inputs
     are the multi-hot vector and that vector times each standardised feature (so the scan changes what
     each item does, not only the baseline); a feature not given (NaN, or no features at all) counts as
-    its training mean.
+    its training mean. With `item_pairs` it also reads each pair of items given together (the product of their
+    multi-hot entries): what one item does to another's effect (Lipiodol carrying a drug into the tumour, beads
+    eluting one), which no sum of single-item effects holds.
 
     `link` is how the viable share is predicted. "linear" (the shipped head): each item adds to the share;
     the shares come out clipped to >= 0 and renormalised to sum 1. "log": each item adds to the log of the
-    viable share, i.e. multiplies it, as independent hits on the tumour do (a drug that kills 40% and an
-    embolic that kills 60% leave 0.6 x 0.4 = 24%, where a linear head, fitted on one-item effects, predicts
-    0%); the viable share is exp of the map, in [MIN_VIABLE, 1], and the necrosis and Lipiodol shares share
-    the rest in the proportion their linear maps give. A log head keeps a `log_link` buffer, so its checkpoint
+    residual viable tumour, i.e. multiplies it, as independent hits on the tumour do (a drug that kills 40%
+    and an embolic that kills 60% leave 0.6 x 0.4 = 24%, where a linear head, fitted on one-item effects,
+    predicts 0%). What it maps is the residual viable tumour as a share of the pre-treatment lesion (the
+    measured viable share times the volume ratio, a ratio above 1 counted as 1), the quantity the hits
+    multiply and the survival model prices; it comes out as the viable share of the treated lesion (that
+    residual over the predicted volume ratio, at most 1), so the layout paints that residual. The residual is
+    exp of the map, in [MIN_VIABLE, 1], and the necrosis and Lipiodol shares share the rest in the proportion
+    their linear maps give. A log head keeps a `log_link` buffer, so its checkpoint
     does not load into a linear head, nor a linear one into it. The volume ratio is clipped to [0.1, 2].
     """
 
@@ -92,12 +102,15 @@ class ResponseHead(nn.Module):
         n_outputs: int = len(RESPONSE),
         n_features: int = 0,
         link: str = "linear",
+        item_pairs: bool = False,
     ) -> None:
         super().__init__()
         if link not in LINKS:
             raise ValueError(f"response head link must be one of {LINKS}, got {link!r}")
         self.n_actions, self.n_features, self.link = n_actions, n_features, link
-        self.register_buffer("weights", torch.zeros(n_actions * (1 + n_features) + 1, n_outputs))
+        self.pairs = np.triu_indices(n_actions, 1) if item_pairs else None
+        n_pairs = 0 if self.pairs is None else len(self.pairs[0])
+        self.register_buffer("weights", torch.zeros(n_actions * (1 + n_features) + n_pairs + 1, n_outputs))
         if link == "log":
             self.register_buffer("log_link", torch.ones(1))
         if n_features:
@@ -107,20 +120,35 @@ class ResponseHead(nn.Module):
     def design(self, protocols: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """The head's inputs (without the intercept): protocols (N, A), features (N, F), (F,) or None."""
         p = np.asarray(protocols, dtype=np.float64)
+        pairs = np.zeros((len(p), 0)) if self.pairs is None else p[:, self.pairs[0]] * p[:, self.pairs[1]]
         if not self.n_features:
-            return p
+            return np.c_[p, pairs]
         z = np.zeros((len(p), self.n_features))
         if features is not None:
             f = np.broadcast_to(np.asarray(features, dtype=np.float64), z.shape)
             mean, scale = self.feature_mean.cpu().numpy(), self.feature_scale.cpu().numpy()
             z = np.nan_to_num((f - mean) / scale, nan=0.0)
-        return np.c_[p, (p[:, :, None] * z[:, None, :]).reshape(len(p), -1)]
+        return np.c_[p, (p[:, :, None] * z[:, None, :]).reshape(len(p), -1), pairs]
 
     def fit(
-        self, protocols: np.ndarray, responses: np.ndarray, features: np.ndarray | None = None, alpha: float = 1e-2
+        self,
+        protocols: np.ndarray,
+        responses: np.ndarray,
+        features: np.ndarray | None = None,
+        alpha: float = 1e-2,
+        alpha_items: float | None = None,
+        alpha_pairs: float | None = None,
     ) -> float:
         """Fit to training pairs (and the cases' lesion features); returns R^2 of the viable share on them (a
-        linear head: its map before clipping; a log head: exp of its map, clipped as `forward` clips it)."""
+        linear head: its map before clipping; a log head: exp of its map, clipped as `forward` clips it).
+
+        `alpha` is the ridge penalty. With `alpha_items` it is the penalty of the feature interactions only:
+        each item's own effect takes `alpha_items` and the intercept none. Why: a ridge pulls an item's effect
+        towards "does nothing", by n / (n + alpha) for an item seen in n cases; with a few hundred random
+        protocols (about one case in six holds a given item) that shrinks every drug and embolic by a tenth or
+        more, so the head under-rates strong protocols against their (true) toxicity. Without `alpha_items`
+        every weight, the intercept included, takes `alpha` (how the shipped heads were fitted). `alpha_pairs`
+        is the item pairs' penalty (default `alpha`)."""
         if self.n_features:
             if features is None:
                 raise ValueError(f"this response head reads {self.n_features} lesion features; none were given")
@@ -135,8 +163,16 @@ class ResponseHead(nn.Module):
         target = np.array(responses, dtype=np.float64)
         viable = target[:, 0].copy()
         if self.link == "log":
+            viable = viable * np.clip(target[:, 3], 0.0, 1.0)
             target[:, 0] = np.log(np.clip(viable, MIN_VIABLE, 1.0))
-        w = fit_ridge(x, target, alpha)
+        n_pairs = 0 if self.pairs is None else len(self.pairs[0])
+        penalty = np.r_[
+            np.full(self.n_actions, alpha if alpha_items is None else alpha_items),
+            np.full(x.shape[1] - self.n_actions - n_pairs, alpha),
+            np.full(n_pairs, alpha if alpha_pairs is None else alpha_pairs),
+            alpha if alpha_items is None else 0.0,
+        ]
+        w = fit_ridge(x, target, alpha, penalty)
         self.weights.copy_(torch.as_tensor(w, dtype=self.weights.dtype))
         fitted = predict(w, x)[:, 0]
         if self.link == "log":
@@ -145,13 +181,15 @@ class ResponseHead(nn.Module):
 
     def forward(self, protocols: torch.Tensor, features: np.ndarray | None = None) -> torch.Tensor:
         p = protocols.float().to(self.weights.device)
-        if self.n_features:
+        if self.n_features or self.pairs is not None:
             x = torch.as_tensor(self.design(p.cpu().numpy(), features), dtype=p.dtype, device=p.device)
         else:
             x = p
         raw = torch.cat([x, torch.ones_like(p[:, :1])], 1) @ self.weights
+        ratio = raw[:, 3:].clamp(0.1, 2.0)
         if self.link == "log":
-            viable = raw[:, :1].exp().clamp(MIN_VIABLE, 1.0)
+            # the map is the residual share of the pre-treatment lesion; the layout wants it in the treated one
+            viable = (raw[:, :1].exp().clamp(MIN_VIABLE, 1.0) / ratio.clamp(max=1.0)).clamp(max=1.0)
             rest = raw[:, 1:3].clamp(min=0.0)
             total = rest.sum(1, keepdim=True)
             # no killed tissue predicted as Lipiodol or necrosis: call it necrosis
@@ -160,7 +198,7 @@ class ResponseHead(nn.Module):
         else:
             shares = raw[:, :3].clamp(min=0.0)
             shares = shares / shares.sum(1, keepdim=True).clamp(min=1e-6)
-        return torch.cat([shares, raw[:, 3:].clamp(0.1, 2.0)], 1)
+        return torch.cat([shares, ratio], 1)
 
 
 class ResponseConditionedUNet(nn.Module):
@@ -178,13 +216,17 @@ class ResponseConditionedUNet(nn.Module):
         n_actions: int = len(ACTION_BASE),
         response_features: int = 0,
         response_link: str = "linear",
+        response_item_pairs: bool = False,
     ) -> None:
         super().__init__()
         self.n_actions, self.n_response = n_actions, len(RESPONSE)
         # response_features: how many lesion features of the pre-treatment scan the response head reads
         # (0: a population model of each protocol; 4: oncoplan.tace.lesion_features.FEATURES);
-        # response_link: how items combine on the viable share (ResponseHead).
-        self.response_head = ResponseHead(n_actions, self.n_response, response_features, response_link)
+        # response_link: how items combine on the viable share; response_item_pairs: whether the head reads
+        # what pairs of items do together (ResponseHead).
+        self.response_head = ResponseHead(
+            n_actions, self.n_response, response_features, response_link, response_item_pairs
+        )
         self.unet = DiffusionModelUNet(
             spatial_dims=3,
             in_channels=self.input_channels,
@@ -212,15 +254,21 @@ class ResponseConditionedUNet(nn.Module):
         return self.unet(x, timesteps)
 
 
-def fit_response_head(network: ResponseConditionedUNet, items: Sequence[Mapping[str, object]]) -> nn.Module:
+def fit_response_head(
+    network: ResponseConditionedUNet,
+    items: Sequence[Mapping[str, object]],
+    alpha: float = 1e-2,
+    alpha_items: float | None = None,
+    alpha_pairs: float | None = None,
+) -> nn.Module:
     """Fit `network`'s response head to the training items' ("protocol", "response") pairs, and their lesion
-    "features" where the head reads them; returns it."""
+    "features" where the head reads them, with the ridge penalties of `ResponseHead.fit`; returns it."""
     protocols = np.asarray([item["protocol"] for item in items], dtype=np.float64)
     responses = np.asarray([item["response"] for item in items], dtype=np.float64)
     features = None
     if network.response_head.n_features:
         features = np.asarray([item["features"] for item in items], dtype=np.float64)
-    r2 = network.response_head.fit(protocols, responses, features)
+    r2 = network.response_head.fit(protocols, responses, features, alpha, alpha_items, alpha_pairs)
     LOG.info("response head fitted on %d cases: R^2 of the viable share %.3f", len(items), r2)
     return network
 

