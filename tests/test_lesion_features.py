@@ -13,7 +13,9 @@ import torch
 from scipy import ndimage
 
 from oncoplan.operators.ct_volume import from_datasets, on_grid_of
-from oncoplan.tace.dynamics import ResponseConditionedUNet, ResponseHead
+from oncoplan.tace.dynamics import MIN_VIABLE, ResponseConditionedUNet, ResponseHead, fit_ridge
+from oncoplan.tace.labels import LABELS
+from oncoplan.tace.layout import lesion_layout
 from oncoplan.tace.lesion_features import FEATURES, lesion_features, study_features
 
 from .helpers import cohort_rows
@@ -88,20 +90,21 @@ def test_a_log_response_head_combines_items_as_independent_hits() -> None:
     assert predicted[:3].sum() == pytest.approx(1.0, abs=1e-5)
     assert predicted[1] / predicted[2] == pytest.approx(0.7 / 0.3, rel=0.05)
     assert linear_head(both)[0, 0] < 0.2  # additive: 1 - 0.5 - 0.5, clipped
-    with pytest.raises(RuntimeError, match="log_link"):
+    with pytest.raises(RuntimeError, match="log_residual_link"):
         linear_head.load_state_dict(log_head.state_dict())
     with pytest.raises(ValueError, match="link"):
         ResponseHead(actions, 4, link="logit")
 
 
 def test_a_log_head_maps_the_residual_tumour_of_the_pre_treatment_lesion() -> None:
-    """What multiplies is the viable tumour left of the lesion (viable share x volume ratio): fitted on shrinking
-    lesions, the log head's share times its ratio is that residual, and the layout paints it."""
+    """What multiplies is the viable tumour left of the lesion (viable share x volume ratio): fitted on lesions
+    that shrink as they die, the log head's share times its ratio is that residual (a head mapping the share
+    of the shrunken lesion predicts 0.21 here), and the layout paints it."""
     rng = np.random.default_rng(2)
     n, actions = 300, 6
     protocols = (rng.random((n, actions)) < 0.35).astype(float)
     residual = np.prod(np.where(protocols[:, :2] > 0, 0.5, 1.0), axis=1)
-    ratio = 1.0 - 0.4 * (1.0 - residual)  # killed tissue shrinks
+    ratio = 1.0 - 0.8 * (1.0 - residual)  # killed tissue shrinks
     responses = np.c_[residual / ratio, 0.8 * (1 - residual / ratio), 0.2 * (1 - residual / ratio), ratio]
     head = ResponseHead(actions, 4, link="log")
     assert head.fit(protocols, responses, alpha=1e-6) > 0.99
@@ -109,6 +112,9 @@ def test_a_log_head_maps_the_residual_tumour_of_the_pre_treatment_lesion() -> No
     both[0, :2] = 1.0
     predicted = head(both)[0]
     assert float(predicted[0] * predicted[3]) == pytest.approx(0.25, abs=0.01)  # whatever ratio it predicts
+    mask = np.ones((20, 20, 20), dtype=bool)
+    painted = lesion_layout(mask, predicted.tolist(), np.random.default_rng(0))
+    assert (painted == LABELS["viable"]).sum() / mask.sum() == pytest.approx(0.25, abs=0.01)
 
 
 def test_item_pairs_let_the_head_learn_what_one_item_does_to_another() -> None:
@@ -144,6 +150,12 @@ def test_the_items_own_effects_are_not_shrunk_when_only_the_interactions_are_pen
     one[0, 0] = 1.0
     shrunk, kept = ResponseHead(actions, 4, len(FEATURES), "log"), ResponseHead(actions, 4, len(FEATURES), "log")
     shrunk.fit(protocols, responses, features, alpha=30.0)
+    # Without alpha_items, every weight and the intercept take alpha: the ridge the shipped heads were fitted by.
+    target = np.c_[np.log(np.clip(residual, MIN_VIABLE, 1.0)), responses[:, 1:]]
+    expected = fit_ridge(shrunk.design(protocols, features), target, 30.0).astype(np.float32)
+    assert np.array_equal(shrunk.weights.numpy(), expected)
+    with pytest.raises(ValueError, match="alpha_items must be > 0"):
+        kept.fit(protocols, responses, features, alpha=30.0, alpha_items=0.0)
     kept.fit(protocols, responses, features, alpha=30.0, alpha_items=1e-3)
     assert float(kept(one)[0, 0]) == pytest.approx(0.27, abs=0.01)
     assert float(shrunk(one)[0, 0]) > 0.4

@@ -207,6 +207,8 @@ def test_loss_sources_splits_the_planners_regret_between_head_and_response_model
     result = json.loads(out.read_text())
     assert result["synthetic"] and result["cases"] == 2 and set(result["regret_months"]) == set(CHOOSERS)
     assert all(v >= 0.0 for v in result["regret_months"].values())
+    # The ideal head's point prediction prices as the image-informed oracle chooses (the same posterior draws).
+    assert result["regret_months"]["ideal_head_only"] == result["regret_months"]["image_informed_oracle"]
     assert -1.0 <= result["head_within_case_spearman"] <= 1.0
     bad = ["--prepared", str(prepared_liver), str(prepared_liver), "--cohort", str(liver_cohort)]
     assert main([*bad, "--dynamics", str(bundles / "tace_dynamics"), "--survival", str(bundles / "tace_survival")]) == 2

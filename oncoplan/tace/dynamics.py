@@ -90,9 +90,10 @@ class ResponseHead(nn.Module):
     predicts 0%). What it maps is the residual viable tumour as a share of the pre-treatment lesion (the
     measured viable share times the volume ratio, a ratio above 1 counted as 1), the quantity the hits
     multiply and the survival model prices; it comes out as the viable share of the treated lesion (that
-    residual over the predicted volume ratio, at most 1), so the layout paints that residual. The residual is
+    residual over the predicted volume ratio, at most 1), so the layout paints that residual (a residual above
+    the predicted ratio paints the whole shrunken lesion viable: the ratio wins). The residual is
     exp of the map, in [MIN_VIABLE, 1], and the necrosis and Lipiodol shares share the rest in the proportion
-    their linear maps give. A log head keeps a `log_link` buffer, so its checkpoint
+    their linear maps give. A log head keeps a `log_residual_link` buffer, so its checkpoint
     does not load into a linear head, nor a linear one into it. The volume ratio is clipped to [0.1, 2].
     """
 
@@ -112,7 +113,9 @@ class ResponseHead(nn.Module):
         n_pairs = 0 if self.pairs is None else len(self.pairs[0])
         self.register_buffer("weights", torch.zeros(n_actions * (1 + n_features) + n_pairs + 1, n_outputs))
         if link == "log":
-            self.register_buffer("log_link", torch.ones(1))
+            # Named for what it maps: a log head fitted before it mapped the residual (its buffer was
+            # "log_link", its share of the shrunken lesion) fails to load rather than being read the new way.
+            self.register_buffer("log_residual_link", torch.ones(1))
         if n_features:
             self.register_buffer("feature_mean", torch.zeros(n_features))
             self.register_buffer("feature_scale", torch.ones(n_features))
@@ -139,8 +142,9 @@ class ResponseHead(nn.Module):
         alpha_items: float | None = None,
         alpha_pairs: float | None = None,
     ) -> float:
-        """Fit to training pairs (and the cases' lesion features); returns R^2 of the viable share on them (a
-        linear head: its map before clipping; a log head: exp of its map, clipped as `forward` clips it).
+        """Fit to training pairs (and the cases' lesion features); returns R^2 on them of the viable share (a
+        linear head: its map before clipping) or, for a log head, of the residual (exp of its map, clipped as
+        `forward` clips it).
 
         `alpha` is the ridge penalty. With `alpha_items` it is the penalty of the feature interactions only:
         each item's own effect takes `alpha_items` and the intercept none. Why: a ridge pulls an item's effect
@@ -165,6 +169,10 @@ class ResponseHead(nn.Module):
         if self.link == "log":
             viable = viable * np.clip(target[:, 3], 0.0, 1.0)
             target[:, 0] = np.log(np.clip(viable, MIN_VIABLE, 1.0))
+        for name, value in (("alpha", alpha), ("alpha_items", alpha_items), ("alpha_pairs", alpha_pairs)):
+            if value is not None and not value > 0:
+                # an item never given, or a pair never given together, leaves its column empty: no penalty, no fit
+                raise ValueError(f"response head {name} must be > 0, got {value}")
         n_pairs = 0 if self.pairs is None else len(self.pairs[0])
         penalty = np.r_[
             np.full(self.n_actions, alpha if alpha_items is None else alpha_items),
@@ -269,7 +277,8 @@ def fit_response_head(
     if network.response_head.n_features:
         features = np.asarray([item["features"] for item in items], dtype=np.float64)
     r2 = network.response_head.fit(protocols, responses, features, alpha, alpha_items, alpha_pairs)
-    LOG.info("response head fitted on %d cases: R^2 of the viable share %.3f", len(items), r2)
+    what = "residual" if network.response_head.link == "log" else "viable share"
+    LOG.info("response head fitted on %d cases: R^2 of the %s %.3f", len(items), what, r2)
     return network
 
 

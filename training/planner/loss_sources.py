@@ -12,13 +12,14 @@ pick the protocol with the lowest score:
 * ``both``: the head's viable share priced by the response Cox model: the planner's layout read-out without
   the voxel painting of the layout.
 * ``ideal_head_only``, ``ideal_head_both``: as ``head_only`` and ``both`` with the head replaced by the best
-  any head can do from what the images show: the viable share of each protocol averaged (geometric mean, as a
-  log head estimates it) over the hidden profiles consistent with the case's visible biology (the generator's
-  posterior, as the image-informed oracle draws them). ``head_only`` minus ``ideal_head_only`` is what a
-  better head can still gain; ``ideal_head_both`` is the planner's bound with the shipped pricing.
+  point prediction any head can make from what the images show: over the hidden profiles consistent with the
+  case's visible biology (the generator's posterior, as the image-informed oracle draws them), the residual
+  whose ln(1 + residual cm3), the term both the truth and the response model price, is the posterior mean of
+  it. Priced by the truth it picks as the image-informed oracle does; ``head_only`` minus ``ideal_head_only`` is
+  what a better head can still gain, ``ideal_head_both`` the planner's bound with its response model.
 * ``population_oracle``, ``image_informed_oracle``: the two ceilings of `oncoplan evaluate tace`.
 
-Mean regret in months (and the within-case Spearman correlation of the head's viable share with the
+Mean regret in months (and the within-case Spearman correlation of the head's residual with the
 truth's). A chooser that needs no images, no rendering and no search: seconds per cohort.
 
     python -m oncoplan.training.planner.loss_sources --prepared HP/a [HP/b ...] --cohort H/a [H/b ...] \\
@@ -51,16 +52,19 @@ IDEAL_DRAWS = 300  # hidden profiles per case for the ideal head (as the image-i
 
 
 def _ideal_head(patient, space) -> np.ndarray:
-    """Each protocol's viable share as a perfect reader of the images would predict it: the geometric mean
-    over hidden profiles drawn from the posterior given the visible biology (seed 0, as the oracles)."""
+    """Each protocol's residual as a perfect reader of the images would predict it for pricing: the value whose
+    ln(1 + burden x residual) is that term's mean over hidden profiles drawn from the posterior given the
+    visible biology (seed 0, as the oracles). The truth's linear predictor is linear in that term, so this
+    point prediction ranks protocols as the image-informed oracle does."""
     import dataclasses
 
     from oncoplan.training.synth import liver as L
 
     profiles = L.posterior_profiles(patient, IDEAL_DRAWS, np.random.default_rng(0))
     patients = [dataclasses.replace(patient, profile=profile) for profile in profiles]
-    logs = np.array([[math.log(L.outcome(q, p).viable_fraction) for p in space] for q in patients])
-    return np.exp(logs.mean(axis=0))
+    burden = patient.burden_cm3
+    terms = np.array([[math.log1p(burden * L.outcome(q, p).viable_fraction) for p in space] for q in patients])
+    return np.expm1(terms.mean(axis=0)) / burden
 
 
 def loss_sources(prepared: Sequence[Path], cohorts: Sequence[Path], dynamics: Path, survival: Path) -> dict:
