@@ -110,8 +110,8 @@ class ResponseHead(nn.Module):
             raise ValueError(f"response head link must be one of {LINKS}, got {link!r}")
         self.n_actions, self.n_features, self.link = n_actions, n_features, link
         self.pairs = np.triu_indices(n_actions, 1) if item_pairs else None
-        n_pairs = 0 if self.pairs is None else len(self.pairs[0])
-        self.register_buffer("weights", torch.zeros(n_actions * (1 + n_features) + n_pairs + 1, n_outputs))
+        self.n_pairs = 0 if self.pairs is None else len(self.pairs[0])
+        self.register_buffer("weights", torch.zeros(n_actions * (1 + n_features) + self.n_pairs + 1, n_outputs))
         if link == "log":
             # Named for what it maps: a log head fitted before it mapped the residual (its buffer was
             # "log_link", its share of the shrunken lesion) fails to load rather than being read the new way.
@@ -173,11 +173,10 @@ class ResponseHead(nn.Module):
             if value is not None and not value > 0:
                 # an item never given, or a pair never given together, leaves its column empty: no penalty, no fit
                 raise ValueError(f"response head {name} must be > 0, got {value}")
-        n_pairs = 0 if self.pairs is None else len(self.pairs[0])
         penalty = np.r_[
             np.full(self.n_actions, alpha if alpha_items is None else alpha_items),
-            np.full(x.shape[1] - self.n_actions - n_pairs, alpha),
-            np.full(n_pairs, alpha if alpha_pairs is None else alpha_pairs),
+            np.full(x.shape[1] - self.n_actions - self.n_pairs, alpha),
+            np.full(self.n_pairs, alpha if alpha_pairs is None else alpha_pairs),
             alpha if alpha_items is None else 0.0,
         ]
         w = fit_ridge(x, target, alpha, penalty)
@@ -189,7 +188,7 @@ class ResponseHead(nn.Module):
 
     def forward(self, protocols: torch.Tensor, features: np.ndarray | None = None) -> torch.Tensor:
         p = protocols.float().to(self.weights.device)
-        if self.n_features or self.pairs is not None:
+        if self.n_features or self.n_pairs:
             x = torch.as_tensor(self.design(p.cpu().numpy(), features), dtype=p.dtype, device=p.device)
         else:
             x = p
