@@ -11,6 +11,7 @@ the Spearman correlation of each score with -OS over the space, and the regret (
 of choosing the protocol that minimises it.
 
     python -m oncoplan.training.planner.stage_ranking --prepared DIR --cohort DIR --out DIR [--limit N]
+        [--dynamics B --assistant B --survival B] (default: the shipped bundles)
 """
 
 from __future__ import annotations
@@ -118,12 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="first N cases")
     parser.add_argument("--samples", type=int, help="override T (the `cpu` settings' samples per protocol)")
     parser.add_argument("--steps", type=int, help="override the DDIM steps")
+    parser.add_argument("--dynamics", type=Path, default=BUNDLES / "tace_dynamics", help="dynamics bundle")
+    parser.add_argument("--assistant", type=Path, default=BUNDLES / "tace_assistant", help="assistant bundle")
+    parser.add_argument("--survival", type=Path, default=BUNDLES / "tace_survival", help="survival bundle")
     add_overrides_arguments(parser, ("dynamics", "assistant"))
     args = parser.parse_args(argv)
     changes = {k: getattr(args, k) for k in ("samples", "steps") if getattr(args, k) is not None}
     settings = replace(SETTINGS["cpu"], **changes)
     overrides = overrides_from(args, ("dynamics", "assistant"))
-    bundles = (BUNDLES / "tace_dynamics", BUNDLES / "tace_assistant", BUNDLES / "tace_survival")
+    bundles = (args.dynamics, args.assistant, args.survival)
     # The bundles as configured (documented results reproduce); the planner's anchoring: --*-overrides.
     world, _, prep = load_models(*bundles, overrides=overrides, settings=settings, planner_defaults=False)
     scorers = {name: load_heuristic(bundles[2], name) for name in HEURISTIC_STAGES}
