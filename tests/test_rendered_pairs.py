@@ -18,6 +18,7 @@ from oncoplan.runtime.bundles import bundle_parser
 from oncoplan.tace.dynamics import layout_labels, multi_hot, to_hu
 from oncoplan.tace.world_model import WorldModel, window_around
 from oncoplan.training.tace.data import load_prepared, segmentation_items
+from oncoplan.training.tace.dynamics_eval import case_features
 from oncoplan.training.tace.rendered_pairs import hu_scale, main, pair_labels
 
 from .helpers import run_bundle, tiny_tace_models
@@ -79,7 +80,9 @@ def test_each_rendering_is_labelled_with_its_layout(pairs) -> None:
         np.testing.assert_allclose(image[outside], to_hu(pre_window[outside], hu_scale(preprocessing)), atol=1e-3)
         np.testing.assert_array_equal(labels[outside], label_window[outside])
         # Inside it the lesion is the layout drawn for this protocol and seed.
-        response = world.dynamics.response(torch.as_tensor([multi_hot(entry["protocol"])]))
+        # ... for this lesion: the response head reads the case's scan as the planner's does.
+        features = case_features(preprocessing, source, pre, full >= 2)
+        response = world.dynamics.response(torch.as_tensor([multi_hot(entry["protocol"])]), features)
         lesion = torch.as_tensor(mask_window[patch], dtype=torch.float32)[None, None]
         drawn = layout_labels(lesion, response.detach(), 1, int(entry["seed"]))[0]
         inside = mask_window[patch] > 0

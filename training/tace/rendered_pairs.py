@@ -73,6 +73,7 @@ def render_pairs(
     from monai.transforms import Compose
 
     from oncoplan.planner.search import valid_protocols
+    from oncoplan.training.tace.dynamics_eval import case_features
 
     space = valid_protocols(action_set)
     scale = hu_scale(preprocessing)
@@ -94,7 +95,10 @@ def render_pairs(
         rng = np.random.default_rng([seed, index])
         chosen = [space[i] for i in rng.choice(len(space), size=min(protocols, len(space)), replace=False)]
         case_seed = int(rng.integers(2**31))
-        sim = world.simulate(pre_window, mask_window, np.array([p.multi_hot() for p in chosen], np.float32), case_seed)
+        # The response the planner would draw for this lesion: a head that reads the scan gets its features.
+        features = case_features(preprocessing, entry, pre, mask)
+        hots = np.array([p.multi_hot() for p in chosen], np.float32)
+        sim = world.simulate(pre_window, mask_window, hots, case_seed, features=features)
         lesion = torch.as_tensor(mask_window[sim.patch_slices], dtype=torch.float32)[None, None]
         drawn = layout_labels(lesion, torch.as_tensor(sim.response), 1, sim.seed)
         window_affine = affine.copy()
