@@ -318,7 +318,7 @@ class TacePlanner:
         tumor_on_ct = onto_ct_grid(mask.astype(np.uint8), affine, volume) if self.choice.kind != "offline" else None
         observation = self.observation(volume, row, clinical, tumor_on_ct)
         planner = WorldModelPlanner(self.world, self.scorer, self.policy, s)
-        plan = planner.beam_search(pre_window, mask_window, observation, clinical=row, features=features)
+        plan = planner.search(pre_window, mask_window, observation, clinical=row, features=features)
         policy = self.policy_record()
         t2 = time.perf_counter()
         log.info("searched: %d protocols simulated and scored (%.1f s)", len(plan.ranked), t2 - t1)

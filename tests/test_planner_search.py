@@ -402,6 +402,36 @@ def test_a_layout_read_out_search_renders_nothing_and_ranks_as_if_it_did(models,
     assert [r.to_dict() for r in fast.ranked] == [r.to_dict() for r in full.ranked]
 
 
+def test_the_planners_search_scores_every_protocol_for_a_layout_read_out_and_beams_for_renderings(models, case) -> None:
+    """A layout read-out costs the response head and a layout per protocol, so with the offline policy the default
+    search scores the whole valid space (the beam only adds items to the policy's candidates and, over a large
+    action set, never reaches a protocol that swaps one of theirs); a rendered read-out, or a policy that is
+    asked for its candidates, keeps MeWM's beam search."""
+    world, _, _ = models
+    layout = load_heuristic(BUNDLES["survival"], "response_cox_layout")
+    rendering = copy.copy(layout)
+    rendering.reads_renderings = True
+    policy = OfflinePolicy(ACTION_BASE, max_drugs=2)
+    fast = WorldModelPlanner(world, layout, policy, FAST)
+    assert fast.search_method() == "best_of_n"
+    plan = fast.search(case["pre"], case["mask"], clinical=case["row"].to_dict())
+    assert plan.method == "best_of_n" and {r.protocol for r in plan.ranked} == set(fast.space())
+    assert len(plan.ranked) > 1000  # the whole base: beyond what a beam of the policy's candidates reaches
+    assert WorldModelPlanner(world, rendering, policy, FAST).search_method() == "beam"
+
+    class AskedPolicy:  # a policy that is not the offline ranking (a language model's): its proposals start the beam
+        action_set = ACTION_BASE
+
+        def propose(self, observation, n):
+            return policy.propose(observation, n)
+
+    assert WorldModelPlanner(world, layout, AskedPolicy(), FAST).search_method() == "beam"
+    forced = WorldModelPlanner(world, layout, policy, replace(FAST, search="beam"))
+    assert forced.search_method() == "beam"
+    with pytest.raises(ValueError, match="search must be one of"):
+        replace(FAST, search="exhaustive")
+
+
 def test_beam_children_add_one_item_within_horizons(models) -> None:
     world, scorer, _ = models
     planner = WorldModelPlanner(world, scorer, OfflinePolicy(ACTION_BASE, max_drugs=2), FAST)

@@ -63,7 +63,7 @@ from oncoplan.planner.models import (
     planner_overrides,
 )
 from oncoplan.planner.policy import POLICIES, PolicyChoice
-from oncoplan.planner.search import SETTINGS, SearchSettings, WorldModelPlanner
+from oncoplan.planner.search import SEARCHES, SETTINGS, SearchSettings, WorldModelPlanner
 from oncoplan.runtime.bundles import shipped_bundles
 from oncoplan.stats import bootstrap_ci, dice
 from oncoplan.tace.actions import ACTION_BASE, TCIA_DRUGS, TCIA_EMBOLICS, Protocol
@@ -225,7 +225,7 @@ def evaluate_planning(
     cohort: str | Path | None = None,
     *,
     settings: SearchSettings = SETTINGS["cpu"],
-    search: str = "beam",
+    search: str = "auto",
     action_sets: str = "site",
     train_cohort: str | Path | None = None,
     limit: int | None = None,
@@ -263,8 +263,9 @@ def evaluate_planning(
     from oncoplan.training.tace.data import load_prepared
     from oncoplan.training.tace.dynamics_eval import case_features, model_space_case
 
-    if search not in ("beam", "best_of_n"):
-        raise InputError(f"unknown search {search!r}; choose beam or best_of_n")
+    if search not in SEARCHES:
+        raise InputError(f"unknown search {search!r}; choose {', '.join(SEARCHES)}")
+    settings = replace(settings, search=search)
     prepared = Path(prepared)
     entries = load_prepared(prepared)
     entries = entries[:limit] if limit else entries
@@ -322,11 +323,7 @@ def evaluate_planning(
                 ablated = {**entry, "pre_arterial_image": entry.get("pre_image")}
                 read = ablated if lesion_read == "arterial-as-portal-venous" else entry
                 features = case_features(preprocessing, read, pre, mask)
-            plan = (
-                planner.beam_search(pre_window, mask_window, observation, clinical=seen, features=features)
-                if search == "beam"
-                else planner.best_of_n(pre_window, mask_window, clinical=seen, features=features)
-            )
+            plan = planner.search(pre_window, mask_window, observation, clinical=seen, features=features)
             best = plan.best.protocol
             plan_record = {
                 "lesion_features": None
@@ -382,7 +379,9 @@ def evaluate_planning(
                 "plan": plan_record,
             }
         )
-    report = summarise(cases, settings, search, action_sets, prepared, cohort, train_cohort, n_bootstrap, seed)
+    # The search that ran: "auto" resolves by the heuristic (the app path: the app's own, auto).
+    ran = search if app is not None or not planners else next(iter(planners.values())).search_method()
+    report = summarise(cases, settings, ran, action_sets, prepared, cohort, train_cohort, n_bootstrap, seed)
     chosen = policy.to_dict() if policy is not None else {"kind": "offline", "label": "offline"}
     chosen["fallbacks"] = sum(1 for c in cases if c["policy_fallback"])
     heuristic = getattr(scorer, "name", type(scorer).__name__)
@@ -518,6 +517,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"{s['embolic_horizon']}, {s['steps']} DDIM steps)"
         if report["search"] == "beam"
         else f"best-of-N over every valid protocol (T={s['samples']}, {s['steps']} DDIM steps)"
+        if report["search"] == "best_of_n"
+        else "the app's search (auto)"
     )
     if s.get("defer_alpha") is not None:
         search += f", deferring to the policy's candidate when the top protocols' ANOVA p >= {s['defer_alpha']}"
@@ -646,7 +647,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m oncoplan.trai
     parser.add_argument("--survival", type=Path, default=BUNDLES / "tace_survival", help="survival bundle")
     add_overrides_arguments(parser, ("dynamics", "assistant", "survival"))
     parser.add_argument("--settings", choices=sorted(SETTINGS), default="cpu", help="search size (cpu or paper)")
-    parser.add_argument("--search", choices=("beam", "best_of_n"), default="beam")
+    parser.add_argument(
+        "--search", choices=SEARCHES, default="auto", help="auto: every protocol for a layout read-out, else beam"
+    )
     parser.add_argument("--heuristic", choices=HEURISTICS, default=DEFAULT_HEURISTIC, help="the planner's risk score")
     parser.add_argument("--action-set", choices=ACTION_SETS, default="site", help="site: HCC-TACE-Seg set for internal")
     parser.add_argument(
@@ -809,7 +812,7 @@ def evaluate_through_app(
     refused += [f"--practice-prior {args.practice_prior}"] if args.practice_prior != "none" else []
     refused += [f"--mask {args.mask}"] if args.mask != "label" else []
     refused += [f"--lesion-read {args.lesion_read}"] if args.lesion_read != "scan" else []
-    refused += ["--search best_of_n"] if args.search != "beam" else []
+    refused += [f"--search {args.search}"] if args.search != "auto" else []
     refused += [f"--heuristic {args.heuristic}"] if args.heuristic != DEFAULT_HEURISTIC else []
     if refused:
         raise InputError(f"--path app plans as the app does, which takes no {', '.join(refused)}")
