@@ -174,6 +174,25 @@ def test_the_layout_draws_the_response_it_is_given() -> None:
     assert not lesion_layout(np.zeros((4, 4, 4)), [0.5, 0.5, 0.0, 1.0], np.random.default_rng(0)).any()
 
 
+def test_every_drawn_layout_holds_the_viable_voxels_the_layout_read_out_counts() -> None:
+    """The planner's layout read-out counts viable voxels without drawing the layouts (`layout_viable_voxels`):
+    the count equals the drawn one for any response and seed, Lipiodol overwriting viable where both reach."""
+    from oncoplan.tace.labels import LABELS
+    from oncoplan.tace.layout import layout_viable_voxels, lesion_layout
+
+    grid = np.indices((12, 12, 12)).astype(float)
+    mask = ((grid - 5.5) ** 2).sum(0) <= 20.0
+    rng = np.random.default_rng(7)
+    responses = [rng.uniform(0, 1, 4) for _ in range(40)]
+    responses += [np.array([0.7, 0.0, 0.6, 0.8]), np.array([0.3, 0.3, 0.4, 0.0]), np.array([1.0, 0.0, 0.0, 1.4])]
+    for response in responses:
+        expected = layout_viable_voxels(int(mask.sum()), response)
+        for seed in (0, 1):
+            drawn = lesion_layout(mask, response, np.random.default_rng(seed))
+            assert int((drawn == LABELS["viable"]).sum()) == expected
+    assert layout_viable_voxels(0, [0.5, 0.2, 0.3, 1.0]) == 0
+
+
 def test_lesion_response_and_the_training_items_carry_it(prepared_liver: Path) -> None:
     """Shares of the post-treatment lesion and its volume over the pre-treatment lesion, read from
     registered label maps; every dynamics training item carries it beside its protocol."""

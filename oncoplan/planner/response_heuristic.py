@@ -191,22 +191,16 @@ class ResponseCox:
 # ---------------------------------------------------------------- scoring simulations
 
 
-def layout_viable_cm3(
-    mask_window: np.ndarray, simulation: Simulation, voxel_cm3: float, seed: int | None = None
-) -> np.ndarray:
-    """Viable volume (P, T) of the compartment layouts the renderer was conditioned on (drawn again
-    from `seed`, by default the simulation's own): the world model's response before rendering and
-    segmentation."""
-    import torch
+def layout_viable_cm3(mask_window: np.ndarray, simulation: Simulation, voxel_cm3: float) -> np.ndarray:
+    """Viable volume (P, T) of the compartment layouts the renderer was conditioned on: the world model's
+    response before rendering and segmentation. Counted, not drawn: every layout of a response holds the
+    same number of viable voxels (`oncoplan.tace.layout.layout_viable_voxels`), wherever its seed puts them,
+    so a search can score the whole action space at the cost of the response head."""
+    from oncoplan.tace.layout import layout_viable_voxels
 
-    from oncoplan.tace.dynamics import layout_labels
-
-    n_protocols, samples = len(simulation.response), simulation.samples
-    mask = torch.as_tensor(mask_window[simulation.patch_slices] > 0, dtype=torch.float32)[None, None]
-    seed = simulation.seed if seed is None else seed
-    maps = layout_labels(mask, torch.as_tensor(simulation.response, dtype=torch.float32), samples, seed)
-    viable = (maps == LABELS["viable"]).reshape(n_protocols, samples, -1).sum(-1)
-    return viable * voxel_cm3
+    count = int(np.count_nonzero(mask_window[simulation.patch_slices] > 0.5))
+    viable = np.array([layout_viable_voxels(count, r) for r in simulation.response], dtype=np.float64)
+    return np.repeat(viable[:, None], simulation.samples, axis=1) * voxel_cm3
 
 
 class ResponseRiskScorer:

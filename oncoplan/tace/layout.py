@@ -25,6 +25,21 @@ NOISE_SIGMA = 1.5  # voxels: the smoothness of the layout's perturbation
 NOISE_SCALE = 1.0  # voxels of depth: how far the perturbation moves a compartment boundary
 
 
+def layout_counts(count: int, response: Sequence[float]) -> tuple[int, int, int]:
+    """Voxels of a `count`-voxel lesion that stay lesion, and of those the viable and Lipiodol ones before
+    they meet (:func:`lesion_layout` gives Lipiodol the core, so it overwrites viable where both reach)."""
+    viable, _, lipiodol, ratio = (float(v) for v in response)
+    kept = round(min(max(ratio, 0.0), 1.0) * count)  # the lesion shrinks from its rim
+    return kept, round(viable * kept), round(lipiodol * kept)
+
+
+def layout_viable_voxels(count: int, response: Sequence[float]) -> int:
+    """Viable voxels of every layout :func:`lesion_layout` draws for `response` in a `count`-voxel lesion: the
+    perturbation moves where they lie, never how many (a layout read-out needs no drawing)."""
+    kept, n_viable, n_lipiodol = layout_counts(count, response)
+    return max(min(n_viable, kept - n_lipiodol), 0)
+
+
 def lesion_layout(mask: np.ndarray, response: Sequence[float], rng: np.random.Generator) -> np.ndarray:
     """A label map (`LABELS` values) of the treated lesion inside `mask`: 0 outside the mask, liver
     where the lesion shrank away, viable / necrosis / Lipiodol by the response's shares."""
@@ -33,14 +48,13 @@ def lesion_layout(mask: np.ndarray, response: Sequence[float], rng: np.random.Ge
     count = int(tumor.sum())
     if not count:
         return out
-    viable, _, lipiodol, ratio = (float(v) for v in response)
+    n_kept, n_viable, n_lipiodol = layout_counts(count, response)
     noise = ndimage.gaussian_filter(rng.standard_normal(tumor.shape), NOISE_SIGMA)
     noise *= NOISE_SCALE / max(float(noise.std()), 1e-6)
     depth = (ndimage.distance_transform_edt(tumor) + noise)[tumor]
     order = np.argsort(depth, kind="stable")  # rim first, core last
-    kept = order[count - round(min(max(ratio, 0.0), 1.0) * count) :]  # the lesion shrinks from its rim
+    kept = order[count - n_kept :]  # the lesion shrinks from its rim
     labels = np.full(count, LABELS["liver"], np.uint8)
-    n_viable, n_lipiodol = round(viable * len(kept)), round(lipiodol * len(kept))
     labels[kept] = LABELS["necrosis"]
     labels[kept[:n_viable]] = LABELS["viable"]
     labels[kept[len(kept) - n_lipiodol :]] = LABELS["lipiodol"]
