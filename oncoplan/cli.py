@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="TACE plan of a pre-treatment liver CT study: DICOM SR + SEG + PDF (MeWM world-model app)",
         description="Runs the TACE planning app (MONAI Deploy graph) on one pre-treatment liver CT study: picks the "
         "portal-venous (else arterial) series, segments the tumor, searches protocols with the world model and "
-        "writes plan.json, a Comprehensive SR with the ranked protocols, a DICOM-SEG of the chosen protocol's "
+        "writes plan.json, a Comprehensive SR with the first 20 ranked protocols, a DICOM-SEG of the chosen protocol's "
         "simulated post-treatment tumor, and the PDF report (report.pdf and Encapsulated PDF).",
     )
     plan.add_argument("-i", "--input", type=Path, required=True, help="folder with the study's DICOM files")
@@ -307,9 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--settings",
         help="search size: cpu (default) | paper (MeWM: B=5, T=5, 25 DDIM steps) | a JSON object of search "
-        'fields over cpu, e.g. \'{"beam": 2, "samples": 1, "steps": 2, "action_set": "tcia"}\'; '
-        "with '{\"defer_alpha\": 0.05}' the plan defers to the policy's protocol when the world model does not "
-        "separate its top protocols (ANOVA p >= 0.05)",
+        'fields over cpu, e.g. \'{"beam": 2, "samples": 1, "steps": 2, "action_set": "tcia"}\'; "search": auto '
+        "(default: every valid protocol for the layout read-out with the offline policy, else the beam) | beam | "
+        "best_of_n; with '{\"defer_alpha\": 0.05}' the plan defers to the policy's protocol when the world model "
+        "does not separate its top protocols (ANOVA p >= 0.05)",
     )
     plan.add_argument("--series", metavar="UID|NUMBER", help=SERIES_HELP)
     plan.add_argument(

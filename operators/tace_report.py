@@ -11,6 +11,7 @@ from datetime import datetime
 import numpy as np
 
 from oncoplan.operators.tace_planning import TacePlan
+from oncoplan.planner.search import search_summary
 from oncoplan.planner.separation import separation_text
 
 DISCLAIMER = (
@@ -36,8 +37,7 @@ def _text_page(fig, plan: TacePlan) -> float:
         f"Patient ID: {ds.get('PatientID', '')}    Study date: {ds.get('StudyDate', '')}",
         f"Pre-treatment series: {ds.get('SeriesDescription', '') or '(no description)'} "
         f"(#{ds.get('SeriesNumber', '?')}, phase {plan.phase})",
-        f"Search: beam B={s.beam}, T={s.samples} simulated outcomes per protocol, {s.steps} DDIM steps, "
-        f"horizons {s.drug_horizon} drugs / {s.embolic_horizon} embolics ({plan.settings.label})",
+        f"Search: {search_summary(plan.plan.method, s)} ({plan.settings.label})",
         f"Protocols evaluated: {len(plan.plan.ranked)}; models: "
         + ", ".join(f"{k} {v}" for k, v in plan.bundles.items()),
         f"Assistant segmentation: liver {plan.segmented_cm3.get('liver', 0):.0f} cm3 (tumor included), "

@@ -28,11 +28,13 @@ from oncoplan.encapsulated_pdf import encapsulated_pdf, write_encapsulated_pdf
 from oncoplan.fsio import atomic_path
 from oncoplan.operators.file_writer import FileWriterOperator
 from oncoplan.operators.tace_planning import TacePlan
+from oncoplan.planner.search import search_summary
 from oncoplan.planner.separation import separation_text
 from oncoplan.seg import RESEARCH_USE, Algorithm, SegmentSpec, seg_dataset, write_seg
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "OncoPlan MeWM TACE planner"
+SR_CANDIDATES = 20  # ranked protocols the SR lists: the whole base would be 1,404 (some 11,000 content items)
 SCHEME = "99ONCOPLAN"
 DESCRIPTION = f"OncoPlan TACE plan ({RESEARCH_USE})"
 RESEARCH_NOTE = (
@@ -135,10 +137,11 @@ def plan_sr(plan: TacePlan, series_number: int = 901) -> hd.sr.ComprehensiveSR:
     s = plan.settings.search
     ct = list(plan.volume.datasets)
     algorithm = f"{MODEL_NAME} {__version__} (" + ", ".join(f"{k} {v}" for k, v in plan.bundles.items()) + ")"
+    ranked = plan.plan.ranked
     settings = (
-        f"beam {s.beam}, samples {s.samples}, DDIM steps {s.steps}, horizons {s.drug_horizon}/{s.embolic_horizon}, "
-        f"seed {s.seed} ({plan.settings.label}); pre-treatment series {ct[0].SeriesInstanceUID} ({plan.phase}); "
-        f"pick: {plan.plan.pick}, {separation_text(plan.plan.separation)}"
+        f"{search_summary(plan.plan.method, s)}, seed {s.seed} ({plan.settings.label}); {len(ranked)} protocols "
+        f"scored, the first {min(len(ranked), SR_CANDIDATES)} listed; pre-treatment series "
+        f"{ct[0].SeriesInstanceUID} ({plan.phase}); pick: {plan.plan.pick}, {separation_text(plan.plan.separation)}"
     )
     warning = [_text(codes.DCM.Comment, f"Warning: {plan.segmentation_warning}")] if plan.segmentation_warning else []
     lines = clinical_lines(plan)
@@ -152,7 +155,7 @@ def plan_sr(plan: TacePlan, series_number: int = 901) -> hd.sr.ComprehensiveSR:
         _text(codes.DCM.AlgorithmName, algorithm),
         _text(SEARCH, settings),
         _candidate(1, plan.best, CHOSEN),
-        *[_candidate(i, r) for i, r in enumerate(plan.plan.ranked, start=1)],
+        *[_candidate(i, r) for i, r in enumerate(ranked[:SR_CANDIDATES], start=1)],
     ]
     root = hd.sr.ContainerContentItem(name=REPORT)
     root.ContentSequence = hd.sr.ContentSequence(items)

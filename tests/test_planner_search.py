@@ -432,6 +432,24 @@ def test_the_planners_search_scores_every_protocol_for_a_layout_read_out_and_bea
         replace(FAST, search="exhaustive")
 
 
+def test_the_layout_read_out_counts_the_viable_voxels_the_drawn_layouts_hold(models, case) -> None:
+    """`layout_viable_cm3` counts without drawing; on a real planning window it equals the drawn layouts."""
+    from oncoplan.planner.response_heuristic import layout_viable_cm3
+    from oncoplan.tace.dynamics import layout_labels
+    from oncoplan.tace.labels import LABELS
+
+    world, _, _ = models
+    patch = world.respond(np.zeros((1, len(ACTION_BASE)), np.float32)).patch_slices
+    rng = np.random.default_rng(3)  # responses as a head gives them (the tiny test head's are all alike)
+    responses = np.c_[rng.uniform(0, 1, (30, 3)), rng.uniform(0.1, 1.2, (30, 1))].astype(np.float32)
+    sim = Simulation(None, None, None, patch, responses, seed=3, samples=2)
+    counted = layout_viable_cm3(case["mask"], sim, 1.0)
+    lesion = torch.as_tensor(case["mask"][patch] > 0, dtype=torch.float32)[None, None]
+    drawn = layout_labels(lesion, torch.as_tensor(responses), 2, 3) == LABELS["viable"]
+    assert counted.shape == (30, 2) and counted.any()
+    np.testing.assert_array_equal(counted, drawn.reshape(30, 2, -1).sum(-1))
+
+
 def test_beam_children_add_one_item_within_horizons(models) -> None:
     world, scorer, _ = models
     planner = WorldModelPlanner(world, scorer, OfflinePolicy(ACTION_BASE, max_drugs=2), FAST)

@@ -91,6 +91,51 @@ def test_each_rendering_is_labelled_with_its_layout(pairs) -> None:
         assert inside.any()
 
 
+def test_a_head_that_reads_the_scan_renders_each_case_with_its_own_features(pairs, tmp_path: Path) -> None:
+    """With a response head that reads the lesion's features (liver-3), each rendering's layout is the response
+    for that case's scan, not for the average lesion: the label map matches the one drawn with the features."""
+    from oncoplan.tace.lesion_features import FEATURES
+
+    dynamics = tmp_path / "tace_dynamics"
+    shutil.copytree(pairs["models"] / "tace_dynamics", dynamics)
+    config = json.loads((dynamics / "configs" / "inference.json").read_text())
+    config.update(response_features=len(FEATURES), response_link="log")
+    (dynamics / "configs" / "inference.json").write_text(json.dumps(config))
+    net = bundle_parser(dynamics, overrides={"device": "$torch.device('cpu')"}).get_parsed_content("network")
+    state = torch.load(pairs["models"] / "tace_dynamics" / "models" / "model.pt", weights_only=True)
+    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("response_head.")}, strict=False)
+    rng = np.random.default_rng(0)  # a head whose response moves with the features: fitted on made-up pairs
+    hots = rng.integers(0, 2, (200, len(multi_hot("Cisplatin; Lipiodol")))).astype(float)
+    feats = rng.normal(size=(200, len(FEATURES)))
+    shares = np.clip(0.5 + 0.2 * np.tanh(feats[:, :1] * hots[:, :1]), 0.05, 0.95)
+    responses = np.c_[shares, (1 - shares) / 2, (1 - shares) / 2, np.full((200, 1), 0.8)]
+    net.response_head.fit(hots, responses, feats, alpha=1e-2)
+    torch.save(net.state_dict(), dynamics / "models" / "model.pt")
+    out = tmp_path / "pairs"
+    args = ["--prepared", str(pairs["prepared"]), "--out", str(out), "--protocols", "2", "--steps", "2"]
+    assert main([*args, "--dynamics", str(dynamics), "--assistant", str(pairs["models"] / "tace_assistant")]) == 0
+    world = WorldModel.from_bundles(dynamics, pairs["models"] / "tace_assistant", 1, 2)
+    preprocessing = bundle_parser(dynamics).get_parsed_content("preprocessing")
+    prepared = {str(e["case_id"]): e for e in load_prepared(pairs["prepared"])}
+    moved = 0
+    for entry in load_prepared(out):
+        source = prepared[entry["source_case"]]
+        data = Compose(preprocessing.transforms[:-1])({"pre": source["pre_image"], "label": source["pre_label"]})
+        pre, full = data["pre"][0].numpy(), data["label"][0].numpy()
+        features = case_features(preprocessing, source, pre, full >= 2)
+        hot = torch.as_tensor([multi_hot(entry["protocol"])])
+        own, average = world.dynamics.response(hot, features), world.dynamics.response(hot)
+        moved += int(not torch.allclose(own, average))
+        _, mask_window, _ = window_around(pre, full >= 2, world.window)
+        patch = world._patch()
+        lesion = torch.as_tensor(mask_window[patch], dtype=torch.float32)[None, None]
+        drawn = layout_labels(lesion, own.detach(), 1, int(entry["seed"]))[0]
+        labels = np.asarray(nib.load(entry["post_image"].replace("images", "labels")).dataobj)
+        inside = mask_window[patch] > 0
+        np.testing.assert_array_equal(labels[patch][inside], drawn[inside])
+    assert moved > 0  # the features changed the response, so the check above can tell the two apart
+
+
 def test_segmentation_items_read_pairs_beside_real_cases(pairs) -> None:
     items = segmentation_items([pairs["prepared"], pairs["pairs"]], ("post",))
     real = load_prepared(pairs["prepared"])

@@ -24,6 +24,7 @@ import pytest
 from oncoplan.errors import InputError
 from oncoplan.operators.series_selector import ARTERIAL
 from oncoplan.operators.tace_planning import ADULT_LIVER_CM3, liver_volume_warning
+from oncoplan.operators.tace_writers import SR_CANDIDATES
 from oncoplan.planner.search import PAPER_SETTINGS
 from oncoplan.tace.actions import Protocol
 from oncoplan.tace.lesion_features import FEATURES
@@ -94,6 +95,8 @@ def test_plan_writes_sr_seg_pdf_and_json(planned: Path) -> None:
     assert len(risks) >= 2 and risks == sorted(risks)
     assert plan["best"] == plan["ranked"][0]
     assert plan["settings"]["beam"] == 2 and plan["settings"]["samples"] == 1 and plan["settings"]["steps"] == 2
+    # The layout read-out with the offline policy scores every valid protocol of the whole base.
+    assert plan["method"] == "best_of_n" and plan["settings"]["search"] == "auto" and len(plan["ranked"]) > 1000
     # The assistant's volumes, and a warning exactly when the liver is outside the adult range (random
     # weights here: either may hold).
     # Each network's time over the whole plan: the assistant segmented the study, the dynamics UNet
@@ -157,10 +160,12 @@ def test_sr_holds_the_ranked_protocols_and_references_the_pvp_series(planned: Pa
     plan = json.loads((planned / "plan.json").read_text())
     warning = plan["segmentation"]["warning"]  # the liver volume's, when outside the adult range
     assert comments[1:] == ([f"Warning: {warning}"] if warning else [])
+    (search,) = _children(sr, "TACE-SEARCH")
+    assert "every valid protocol" in search.TextValue and f"{len(plan['ranked'])} protocols scored" in search.TextValue
     (chosen,) = _children(sr, "TACE-CHOSEN")
     candidates = _children(sr, "TACE-CANDIDATE")
-    assert len(candidates) == len(plan["ranked"])
-    pairs = zip([chosen, *candidates], [plan["best"], *plan["ranked"]], strict=True)
+    assert len(candidates) == min(len(plan["ranked"]), SR_CANDIDATES)  # the first of the ranked, not all 1,404
+    pairs = zip([chosen, *candidates], [plan["best"], *plan["ranked"][:SR_CANDIDATES]], strict=True)
     for rank, (item, expected) in enumerate(pairs):
         assert _num(item, "TACE-RANK") == max(rank, 1)
         (protocol,) = _children(item, "TACE-PROTOCOL")
@@ -378,7 +383,9 @@ def test_settings() -> None:
     tiny = parse_settings('{"base": "paper", "samples": 1, "action_set": "tcia"}')
     assert tiny.search.beam == 5 and tiny.search.samples == 1 and len(tiny.action_set) == 5
     assert parse_settings('{"defer_alpha": 0.05}').search.defer_alpha == 0.05
-    for bad in ("fast", "[1]", '{"beam": 0}', '{"bogus": 1}', '{"action_set": "all"}', '{"defer_alpha": 2}'):
+    assert parse_settings('{"search": "beam"}').search.search == "beam"
+    bad_values = ('{"beam": 0}', '{"bogus": 1}', '{"action_set": "all"}', '{"defer_alpha": 2}', '{"search": "all"}')
+    for bad in ("fast", "[1]", *bad_values):
         with pytest.raises(InputError, match="settings"):
             parse_settings(bad)
 

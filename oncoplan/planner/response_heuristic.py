@@ -198,7 +198,7 @@ def layout_viable_cm3(mask_window: np.ndarray, simulation: Simulation, voxel_cm3
     so a search can score the whole action space at the cost of the response head."""
     from oncoplan.tace.layout import layout_viable_voxels
 
-    count = int(np.count_nonzero(mask_window[simulation.patch_slices] > 0.5))
+    count = int(np.count_nonzero(mask_window[simulation.patch_slices] > 0))  # as the renderer takes the mask
     viable = np.array([layout_viable_voxels(count, r) for r in simulation.response], dtype=np.float64)
     return np.repeat(viable[:, None], simulation.samples, axis=1) * voxel_cm3
 

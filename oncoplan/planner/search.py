@@ -99,6 +99,15 @@ PAPER_SETTINGS = SearchSettings(beam=5, samples=5, steps=25, drug_horizon=2, emb
 SETTINGS = {"cpu": CPU_SETTINGS, "paper": PAPER_SETTINGS}
 
 
+def search_summary(method: str, settings: SearchSettings) -> str:
+    """One line for a report: which search ran (a :class:`Plan`'s ``method``) and its size."""
+    what = f"beam B={settings.beam}" if method == "beam_search" else "every valid protocol (best-of-N)"
+    return (
+        f"{what}, T={settings.samples} simulated outcomes per protocol, {settings.steps} DDIM steps, "
+        f"horizons {settings.drug_horizon} drugs / {settings.embolic_horizon} embolics"
+    )
+
+
 def _fewest_items_first(protocol: Protocol) -> tuple[int, tuple[int, ...]]:
     """Tie-break between equal risks: fewer items first (an item joins a plan only if the risk drops,
     and equal simulations are common: the dynamics layout counts whole voxels), then action-base order."""
@@ -408,7 +417,8 @@ class WorldModelPlanner:
         if self.settings.search != "auto":
             return self.settings.search
         layouts = not getattr(self.scorer, "reads_renderings", True)
-        return "best_of_n" if layouts and isinstance(self.policy, OfflinePolicy) else "beam"
+        offline = isinstance(self.policy, OfflinePolicy) and not self.settings.always_lipiodol  # a rule for beam starts
+        return "best_of_n" if layouts and offline else "beam"
 
     def search(
         self,
@@ -421,7 +431,7 @@ class WorldModelPlanner:
         """The planner's search (:meth:`search_method`): what the app and the evaluation run."""
         if self.search_method() == "beam":
             return self.beam_search(pre_window, mask_window, observation, clinical=clinical, features=features)
-        return self.best_of_n(pre_window, mask_window, clinical=clinical, features=features)
+        return self.best_of_n(pre_window, mask_window, clinical=clinical, features=features, observation=observation)
 
     def beam_search(
         self,
@@ -455,13 +465,16 @@ class WorldModelPlanner:
         mask_window: np.ndarray,
         clinical: Mapping[str, Any] | None = None,
         features: np.ndarray | None = None,
+        observation: Observation | None = None,
     ) -> Plan:
         """Every valid protocol of the action set, `chunk` protocols per world-model call."""
         space = self.space()
+        # The policy's first candidate: what `defer_alpha` falls back to, as in the beam search.
+        start, skipped = self.initial_candidates(observation)
         with self._session(pre_window, mask_window, clinical, features) as session:
             for lo in range(0, len(space), self.settings.chunk):
                 session.evaluate(space[lo : lo + self.settings.chunk], f"chunk {lo // self.settings.chunk + 1}")
-            return session.plan("best_of_n", [], None)
+            return session.plan("best_of_n", skipped, None, prior=start[0])
 
     # ---------------------------------------------------------------- bookkeeping
 

@@ -30,7 +30,8 @@ def layout_counts(count: int, response: Sequence[float]) -> tuple[int, int, int]
     they meet (:func:`lesion_layout` gives Lipiodol the core, so it overwrites viable where both reach)."""
     viable, _, lipiodol, ratio = (float(v) for v in response)
     kept = round(min(max(ratio, 0.0), 1.0) * count)  # the lesion shrinks from its rim
-    return kept, round(viable * kept), round(lipiodol * kept)
+    share = lambda v: min(max(round(v * kept), 0), kept)  # noqa: E731 - a share outside [0, 1] fills or empties it
+    return kept, share(viable), share(lipiodol)
 
 
 def layout_viable_voxels(count: int, response: Sequence[float]) -> int:

@@ -87,7 +87,8 @@ LESION_READS = {
     "arterial-as-portal-venous": "the arterial phase replaced by the portal-venous one (ablation)",
     "none": "nothing of the scan: the average lesion (ablation)",
 }
-PLAN_KEYS = ("best", "pick", "separation", "evaluations", "timing_s", "steps", "skipped_candidates")
+PLAN_KEYS = ("method", "best", "pick", "separation", "evaluations", "timing_s", "steps", "skipped_candidates")
+SEARCH_OF_METHOD = {"beam_search": "beam", "best_of_n": "best_of_n"}  # a Plan's method -> its search
 METHODS = (
     "world_model",
     "policy_top1",
@@ -329,6 +330,7 @@ def evaluate_planning(
                 "lesion_features": None
                 if features is None
                 else [None if math.isnan(v) else round(float(v), 4) for v in features],
+                "method": plan.method,
                 "best": plan.best.to_dict(),
                 "pick": plan.pick,
                 "separation": plan.separation,
@@ -379,8 +381,9 @@ def evaluate_planning(
                 "plan": plan_record,
             }
         )
-    # The search that ran: "auto" resolves by the heuristic (the app path: the app's own, auto).
-    ran = search if app is not None or not planners else next(iter(planners.values())).search_method()
+    # The search that ran ("auto" resolves by the heuristic and the policy), as the plans record it.
+    methods = {SEARCH_OF_METHOD.get(str(c["plan"].get("method")), search) for c in cases}
+    ran = methods.pop() if len(methods) == 1 else "+".join(sorted(methods))
     report = summarise(cases, settings, ran, action_sets, prepared, cohort, train_cohort, n_bootstrap, seed)
     chosen = policy.to_dict() if policy is not None else {"kind": "offline", "label": "offline"}
     chosen["fallbacks"] = sum(1 for c in cases if c["policy_fallback"])
@@ -518,7 +521,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         if report["search"] == "beam"
         else f"best-of-N over every valid protocol (T={s['samples']}, {s['steps']} DDIM steps)"
         if report["search"] == "best_of_n"
-        else "the app's search (auto)"
+        else f"search {report['search']}"
     )
     if s.get("defer_alpha") is not None:
         search += f", deferring to the policy's candidate when the top protocols' ANOVA p >= {s['defer_alpha']}"

@@ -154,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "synthetic": True,
+        "bundles": {"dynamics": str(args.dynamics), "assistant": str(args.assistant), "survival": str(args.survival)},
+        "overrides": overrides,
         "samples": settings.samples,
         "steps": settings.steps,
         "guidance": world.guidance,
