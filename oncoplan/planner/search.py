@@ -77,9 +77,9 @@ class SearchSettings:
     # Which search (:meth:`WorldModelPlanner.search_method`): "auto" scores every valid protocol (best_of_n) when
     # the heuristic reads the response head's layouts only and the policy is the offline one, else runs MeWM's
     # beam search; "beam" or "best_of_n" force one. Why: the beam only adds items to the policy's candidates, so over a
-    # large action set it never reaches a protocol that drops or swaps one of theirs (liver-3 external site:
-    # 11.1 months of regret with B=18 against 6.5 for the same head and heuristic over all 1,404 protocols,
-    # planner docs); without rendering every protocol costs the head and a layout only.
+    # large action set it never reaches a protocol that drops or swaps one of theirs (liver-3 external site, the
+    # same 48 cases: 10.8 months of regret with B=18, 5.8 over all 1,404 protocols; planner docs); without
+    # rendering every protocol costs the response head only (`layout_viable_cm3` counts, draws nothing).
     search: str = "auto"
 
     def __post_init__(self) -> None:
