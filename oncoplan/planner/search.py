@@ -469,12 +469,13 @@ class WorldModelPlanner:
     ) -> Plan:
         """Every valid protocol of the action set, `chunk` protocols per world-model call."""
         space = self.space()
-        # The policy's first candidate: what `defer_alpha` falls back to, as in the beam search.
-        start, skipped = self.initial_candidates(observation)
+        # The policy's first candidate, what `defer_alpha` falls back to as in the beam search; asked only when
+        # the gate is on (a language-model policy would be sent a request for nothing).
+        start, skipped = self.initial_candidates(observation) if self.settings.defer_alpha is not None else ([], [])
         with self._session(pre_window, mask_window, clinical, features) as session:
             for lo in range(0, len(space), self.settings.chunk):
                 session.evaluate(space[lo : lo + self.settings.chunk], f"chunk {lo // self.settings.chunk + 1}")
-            return session.plan("best_of_n", skipped, None, prior=start[0])
+            return session.plan("best_of_n", skipped, None, prior=start[0] if start else None)
 
     # ---------------------------------------------------------------- bookkeeping
 
